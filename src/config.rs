@@ -1,0 +1,304 @@
+//! vzacct's own configuration (`/etc/vz/vzacct.conf`, INI): where vzctl, netfilter and our
+//! storage live. Read with serde_ini; every key is optional and validated before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/vz/vzacct.conf";
+
+/// The validated configuration every command runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Directory of the containers' vzctl configs (`<CTID>.conf`).
+    pub conf_dir: PathBuf,
+    /// `/proc/vz/veinfo` or a file in the same format.
+    pub veinfo: PathBuf,
+    /// The iptables command for IPv4 (`iptables`, `iptables-legacy`, `/sbin/iptables`, ...).
+    pub iptables: String,
+    /// The iptables command for IPv6.
+    pub ip6tables: String,
+    /// Whether IPv6 addresses are accounted.
+    pub ipv6: bool,
+    /// The host side of the containers' venet interface.
+    pub venet_interface: String,
+    /// Where the ledger and the lock live.
+    pub state_dir: PathBuf,
+    /// Where the per-container daily CSV files are written.
+    pub csv_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            conf_dir: "/etc/vz/conf".into(),
+            veinfo: "/proc/vz/veinfo".into(),
+            iptables: "iptables".into(),
+            ip6tables: "ip6tables".into(),
+            ipv6: true,
+            venet_interface: "venet0".into(),
+            state_dir: "/var/lib/vzacct".into(),
+            csv_dir: "/var/log/vzacct".into(),
+        }
+    }
+}
+
+/// Why the configuration could not be used. Nothing runs on a bad config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: [{section}] {key} = {value:?} is not valid: {reason}")]
+    BadValue {
+        path: PathBuf,
+        section: &'static str,
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    vzctl: Option<RawVzctl>,
+    netfilter: Option<RawNetfilter>,
+    storage: Option<RawStorage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVzctl {
+    conf_dir: Option<String>,
+    veinfo: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetfilter {
+    iptables: Option<String>,
+    ip6tables: Option<String>,
+    ipv6: Option<String>,
+    venet_interface: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    state_dir: Option<String>,
+    csv_dir: Option<String>,
+}
+
+/// Load the config named by `--config` / `VZACCT_CONFIG` (which must exist), else the
+/// default path (which may be absent: then every default applies).
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let (path, must_exist) = match explicit {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| ConfigError::Syntax {
+                path: path.clone(),
+                message: "it is not UTF-8 text".into(),
+            })?;
+            parse(&text, &path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Ok(Config::default()),
+        Err(source) => Err(ConfigError::Read { path, source }),
+    }
+}
+
+/// Parse and validate INI text; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    // serde_ini rejects lines holding only whitespace; they carry no meaning, so drop them.
+    let cleaned: String = text
+        .lines()
+        .map(|l| if l.trim().is_empty() { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let raw: RawFile = serde_ini::from_str(&cleaned).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut cfg = Config::default();
+    let bad = |section, key, value: &str, reason| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        section,
+        key,
+        value: value.to_string(),
+        reason,
+    };
+    let vz = raw.vzctl.unwrap_or_default();
+    if let Some(v) = vz.conf_dir {
+        cfg.conf_dir = absolute_path(&v).ok_or_else(|| bad("vzctl", "conf_dir", &v, ABS))?;
+    }
+    if let Some(v) = vz.veinfo {
+        cfg.veinfo = absolute_path(&v).ok_or_else(|| bad("vzctl", "veinfo", &v, ABS))?;
+    }
+    let nf = raw.netfilter.unwrap_or_default();
+    if let Some(v) = nf.iptables {
+        cfg.iptables = program(&v).ok_or_else(|| bad("netfilter", "iptables", &v, PROG))?;
+    }
+    if let Some(v) = nf.ip6tables {
+        cfg.ip6tables = program(&v).ok_or_else(|| bad("netfilter", "ip6tables", &v, PROG))?;
+    }
+    if let Some(v) = nf.ipv6 {
+        cfg.ipv6 = yes_no(&v).ok_or_else(|| bad("netfilter", "ipv6", &v, YESNO))?;
+    }
+    if let Some(v) = nf.venet_interface {
+        let v = v.trim();
+        if !valid_interface(v) {
+            return Err(bad("netfilter", "venet_interface", v, IFACE));
+        }
+        cfg.venet_interface = v.to_string();
+    }
+    let st = raw.storage.unwrap_or_default();
+    if let Some(v) = st.state_dir {
+        cfg.state_dir = absolute_path(&v).ok_or_else(|| bad("storage", "state_dir", &v, ABS))?;
+    }
+    if let Some(v) = st.csv_dir {
+        cfg.csv_dir = absolute_path(&v).ok_or_else(|| bad("storage", "csv_dir", &v, ABS))?;
+    }
+    Ok(cfg)
+}
+
+const ABS: &str = "expected an absolute path";
+const PROG: &str = "expected a program name or an absolute path, without spaces";
+const YESNO: &str = "expected yes or no";
+const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
+
+fn absolute_path(v: &str) -> Option<PathBuf> {
+    let v = v.trim();
+    (v.starts_with('/') && !v.chars().any(char::is_control)).then(|| PathBuf::from(v))
+}
+
+fn program(v: &str) -> Option<String> {
+    let v = v.trim();
+    let ok = !v.is_empty()
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && (v.starts_with('/') || !v.contains('/'));
+    ok.then(|| v.to_string())
+}
+
+fn yes_no(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace.
+pub fn valid_interface(v: &str) -> bool {
+    (1..=15).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+impl Config {
+    /// The iptables command of one address family.
+    pub fn iptables_for(&self, family: crate::ruleset::Family) -> &str {
+        match family {
+            crate::ruleset::Family::V4 => &self.iptables,
+            crate::ruleset::Family::V6 => &self.ip6tables,
+        }
+    }
+}
+
+/// `iptables-legacy` -> `iptables-legacy-save`, `/sbin/iptables` -> `/sbin/iptables-save`.
+pub fn companion(program: &str, suffix: &str) -> String {
+    format!("{program}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/t/vzacct.conf"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(p("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
+                     [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
+                     ipv6 = no\nvenet_interface = venet9\n\
+                     [storage]\nstate_dir = /s\ncsv_dir = /l\n")
+        .unwrap();
+        assert_eq!(
+            cfg,
+            Config {
+                conf_dir: "/c".into(),
+                veinfo: "/v".into(),
+                iptables: "iptables-legacy".into(),
+                ip6tables: "/sbin/ip6tables".into(),
+                ipv6: false,
+                venet_interface: "venet9".into(),
+                state_dir: "/s".into(),
+                csv_dir: "/l".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn comments_are_ignored() {
+        let cfg = p("; top\n# also\n[netfilter]\n; ipv6 = no\nipv6 = yes\n").unwrap();
+        assert!(cfg.ipv6);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = p("[netfilter]\niptabels = x\n").unwrap_err().to_string();
+        assert!(e.contains("iptabels"), "{e}");
+        assert!(e.contains("/t/vzacct.conf"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let e = p("[storag]\nstate_dir = /x\n").unwrap_err().to_string();
+        assert!(e.contains("storag"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[netfilter]\nipv6 = maybe\n", "ipv6"),
+            ("[storage]\nstate_dir = relative/dir\n", "state_dir"),
+            ("[netfilter]\niptables = iptables; rm -rf /\n", "iptables"),
+            ("[netfilter]\niptables = bin/iptables\n", "iptables"),
+            ("[netfilter]\nvenet_interface = a/b\n", "venet_interface"),
+            ("[vzctl]\nveinfo = \n", "veinfo"),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn companion_programs() {
+        assert_eq!(companion("iptables-legacy", "save"), "iptables-legacy-save");
+        assert_eq!(
+            companion("/sbin/iptables", "restore"),
+            "/sbin/iptables-restore"
+        );
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = load(Some(Path::new("/nonexistent/vzacct.conf"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vzacct.conf"));
+    }
+}

@@ -1,0 +1,42 @@
+//! The error every command returns: one variant per concern, each carrying its cause, so
+//! `main` can print the whole chain once.
+
+use crate::config::ConfigError;
+use crate::ctconf::CtConfError;
+use crate::ctid::CtidError;
+use crate::netfilter::NetfilterError;
+use crate::state::StateError;
+use crate::veinfo::VeinfoError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Ctid(#[from] CtidError),
+    #[error(transparent)]
+    CtConf(#[from] CtConfError),
+    #[error(transparent)]
+    Veinfo(#[from] VeinfoError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Netfilter(#[from] NetfilterError),
+    /// A request that cannot be carried out as asked; the text says why and what to do.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
+}
+
+/// Print an error and every cause below it, one per line, for an operator to read.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str("\n  caused by: ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}

@@ -1,0 +1,16 @@
+//! vzacct: per-container traffic accounting for OpenVZ hardware nodes.
+//!
+//! The library holds every concern in its own module; `main.rs` only parses arguments and
+//! hands over to [`cli::run`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod ctconf;
+pub mod ctid;
+pub mod error;
+pub mod netfilter;
+pub mod process;
+pub mod ruleset;
+pub mod state;
+pub mod veinfo;

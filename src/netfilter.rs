@@ -1,0 +1,89 @@
+//! Talks to the kernel's netfilter through iptables' own batch tools: one `iptables-save -c`
+//! read and at most one `iptables-restore --noflush --counters` write per family and command.
+
+use crate::config::{Config, companion};
+use crate::process::{self, ProcessError};
+use crate::ruleset::{self, Current, Family, Plan};
+
+/// A failure to read or change the ruleset of one family.
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    #[error("cannot read the {family} ruleset")]
+    Read {
+        family: Family,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("cannot understand the {family} ruleset printed by {program}")]
+    Parse {
+        family: Family,
+        program: String,
+        #[source]
+        source: ruleset::ParseError,
+    },
+    #[error(
+        "the {family} ruleset was not changed: {program} rejected the batch of {ops} change(s)"
+    )]
+    Apply {
+        family: Family,
+        program: String,
+        ops: usize,
+        #[source]
+        source: ProcessError,
+    },
+}
+
+/// The iptables tools of one address family.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    pub family: Family,
+    save: String,
+    restore: String,
+}
+
+impl Tables {
+    pub fn new(config: &Config, family: Family) -> Tables {
+        let base = config.iptables_for(family);
+        Tables {
+            family,
+            save: companion(base, "save"),
+            restore: companion(base, "restore"),
+        }
+    }
+
+    /// One read of the filter table, keeping what concerns our chains.
+    pub fn read(&self) -> Result<Current, NetfilterError> {
+        let out = process::run(&self.save, &["-c", "-t", "filter"], None).map_err(|source| {
+            NetfilterError::Read {
+                family: self.family,
+                source,
+            }
+        })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ruleset::parse_save(&text).map_err(|source| NetfilterError::Parse {
+            family: self.family,
+            program: self.save.clone(),
+            source,
+        })
+    }
+
+    /// Apply a plan as one atomic batch; nothing is run for an empty plan.
+    pub fn apply(&self, plan: &Plan) -> Result<(), NetfilterError> {
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let batch = plan.render();
+        process::run(
+            &self.restore,
+            &["-w", "--noflush", "--counters"],
+            Some(batch.as_bytes()),
+        )
+        .map_err(|source| NetfilterError::Apply {
+            family: self.family,
+            program: self.restore.clone(),
+            ops: plan.ops.len(),
+            source,
+        })?;
+        Ok(())
+    }
+}

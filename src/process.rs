@@ -1,0 +1,118 @@
+//! The one place vzacct runs other programs: an argument vector (never a shell), stdin fed
+//! explicitly, stdout and stderr captured, and failures turned into errors an operator can act on.
+
+use std::io::Write;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// A program that could not be run or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot run {program}: not found (install it, or set its path in the config)")]
+    NotFound { program: String },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} {args} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        args: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+/// What a successful run printed.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Run `program` with `args`, feeding `stdin` (or /dev/null), and wait for it.
+/// A non-zero exit is an error carrying the program, its arguments, status and stderr.
+pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ProcessError> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ProcessError::NotFound {
+            program: program.to_string(),
+        },
+        _ => ProcessError::Spawn {
+            program: program.to_string(),
+            source,
+        },
+    })?;
+    // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || pipe.write_all(&data)))
+        }
+        _ => None,
+    };
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ProcessError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    // A broken pipe here means the child exited early; its status tells the real story.
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() {
+        return Err(ProcessError::Failed {
+            program: program.to_string(),
+            args: args.join(" "),
+            status: out.status,
+            stderr: if stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                stderr
+            },
+        });
+    }
+    Ok(Output {
+        stdout: out.stdout,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_stdin_and_captures_stdout() {
+        let out = run("cat", &[], Some(b"hello")).unwrap();
+        assert_eq!(out.stdout, b"hello");
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let e = run("vzacct-no-such-program", &[], None).unwrap_err();
+        assert!(matches!(e, ProcessError::NotFound { .. }));
+        assert!(e.to_string().contains("vzacct-no-such-program"));
+    }
+
+    #[test]
+    fn failure_carries_args_and_stderr() {
+        let e = run("sh", &["-c", "echo boom >&2; exit 3"], None).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("boom") && msg.contains("exit status: 3"),
+            "{msg}"
+        );
+    }
+}

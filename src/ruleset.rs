@@ -1,0 +1,686 @@
+//! The accounting ruleset as pure data: the rules vzacct wants, the rules it finds in
+//! `iptables-save -c` output (its own chains only), and the plan that turns one into the
+//! other as a single `iptables-restore --noflush` batch. No I/O here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+
+use crate::ctid::Ctid;
+
+/// An address family, each with its own iptables program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// One of vzacct's own chains, each hooked from the built-in chain of the same purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Chain {
+    Forward,
+    Input,
+    Output,
+}
+
+impl Chain {
+    pub const ALL: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
+
+    /// Our chain's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Chain::Forward => "VZACCT-FORWARD",
+            Chain::Input => "VZACCT-INPUT",
+            Chain::Output => "VZACCT-OUTPUT",
+        }
+    }
+
+    /// The built-in chain that jumps to ours.
+    pub fn builtin(self) -> &'static str {
+        match self {
+            Chain::Forward => "FORWARD",
+            Chain::Input => "INPUT",
+            Chain::Output => "OUTPUT",
+        }
+    }
+
+    fn by_name(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    fn by_builtin(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.builtin() == name)
+    }
+}
+
+/// What a counting rule measures, from the container's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Forwarded to the container (FORWARD `-d IP`).
+    ForwardIn,
+    /// Forwarded from the container (FORWARD `-s IP`).
+    ForwardOut,
+    /// From the node itself to the container (OUTPUT `-o venet -d IP`).
+    LocalIn,
+    /// From the container to the node itself (INPUT `-i venet -s IP`).
+    LocalOut,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::ForwardIn,
+        Kind::ForwardOut,
+        Kind::LocalIn,
+        Kind::LocalOut,
+    ];
+
+    pub fn chain(self) -> Chain {
+        match self {
+            Kind::ForwardIn | Kind::ForwardOut => Chain::Forward,
+            Kind::LocalIn => Chain::Output,
+            Kind::LocalOut => Chain::Input,
+        }
+    }
+}
+
+/// One counting rule: a container's IP, measured one way.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    pub ctid: Ctid,
+    pub ip: IpAddr,
+    pub kind: Kind,
+    /// The venet interface, for the node-local kinds; empty for forwarded ones.
+    pub iface: String,
+}
+
+const COMMENT_PREFIX: &str = "ct:";
+
+impl Rule {
+    pub fn family(&self) -> Family {
+        Family::of(&self.ip)
+    }
+
+    /// The rule's specification after `-A CHAIN`, exactly as iptables-save prints it.
+    pub fn spec(&self) -> String {
+        let addr = format!("{}/{}", self.ip, self.family().host_prefix());
+        let comment = format!("-m comment --comment \"{COMMENT_PREFIX}{}\"", self.ctid);
+        match self.kind {
+            Kind::ForwardIn => format!("-d {addr} {comment}"),
+            Kind::ForwardOut => format!("-s {addr} {comment}"),
+            Kind::LocalIn => format!("-d {addr} -o {} {comment}", self.iface),
+            Kind::LocalOut => format!("-s {addr} -i {} {comment}", self.iface),
+        }
+    }
+}
+
+/// The accounted containers and their IPs: the input of planning.
+pub type Accounted = BTreeMap<Ctid, BTreeSet<IpAddr>>;
+
+/// Every rule vzacct wants in one family, in a stable order.
+pub fn desired(accounted: &Accounted, family: Family, venet: &str) -> Vec<Rule> {
+    let mut cts: Vec<&Ctid> = accounted.keys().collect();
+    cts.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let mut rules = Vec::new();
+    for ctid in cts {
+        for ip in accounted[ctid].iter().filter(|ip| Family::of(ip) == family) {
+            for kind in Kind::ALL {
+                let iface = match kind.chain() {
+                    Chain::Forward => String::new(),
+                    _ => venet.to_string(),
+                };
+                rules.push(Rule {
+                    ctid: ctid.clone(),
+                    ip: *ip,
+                    kind,
+                    iface,
+                });
+            }
+        }
+    }
+    rules
+}
+
+/// Packet and byte counters as iptables-save prints them (`[packets:bytes]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A rule found in one of our chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRule {
+    pub chain: Chain,
+    /// The specification after `-A CHAIN`, as printed (used to delete it).
+    pub spec: String,
+    /// The counting rule it is, or None for something vzacct did not write.
+    pub rule: Option<Rule>,
+    pub counters: Counters,
+}
+
+/// A rule in a built-in chain that jumps to one of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenJump {
+    pub chain: Chain,
+    /// 1-based position in the built-in chain.
+    pub position: usize,
+    pub spec: String,
+}
+
+/// What the kernel holds of ours in one family's filter table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Current {
+    pub chains: BTreeSet<Chain>,
+    pub jumps: Vec<SeenJump>,
+    pub rules: Vec<SeenRule>,
+}
+
+/// `iptables-save` output that could not be understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line} of the saved ruleset: {reason}: {text}")]
+pub struct ParseError {
+    pub line: usize,
+    pub reason: &'static str,
+    pub text: String,
+}
+
+/// Parse `iptables-save -c -t filter` output, keeping only what concerns our chains.
+/// Foreign rules are only counted (to know where our jumps sit), never interpreted.
+pub fn parse_save(text: &str) -> Result<Current, ParseError> {
+    let mut cur = Current::default();
+    let mut in_filter = false;
+    let mut builtin_len: BTreeMap<String, usize> = BTreeMap::new();
+    for (idx, line) in text.lines().enumerate() {
+        let err = |reason| ParseError {
+            line: idx + 1,
+            reason,
+            text: line.chars().take(200).collect(),
+        };
+        let line = line.trim_end();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(table) = line.strip_prefix('*') {
+            in_filter = table == "filter";
+            continue;
+        }
+        if !in_filter || line == "COMMIT" {
+            continue;
+        }
+        if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or("");
+            if let Some(chain) = Chain::by_name(name) {
+                cur.chains.insert(chain);
+            }
+            continue;
+        }
+        let (counters, rest) = split_counters(line).ok_or_else(|| err("bad counters"))?;
+        let Some(rest) = rest.strip_prefix("-A ") else {
+            return Err(err("expected -A"));
+        };
+        let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+        if let Some(chain) = Chain::by_name(chain_name) {
+            let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
+            cur.rules.push(SeenRule {
+                chain,
+                spec: spec.to_string(),
+                rule: recognise(chain, &tokens),
+                counters,
+            });
+        } else {
+            let pos = builtin_len.entry(chain_name.to_string()).or_default();
+            *pos += 1;
+            if let Some(chain) = Chain::by_builtin(chain_name) {
+                let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
+                let jumps_to_ours = tokens
+                    .windows(2)
+                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain.name());
+                if jumps_to_ours {
+                    cur.jumps.push(SeenJump {
+                        chain,
+                        position: *pos,
+                        spec: spec.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(cur)
+}
+
+fn split_counters(line: &str) -> Option<(Counters, &str)> {
+    let Some(rest) = line.strip_prefix('[') else {
+        return Some((Counters::default(), line));
+    };
+    let (inner, rest) = rest.split_once(']')?;
+    let (p, b) = inner.split_once(':')?;
+    Some((
+        Counters {
+            packets: p.parse().ok()?,
+            bytes: b.parse().ok()?,
+        },
+        rest.trim_start(),
+    ))
+}
+
+/// Split a rule specification into words, honouring iptables-save's double quotes.
+fn tokenize(spec: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = spec.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut word = String::new();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => quoted = !quoted,
+                '\\' if quoted => word.push(chars.next()?),
+                c if c.is_whitespace() && !quoted => break,
+                c => word.push(c),
+            }
+        }
+        if quoted {
+            return None;
+        }
+        out.push(word);
+    }
+}
+
+/// Recognise one of our counting rules; anything else in our chains is a stray.
+fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
+    let (mut src, mut dst, mut iin, mut iout, mut comment) = (None, None, None, None, None);
+    let mut it = tokens.iter().map(String::as_str);
+    while let Some(tok) = it.next() {
+        let slot = match tok {
+            "-s" => &mut src,
+            "-d" => &mut dst,
+            "-i" => &mut iin,
+            "-o" => &mut iout,
+            "-m" => {
+                if it.next()? != "comment" {
+                    return None;
+                }
+                continue;
+            }
+            "--comment" => &mut comment,
+            _ => return None,
+        };
+        if slot.replace(it.next()?).is_some() {
+            return None;
+        }
+    }
+    let ctid: Ctid = comment?.strip_prefix(COMMENT_PREFIX)?.parse().ok()?;
+    let host = |a: &str| -> Option<IpAddr> {
+        let (ip, len) = a.split_once('/')?;
+        let ip: IpAddr = ip.parse().ok()?;
+        (len.parse::<u8>().ok()? == Family::of(&ip).host_prefix()).then_some(ip)
+    };
+    let (kind, ip, iface) = match (chain, src, dst, iin, iout) {
+        (Chain::Forward, None, Some(d), None, None) => (Kind::ForwardIn, host(d)?, ""),
+        (Chain::Forward, Some(s), None, None, None) => (Kind::ForwardOut, host(s)?, ""),
+        (Chain::Output, None, Some(d), None, Some(o)) => (Kind::LocalIn, host(d)?, o),
+        (Chain::Input, Some(s), None, Some(i), None) => (Kind::LocalOut, host(s)?, i),
+        _ => return None,
+    };
+    Some(Rule {
+        ctid,
+        ip,
+        kind,
+        iface: iface.to_string(),
+    })
+}
+
+/// One change to the kernel's ruleset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create one of our chains (only when it does not exist: a declaration flushes).
+    NewChain(Chain),
+    /// Delete a rule of ours (stray, stale or duplicate) by its specification.
+    Delete { chain: &'static str, spec: String },
+    /// Append a counting rule.
+    Append(Rule),
+    /// Put our jump at the top of its built-in chain.
+    InsertJump(Chain),
+}
+
+/// The changes that make one family's kernel ruleset match what is accounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn added(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Append(_)))
+            .count()
+    }
+
+    pub fn deleted(&self) -> usize {
+        let rules = |o: &&Op| matches!(o, Op::Delete { chain, .. } if chain.starts_with("VZACCT-"));
+        self.ops.iter().filter(rules).count()
+    }
+
+    /// The batch for `iptables-restore --noflush --counters`: new rules start at zero.
+    pub fn render(&self) -> String {
+        let mut out = String::from("*filter\n");
+        for op in &self.ops {
+            if let Op::NewChain(c) = op {
+                let _ = writeln!(out, ":{} - [0:0]", c.name());
+            }
+        }
+        for op in &self.ops {
+            let _ = match op {
+                Op::NewChain(_) => Ok(()),
+                Op::Delete { chain, spec } => writeln!(out, "-D {chain} {spec}"),
+                Op::Append(r) => writeln!(out, "[0:0] -A {} {}", r.kind.chain().name(), r.spec()),
+                Op::InsertJump(c) => writeln!(out, "-I {} 1 -j {}", c.builtin(), c.name()),
+            };
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+}
+
+/// Compare what is wanted with what is there. Rules already in place keep their counters;
+/// missing ones are appended; strays, stale rules and duplicates are deleted; each of our
+/// chains exists and is jumped to exactly once, from the top of its built-in chain.
+pub fn plan(desired: &[Rule], current: &Current) -> Plan {
+    let mut ops = Vec::new();
+    for chain in Chain::ALL {
+        if !current.chains.contains(&chain) {
+            ops.push(Op::NewChain(chain));
+        }
+    }
+    for chain in Chain::ALL {
+        let jumps: Vec<&SeenJump> = current.jumps.iter().filter(|j| j.chain == chain).collect();
+        let canonical = format!("-j {}", chain.name());
+        let fine = matches!(jumps.as_slice(), [j] if j.position == 1 && j.spec == canonical);
+        if !fine {
+            for j in jumps {
+                ops.push(Op::Delete {
+                    chain: chain.builtin(),
+                    spec: j.spec.clone(),
+                });
+            }
+            ops.push(Op::InsertJump(chain));
+        }
+    }
+    let mut wanted: BTreeMap<&Rule, usize> = BTreeMap::new();
+    for r in desired {
+        *wanted.entry(r).or_default() += 1;
+    }
+    // Of identical copies the LAST one is kept: `-D` by specification removes the first
+    // match, so deleting the surplus copies in order leaves exactly the kept one in place.
+    let mut keep = vec![false; current.rules.len()];
+    for (i, seen) in current.rules.iter().enumerate().rev() {
+        if let Some(n) = seen
+            .rule
+            .as_ref()
+            .and_then(|r| wanted.get_mut(r))
+            .filter(|n| **n > 0)
+        {
+            *n -= 1;
+            keep[i] = true;
+        }
+    }
+    for (seen, _) in current.rules.iter().zip(&keep).filter(|(_, k)| !**k) {
+        ops.push(Op::Delete {
+            chain: seen.chain.name(),
+            spec: seen.spec.clone(),
+        });
+    }
+    // Restore the budget consumed above so appends only cover what is missing.
+    let mut wanted: BTreeMap<&Rule, usize> = BTreeMap::new();
+    for r in desired {
+        *wanted.entry(r).or_default() += 1;
+    }
+    for seen in current.rules.iter().zip(&keep).filter(|(_, k)| **k) {
+        if let Some(n) = seen.0.rule.as_ref().and_then(|r| wanted.get_mut(r)) {
+            *n -= 1;
+        }
+    }
+    // Appends follow the desired order, skipping what is already in place.
+    for r in desired {
+        if let Some(n) = wanted.get_mut(r).filter(|n| **n > 0) {
+            *n -= 1;
+            ops.push(Op::Append(r.clone()));
+        }
+    }
+    Plan { ops }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(s: &str) -> Ctid {
+        s.parse().unwrap()
+    }
+
+    fn accounted(list: &[(&str, &[&str])]) -> Accounted {
+        list.iter()
+            .map(|(c, ips)| (ct(c), ips.iter().map(|i| i.parse().unwrap()).collect()))
+            .collect()
+    }
+
+    const LEGACY_EMPTY: &str = include_str!("../tests/fixtures/save/legacy-empty.txt");
+    const LEGACY_101: &str = include_str!("../tests/fixtures/save/legacy-101.txt");
+    const NFT_101: &str = include_str!("../tests/fixtures/save/nft-101.txt");
+    const NFT_V6_101: &str = include_str!("../tests/fixtures/save/nft6-101.txt");
+
+    #[test]
+    fn renders_the_exact_rules() {
+        let rules = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let specs: Vec<String> = rules
+            .iter()
+            .map(|r| format!("-A {} {}", r.kind.chain().name(), r.spec()))
+            .collect();
+        assert_eq!(
+            specs,
+            [
+                "-A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"",
+                "-A VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"",
+                "-A VZACCT-OUTPUT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"",
+                "-A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn desired_splits_families_and_orders_numerically() {
+        let acc = accounted(&[("20", &["10.0.0.20"]), ("3", &["10.0.0.3", "2001:db8::3"])]);
+        let v4 = desired(&acc, Family::V4, "venet0");
+        assert_eq!(v4.len(), 8);
+        assert_eq!(v4[0].ctid.as_str(), "3");
+        assert_eq!(v4[4].ctid.as_str(), "20");
+        let v6 = desired(&acc, Family::V6, "venet0");
+        assert_eq!(v6.len(), 4);
+        assert_eq!(
+            v6[0].spec(),
+            "-d 2001:db8::3/128 -m comment --comment \"ct:3\""
+        );
+    }
+
+    #[test]
+    fn empty_table_plans_chains_jumps_and_rules() {
+        let cur = parse_save(LEGACY_EMPTY).unwrap();
+        assert_eq!(cur, Current::default());
+        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let batch = plan(&want, &cur).render();
+        assert_eq!(
+            batch,
+            "*filter\n\
+             :VZACCT-FORWARD - [0:0]\n\
+             :VZACCT-INPUT - [0:0]\n\
+             :VZACCT-OUTPUT - [0:0]\n\
+             -I FORWARD 1 -j VZACCT-FORWARD\n\
+             -I INPUT 1 -j VZACCT-INPUT\n\
+             -I OUTPUT 1 -j VZACCT-OUTPUT\n\
+             [0:0] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn parses_real_legacy_and_nft_output_identically() {
+        let legacy = parse_save(LEGACY_101).unwrap();
+        let nft = parse_save(NFT_101).unwrap();
+        assert_eq!(legacy, nft);
+        assert_eq!(legacy.chains.len(), 3);
+        assert_eq!(legacy.jumps.len(), 3);
+        assert!(legacy.jumps.iter().all(|j| j.position == 1));
+        assert_eq!(legacy.rules.len(), 4);
+        assert!(legacy.rules.iter().all(|r| r.rule.is_some()));
+        let fwd_in = &legacy.rules[0];
+        assert_eq!(fwd_in.rule.as_ref().unwrap().kind, Kind::ForwardIn);
+        assert_eq!(
+            fwd_in.counters,
+            Counters {
+                packets: 3,
+                bytes: 384
+            }
+        );
+    }
+
+    #[test]
+    fn in_place_rules_give_an_empty_plan_on_both_variants() {
+        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        for text in [LEGACY_101, NFT_101] {
+            let p = plan(&want, &parse_save(text).unwrap());
+            assert!(p.is_empty(), "{p:?}");
+        }
+        let want6 = desired(
+            &accounted(&[("101", &["2001:db8::1"])]),
+            Family::V6,
+            "venet0",
+        );
+        assert!(plan(&want6, &parse_save(NFT_V6_101).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn foreign_rules_are_left_alone_and_our_jump_moves_to_the_top() {
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [7:700]\n:OUTPUT ACCEPT [0:0]\n\
+                    :FOREIGN - [0:0]\n:VZACCT-FORWARD - [0:0]\n:VZACCT-INPUT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
+                    [1:100] -A INPUT -j VZACCT-INPUT\n\
+                    [9:900] -A FORWARD -s 192.0.2.1/32 -j DROP\n\
+                    [0:0] -A FORWARD -j VZACCT-FORWARD\n\
+                    [0:0] -A FORWARD -j FOREIGN\n\
+                    [0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [5:5] -A FOREIGN -m comment --comment \"ct:101\" -j ACCEPT\n\
+                    COMMIT\n";
+        let cur = parse_save(text).unwrap();
+        assert_eq!(cur.jumps.len(), 4);
+        assert_eq!(cur.jumps[1].position, 2);
+        let batch = plan(&[], &cur).render();
+        assert_eq!(
+            batch,
+            "*filter\n\
+             -D FORWARD -j VZACCT-FORWARD\n\
+             -I FORWARD 1 -j VZACCT-FORWARD\n\
+             -D OUTPUT -j VZACCT-OUTPUT\n\
+             -D OUTPUT -j VZACCT-OUTPUT\n\
+             -I OUTPUT 1 -j VZACCT-OUTPUT\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn strays_stale_and_duplicates_are_deleted() {
+        let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-INPUT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
+                    [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [3:300] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [1:100] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [2:200] -A VZACCT-FORWARD -d 10.0.0.9/32 -m comment --comment \"ct:109\"\n\
+                    [0:0] -A VZACCT-FORWARD -p tcp -j ACCEPT\n\
+                    [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
+                    COMMIT\n";
+        let cur = parse_save(text).unwrap();
+        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let p = plan(&want, &cur);
+        assert_eq!(p.deleted(), 4);
+        assert_eq!(p.added(), 3);
+        assert_eq!(
+            p.render(),
+            "*filter\n\
+             -D VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             -D VZACCT-FORWARD -d 10.0.0.9/32 -m comment --comment \"ct:109\"\n\
+             -D VZACCT-FORWARD -p tcp -j ACCEPT\n\
+             -D VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn lookalikes_are_not_ours() {
+        for spec in [
+            "-d 10.0.0.1/24 -m comment --comment \"ct:101\"",
+            "-d 10.0.0.1/32 -m comment --comment \"ct:0\"",
+            "-d 10.0.0.1/32 -m comment --comment \"ct:../x\"",
+            "-d 10.0.0.1/32",
+            "-d 10.0.0.1/32 -s 10.0.0.2/32 -m comment --comment \"ct:101\"",
+            "-d 10.0.0.1/32 -m comment --comment \"ct:101\" -j DROP",
+        ] {
+            let toks = tokenize(spec).unwrap();
+            assert_eq!(recognise(Chain::Forward, &toks), None, "{spec}");
+        }
+    }
+
+    #[test]
+    fn quoted_words_are_unescaped() {
+        assert_eq!(
+            tokenize(r#"-m comment --comment "a \"b\" c" -j X"#).unwrap(),
+            ["-m", "comment", "--comment", "a \"b\" c", "-j", "X"]
+        );
+        assert_eq!(tokenize("\"open"), None);
+    }
+
+    #[test]
+    fn garbage_counters_are_an_error_with_the_line() {
+        let e = parse_save("*filter\n[x:1] -A VZACCT-FORWARD -d 1.2.3.4/32\n").unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+}
