@@ -1,0 +1,412 @@
+//! Test harness: private network namespaces (removed on drop, also when a test fails), the
+//! node topology of DESIGN.md, real UDP datagrams sent between namespaces, and the built
+//! `vzacct` binary run inside the node namespace.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Run a program, panicking with its stderr when it fails: for test set-up only.
+pub fn must(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace of ours; deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the integration tests need root (network namespaces and iptables)"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("vzt-{}-{n}-{tag}", std::process::id());
+        must("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// Run a program inside the namespace, returning its output whatever the status.
+    pub fn run(&self, prog: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, prog])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Run a program inside the namespace; it must succeed.
+    pub fn must(&self, prog: &str, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name, prog];
+        full.extend_from_slice(args);
+        must("ip", &full)
+    }
+
+    /// `ip -n NS ...`
+    pub fn ip(&self, args: &str) {
+        let mut full = vec!["-n", &self.name];
+        full.extend(args.split_whitespace());
+        must("ip", &full);
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.must("sysctl", &["-q", "-w", &format!("{key}={value}")]);
+    }
+
+    /// Run `f` on a thread that has entered this namespace: sockets it creates live here.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The two iptables 1.8 back-ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Legacy,
+    Nft,
+}
+
+impl Variant {
+    pub fn iptables(self, v6: bool) -> String {
+        let base = if v6 { "ip6tables" } else { "iptables" };
+        match self {
+            Variant::Legacy => format!("{base}-legacy"),
+            Variant::Nft => format!("{base}-nft"),
+        }
+    }
+}
+
+/// Generate one test per iptables variant from `fn name(v: Variant)`.
+#[macro_export]
+macro_rules! per_variant {
+    ($($name:ident),* $(,)?) => {
+        mod legacy {
+            $( #[test] fn $name() { super::$name($crate::common::Variant::Legacy) } )*
+        }
+        mod nft {
+            $( #[test] fn $name() { super::$name($crate::common::Variant::Nft) } )*
+        }
+    };
+}
+
+/// IP-level length of a UDP datagram carrying `payload` bytes.
+pub fn udp_ip_len(ip: IpAddr, payload: usize) -> u64 {
+    let header = if ip.is_ipv4() { 20 } else { 40 };
+    (payload + 8 + header) as u64
+}
+
+/// A container in the test topology: its own namespace behind the node's venet0.
+pub struct Ct {
+    pub ctid: String,
+    pub ns: Netns,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+/// Addresses of the node in the topology.
+pub const NODE_VENET_V4: &str = "10.255.0.1";
+pub const NODE_VENET_V6: &str = "fd00:255::1";
+pub const WORLD_V4: &str = "198.51.100.2";
+pub const WORLD_V6: &str = "2001:db8:ff::2";
+
+/// A node: the namespace vzacct runs in, a temp dir with config and state, and optionally
+/// the whole topology (switch, containers, world).
+pub struct Node {
+    pub variant: Variant,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub cts: Vec<Ct>,
+    pub world: Option<Netns>,
+    pub sw: Option<Netns>,
+    // Declared last: dropped after the namespaces that hang off it.
+    pub ns: Netns,
+}
+
+impl Node {
+    /// A bare node namespace with a config that uses `variant` and a private state dir.
+    pub fn new(variant: Variant) -> Node {
+        let ns = Netns::new("node");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("vzacct.conf");
+        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[vzctl]\nconf_dir = {d}/conf\nveinfo = {d}/veinfo\n\
+                 [netfilter]\niptables = {}\nip6tables = {}\n\
+                 [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\n",
+                variant.iptables(false),
+                variant.iptables(true),
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        Node {
+            variant,
+            dir,
+            config,
+            cts: Vec::new(),
+            world: None,
+            sw: None,
+            ns,
+        }
+    }
+
+    /// The node plus its world: `venet0` towards a switch namespace with one namespace per
+    /// container (`(ctid, v4, v6)`), and an uplink towards a world namespace. Static IPv6
+    /// neighbours and dropped redirects keep the wire free of packets a test did not send.
+    pub fn with_topology(variant: Variant, cts: &[(&str, &str, &str)]) -> Node {
+        let mut node = Node::new(variant);
+        let sw = Netns::new("sw");
+        let world = Netns::new("world");
+        node.ns.ip(&format!(
+            "link add venet0 address 02:00:00:00:00:01 type veth peer name vsw netns {}",
+            sw.name
+        ));
+        sw.ip("link add br0 type bridge");
+        sw.ip("link set vsw master br0");
+        for dev in ["lo", "br0", "vsw"] {
+            sw.ip(&format!("link set {dev} up"));
+        }
+        let node_ns = &node.ns;
+        for dev in ["lo", "venet0"] {
+            node_ns.ip(&format!("link set {dev} up"));
+        }
+        node_ns.ip(&format!("addr add {NODE_VENET_V4}/32 dev venet0"));
+        node_ns.ip(&format!("-6 addr add {NODE_VENET_V6}/128 dev venet0 nodad"));
+        node_ns.sysctl("net.ipv4.ip_forward", "1");
+        node_ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for scope in ["all", "default", "venet0"] {
+            node_ns.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0");
+        }
+        // Uplink to the world.
+        node_ns.ip(&format!(
+            "link add up0 type veth peer name wan0 netns {}",
+            world.name
+        ));
+        node_ns.ip("link set up0 up");
+        node_ns.ip("addr add 198.51.100.1/24 dev up0");
+        node_ns.ip("-6 addr add 2001:db8:ff::1/64 dev up0 nodad");
+        for dev in ["lo", "wan0"] {
+            world.ip(&format!("link set {dev} up"));
+        }
+        world.ip(&format!("addr add {WORLD_V4}/24 dev wan0"));
+        world.ip(&format!("-6 addr add {WORLD_V6}/64 dev wan0 nodad"));
+        world.ip("route add 10.0.0.0/8 via 198.51.100.1");
+        world.ip("-6 route add 2001:db8::/40 via 2001:db8:ff::1");
+        // Redirects for CT-to-CT traffic would be sent to a container's IP: drop them before
+        // the filter table sees them (raw table, our own namespace).
+        for v6 in [false, true] {
+            let proto: &[&str] = if v6 {
+                &["-p", "ipv6-icmp", "--icmpv6-type", "redirect"]
+            } else {
+                &["-p", "icmp", "--icmp-type", "redirect"]
+            };
+            let mut args = vec!["-w", "-t", "raw", "-A", "OUTPUT"];
+            args.extend_from_slice(proto);
+            args.extend_from_slice(&["-j", "DROP"]);
+            node.ns.must(&variant.iptables(v6), &args);
+        }
+        for (i, (ctid, v4, v6)) in cts.iter().enumerate() {
+            let ns = Netns::new(&format!("c{ctid}"));
+            let mac = format!("02:00:00:00:01:{:02x}", i + 1);
+            sw.ip(&format!(
+                "link add p{i} type veth peer name eth0 netns {}",
+                ns.name
+            ));
+            sw.ip(&format!("link set p{i} master br0"));
+            sw.ip(&format!("link set p{i} up"));
+            ns.ip(&format!("link set eth0 address {mac}"));
+            ns.ip("link set lo up");
+            ns.ip("link set eth0 up");
+            ns.ip(&format!("addr add {v4}/32 dev eth0"));
+            ns.ip(&format!("-6 addr add {v6}/128 dev eth0 nodad"));
+            ns.ip(&format!("route add {NODE_VENET_V4} dev eth0"));
+            ns.ip(&format!("route add default via {NODE_VENET_V4} src {v4}"));
+            ns.ip(&format!("-6 route add {NODE_VENET_V6} dev eth0"));
+            ns.ip(&format!(
+                "-6 route add default via {NODE_VENET_V6} src {v6}"
+            ));
+            ns.ip(&format!(
+                "-6 neigh replace {NODE_VENET_V6} lladdr 02:00:00:00:00:01 dev eth0 nud permanent"
+            ));
+            ns.ip(&format!(
+                "neigh replace {NODE_VENET_V4} lladdr 02:00:00:00:00:01 dev eth0 nud permanent"
+            ));
+            ns.sysctl("net.ipv4.conf.all.accept_redirects", "0");
+            ns.sysctl("net.ipv6.conf.all.accept_redirects", "0");
+            node.ns
+                .ip(&format!("route add {v4}/32 dev venet0 src {NODE_VENET_V4}"));
+            node.ns.ip(&format!("-6 route add {v6}/128 dev venet0"));
+            node.ns.ip(&format!(
+                "-6 neigh replace {v6} lladdr {mac} dev venet0 nud permanent"
+            ));
+            node.ns.ip(&format!(
+                "neigh replace {v4} lladdr {mac} dev venet0 nud permanent"
+            ));
+            node.cts.push(Ct {
+                ctid: ctid.to_string(),
+                ns,
+                v4: v4.parse().unwrap(),
+                v6: v6.parse().unwrap(),
+            });
+        }
+        node.sw = Some(sw);
+        node.world = Some(world);
+        node
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Run the built vzacct inside the node namespace with this node's config.
+    pub fn vzacct(&self, args: &[&str]) -> Output {
+        self.vzacct_env(args, &[])
+    }
+
+    pub fn vzacct_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name, env!("CARGO_BIN_EXE_vzacct")])
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("VZACCT_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run vzacct")
+    }
+
+    /// vzacct must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.vzacct(args);
+        assert!(
+            out.status.success(),
+            "vzacct {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `iptables-save -c -t filter` of the node, without the timestamp comments.
+    pub fn save(&self, v6: bool) -> String {
+        let text = self.ns.must(
+            &format!("{}-save", self.variant.iptables(v6)),
+            &["-c", "-t", "filter"],
+        );
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// Only the lines of the saved filter table that mention vzacct's chains.
+    pub fn ours(&self, v6: bool) -> Vec<String> {
+        self.save(v6)
+            .lines()
+            .filter(|l| l.contains("VZACCT"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Run the variant's iptables in the node namespace.
+    pub fn ipt(&self, v6: bool, args: &[&str]) {
+        let mut full = vec!["-w"];
+        full.extend_from_slice(args);
+        self.ns.must(&self.variant.iptables(v6), &full);
+    }
+
+    /// Counters `[packets, bytes]` of the rule printed as `-A <rule>` in the saved table.
+    pub fn counters(&self, v6: bool, rule: &str) -> (u64, u64) {
+        let save = self.save(v6);
+        let line = save
+            .lines()
+            .find(|l| l.ends_with(&format!("-A {rule}")))
+            .unwrap_or_else(|| panic!("rule -A {rule} not found in:\n{save}"));
+        let inner = &line[1..line.find(']').unwrap()];
+        let (p, b) = inner.split_once(':').unwrap();
+        (p.parse().unwrap(), b.parse().unwrap())
+    }
+
+    pub fn ct(&self, ctid: &str) -> &Ct {
+        self.cts.iter().find(|c| c.ctid == ctid).expect("container")
+    }
+
+    pub fn world(&self) -> &Netns {
+        self.world.as_ref().expect("topology")
+    }
+}
+
+/// Send `count` UDP datagrams of `payload` bytes from `src` (in `from`) to `dst` (in `to`),
+/// and check each one arrives, so the kernel counted them before the test reads counters.
+pub fn send_udp(from: &Netns, src: IpAddr, to: &Netns, dst: IpAddr, payload: usize, count: usize) {
+    static PORT: AtomicUsize = AtomicUsize::new(20000);
+    let port = PORT.fetch_add(1, Ordering::SeqCst) as u16;
+    let dst_addr = SocketAddr::new(dst, port);
+    let rx = to.enter(move || UdpSocket::bind(dst_addr).expect("bind receiver"));
+    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind sender"));
+    let data = vec![0x5a_u8; payload];
+    let mut buf = vec![0_u8; payload + 1];
+    for i in 0..count {
+        tx.send_to(&data, dst_addr).expect("send");
+        let (n, from_addr) = rx
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} {src} -> {dst} did not arrive: {e}"));
+        assert_eq!((n, from_addr.ip()), (payload, src));
+    }
+}
+
+/// Write a file, creating parent directories.
+pub fn write(path: &Path, text: impl AsRef<[u8]>) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
