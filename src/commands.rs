@@ -51,14 +51,16 @@ impl Ctx<'_> {
 /// Parse an IP given on the command line or by vzctl (`addr` or `addr/prefix`) and refuse
 /// addresses a container cannot own.
 pub fn parse_ip(raw: &str) -> Result<IpAddr, String> {
-    let addr = match raw.split_once('/') {
-        Some((a, p)) if p.parse::<u8>().is_ok() => a,
-        Some(_) => return Err(format!("invalid IP address {}", escape_for_message(raw))),
-        None => raw,
+    let invalid = || format!("invalid IP address {}", escape_for_message(raw));
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| invalid())?)),
+        None => (raw, None),
     };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("invalid IP address {}", escape_for_message(raw)))?;
+    let ip: IpAddr = addr.parse().map_err(|_| invalid())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix.is_some_and(|p| p > max) {
+        return Err(invalid());
+    }
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast {
         return Err(format!(

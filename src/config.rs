@@ -288,6 +288,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_template_holds_exactly_the_defaults() {
+        let text = include_str!("../conf-templates/vzacct.conf");
+        assert_eq!(p(text).unwrap(), Config::default());
+    }
+
+    #[test]
     fn companion_programs() {
         assert_eq!(companion("iptables-legacy", "save"), "iptables-legacy-save");
         assert_eq!(

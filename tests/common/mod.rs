@@ -300,16 +300,19 @@ impl Node {
         self.vzacct_env(args, &[])
     }
 
+    /// Run vzacct with extra environment variables (set by `env`, so that even `PATH` can be
+    /// changed for vzacct alone).
     pub fn vzacct_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.name, env!("CARGO_BIN_EXE_vzacct")])
+        cmd.args(["netns", "exec", &self.ns.name, "env"]);
+        for (k, v) in env {
+            cmd.arg(format!("{k}={v}"));
+        }
+        cmd.arg(env!("CARGO_BIN_EXE_vzacct"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env_remove("VZACCT_CONFIG");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         cmd.output().expect("run vzacct")
     }
 

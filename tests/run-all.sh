@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the integration tests that drive
+# real iptables (legacy and nf_tables) in private network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/deps.sh
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
+leftover=$(ip netns list | grep -c '^vzt-' || true)
+if [ "$leftover" -ne 0 ]; then
+  echo "tests left $leftover network namespace(s) behind" >&2
+  exit 1
+fi
