@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, FixedOffset, Local};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{self, Ctx};
@@ -62,15 +63,59 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Harvest every rule's counters into the ledger, heal the rules as `sync` does, and
+    /// close finished days into the daily CSV files. Cron runs this every 5 minutes.
+    Dump,
+    /// At boot, before vzctl starts containers: recreate vzacct's chains, jumps and the rules
+    /// of every container accounted at the last dump, without duplicating rules a firewall
+    /// service already restored. Counters found on rules at the first run of a boot are taken
+    /// as the starting point, not counted (they may come from a saved ruleset).
+    Restore,
+    /// Show each container's traffic: totals since its last reset, today, and this month
+    /// so far. Live: the kernel's counters are read under the lock.
+    Show {
+        /// Only these containers.
+        ctids: Vec<Ctid>,
+        /// One JSON document with exact integers instead of a table with human units.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new billing period for one container: its totals go to zero. Its daily
+    /// history, its CSV rows, every other container and every kernel counter stay as they are.
+    Reset {
+        /// Container ID.
+        ctid: Ctid,
+    },
+}
+
+/// Testing aids read from the environment: `VZACCT_NOW` (RFC 3339) replaces the clock and
+/// `VZACCT_BOOT_ID_FILE` replaces `/proc/sys/kernel/random/boot_id`.
+fn clock_and_boot() -> Result<(DateTime<FixedOffset>, PathBuf), Error> {
+    let now = match std::env::var("VZACCT_NOW") {
+        Ok(v) => DateTime::parse_from_rfc3339(&v).map_err(|_| {
+            Error::Invalid(format!(
+                "VZACCT_NOW={} is not an RFC 3339 time such as 2026-11-29T23:59:00+01:00",
+                crate::ctid::escape_for_message(&v)
+            ))
+        })?,
+        Err(_) => Local::now().fixed_offset(),
+    };
+    let boot = std::env::var_os("VZACCT_BOOT_ID_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys/kernel/random/boot_id"));
+    Ok((now, boot))
 }
 
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
     // clap has already folded VZACCT_CONFIG into `config`.
     let config = config::load(cli.config.as_deref())?;
+    let (now, boot_id_file) = clock_and_boot()?;
     let mut ctx = Ctx {
         config,
         lock_wait: Duration::from_secs(cli.lock_timeout),
+        now,
+        boot_id_file,
         out,
         err,
     };
@@ -79,5 +124,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         Command::Remove { ctid, ips } => commands::remove(&mut ctx, ctid, ips),
         Command::Sync => commands::sync(&mut ctx),
         Command::Status { json } => commands::status(&mut ctx, *json),
+        Command::Dump => commands::dump(&mut ctx),
+        Command::Restore => commands::restore(&mut ctx),
+        Command::Show { ctids, json } => commands::show(&mut ctx, ctids, *json),
+        Command::Reset { ctid } => commands::reset(&mut ctx, ctid),
     }
 }

@@ -2,10 +2,11 @@
 //! `main` can print the whole chain once.
 
 use crate::config::ConfigError;
+use crate::csvlog::CsvError;
 use crate::ctconf::CtConfError;
 use crate::ctid::CtidError;
 use crate::netfilter::NetfilterError;
-use crate::state::StateError;
+use crate::store::StateError;
 use crate::veinfo::VeinfoError;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,14 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
+    #[error(transparent)]
+    Csv(#[from] CsvError),
+    #[error("cannot read the kernel's boot id from {path}")]
+    BootId {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A request that cannot be carried out as asked; the text says why and what to do.
     #[error("{0}")]
     Invalid(String),

@@ -6,11 +6,13 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod csvlog;
 pub mod ctconf;
 pub mod ctid;
 pub mod error;
+pub mod ledger;
 pub mod netfilter;
 pub mod process;
 pub mod ruleset;
-pub mod state;
+pub mod store;
 pub mod veinfo;

@@ -1,29 +1,22 @@
-//! The persisted set of accounted containers, in the state dir, and the one lock that
-//! serialises every read-modify-write of it and of the rules.
+//! The state dir and the one lock that serialises every read-modify-write of the ledger and
+//! the rules; files in it are replaced atomically so a crash leaves the old or the new
+//! version, never a torn one.
 //!
-//! On-disk layout of `<state_dir>`:
+//! Layout of `<state_dir>` (created 0700):
 //! - `lock`: empty file; an exclusive fs2 lock on it is held for a command's whole
 //!   read-modify-write.
-//! - `ledger.json`: `{"format":1,"containers":{"<ctid>":{"ips":["10.0.0.1",...]}}}`. Written
-//!   to `ledger.json.tmp` (created fresh, mode 0600, never through a symlink), fsynced, renamed
-//!   over the old file, and the directory fsynced, so a crash leaves either the old or the new
-//!   file, never a torn one. A file that does not parse is an error naming it; it is never
-//!   overwritten by an empty ledger.
+//! - `ledger.json`: see [`crate::ledger`]. Written to `ledger.json.tmp` (created fresh, mode
+//!   0600, never through a symlink), fsynced, renamed over the old file, and the directory
+//!   fsynced. A file that does not parse is an error naming it; it is never overwritten.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use crate::ledger::{self, Ledger};
 
-use crate::ctid::Ctid;
-use crate::ruleset::Accounted;
-
-const FORMAT: u32 = 1;
 const LEDGER: &str = "ledger.json";
 const LOCK: &str = "lock";
 
@@ -58,64 +51,19 @@ pub enum StateError {
     },
     #[error(
         "ledger {path} is corrupt and was left untouched; restore it from a backup, or move it \
-         aside and run `vzacct sync` to start a new one"
+         aside and run `vzacct sync` to start a new one (its counters are then lost)"
     )]
     Corrupt {
         path: PathBuf,
         #[source]
-        source: serde_json::Error,
+        source: ledger::FormatError,
     },
-    #[error("ledger {path} has format {found}, this vzacct understands format {FORMAT}")]
-    Format { path: PathBuf, found: u32 },
     #[error("cannot write ledger {path}; the previous ledger is intact")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// One accounted container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Container {
-    pub ips: BTreeSet<IpAddr>,
-}
-
-/// Everything vzacct persists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct State {
-    pub format: u32,
-    pub containers: BTreeMap<Ctid, Container>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            format: FORMAT,
-            containers: BTreeMap::new(),
-        }
-    }
-}
-
-impl State {
-    /// The accounted containers and IPs, as planning wants them.
-    pub fn accounted(&self) -> Accounted {
-        self.containers
-            .iter()
-            .filter(|(_, c)| !c.ips.is_empty())
-            .map(|(id, c)| (id.clone(), c.ips.clone()))
-            .collect()
-    }
-
-    /// Which container currently owns `ip`, if any.
-    pub fn owner(&self, ip: &IpAddr) -> Option<&Ctid> {
-        self.containers
-            .iter()
-            .find(|(_, c)| c.ips.contains(ip))
-            .map(|(id, _)| id)
-    }
 }
 
 /// The state dir, held locked: dropping it releases the lock.
@@ -173,72 +121,49 @@ impl Locked {
     }
 
     /// Load the ledger; a missing file is an empty ledger, a corrupt one an error.
-    pub fn load(&self) -> Result<State, StateError> {
+    pub fn load(&self) -> Result<Ledger, StateError> {
         let path = self.ledger_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
             Err(source) => return Err(StateError::Read { path, source }),
         };
-        parse(&bytes, &path)
+        Ledger::from_json(&bytes).map_err(|source| StateError::Corrupt { path, source })
     }
 
-    /// Replace the ledger atomically: temp file, fsync, rename, fsync the directory.
-    pub fn save(&self, state: &State) -> Result<(), StateError> {
-        let path = self.ledger_path();
-        let tmp = self.dir.join(format!("{LEDGER}.tmp"));
-        let werr = |source| StateError::Write {
-            path: path.clone(),
+    /// Replace the ledger atomically.
+    pub fn save(&self, ledger: &Ledger) -> Result<(), StateError> {
+        write_atomic(&self.dir, LEDGER, &ledger.to_json()).map_err(|source| StateError::Write {
+            path: self.ledger_path(),
             source,
-        };
-        let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| werr(e.into()))?;
-        bytes.push(b'\n');
-        // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(werr(e)),
-            _ => {}
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(werr)?;
-        let written = f.write_all(&bytes).and_then(|()| f.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(werr(e));
-        }
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(werr)?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        })
     }
 }
 
-/// Parse ledger bytes; `path` is used in errors.
-pub fn parse(bytes: &[u8], path: &Path) -> Result<State, StateError> {
-    #[derive(Deserialize)]
-    struct Probe {
-        format: u32,
+/// Replace `dir/name` atomically: a fresh temp file (0600, never through a symlink), fsync,
+/// rename over the old file, fsync the directory. On error the old file is intact.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if probe.format != FORMAT {
-        return Err(StateError::Format {
-            path: path.to_path_buf(),
-            found: probe.format,
-        });
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })
+    drop(f);
+    std::fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -250,22 +175,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sd = dir.path().join("state");
         let locked = lock(&sd, Duration::ZERO).unwrap();
-        assert_eq!(locked.load().unwrap(), State::default());
-        let mut st = State::default();
-        st.containers.insert(
-            "101".parse().unwrap(),
-            Container {
-                ips: ["10.0.0.1".parse().unwrap()].into(),
-            },
-        );
-        locked.save(&st).unwrap();
-        assert_eq!(locked.load().unwrap(), st);
+        assert_eq!(locked.load().unwrap(), Ledger::default());
+        let mut l = Ledger::default();
+        l.containers
+            .insert("101".parse().unwrap(), Default::default());
+        locked.save(&l).unwrap();
+        assert_eq!(locked.load().unwrap(), l);
         let text = std::fs::read_to_string(sd.join(LEDGER)).unwrap();
         assert_eq!(
             text,
-            "{\n  \"format\": 1,\n  \"containers\": {\n    \"101\": {\n      \"ips\": [\n        \"10.0.0.1\"\n      ]\n    }\n  }\n}\n"
+            "{\"format\":1,\"containers\":{\"101\":{\"ips\":[],\"total\":{\"in_bytes\":0,\"out_bytes\":0,\"in_packets\":0,\"out_packets\":0,\"local_in_bytes\":0,\"local_out_bytes\":0,\"local_in_packets\":0,\"local_out_packets\":0}}}}\n"
         );
         assert!(!sd.join("ledger.json.tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sd), 0o700);
+        assert_eq!(mode(&sd.join(LEDGER)), 0o600);
     }
 
     #[test]
@@ -290,20 +215,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_ctid_or_ip_in_ledger_is_corrupt() {
+    fn bad_ctid_ip_or_format_in_ledger_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let locked = lock(dir.path(), Duration::ZERO).unwrap();
         for text in [
             r#"{"format":1,"containers":{"../x":{"ips":[]}}}"#,
             r#"{"format":1,"containers":{"101":{"ips":["1.2.3.4;x"]}}}"#,
+            r#"{"format":9,"containers":{}}"#,
+            "",
         ] {
-            assert!(matches!(
-                parse(text.as_bytes(), Path::new("/l")),
-                Err(StateError::Corrupt { .. })
-            ));
+            std::fs::write(locked.ledger_path(), text).unwrap();
+            let e = locked.load().unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{text}: {e}");
         }
-        assert!(matches!(
-            parse(br#"{"format":9}"#, Path::new("/l")),
-            Err(StateError::Format { found: 9, .. })
-        ));
     }
 
     #[test]
@@ -314,7 +238,7 @@ mod tests {
         let sd = dir.path().join("s");
         let locked = lock(&sd, Duration::ZERO).unwrap();
         std::os::unix::fs::symlink(&victim, sd.join("ledger.json.tmp")).unwrap();
-        locked.save(&State::default()).unwrap();
+        locked.save(&Ledger::default()).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }

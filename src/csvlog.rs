@@ -1,0 +1,196 @@
+//! The daily CSV of each container (`<csv_dir>/<CTID>.csv`): append-only, one row per closed
+//! day, each row written exactly once even when a run is killed and repeated, and never torn.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use crate::ctid::Ctid;
+use crate::ledger::Row;
+
+/// The first line of every CSV file.
+pub const HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,\
+local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
+
+/// A CSV file that could not be appended to; the ledger is then not written either, so the
+/// rows are produced again by the next run.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot append to daily CSV {path}")]
+pub struct CsvError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub fn path_for(dir: &Path, ctid: &Ctid) -> PathBuf {
+    dir.join(format!("{ctid}.csv"))
+}
+
+/// Append `rows` (any order, any containers) to their files. A row whose date is not after
+/// the file's last row is skipped: it was written by an earlier run that was killed before
+/// it could record so in the ledger. Returns how many rows were written.
+pub fn append(dir: &Path, rows: &[Row]) -> Result<usize, CsvError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| CsvError {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let mut by_ct: std::collections::BTreeMap<&Ctid, Vec<&Row>> = Default::default();
+    for r in rows {
+        by_ct.entry(&r.ctid).or_default().push(r);
+    }
+    let mut written = 0;
+    for (ctid, mut rows) in by_ct {
+        rows.sort_by_key(|r| r.date);
+        let path = path_for(dir, ctid);
+        written += append_one(&path, &rows).map_err(|source| CsvError { path, source })?;
+    }
+    Ok(written)
+}
+
+fn append_one(path: &Path, rows: &[&Row]) -> std::io::Result<usize> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let last = repair_and_last_date(&mut f)?;
+    let mut buf = Vec::new();
+    if f.metadata()?.len() == 0 {
+        buf.extend_from_slice(HEADER.as_bytes());
+        buf.push(b'\n');
+    }
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(&mut buf);
+    let mut n = 0;
+    for r in rows.iter().filter(|r| last.is_none_or(|l| r.date > l)) {
+        let mut record = vec![r.date.format("%Y-%m-%d").to_string(), r.ctid.to_string()];
+        record.extend(r.figures.fields().iter().map(u64::to_string));
+        w.write_record(&record).map_err(std::io::Error::other)?;
+        n += 1;
+    }
+    w.flush()?;
+    drop(w);
+    if n > 0 {
+        // One write of whole lines; a crash mid-write leaves a partial last line, which the
+        // next append cuts away before writing.
+        f.write_all(&buf)?;
+        f.sync_data()?;
+    }
+    Ok(n)
+}
+
+/// Cut a torn last line (no final newline) and return the date of the last complete row.
+fn repair_and_last_date(f: &mut std::fs::File) -> std::io::Result<Option<NaiveDate>> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let tail_len = len.min(4096);
+    f.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    f.take(tail_len).read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if tail_len == len => 0,
+        None => {
+            return Err(std::io::Error::other(
+                "last line is longer than 4096 bytes: not a vzacct CSV",
+            ));
+        }
+    };
+    if complete < tail.len() {
+        f.set_len(len - tail_len + complete as u64)?;
+        f.sync_data()?;
+        tail.truncate(complete);
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let last_line = text.lines().next_back().unwrap_or("");
+    let date = last_line.split(',').next().unwrap_or("");
+    Ok(NaiveDate::parse_from_str(date, "%Y-%m-%d").ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Figures;
+
+    fn row(date: &str, ctid: &str, in_bytes: u64) -> Row {
+        Row {
+            date: date.parse().unwrap(),
+            ctid: ctid.parse().unwrap(),
+            figures: Figures {
+                in_bytes,
+                ..Figures::default()
+            },
+        }
+    }
+
+    #[test]
+    fn writes_header_once_and_skips_rows_already_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [row("2026-11-28", "101", 5), row("2026-11-27", "101", 4)];
+        assert_eq!(append(dir.path(), &rows).unwrap(), 2);
+        assert_eq!(
+            append(dir.path(), &rows).unwrap(),
+            0,
+            "a rerun writes nothing"
+        );
+        assert_eq!(
+            append(dir.path(), &[row("2026-11-29", "101", 6)]).unwrap(),
+            1
+        );
+        let text = std::fs::read_to_string(dir.path().join("101.csv")).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n\
+                 2026-11-29,101,6,0,0,0,0,0,0,0\n"
+            )
+        );
+    }
+
+    #[test]
+    fn a_torn_last_row_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("101.csv");
+        std::fs::write(
+            &path,
+            format!("{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,10"),
+        )
+        .unwrap();
+        assert_eq!(
+            append(dir.path(), &[row("2026-11-28", "101", 5)]).unwrap(),
+            1
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n")
+        );
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let csv = dir.path().join("csv");
+        std::fs::create_dir(&csv).unwrap();
+        std::os::unix::fs::symlink(&victim, csv.join("101.csv")).unwrap();
+        assert!(append(&csv, &[row("2026-11-28", "101", 5)]).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    }
+}

@@ -1,0 +1,466 @@
+//! The ledger: the truth about what each container carried. Kernel counters are ephemeral;
+//! every byte a rule counted is folded in here exactly once (harvest), days are closed into
+//! CSV rows, and totals survive reboots, firewall restarts and IP changes. Pure: no I/O.
+//!
+//! On-disk format (`<state_dir>/ledger.json`, written atomically by [`crate::store`]):
+//! ```text
+//! {
+//!   "format": 1,
+//!   "boot_id": "<kernel boot id when the counters below were seen>",
+//!   "containers": {
+//!     "<ctid>": {
+//!       "ips": ["10.0.0.1", ...],            accounted now (empty: history only)
+//!       "total_since": "<RFC 3339>",         start of the current billing period (reset)
+//!       "total": {<figures>},                since total_since
+//!       "by_ip": {"10.0.0.1": {<figures>}},  the same, per address
+//!       "today": {"date": "YYYY-MM-DD", <figures>},   the open day
+//!       "month": {"month": "YYYY-MM", <figures>},     closed days of the latest month
+//!       "seen": {"<kind> <ip> <iface>": {"packets": n, "bytes": n}}
+//!     }                                      last-seen kernel counters, per rule
+//!   }
+//! }
+//! ```
+//! `<figures>` are the eight counters of [`Figures`]. `seen` is only meaningful within the boot
+//! named by `boot_id`: a new boot means every kernel counter restarted from zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use crate::ctid::Ctid;
+use crate::ruleset::{Accounted, Counters, Current, Kind, Rule};
+
+pub const FORMAT: u32 = 1;
+
+/// What a container sent and received. `local_*` is the part exchanged with the node itself
+/// over the venet interface, and is included in `in_*` / `out_*`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figures {
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    pub in_packets: u64,
+    pub out_packets: u64,
+    pub local_in_bytes: u64,
+    pub local_out_bytes: u64,
+    pub local_in_packets: u64,
+    pub local_out_packets: u64,
+}
+
+impl Figures {
+    /// Credit one rule's counter delta.
+    pub fn credit(&mut self, kind: Kind, d: Counters) {
+        let (bytes, packets) = match kind {
+            Kind::ForwardIn | Kind::LocalIn => (&mut self.in_bytes, &mut self.in_packets),
+            Kind::ForwardOut | Kind::LocalOut => (&mut self.out_bytes, &mut self.out_packets),
+        };
+        *bytes = bytes.saturating_add(d.bytes);
+        *packets = packets.saturating_add(d.packets);
+        let local = match kind {
+            Kind::LocalIn => Some((&mut self.local_in_bytes, &mut self.local_in_packets)),
+            Kind::LocalOut => Some((&mut self.local_out_bytes, &mut self.local_out_packets)),
+            _ => None,
+        };
+        if let Some((bytes, packets)) = local {
+            *bytes = bytes.saturating_add(d.bytes);
+            *packets = packets.saturating_add(d.packets);
+        }
+    }
+
+    pub fn add(&mut self, o: &Figures) {
+        for (a, b) in self.fields_mut().into_iter().zip(o.fields()) {
+            *a = a.saturating_add(b);
+        }
+    }
+
+    /// The eight figures in CSV column order.
+    pub fn fields(&self) -> [u64; 8] {
+        [
+            self.in_bytes,
+            self.out_bytes,
+            self.in_packets,
+            self.out_packets,
+            self.local_in_bytes,
+            self.local_out_bytes,
+            self.local_in_packets,
+            self.local_out_packets,
+        ]
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 8] {
+        [
+            &mut self.in_bytes,
+            &mut self.out_bytes,
+            &mut self.in_packets,
+            &mut self.out_packets,
+            &mut self.local_in_bytes,
+            &mut self.local_out_bytes,
+            &mut self.local_in_packets,
+            &mut self.local_out_packets,
+        ]
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.fields().iter().all(|f| *f == 0)
+    }
+}
+
+/// The open day of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Day {
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The closed days of a container's latest month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Month {
+    /// `YYYY-MM`
+    pub month: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// One container's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    #[serde(default)]
+    pub ips: BTreeSet<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_since: Option<DateTime<FixedOffset>>,
+    #[serde(default)]
+    pub total: Figures,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_ip: BTreeMap<IpAddr, Figures>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub today: Option<Day>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<Month>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub seen: BTreeMap<String, Counters>,
+}
+
+impl Container {
+    pub fn accounted(&self) -> bool {
+        !self.ips.is_empty()
+    }
+
+    /// Closed days of `month` (`YYYY-MM`) plus the open day if it lies in that month.
+    pub fn month_so_far(&self, month: &str) -> Figures {
+        let mut f = Figures::default();
+        if let Some(m) = self.month.as_ref().filter(|m| m.month == month) {
+            f.add(&m.figures);
+        }
+        if let Some(d) = self.today.as_ref().filter(|d| month_of(d.date) == month) {
+            f.add(&d.figures);
+        }
+        f
+    }
+
+    fn close_into_month(&mut self, date: NaiveDate, figures: &Figures) {
+        let ym = month_of(date);
+        match &mut self.month {
+            Some(m) if m.month == ym => m.figures.add(figures),
+            _ => {
+                self.month = Some(Month {
+                    month: ym,
+                    figures: *figures,
+                })
+            }
+        }
+    }
+}
+
+pub fn month_of(date: NaiveDate) -> String {
+    format!("{:04}-{:02}", date.year(), date.month())
+}
+
+/// A closed day of one container: one CSV row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub date: NaiveDate,
+    pub ctid: Ctid,
+    pub figures: Figures,
+}
+
+/// Everything vzacct persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    pub format: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    pub containers: BTreeMap<Ctid, Container>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            format: FORMAT,
+            boot_id: None,
+            containers: BTreeMap::new(),
+        }
+    }
+}
+
+/// A ledger file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a valid ledger")]
+    Json(#[from] serde_json::Error),
+    #[error("format {0}, this vzacct understands format {FORMAT}")]
+    Version(u32),
+}
+
+/// What one harvest folded in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Harvest {
+    /// The sum of all deltas credited.
+    pub counted: Figures,
+    /// Rules whose counter restarted (lower than last seen).
+    pub restarted: usize,
+    /// Whether this harvest was the first of a new boot.
+    pub new_boot: bool,
+}
+
+/// How to treat counters found on rules at the first harvest of a new boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewBoot {
+    /// They counted since the rule was made in this boot: credit them (dump, add, ...).
+    Count,
+    /// They may have been restored from a saved ruleset with old counters before any
+    /// container ran (boot restore): take them as the baseline, credit nothing.
+    Baseline,
+}
+
+/// The identity of a rule within its container's `seen` map.
+pub fn seen_key(rule: &Rule) -> String {
+    let kind = match rule.kind {
+        Kind::ForwardIn => "forward_in",
+        Kind::ForwardOut => "forward_out",
+        Kind::LocalIn => "local_in",
+        Kind::LocalOut => "local_out",
+    };
+    format!("{kind} {} {}", rule.ip, rule.iface)
+        .trim_end()
+        .to_string()
+}
+
+impl Ledger {
+    pub fn from_json(bytes: &[u8]) -> Result<Ledger, FormatError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes)?;
+        if probe.format != FORMAT {
+            return Err(FormatError::Version(probe.format));
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain maps of strings and integers cannot fail.
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// The accounted containers and IPs, as planning wants them.
+    pub fn accounted(&self) -> Accounted {
+        self.containers
+            .iter()
+            .filter(|(_, c)| c.accounted())
+            .map(|(id, c)| (id.clone(), c.ips.clone()))
+            .collect()
+    }
+
+    /// Which container currently owns `ip`, if any.
+    pub fn owner(&self, ip: &IpAddr) -> Option<&Ctid> {
+        self.containers
+            .iter()
+            .find(|(_, c)| c.ips.contains(ip))
+            .map(|(id, _)| id)
+    }
+
+    /// Start accounting `ip` for `ctid` (taking it from any other container). Returns the
+    /// previous owner if the IP moved, and whether anything changed.
+    pub fn assign(
+        &mut self,
+        ctid: &Ctid,
+        ip: IpAddr,
+        now: DateTime<FixedOffset>,
+        today: NaiveDate,
+    ) -> (Option<Ctid>, bool) {
+        let previous = self.owner(&ip).filter(|o| *o != ctid).cloned();
+        if let Some(prev) = &previous
+            && let Some(c) = self.containers.get_mut(prev)
+        {
+            c.ips.remove(&ip);
+        }
+        let c = self.containers.entry(ctid.clone()).or_default();
+        c.total_since.get_or_insert(now);
+        if c.today.is_none() {
+            c.today = Some(Day {
+                date: today,
+                figures: Figures::default(),
+            });
+        }
+        let added = c.ips.insert(ip);
+        (previous, added)
+    }
+
+    /// Stop accounting `ip` for `ctid`; its history stays.
+    pub fn unassign(&mut self, ctid: &Ctid, ip: &IpAddr) -> bool {
+        self.containers
+            .get_mut(ctid)
+            .is_some_and(|c| c.ips.remove(ip))
+    }
+
+    /// Fold the kernel's counters into the ledger. Deltas are taken against the last-seen
+    /// value of each rule; a counter lower than last seen, a rule not seen before, or a new
+    /// boot means counting restarted from zero, so the counter itself is the delta. Of
+    /// duplicate copies of a rule only the last is followed (each copy counts the same
+    /// packets, and the last is the one planning keeps). Closes finished days first, so the
+    /// traffic counts for `today`, and returns the closed days' rows.
+    pub fn harvest(
+        &mut self,
+        kernel: &[&Current],
+        boot_id: &str,
+        today: NaiveDate,
+        new_boot_policy: NewBoot,
+    ) -> (Harvest, Vec<Row>) {
+        let mut report = Harvest::default();
+        let new_boot = self.boot_id.as_deref() != Some(boot_id);
+        report.new_boot = new_boot && self.boot_id.is_some();
+        if new_boot {
+            for c in self.containers.values_mut() {
+                c.seen.clear();
+            }
+            self.boot_id = Some(boot_id.to_string());
+        }
+        let rows = self.close_days(today);
+        // The last copy of every rule, per container.
+        let mut last: BTreeMap<&Ctid, BTreeMap<String, (&Rule, Counters)>> = BTreeMap::new();
+        for current in kernel {
+            for seen in &current.rules {
+                if let Some(rule) = &seen.rule {
+                    last.entry(&rule.ctid)
+                        .or_default()
+                        .insert(seen_key(rule), (rule, seen.counters));
+                }
+            }
+        }
+        let credit_all = !(new_boot && new_boot_policy == NewBoot::Baseline);
+        // A container none of whose rules is in the kernel any more keeps no baselines.
+        for (ctid, c) in &mut self.containers {
+            if !last.contains_key(ctid) {
+                c.seen.clear();
+            }
+        }
+        for (ctid, rules) in last {
+            let c = self.containers.entry(ctid.clone()).or_default();
+            let mut seen = BTreeMap::new();
+            for (key, (rule, now)) in rules {
+                let delta = match c.seen.get(&key) {
+                    Some(b) if now.packets >= b.packets && now.bytes >= b.bytes => Counters {
+                        packets: now.packets - b.packets,
+                        bytes: now.bytes - b.bytes,
+                    },
+                    Some(_) => {
+                        report.restarted += 1;
+                        now
+                    }
+                    None => now,
+                };
+                if credit_all && (delta.packets > 0 || delta.bytes > 0) {
+                    c.total.credit(rule.kind, delta);
+                    c.by_ip.entry(rule.ip).or_default().credit(rule.kind, delta);
+                    let day = c.today.get_or_insert_with(|| Day {
+                        date: today,
+                        figures: Figures::default(),
+                    });
+                    day.figures.credit(rule.kind, delta);
+                    report.counted.credit(rule.kind, delta);
+                }
+                seen.insert(key, now);
+            }
+            c.seen = seen;
+        }
+        (report, rows)
+    }
+
+    /// Close every open day before `today` into rows, with rows of zeros for the days in
+    /// between while the container stayed accounted. A clock that went back leaves the open
+    /// day open: its traffic keeps going to a day that exists.
+    pub fn close_days(&mut self, today: NaiveDate) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (ctid, c) in &mut self.containers {
+            let Some(day) = c.today.clone() else {
+                if c.accounted() {
+                    c.today = Some(Day {
+                        date: today,
+                        figures: Figures::default(),
+                    });
+                }
+                continue;
+            };
+            if day.date >= today {
+                continue;
+            }
+            rows.push(Row {
+                date: day.date,
+                ctid: ctid.clone(),
+                figures: day.figures,
+            });
+            c.close_into_month(day.date, &day.figures);
+            if c.accounted() {
+                let mut d = day.date.succ_opt();
+                while let Some(date) = d.filter(|d| *d < today) {
+                    rows.push(Row {
+                        date,
+                        ctid: ctid.clone(),
+                        figures: Figures::default(),
+                    });
+                    c.close_into_month(date, &Figures::default());
+                    d = date.succ_opt();
+                }
+                c.today = Some(Day {
+                    date: today,
+                    figures: Figures::default(),
+                });
+            } else {
+                c.today = None;
+            }
+        }
+        rows
+    }
+
+    /// Start a new billing period for `ctid`: totals since reset go to zero; days, months,
+    /// CSV rows and every other container stay as they are.
+    pub fn reset(&mut self, ctid: &Ctid, now: DateTime<FixedOffset>) -> bool {
+        match self.containers.get_mut(ctid) {
+            Some(c) => {
+                c.total = Figures::default();
+                c.by_ip.clear();
+                c.total_since = Some(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forget containers that carry nothing any more: not accounted, no open day, no totals
+    /// and no rule in the kernel.
+    pub fn prune(&mut self) {
+        self.containers.retain(|_, c| {
+            c.accounted() || c.today.is_some() || !c.total.is_zero() || !c.seen.is_empty()
+        });
+    }
+}
