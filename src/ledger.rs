@@ -464,3 +464,271 @@ impl Ledger {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::parse_save;
+
+    const FI: &str = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"";
+    const FO: &str = "VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"";
+    const LI: &str = "VZACCT-OUTPUT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"";
+    const LO: &str = "VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"";
+
+    fn kernel(rules: &[(&str, u64, u64)]) -> Current {
+        let mut text = String::from("*filter\n");
+        for (rule, p, b) in rules {
+            text.push_str(&format!("[{p}:{b}] -A {rule}\n"));
+        }
+        text.push_str("COMMIT\n");
+        parse_save(&text).unwrap()
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn now() -> DateTime<FixedOffset> {
+        DateTime::parse_from_rfc3339("2026-11-29T12:00:00+00:00").unwrap()
+    }
+
+    fn ledger_101() -> Ledger {
+        let mut l = Ledger::default();
+        l.assign(
+            &"101".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            now(),
+            day("2026-11-29"),
+        );
+        l
+    }
+
+    fn total(l: &Ledger, ct: &str) -> Figures {
+        l.containers[&ct.parse::<Ctid>().unwrap()].total
+    }
+
+    fn harvest(l: &mut Ledger, k: &Current, boot: &str, d: &str) -> (Harvest, Vec<Row>) {
+        l.harvest(&[k], boot, day(d), NewBoot::Count)
+    }
+
+    #[test]
+    fn deltas_directions_and_local_part() {
+        let mut l = ledger_101();
+        let k = kernel(&[(FI, 3, 300), (FO, 2, 200), (LI, 1, 50), (LO, 4, 70)]);
+        harvest(&mut l, &k, "b1", "2026-11-29");
+        let want = Figures {
+            in_bytes: 350,
+            out_bytes: 270,
+            in_packets: 4,
+            out_packets: 6,
+            local_in_bytes: 50,
+            local_out_bytes: 70,
+            local_in_packets: 1,
+            local_out_packets: 4,
+        };
+        assert_eq!(total(&l, "101"), want);
+        // Unchanged counters add nothing; grown ones add the difference.
+        harvest(&mut l, &k, "b1", "2026-11-29");
+        assert_eq!(total(&l, "101"), want);
+        let k2 = kernel(&[(FI, 5, 1300), (FO, 2, 200), (LI, 1, 50), (LO, 4, 70)]);
+        let (h, _) = harvest(&mut l, &k2, "b1", "2026-11-29");
+        assert_eq!(h.counted.in_bytes, 1000);
+        assert_eq!(total(&l, "101").in_bytes, 1350);
+        let by_ip = &l.containers[&"101".parse::<Ctid>().unwrap()].by_ip;
+        assert_eq!(by_ip[&"10.0.0.1".parse::<IpAddr>().unwrap()].in_bytes, 1350);
+    }
+
+    #[test]
+    fn a_counter_that_went_down_restarted_from_zero() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        let (h, _) = harvest(&mut l, &kernel(&[(FI, 2, 40)]), "b1", "2026-11-29");
+        assert_eq!(h.restarted, 1);
+        assert_eq!(total(&l, "101").in_bytes, 1040);
+        assert_eq!(total(&l, "101").in_packets, 12);
+    }
+
+    #[test]
+    fn a_rule_that_vanished_and_came_back_starts_from_zero() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        harvest(&mut l, &kernel(&[]), "b1", "2026-11-29");
+        harvest(&mut l, &kernel(&[(FI, 1, 1500)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, 2500);
+    }
+
+    #[test]
+    fn counters_near_two_to_the_64_never_spike() {
+        let mut l = ledger_101();
+        let big = u64::MAX - 10;
+        harvest(&mut l, &kernel(&[(FI, 1, big)]), "b1", "2026-11-29");
+        harvest(&mut l, &kernel(&[(FI, 2, u64::MAX)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, u64::MAX);
+        // A wrap shows as a lower counter: the new value is added, saturating, no spike.
+        harvest(&mut l, &kernel(&[(FI, 3, 5)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn a_new_boot_restarts_every_counter() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        // After a reboot the rule counts 1200 from zero: all of it is new traffic.
+        let (h, _) = harvest(&mut l, &kernel(&[(FI, 12, 1200)]), "b2", "2026-11-29");
+        assert!(h.new_boot);
+        assert_eq!(total(&l, "101").in_bytes, 2200);
+    }
+
+    #[test]
+    fn boot_restore_takes_found_counters_as_baseline() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        // A firewall service restored our rule with old counters before any container ran.
+        let k = kernel(&[(FI, 10, 1000)]);
+        l.harvest(&[&k], "b2", day("2026-11-29"), NewBoot::Baseline);
+        assert_eq!(total(&l, "101").in_bytes, 1000);
+        harvest(&mut l, &kernel(&[(FI, 11, 1100)]), "b2", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, 1100);
+    }
+
+    #[test]
+    fn of_duplicates_only_the_last_copy_is_followed() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        // Someone appended a copy: it counts the same packets as the original.
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 13, 1300), (FI, 3, 300)]),
+            "b1",
+            "2026-11-29",
+        );
+        // The new last copy (300) is lower than last seen (1000): counted as restarted.
+        assert_eq!(total(&l, "101").in_bytes, 1300);
+        let after_dup = total(&l, "101").in_bytes;
+        // Planning deleted the first copy; the survivor goes on counting.
+        harvest(&mut l, &kernel(&[(FI, 5, 500)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, after_dup + 200);
+    }
+
+    #[test]
+    fn an_ip_moved_between_containers_is_charged_to_each_for_its_share() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        let (prev, _) = l.assign(
+            &"102".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            now(),
+            day("2026-11-29"),
+        );
+        assert_eq!(prev.unwrap().as_str(), "101");
+        // The old rule's last counts still go to 101, the new rule's to 102.
+        let fi102 = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:102\"";
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 2, 150), (fi102, 1, 7)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(total(&l, "101").in_bytes, 150);
+        assert_eq!(total(&l, "102").in_bytes, 7);
+    }
+
+    #[test]
+    fn days_close_into_rows_with_zero_rows_for_days_off() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        // The node was off for three days; the traffic found now counts for today.
+        let (_, rows) = harvest(&mut l, &kernel(&[(FI, 2, 160)]), "b1", "2026-12-03");
+        let got: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.date.to_string(), r.figures.in_bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-11-29".to_string(), 100),
+                ("2026-11-30".to_string(), 0),
+                ("2026-12-01".to_string(), 0),
+                ("2026-12-02".to_string(), 0),
+            ]
+        );
+        let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
+        assert_eq!(c.today.as_ref().unwrap().date, day("2026-12-03"));
+        assert_eq!(c.today.as_ref().unwrap().figures.in_bytes, 60);
+        assert_eq!(c.month_so_far("2026-12").in_bytes, 60);
+        assert_eq!(c.month.as_ref().unwrap().month, "2026-12");
+        // Closing again yields nothing.
+        assert!(l.close_days(day("2026-12-03")).is_empty());
+    }
+
+    #[test]
+    fn a_clock_that_went_back_keeps_the_open_day() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        let (_, rows) = harvest(&mut l, &kernel(&[(FI, 2, 130)]), "b1", "2026-11-28");
+        assert!(rows.is_empty());
+        let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
+        assert_eq!(c.today.as_ref().unwrap().date, day("2026-11-29"));
+        assert_eq!(c.today.as_ref().unwrap().figures.in_bytes, 130);
+    }
+
+    #[test]
+    fn a_container_no_longer_accounted_gets_its_last_row_then_none() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        l.unassign(&"101".parse().unwrap(), &"10.0.0.1".parse().unwrap());
+        let (_, rows) = harvest(&mut l, &kernel(&[]), "b1", "2026-12-02");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].figures.in_bytes, 100);
+        assert!(l.close_days(day("2026-12-05")).is_empty());
+        assert_eq!(total(&l, "101").in_bytes, 100, "history is kept");
+    }
+
+    #[test]
+    fn reset_touches_only_that_containers_totals() {
+        let mut l = ledger_101();
+        l.assign(
+            &"102".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            now(),
+            day("2026-11-29"),
+        );
+        let fi102 = "VZACCT-FORWARD -d 10.0.0.2/32 -m comment --comment \"ct:102\"";
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 1, 100), (fi102, 1, 9)]),
+            "b1",
+            "2026-11-29",
+        );
+        let before_102 = l.containers[&"102".parse::<Ctid>().unwrap()].clone();
+        assert!(l.reset(&"101".parse().unwrap(), now()));
+        let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
+        assert!(c.total.is_zero() && c.by_ip.is_empty());
+        assert_eq!(
+            c.today.as_ref().unwrap().figures.in_bytes,
+            100,
+            "today is history"
+        );
+        assert_eq!(l.containers[&"102".parse::<Ctid>().unwrap()], before_102);
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 2, 150), (fi102, 1, 9)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(total(&l, "101").in_bytes, 50);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut l = ledger_101();
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 1, 100), (LO, 2, 20)]),
+            "b1",
+            "2026-11-29",
+        );
+        let back = Ledger::from_json(&l.to_json()).unwrap();
+        assert_eq!(back, l);
+    }
+}

@@ -164,6 +164,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("vzacct.conf");
         std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
         std::fs::write(
             &config,
             format!(
@@ -303,17 +304,57 @@ impl Node {
     /// Run vzacct with extra environment variables (set by `env`, so that even `PATH` can be
     /// changed for vzacct alone).
     pub fn vzacct_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().expect("run vzacct")
+    }
+
+    /// The command line that runs vzacct in the node namespace (the boot id file is the
+    /// node's, the time zone UTC unless `env` says otherwise).
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.name, "env"]);
         for (k, v) in env {
             cmd.arg(format!("{k}={v}"));
+        }
+        cmd.arg(format!(
+            "VZACCT_BOOT_ID_FILE={}",
+            self.path("boot_id").display()
+        ));
+        if !env.iter().any(|(k, _)| *k == "TZ") {
+            cmd.arg("TZ=UTC");
         }
         cmd.arg(env!("CARGO_BIN_EXE_vzacct"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .env_remove("VZACCT_CONFIG");
-        cmd.output().expect("run vzacct")
+        cmd
+    }
+
+    /// vzacct at a given time (`VZACCT_NOW`); it must succeed.
+    pub fn at(&self, now: &str, args: &[&str]) -> String {
+        let out = self.vzacct_env(args, &[("VZACCT_NOW", now)]);
+        assert!(
+            out.status.success(),
+            "vzacct {} at {now} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Simulate a reboot: every rule and chain of the node's filter tables gone, a new boot id.
+    pub fn reboot(&self, boot_id: &str) {
+        for v6 in [false, true] {
+            self.ipt(v6, &["-F"]);
+            self.ipt(v6, &["-X"]);
+        }
+        std::fs::write(self.path("boot_id"), format!("{boot_id}\n")).unwrap();
+    }
+
+    /// `show --json` parsed.
+    pub fn show(&self, now: &str) -> serde_json::Value {
+        serde_json::from_str(&self.at(now, &["show", "--json"])).expect("show --json")
     }
 
     /// vzacct must succeed; returns its stdout.
