@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # vzacct demonstration, entirely inside private network namespaces (the host's own
 # firewall is never touched): a node with venet0 towards two containers and an uplink to
-# the world; containers are put under accounting, real packets are sent, and the rules
-# with their counters are shown.
+# the world; containers are put under accounting, real packets are sent, counters are
+# dumped into the ledger, survive a flush and a simulated reboot, and close into daily CSV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/deps.sh
@@ -45,6 +45,9 @@ for pair in "$C1:10.0.0.1" "$C2:10.0.0.2"; do
 done
 
 mkdir -p "$WORK/conf"
+# The kernel's boot id, replaced by a file of ours so the demo can simulate a reboot.
+export VZACCT_BOOT_ID_FILE=$WORK/boot_id BOOT_ID=$WORK/boot_id
+echo "demo-boot-1" > "$BOOT_ID"
 cat > "$WORK/vzacct.conf" <<CONF
 [vzctl]
 conf_dir = $WORK/conf
@@ -90,11 +93,38 @@ after=$(nsx "$NODE" iptables-$VARIANT-save -c -t filter | grep -v '^#')
 [ "$before" = "$after" ] && echo "ruleset byte-identical after add + sync"
 vz status
 
-step "Someone flushes our chain; sync heals it without touching other rules"
+step "Every command first folds the kernel's counters into the ledger (the add and sync above already did); cron runs dump every 5 minutes; show is live"
+vz dump
+vz show
+vz show --json 101
+
+step "Someone flushes our chains; the next dump heals them and the ledger keeps what was counted"
 nsx "$NODE" iptables-$VARIANT -w -F VZACCT-FORWARD
 vz status | tail -3
-vz sync
+vz dump
+vz show 101
+
+step "Simulated reboot: every table emptied, a new boot id; the init script's restore brings the rules back"
+for t in iptables ip6tables; do nsx "$NODE" $t-$VARIANT -w -F; nsx "$NODE" $t-$VARIANT -w -X; done
+echo "demo-boot-2" > "$BOOT_ID"
+echo "after the reboot, our rules in the kernel: $(nsx "$NODE" iptables-$VARIANT-save | grep -c VZACCT || true)"
+vz restore
 ours
+nsx "$WORLD" ping -q -c 2 -s 1472 -i 0.2 10.0.0.1 >/dev/null
+echo "2 more pings of 1500 bytes world -> 101 after the reboot"
+vz dump
+echo "the totals survived the reboot and include the new traffic:"
+vz show
+
+step "The first dump after local midnight closes the day into each container's CSV"
+export VZACCT_NOW=$(date -d 'tomorrow 00:05' --iso-8601=seconds)
+vz dump
+for f in "$WORK"/csv/*.csv; do echo "--- $f"; cat "$f"; done
+
+step "A new billing period for 101 (reset); 102 and the CSV are untouched"
+vz reset 101
+vz show
+unset VZACCT_NOW
 
 step "Container 102 stops: remove it; 101's counters are untouched"
 vz remove 102
