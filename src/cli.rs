@@ -120,13 +120,13 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         err,
     };
     match &cli.command {
-        Command::Add { ctid, ips } => commands::add(&mut ctx, ctid, ips),
-        Command::Remove { ctid, ips } => commands::remove(&mut ctx, ctid, ips),
-        Command::Sync => commands::sync(&mut ctx),
-        Command::Status { json } => commands::status(&mut ctx, *json),
-        Command::Dump => commands::dump(&mut ctx),
-        Command::Restore => commands::restore(&mut ctx),
-        Command::Show { ctids, json } => commands::show(&mut ctx, ctids, *json),
-        Command::Reset { ctid } => commands::reset(&mut ctx, ctid),
+        Command::Add { ctid, ips } => commands::change::add(&mut ctx, ctid, ips),
+        Command::Remove { ctid, ips } => commands::change::remove(&mut ctx, ctid, ips),
+        Command::Sync => commands::change::sync(&mut ctx),
+        Command::Status { json } => commands::view::status(&mut ctx, *json),
+        Command::Dump => commands::change::dump(&mut ctx),
+        Command::Restore => commands::change::restore(&mut ctx),
+        Command::Show { ctids, json } => commands::view::show(&mut ctx, ctids, *json),
+        Command::Reset { ctid } => commands::change::reset(&mut ctx, ctid),
     }
 }

@@ -27,6 +27,14 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where the per-container daily CSV files are written.
     pub csv_dir: PathBuf,
+    /// A failing hook fails vzctl's action (normally a hook logs and exits 0).
+    pub strict: bool,
+    /// How long a hook waits for the lock before giving up (and logging so).
+    pub hook_lock_timeout: u64,
+    /// Where hooks log what they did and every failure.
+    pub hook_log: PathBuf,
+    /// node_exporter textfile written by every dump, if set.
+    pub prometheus_textfile: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -40,6 +48,10 @@ impl Default for Config {
             venet_interface: "venet0".into(),
             state_dir: "/var/lib/vzacct".into(),
             csv_dir: "/var/log/vzacct".into(),
+            strict: false,
+            hook_lock_timeout: 10,
+            hook_log: "/var/log/vzacct/hook.log".into(),
+            prometheus_textfile: None,
         }
     }
 }
@@ -71,6 +83,13 @@ struct RawFile {
     vzctl: Option<RawVzctl>,
     netfilter: Option<RawNetfilter>,
     storage: Option<RawStorage>,
+    export: Option<RawExport>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    prometheus_textfile: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +97,9 @@ struct RawFile {
 struct RawVzctl {
     conf_dir: Option<String>,
     veinfo: Option<String>,
+    strict: Option<String>,
+    hook_lock_timeout: Option<String>,
+    hook_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +165,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(v) = vz.veinfo {
         cfg.veinfo = absolute_path(&v).ok_or_else(|| bad("vzctl", "veinfo", &v, ABS))?;
     }
+    if let Some(v) = vz.strict {
+        cfg.strict = yes_no(&v).ok_or_else(|| bad("vzctl", "strict", &v, YESNO))?;
+    }
+    if let Some(v) = vz.hook_lock_timeout {
+        cfg.hook_lock_timeout = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .ok_or_else(|| bad("vzctl", "hook_lock_timeout", &v, SECONDS))?;
+    }
+    if let Some(v) = vz.hook_log {
+        cfg.hook_log = absolute_path(&v).ok_or_else(|| bad("vzctl", "hook_log", &v, ABS))?;
+    }
+    if let Some(v) = raw.export.and_then(|e| e.prometheus_textfile) {
+        cfg.prometheus_textfile = match v.trim() {
+            "" => None,
+            _ => Some(
+                absolute_path(&v).ok_or_else(|| bad("export", "prometheus_textfile", &v, ABS))?,
+            ),
+        };
+    }
     let nf = raw.netfilter.unwrap_or_default();
     if let Some(v) = nf.iptables {
         cfg.iptables = program(&v).ok_or_else(|| bad("netfilter", "iptables", &v, PROG))?;
@@ -173,6 +217,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 const ABS: &str = "expected an absolute path";
 const PROG: &str = "expected a program name or an absolute path, without spaces";
 const YESNO: &str = "expected yes or no";
+const SECONDS: &str = "expected a whole number of seconds from 1 to 3600";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
 fn absolute_path(v: &str) -> Option<PathBuf> {
@@ -234,9 +279,11 @@ mod tests {
     #[test]
     fn every_key_is_read() {
         let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
+                     strict = yes\nhook_lock_timeout = 3\nhook_log = /h.log\n\
                      [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
                      ipv6 = no\nvenet_interface = venet9\n\
-                     [storage]\nstate_dir = /s\ncsv_dir = /l\n")
+                     [storage]\nstate_dir = /s\ncsv_dir = /l\n\
+                     [export]\nprometheus_textfile = /p/vzacct.prom\n")
         .unwrap();
         assert_eq!(
             cfg,
@@ -249,6 +296,10 @@ mod tests {
                 venet_interface: "venet9".into(),
                 state_dir: "/s".into(),
                 csv_dir: "/l".into(),
+                strict: true,
+                hook_lock_timeout: 3,
+                hook_log: "/h.log".into(),
+                prometheus_textfile: Some("/p/vzacct.prom".into()),
             }
         );
     }
@@ -281,6 +332,12 @@ mod tests {
             ("[netfilter]\niptables = bin/iptables\n", "iptables"),
             ("[netfilter]\nvenet_interface = a/b\n", "venet_interface"),
             ("[vzctl]\nveinfo = \n", "veinfo"),
+            ("[vzctl]\nhook_lock_timeout = 0\n", "hook_lock_timeout"),
+            ("[vzctl]\nstrict = perhaps\n", "strict"),
+            (
+                "[export]\nprometheus_textfile = x.prom\n",
+                "prometheus_textfile",
+            ),
         ] {
             let e = p(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");

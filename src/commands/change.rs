@@ -1,0 +1,195 @@
+//! The commands that change what is accounted or the ledger: add, remove, sync, dump,
+//! restore, reset.
+
+use super::*;
+
+/// `vzacct add CTID [IP...]`
+pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> {
+    let mut ips = Vec::new();
+    for raw in ip_args {
+        let ip = parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?;
+        check_family(ctx, &ip)?;
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        let path = ctconf::path_for(&ctx.config.conf_dir, ctid);
+        let conf = ctconf::read(&path)?;
+        for w in &conf.warnings {
+            ctx.warn(w);
+        }
+        for ip in conf.ips {
+            if ip.is_ipv6() && !ctx.config.ipv6 {
+                ctx.warn(format!(
+                    "{}: skipping IPv6 address {ip}: IPv6 accounting is off",
+                    path.display()
+                ));
+                continue;
+            }
+            match parse_ip(&ip.to_string()) {
+                Ok(ip) => ips.push(ip),
+                Err(m) => ctx.warn(format!("{}: skipping {m}", path.display())),
+            }
+        }
+        if ips.is_empty() {
+            return Err(Error::Invalid(format!(
+                "container {ctid}: no usable IP address in IP_ADDRESS of {}; nothing to account",
+                path.display()
+            )));
+        }
+    }
+    let mut s = begin(ctx, NewBoot::Count)?;
+    let (now, today) = (ctx.now, ctx.today());
+    let mut new = Vec::new();
+    for ip in &ips {
+        let (moved_from, added) = s.ledger.assign(ctid, *ip, now, today);
+        if let Some(prev) = moved_from {
+            ctx.warn(format!(
+                "{ip} moves from container {prev} to container {ctid}"
+            ));
+        }
+        if added {
+            new.push(*ip);
+        }
+    }
+    let done = commit(ctx, s, true)?;
+    if new.is_empty() {
+        ctx.say(format!("container {ctid}: already accounted"))?;
+    } else {
+        ctx.say(format!("container {ctid}: now accounting {}", join(&new)))?;
+    }
+    report(ctx, &done)
+}
+
+/// `vzacct remove CTID [IP...]`
+pub fn remove(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> {
+    let mut ips = Vec::new();
+    for raw in ip_args {
+        ips.push(parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?);
+    }
+    let mut s = begin(ctx, NewBoot::Count)?;
+    if ips.is_empty() {
+        ips = s
+            .ledger
+            .containers
+            .get(ctid)
+            .map(|c| c.ips.iter().copied().collect())
+            .unwrap_or_default();
+    }
+    let removed: Vec<IpAddr> = ips
+        .iter()
+        .filter(|ip| s.ledger.unassign(ctid, ip))
+        .copied()
+        .collect();
+    for ip in ips.iter().filter(|ip| !removed.contains(ip)) {
+        ctx.warn(format!("container {ctid} was not accounting {ip}"));
+    }
+    let done = commit(ctx, s, true)?;
+    if removed.is_empty() {
+        ctx.say(format!("container {ctid}: nothing to remove"))?;
+    } else {
+        ctx.say(format!(
+            "container {ctid}: stopped accounting {} (its counts so far are kept)",
+            join(&removed)
+        ))?;
+    }
+    report(ctx, &done)
+}
+
+/// Account exactly the running containers of veinfo, when the file exists.
+fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
+    let Some(live) = veinfo::read(&ctx.config.veinfo)? else {
+        return Ok(());
+    };
+    for w in &live.warnings {
+        ctx.warn(w);
+    }
+    let before = s.ledger.accounted();
+    let mut want: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, Ctid> = BTreeMap::new();
+    for (ctid, ips) in &live.containers {
+        for ip in ips {
+            if ip.is_ipv6() && !ctx.config.ipv6 {
+                continue;
+            }
+            if let Some(first) = owner.get(ip) {
+                ctx.warn(format!(
+                    "{}: {ip} is listed for containers {first} and {ctid}; kept for {first}",
+                    ctx.config.veinfo.display()
+                ));
+                continue;
+            }
+            owner.insert(*ip, ctid.clone());
+            want.entry(ctid.clone()).or_default().insert(*ip);
+        }
+    }
+    for (ctid, ips) in &before {
+        for ip in ips {
+            if want.get(ctid).is_none_or(|w| !w.contains(ip)) {
+                s.ledger.unassign(ctid, ip);
+            }
+        }
+    }
+    let (now, today) = (ctx.now, ctx.today());
+    for (ctid, ips) in &want {
+        for ip in ips {
+            s.ledger.assign(ctid, *ip, now, today);
+        }
+    }
+    let after = s.ledger.accounted();
+    let started = after.keys().filter(|c| !before.contains_key(*c)).count();
+    let stopped = before.keys().filter(|c| !after.contains_key(*c)).count();
+    let changed = after
+        .iter()
+        .filter(|(c, ips)| before.get(*c).is_some_and(|b| b != *ips))
+        .count();
+    ctx.say(format!(
+        "{}: {} running container(s); {started} newly accounted, {stopped} no longer, {changed} with changed IPs",
+        ctx.config.veinfo.display(),
+        after.len()
+    ))
+}
+
+/// `vzacct sync`: align with veinfo when it exists, then make the kernel match.
+pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
+    let mut s = begin(ctx, NewBoot::Count)?;
+    align_with_veinfo(ctx, &mut s)?;
+    let done = commit(ctx, s, true)?;
+    report(ctx, &done)
+}
+
+/// `vzacct dump`: harvest every rule, heal the rules as sync does, close finished days.
+pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
+    let mut s = begin(ctx, NewBoot::Count)?;
+    align_with_veinfo(ctx, &mut s)?;
+    let harvest = s.harvest.clone();
+    let done = commit(ctx, s, true)?;
+    report_harvest(ctx, &harvest, done.rows_written)?;
+    report(ctx, &done)
+}
+
+/// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the
+/// rules of every accounted container, and start the new boot's baselines.
+pub fn restore(ctx: &mut Ctx) -> Result<(), Error> {
+    let s = begin(ctx, NewBoot::Baseline)?;
+    let harvest = s.harvest.clone();
+    let n = s.ledger.accounted().len();
+    let done = commit(ctx, s, true)?;
+    ctx.say(format!("{n} accounted container(s) restored"))?;
+    report_harvest(ctx, &harvest, done.rows_written)?;
+    report(ctx, &done)
+}
+
+/// `vzacct reset CTID`: a new billing period for one container; nothing else changes.
+pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
+    let mut s = begin(ctx, NewBoot::Count)?;
+    if !s.ledger.reset(ctid, ctx.now) {
+        return Err(Error::Invalid(format!(
+            "container {ctid} has no record in the ledger; nothing to reset"
+        )));
+    }
+    commit(ctx, s, false)?;
+    ctx.say(format!(
+        "container {ctid}: totals reset at {}; daily history and CSV rows are unchanged",
+        ctx.now.to_rfc3339()
+    ))
+}

@@ -1,0 +1,247 @@
+//! The subcommands. Every one that changes something runs the same pipeline: take the lock,
+//! load the ledger, read the kernel once per family, harvest, change what is accounted, plan,
+//! append the closed days' CSV rows, write the ledger, apply one batch per family.
+
+pub mod change;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Local, NaiveDate};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::csvlog;
+use crate::ctconf;
+use crate::ctid::{Ctid, escape_for_message};
+use crate::error::Error;
+use crate::ledger::{Figures, Harvest, Ledger, NewBoot, Row, month_of};
+use crate::netfilter::Tables;
+use crate::ruleset::{self, Current, Family, Kind, Op, Plan};
+use crate::store::{self, Locked};
+use crate::veinfo;
+
+/// What every command runs with.
+pub struct Ctx<'a> {
+    pub config: Config,
+    pub lock_wait: Duration,
+    /// The current time (`VZACCT_NOW` overrides the clock for tests).
+    pub now: DateTime<FixedOffset>,
+    /// Where the kernel's boot id is read (`VZACCT_BOOT_ID_FILE` overrides it for tests).
+    pub boot_id_file: PathBuf,
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    fn say(&mut self, line: impl AsRef<str>) -> Result<(), Error> {
+        writeln!(self.out, "{}", line.as_ref()).map_err(Error::Output)
+    }
+
+    fn warn(&mut self, line: impl AsRef<str>) {
+        // Warnings are best effort: a closed stderr must not fail the command.
+        let _ = writeln!(self.err, "vzacct: warning: {}", line.as_ref());
+    }
+
+    fn families(&self) -> Vec<Family> {
+        if self.config.ipv6 {
+            vec![Family::V4, Family::V6]
+        } else {
+            vec![Family::V4]
+        }
+    }
+
+    /// The local calendar day of `now`.
+    pub fn today(&self) -> NaiveDate {
+        self.now.with_timezone(&Local).date_naive()
+    }
+
+    fn boot_id(&self) -> Result<String, Error> {
+        let text = std::fs::read_to_string(&self.boot_id_file).map_err(|source| Error::BootId {
+            path: self.boot_id_file.clone(),
+            source,
+        })?;
+        let id = text.trim();
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::Invalid(format!(
+                "boot id file {} does not hold a boot id",
+                self.boot_id_file.display()
+            )));
+        }
+        Ok(id.to_string())
+    }
+}
+
+/// Parse an IP given on the command line or by vzctl (`addr` or `addr/prefix`) and refuse
+/// addresses a container cannot own.
+pub fn parse_ip(raw: &str) -> Result<IpAddr, String> {
+    let invalid = || format!("invalid IP address {}", escape_for_message(raw));
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| invalid())?)),
+        None => (raw, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| invalid())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix.is_some_and(|p| p > max) {
+        return Err(invalid());
+    }
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast {
+        return Err(format!(
+            "IP address {ip} cannot belong to a container (unspecified, loopback, multicast or broadcast)"
+        ));
+    }
+    Ok(ip)
+}
+
+fn check_family(ctx: &Ctx, ip: &IpAddr) -> Result<(), Error> {
+    if ip.is_ipv6() && !ctx.config.ipv6 {
+        return Err(Error::Invalid(format!(
+            "IPv6 address {ip} given, but IPv6 accounting is off (set ipv6 = yes under [netfilter])"
+        )));
+    }
+    Ok(())
+}
+
+/// One locked read-modify-write: the ledger with the kernel's counters folded in.
+struct Session {
+    locked: Locked,
+    ledger: Ledger,
+    kernel: Vec<(Tables, Current)>,
+    harvest: Harvest,
+    rows: Vec<Row>,
+}
+
+/// Lock, load, read the kernel once per family (a missing or broken iptables stops the
+/// command before anything changes) and harvest.
+fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
+    let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
+    let mut ledger = locked.load()?;
+    let mut kernel = Vec::new();
+    for family in ctx.families() {
+        let tables = Tables::new(&ctx.config, family);
+        let current = tables.read()?;
+        kernel.push((tables, current));
+    }
+    let boot_id = ctx.boot_id()?;
+    let currents: Vec<&Current> = kernel.iter().map(|(_, c)| c).collect();
+    let (harvest, rows) = ledger.harvest(&currents, &boot_id, ctx.today(), policy);
+    Ok(Session {
+        locked,
+        ledger,
+        kernel,
+        harvest,
+        rows,
+    })
+}
+
+/// What one commit did.
+struct Committed {
+    plans: Vec<(Family, Plan)>,
+    rows_written: usize,
+}
+
+/// Append the closed days' rows, write the ledger, then (if `apply`) make the kernel match
+/// it with one batch per family. The ledger is written before the batch: if the batch is
+/// never applied, the rules it would have removed are still in the ledger's baselines and
+/// the next run harvests them exactly.
+fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
+    let accounted = s.ledger.accounted();
+    let mut plans = Vec::new();
+    for (tables, current) in &s.kernel {
+        let want = ruleset::desired(&accounted, tables.family, &ctx.config.venet_interface);
+        plans.push(ruleset::plan(&want, current));
+    }
+    let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows)?;
+    s.ledger.prune();
+    s.locked.save(&s.ledger)?;
+    let mut done = Vec::new();
+    for ((tables, _), plan) in s.kernel.iter().zip(plans) {
+        if apply {
+            tables.apply(&plan)?;
+        }
+        done.push((tables.family, plan));
+    }
+    Ok(Committed {
+        plans: done,
+        rows_written,
+    })
+}
+
+fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
+    for (family, plan) in &c.plans {
+        if plan.is_empty() {
+            ctx.say(format!("{family}: rules already in place"))?;
+        } else {
+            ctx.say(format!(
+                "{family}: {} rule(s) added, {} removed ({} change(s) in one batch)",
+                plan.added(),
+                plan.deleted(),
+                plan.ops.len()
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn report_harvest(ctx: &mut Ctx, h: &Harvest, rows: usize) -> Result<(), Error> {
+    let f = &h.counted;
+    ctx.say(format!(
+        "harvested {} bytes in / {} bytes out ({} / {} packets){}{}",
+        f.in_bytes,
+        f.out_bytes,
+        f.in_packets,
+        f.out_packets,
+        if h.restarted > 0 {
+            format!("; {} counter(s) had restarted from zero", h.restarted)
+        } else {
+            String::new()
+        },
+        if h.new_boot {
+            "; first run of a new boot"
+        } else {
+            ""
+        }
+    ))?;
+    if rows > 0 {
+        ctx.say(format!("{rows} daily CSV row(s) written"))?;
+    }
+    Ok(())
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_arguments() {
+        assert_eq!(parse_ip("10.0.0.1/24"), Ok("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            parse_ip("2001:db8::1/64"),
+            Ok("2001:db8::1".parse().unwrap())
+        );
+        for bad in [
+            "10.0.0.1/33",
+            "2001:db8::1/129",
+            "10.0.0.1/",
+            "x",
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(parse_ip(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The commands that only look: show (live figures) and status (rules in place).
+
+use super::*;
+
+#[derive(Serialize)]
+struct ShowIp {
+    ip: IpAddr,
+    #[serde(flatten)]
+    total: Figures,
+}
+
+#[derive(Serialize)]
+struct ShowCt {
+    ctid: Ctid,
+    ips: Vec<IpAddr>,
+    total_since: Option<DateTime<FixedOffset>>,
+    total: Figures,
+    today: Figures,
+    month: Figures,
+    by_ip: Vec<ShowIp>,
+}
+
+#[derive(Serialize)]
+struct ShowDoc {
+    date: NaiveDate,
+    containers: Vec<ShowCt>,
+}
+
+/// `vzacct show [CTID...] [--json]`: live figures (harvested under the lock, not written).
+pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
+    let s = begin(ctx, NewBoot::Count)?;
+    drop(s.locked);
+    let today = ctx.today();
+    let month = month_of(today);
+    for c in only {
+        if !s.ledger.containers.contains_key(c) {
+            return Err(Error::Invalid(format!(
+                "container {c} has no record in the ledger"
+            )));
+        }
+    }
+    let mut ids: Vec<&Ctid> = s
+        .ledger
+        .containers
+        .keys()
+        .filter(|c| only.is_empty() || only.contains(c))
+        .collect();
+    ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let mut cts = Vec::new();
+    for ctid in ids {
+        let c = &s.ledger.containers[ctid];
+        cts.push(ShowCt {
+            ctid: ctid.clone(),
+            ips: c.ips.iter().copied().collect(),
+            total_since: c.total_since,
+            total: c.total,
+            today: c
+                .today
+                .as_ref()
+                .filter(|d| d.date == today)
+                .map(|d| d.figures)
+                .unwrap_or_default(),
+            month: c.month_so_far(&month),
+            by_ip: c
+                .by_ip
+                .iter()
+                .map(|(ip, f)| ShowIp { ip: *ip, total: *f })
+                .collect(),
+        });
+    }
+    let doc = ShowDoc {
+        date: today,
+        containers: cts,
+    };
+    if json {
+        let text = serde_json::to_string(&doc).map_err(|e| Error::Output(e.into()))?;
+        return ctx.say(text);
+    }
+    ctx.say(format!(
+        "{:<12} {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "CTID", "IPS", "TOTAL IN", "TOTAL OUT", "TODAY IN", "TODAY OUT", "MONTH IN", "MONTH OUT"
+    ))?;
+    for ct in &doc.containers {
+        let ips = if ct.ips.is_empty() {
+            "(not accounted)".to_string()
+        } else {
+            join(&ct.ips)
+        };
+        ctx.say(format!(
+            "{:<12} {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            ct.ctid.as_str(),
+            ips,
+            human(ct.total.in_bytes),
+            human(ct.total.out_bytes),
+            human(ct.today.in_bytes),
+            human(ct.today.out_bytes),
+            human(ct.month.in_bytes),
+            human(ct.month.out_bytes)
+        ))?;
+    }
+    Ok(())
+}
+
+/// Bytes in binary units with two decimals: `1.23 GiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2} {}", UNITS[unit])
+}
+
+#[derive(Serialize)]
+struct StatusIp {
+    ip: IpAddr,
+    rules_expected: usize,
+    rules_present: usize,
+}
+
+#[derive(Serialize)]
+struct StatusCt {
+    ctid: Ctid,
+    in_place: bool,
+    ips: Vec<StatusIp>,
+}
+
+#[derive(Serialize)]
+struct StatusFamily {
+    family: &'static str,
+    chains_and_jumps_in_place: bool,
+    stray_rules: usize,
+}
+
+#[derive(Serialize)]
+struct StatusDoc {
+    containers: Vec<StatusCt>,
+    netfilter: Vec<StatusFamily>,
+}
+
+/// `vzacct status [--json]`: what is accounted, and whether the kernel agrees. Read-only.
+pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
+    let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
+    let ledger = locked.load()?;
+    let mut kernel = Vec::new();
+    for family in ctx.families() {
+        kernel.push((family, Tables::new(&ctx.config, family).read()?));
+    }
+    drop(locked);
+    let accounted = ledger.accounted();
+    let mut fams = Vec::new();
+    for (family, current) in &kernel {
+        let want = ruleset::desired(&accounted, *family, &ctx.config.venet_interface);
+        let plan = ruleset::plan(&want, current);
+        fams.push(StatusFamily {
+            family: match family {
+                Family::V4 => "ipv4",
+                Family::V6 => "ipv6",
+            },
+            chains_and_jumps_in_place: !plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, Op::NewChain(_) | Op::InsertJump(_))),
+            stray_rules: plan.deleted(),
+        });
+    }
+    let currents: BTreeMap<Family, &Current> = kernel.iter().map(|(f, c)| (*f, c)).collect();
+    let mut ids: Vec<&Ctid> = accounted.keys().collect();
+    ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let mut cts = Vec::new();
+    for ctid in ids {
+        let mut ips = Vec::new();
+        for ip in &accounted[ctid] {
+            let present: BTreeSet<Kind> = currents
+                .get(&Family::of(ip))
+                .map(|c| {
+                    c.rules
+                        .iter()
+                        .filter_map(|r| r.rule.as_ref())
+                        .filter(|r| r.ctid == *ctid && r.ip == *ip)
+                        .filter(|r| {
+                            r.kind.chain() == ruleset::Chain::Forward
+                                || r.iface == ctx.config.venet_interface
+                        })
+                        .map(|r| r.kind)
+                        .collect()
+                })
+                .unwrap_or_default();
+            ips.push(StatusIp {
+                ip: *ip,
+                rules_expected: Kind::ALL.len(),
+                rules_present: present.len(),
+            });
+        }
+        let in_place = ips.iter().all(|i| i.rules_present == i.rules_expected);
+        cts.push(StatusCt {
+            ctid: ctid.clone(),
+            in_place,
+            ips,
+        });
+    }
+    let doc = StatusDoc {
+        containers: cts,
+        netfilter: fams,
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Output(e.into()))?;
+        return ctx.say(text);
+    }
+    ctx.say(format!("{:<38} {:<40} RULES", "CTID", "IP"))?;
+    for ct in &doc.containers {
+        for ip in &ct.ips {
+            let mark = if ip.rules_present == ip.rules_expected {
+                "in place"
+            } else {
+                "MISSING"
+            };
+            ctx.say(format!(
+                "{:<38} {:<40} {}/{} {mark}",
+                ct.ctid.as_str(),
+                ip.ip.to_string(),
+                ip.rules_present,
+                ip.rules_expected
+            ))?;
+        }
+    }
+    for f in &doc.netfilter {
+        ctx.say(format!(
+            "{}: chains and jumps {}, {} stray rule(s)",
+            f.family,
+            if f.chains_and_jumps_in_place {
+                "in place"
+            } else {
+                "NEED SYNC"
+            },
+            f.stray_rules
+        ))?;
+    }
+    let missing = doc.containers.iter().filter(|c| !c.in_place).count();
+    ctx.say(format!(
+        "{} container(s) accounted, {} with rules missing{}",
+        doc.containers.len(),
+        missing,
+        if missing > 0 {
+            " (run `vzacct sync`)"
+        } else {
+            ""
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1024), "1.00 KiB");
+        assert_eq!(human(1_320_702_444), "1.23 GiB");
+        assert_eq!(human(u64::MAX), "16.00 EiB");
+    }
+}
