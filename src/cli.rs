@@ -12,6 +12,7 @@ use crate::commands::{self, Ctx};
 use crate::config;
 use crate::ctid::Ctid;
 use crate::error::Error;
+use crate::hooks;
 
 /// Per-container traffic accounting for OpenVZ hardware nodes.
 ///
@@ -27,9 +28,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", env = "VZACCT_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Seconds to wait for another vzacct command to release the state lock.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 60)]
-    pub lock_timeout: u64,
+    /// Seconds to wait for another vzacct command to release the state lock [default: 60;
+    /// for hooks, hook_lock_timeout of the config].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    pub lock_timeout: Option<u64>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -80,6 +82,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Called by vzctl's scripts (installed by `vzacct install`), with vzctl's environment:
+    /// VEID, VE_CONFFILE (mount), VE_STATE and IP_ADDR (net-add, net-del). Never fails
+    /// vzctl: errors go to stderr and the hook log, and the exit status is 0, unless
+    /// `strict = yes` under [vzctl]. Waits at most `hook_lock_timeout` seconds for the lock.
+    Hook {
+        /// mount, umount, net-add or net-del.
+        #[arg(value_enum)]
+        event: hooks::Event,
+    },
     /// Start a new billing period for one container: its totals go to zero. Its daily
     /// history, its CSV rows, every other container and every kernel counter stay as they are.
     Reset {
@@ -111,9 +122,14 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
     // clap has already folded VZACCT_CONFIG into `config`.
     let config = config::load(cli.config.as_deref())?;
     let (now, boot_id_file) = clock_and_boot()?;
+    let lock_wait = Duration::from_secs(match (&cli.command, cli.lock_timeout) {
+        (_, Some(s)) => s,
+        (Command::Hook { .. }, None) => config.hook_lock_timeout,
+        (_, None) => 60,
+    });
     let mut ctx = Ctx {
         config,
-        lock_wait: Duration::from_secs(cli.lock_timeout),
+        lock_wait,
         now,
         boot_id_file,
         out,
@@ -128,5 +144,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         Command::Restore => commands::change::restore(&mut ctx),
         Command::Show { ctids, json } => commands::view::show(&mut ctx, ctids, *json),
         Command::Reset { ctid } => commands::change::reset(&mut ctx, ctid),
+        Command::Hook { event } => {
+            hooks::run_logged(&mut ctx, *event, &hooks::HookEnv::from_process())
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod csvlog;
 pub mod ctconf;
 pub mod ctid;
 pub mod error;
+pub mod hooks;
 pub mod ledger;
 pub mod netfilter;
 pub mod process;

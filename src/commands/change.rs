@@ -3,44 +3,42 @@
 
 use super::*;
 
-/// `vzacct add CTID [IP...]`
-pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> {
+/// The usable IPs of `IP_ADDRESS` in a container config. Invalid entries and (with IPv6
+/// accounting off) IPv6 addresses are warned about and skipped.
+pub(crate) fn config_ips(ctx: &mut Ctx, path: &Path) -> Result<Vec<IpAddr>, Error> {
+    let conf = ctconf::read(path)?;
+    for w in &conf.warnings {
+        ctx.warn(w);
+    }
     let mut ips = Vec::new();
-    for raw in ip_args {
-        let ip = parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?;
-        check_family(ctx, &ip)?;
-        ips.push(ip);
-    }
-    if ips.is_empty() {
-        let path = ctconf::path_for(&ctx.config.conf_dir, ctid);
-        let conf = ctconf::read(&path)?;
-        for w in &conf.warnings {
-            ctx.warn(w);
-        }
-        for ip in conf.ips {
-            if ip.is_ipv6() && !ctx.config.ipv6 {
-                ctx.warn(format!(
-                    "{}: skipping IPv6 address {ip}: IPv6 accounting is off",
-                    path.display()
-                ));
-                continue;
-            }
-            match parse_ip(&ip.to_string()) {
-                Ok(ip) => ips.push(ip),
-                Err(m) => ctx.warn(format!("{}: skipping {m}", path.display())),
-            }
-        }
-        if ips.is_empty() {
-            return Err(Error::Invalid(format!(
-                "container {ctid}: no usable IP address in IP_ADDRESS of {}; nothing to account",
+    for ip in conf.ips {
+        if ip.is_ipv6() && !ctx.config.ipv6 {
+            ctx.warn(format!(
+                "{}: skipping IPv6 address {ip}: IPv6 accounting is off",
                 path.display()
-            )));
+            ));
+            continue;
+        }
+        match parse_ip(&ip.to_string()) {
+            Ok(ip) => ips.push(ip),
+            Err(m) => ctx.warn(format!("{}: skipping {m}", path.display())),
         }
     }
+    Ok(ips)
+}
+
+/// What [`account`] did.
+pub(crate) struct Accounted {
+    pub new: Vec<IpAddr>,
+    pub done: Committed,
+}
+
+/// Account `ips` for `ctid` in one locked transaction (an IP of another container moves).
+pub(crate) fn account(ctx: &mut Ctx, ctid: &Ctid, ips: &[IpAddr]) -> Result<Accounted, Error> {
     let mut s = begin(ctx, NewBoot::Count)?;
     let (now, today) = (ctx.now, ctx.today());
     let mut new = Vec::new();
-    for ip in &ips {
+    for ip in ips {
         let (moved_from, added) = s.ledger.assign(ctid, *ip, now, today);
         if let Some(prev) = moved_from {
             ctx.warn(format!(
@@ -52,12 +50,68 @@ pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> 
         }
     }
     let done = commit(ctx, s, true)?;
-    if new.is_empty() {
+    Ok(Accounted { new, done })
+}
+
+/// What [`unaccount`] did.
+pub(crate) struct Unaccounted {
+    pub removed: Vec<IpAddr>,
+    pub not_found: Vec<IpAddr>,
+    pub done: Committed,
+}
+
+/// Stop accounting `ips` of `ctid`, or all of its IPs when `None`; their counts are
+/// harvested first and kept.
+pub(crate) fn unaccount(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    ips: Option<&[IpAddr]>,
+) -> Result<Unaccounted, Error> {
+    let mut s = begin(ctx, NewBoot::Count)?;
+    let ips: Vec<IpAddr> = match ips {
+        Some(list) => list.to_vec(),
+        None => s
+            .ledger
+            .containers
+            .get(ctid)
+            .map(|c| c.ips.iter().copied().collect())
+            .unwrap_or_default(),
+    };
+    let (removed, not_found): (Vec<IpAddr>, Vec<IpAddr>) =
+        ips.iter().partition(|ip| s.ledger.unassign(ctid, ip));
+    let done = commit(ctx, s, true)?;
+    Ok(Unaccounted {
+        removed,
+        not_found,
+        done,
+    })
+}
+
+/// `vzacct add CTID [IP...]`
+pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> {
+    let mut ips = Vec::new();
+    for raw in ip_args {
+        let ip = parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?;
+        check_family(ctx, &ip)?;
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        let path = ctconf::path_for(&ctx.config.conf_dir, ctid);
+        ips = config_ips(ctx, &path)?;
+        if ips.is_empty() {
+            return Err(Error::Invalid(format!(
+                "container {ctid}: no usable IP address in IP_ADDRESS of {}; nothing to account",
+                path.display()
+            )));
+        }
+    }
+    let a = account(ctx, ctid, &ips)?;
+    if a.new.is_empty() {
         ctx.say(format!("container {ctid}: already accounted"))?;
     } else {
-        ctx.say(format!("container {ctid}: now accounting {}", join(&new)))?;
+        ctx.say(format!("container {ctid}: now accounting {}", join(&a.new)))?;
     }
-    report(ctx, &done)
+    report(ctx, &a.done)
 }
 
 /// `vzacct remove CTID [IP...]`
@@ -66,33 +120,19 @@ pub fn remove(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Erro
     for raw in ip_args {
         ips.push(parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?);
     }
-    let mut s = begin(ctx, NewBoot::Count)?;
-    if ips.is_empty() {
-        ips = s
-            .ledger
-            .containers
-            .get(ctid)
-            .map(|c| c.ips.iter().copied().collect())
-            .unwrap_or_default();
-    }
-    let removed: Vec<IpAddr> = ips
-        .iter()
-        .filter(|ip| s.ledger.unassign(ctid, ip))
-        .copied()
-        .collect();
-    for ip in ips.iter().filter(|ip| !removed.contains(ip)) {
+    let u = unaccount(ctx, ctid, (!ips.is_empty()).then_some(&ips[..]))?;
+    for ip in &u.not_found {
         ctx.warn(format!("container {ctid} was not accounting {ip}"));
     }
-    let done = commit(ctx, s, true)?;
-    if removed.is_empty() {
+    if u.removed.is_empty() {
         ctx.say(format!("container {ctid}: nothing to remove"))?;
     } else {
         ctx.say(format!(
             "container {ctid}: stopped accounting {} (its counts so far are kept)",
-            join(&removed)
+            join(&u.removed)
         ))?;
     }
-    report(ctx, &done)
+    report(ctx, &u.done)
 }
 
 /// Account exactly the running containers of veinfo, when the file exists.

@@ -8,7 +8,7 @@ pub mod view;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Local, NaiveDate};
@@ -140,7 +140,7 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
 }
 
 /// What one commit did.
-struct Committed {
+pub(crate) struct Committed {
     plans: Vec<(Family, Plan)>,
     rows_written: usize,
 }
@@ -172,7 +172,7 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
     })
 }
 
-fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
+pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
     for (family, plan) in &c.plans {
         if plan.is_empty() {
             ctx.say(format!("{family}: rules already in place"))?;

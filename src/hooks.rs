@@ -1,0 +1,265 @@
+//! vzctl's calls into vzacct: the mount/umount action scripts and the vps-net_add/del
+//! network scripts hand over to `vzacct hook EVENT` with exactly the environment vzctl gives
+//! them. A hook must never break a container's life cycle: it logs every outcome and, unless
+//! the operator asked for strict mode, exits 0 whatever happened.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::commands::change::{account, config_ips, unaccount};
+use crate::commands::{Ctx, parse_ip};
+use crate::ctconf;
+use crate::ctid::{Ctid, escape_for_message};
+use crate::error::{Error, chain};
+
+/// What vzctl reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Event {
+    /// From `vps.mount` (VEID, VE_CONFFILE): account the IPs of the container's config.
+    Mount,
+    /// From `vps.umount` (VEID): harvest and stop accounting the container.
+    Umount,
+    /// From `vps-net_add` (VEID, VE_STATE, IP_ADDR): account those IPs.
+    NetAdd,
+    /// From `vps-net_del` (VEID, VE_STATE, IP_ADDR): harvest and stop accounting those IPs.
+    NetDel,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Mount => "mount",
+            Event::Umount => "umount",
+            Event::NetAdd => "net-add",
+            Event::NetDel => "net-del",
+        }
+    }
+}
+
+/// The environment vzctl sets for its scripts (nothing else is read).
+#[derive(Debug, Clone, Default)]
+pub struct HookEnv {
+    pub veid: Option<String>,
+    pub ve_conffile: Option<String>,
+    pub ve_state: Option<String>,
+    pub ip_addr: Option<String>,
+}
+
+impl HookEnv {
+    pub fn from_process() -> HookEnv {
+        let var = |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+        HookEnv {
+            veid: var("VEID"),
+            ve_conffile: var("VE_CONFFILE"),
+            ve_state: var("VE_STATE"),
+            ip_addr: var("IP_ADDR"),
+        }
+    }
+}
+
+/// Run one hook: do the work, then log the outcome. A failure is returned only in strict
+/// mode; otherwise it is written to stderr and the hook log, and the hook succeeds.
+pub fn run_logged(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<(), Error> {
+    let who = match env.veid.as_deref() {
+        Some(v) => match v.parse::<Ctid>() {
+            Ok(c) => format!("ct={c}"),
+            Err(_) => format!("ct={}", escape_for_message(v)),
+        },
+        None => "ct=(no VEID)".to_string(),
+    };
+    let outcome = run(ctx, event, env);
+    let line = match &outcome {
+        Ok(summary) => format!(
+            "{} {} {who} ok: {summary}",
+            ctx.now.to_rfc3339(),
+            event.name()
+        ),
+        Err(e) => format!(
+            "{} {} {who} error: {}",
+            ctx.now.to_rfc3339(),
+            event.name(),
+            one_line(&chain(e))
+        ),
+    };
+    if let Err(e) = append_log(&ctx.config.hook_log, &line) {
+        let _ = writeln!(
+            ctx.err,
+            "vzacct: warning: cannot write hook log {}: {e}",
+            ctx.config.hook_log.display()
+        );
+    }
+    match outcome {
+        Ok(summary) => {
+            let _ = writeln!(ctx.out, "vzacct hook {}: {summary}", event.name());
+            Ok(())
+        }
+        Err(e) if ctx.config.strict => Err(e),
+        Err(e) => {
+            let _ = writeln!(
+                ctx.err,
+                "vzacct: hook {} {who} failed (logged in {}; vzctl goes on, `vzacct dump` repairs the rules): {}",
+                event.name(),
+                ctx.config.hook_log.display(),
+                chain(&e)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The work of one hook; returns a one-line summary for the log.
+pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> {
+    let raw = env
+        .veid
+        .as_deref()
+        .ok_or_else(|| Error::Invalid("VEID is not set: not called by vzctl?".into()))?;
+    let ctid: Ctid = raw.parse()?;
+    match event {
+        Event::Mount => {
+            let path = match env.ve_conffile.as_deref().filter(|p| !p.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => ctconf::path_for(&ctx.config.conf_dir, &ctid),
+            };
+            let ips = config_ips(ctx, &path)?;
+            if ips.is_empty() {
+                return Ok(format!(
+                    "no venet IP in {}; nothing to account",
+                    path.display()
+                ));
+            }
+            let a = account(ctx, &ctid, &ips)?;
+            Ok(format!("accounting {} (new: {})", join(&ips), join(&a.new)))
+        }
+        Event::Umount => {
+            let u = unaccount(ctx, &ctid, None)?;
+            Ok(format!("stopped accounting {}", join(&u.removed)))
+        }
+        Event::NetAdd | Event::NetDel => {
+            let (ips, bad) = ip_addr(env.ip_addr.as_deref().unwrap_or(""), ctx.config.ipv6);
+            let state = env.ve_state.as_deref().unwrap_or("?");
+            let summary = if ips.is_empty() {
+                "no IP in IP_ADDR".to_string()
+            } else if event == Event::NetAdd {
+                let a = account(ctx, &ctid, &ips)?;
+                format!(
+                    "VE_STATE={} accounting {} (new: {})",
+                    escape_state(state),
+                    join(&ips),
+                    join(&a.new)
+                )
+            } else {
+                let u = unaccount(ctx, &ctid, Some(&ips))?;
+                format!(
+                    "VE_STATE={} stopped accounting {}",
+                    escape_state(state),
+                    join(&u.removed)
+                )
+            };
+            if bad.is_empty() {
+                Ok(summary)
+            } else {
+                Err(Error::Invalid(format!(
+                    "{summary}; IP_ADDR entries ignored: {}",
+                    bad.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// Parse vzctl's `IP_ADDR` ("ip[/prefix] ip2 ..."): the usable IPs, and the refused entries
+/// (already escaped for a message).
+pub fn ip_addr(raw: &str, ipv6: bool) -> (Vec<IpAddr>, Vec<String>) {
+    let mut ips = Vec::new();
+    let mut bad = Vec::new();
+    for tok in raw.split_ascii_whitespace() {
+        match parse_ip(tok) {
+            Ok(ip) if ip.is_ipv6() && !ipv6 => {}
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(m) => bad.push(m),
+        }
+    }
+    (ips, bad)
+}
+
+fn escape_state(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric()) && s.len() <= 16 {
+        s.to_string()
+    } else {
+        escape_for_message(s)
+    }
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    if ips.is_empty() {
+        return "none".into();
+    }
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A message on one log line: control characters escaped, line breaks made visible.
+fn one_line(s: &str) -> String {
+    s.replace('\n', " | ")
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Append one line to the hook log (created 0640, its directory 0700, never through a
+/// symlink). One write per line, so concurrent hooks never interleave within a line.
+fn append_log(path: &Path, line: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_addr_as_vzctl_passes_it() {
+        let (ips, bad) = ip_addr("10.0.0.1/24 10.0.0.2  2001:db8::1/64\t10.0.0.1", true);
+        let want: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "2001:db8::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(ips, want);
+        assert!(bad.is_empty());
+        let (ips, bad) = ip_addr("10.0.0.1 2001:db8::1", false);
+        assert_eq!(ips.len(), 1);
+        assert!(bad.is_empty());
+        let (ips, bad) = ip_addr("10.0.0.1;reboot $(x) 10.0.0.3", true);
+        assert_eq!(ips, vec!["10.0.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].contains(r#""10.0.0.1;reboot""#), "{bad:?}");
+    }
+
+    #[test]
+    fn log_lines_stay_on_one_line() {
+        assert_eq!(one_line("a\nb\u{1b}c"), "a | b\\u{1b}c");
+    }
+}
