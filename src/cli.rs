@@ -2,14 +2,14 @@
 //! and the dispatch from a parsed command line to the commands.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Local};
 use clap::{Parser, Subcommand};
 
 use crate::commands::{self, Ctx};
-use crate::config;
+use crate::config::{self, Config};
 use crate::ctid::Ctid;
 use crate::error::Error;
 use crate::hooks;
@@ -91,6 +91,35 @@ pub enum Command {
         #[arg(value_enum)]
         event: hooks::Event,
     },
+    /// Put vzacct's integration on the node: vps.mount/vps.umount in the CT config dir
+    /// (an operator's existing script is kept and run first), wrappers around vzctl's
+    /// vps-net_add/vps-net_del (the originals are kept and run first), the init script and
+    /// systemd unit, the cron entry, and a default config if none exists. Idempotent: run it
+    /// again after a vzctl upgrade replaced the wrapped scripts. Never overwrites a file it
+    /// did not write.
+    Install {
+        /// Install into this directory's standard locations (for tests and packaging).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Take vzacct's integration away again: every file it changed is restored byte for
+    /// byte; the ledger and the CSV files stay.
+    Uninstall {
+        /// Uninstall from this directory's standard locations.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Check every integration point: hooks, wrappers, init script, unit, cron entry,
+    /// iptables, vzacct's chains and rules, running containers accounted, and the time
+    /// since the last dump. Exit status 0 only when all is well.
+    Check {
+        /// Check this directory's standard locations.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// One JSON document instead of a list.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a new billing period for one container: its totals go to zero. Its daily
     /// history, its CSV rows, every other container and every kernel counter stay as they are.
     Reset {
@@ -117,10 +146,32 @@ fn clock_and_boot() -> Result<(DateTime<FixedOffset>, PathBuf), Error> {
     Ok((now, boot))
 }
 
+/// The config path the installed scripts pass to vzacct.
+fn installed_config(explicit: &Option<PathBuf>) -> PathBuf {
+    explicit
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
-    // clap has already folded VZACCT_CONFIG into `config`.
-    let config = config::load(cli.config.as_deref())?;
+    // clap has already folded VZACCT_CONFIG into `config`. With --root, the config is the
+    // one inside that root unless one is named.
+    let root = match &cli.command {
+        Command::Install { root } | Command::Uninstall { root } | Command::Check { root, .. } => {
+            Some(root.clone())
+        }
+        _ => None,
+    };
+    let config_path = match (&cli.config, &root) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(r)) if r != Path::new("/") => Some(r.join("etc/vz/vzacct.conf")),
+        _ => None,
+    };
+    let config = match (&config_path, &root) {
+        (Some(p), Some(_)) if !p.exists() && cli.config.is_none() => Config::default(),
+        (p, _) => config::load(p.as_deref())?,
+    };
     let (now, boot_id_file) = clock_and_boot()?;
     let lock_wait = Duration::from_secs(match (&cli.command, cli.lock_timeout) {
         (_, Some(s)) => s,
@@ -144,6 +195,18 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         Command::Restore => commands::change::restore(&mut ctx),
         Command::Show { ctids, json } => commands::view::show(&mut ctx, ctids, *json),
         Command::Reset { ctid } => commands::change::reset(&mut ctx, ctid),
+        Command::Install { root } => {
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
+            commands::node::install_cmd(&mut ctx, &l)
+        }
+        Command::Uninstall { root } => {
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
+            commands::node::uninstall_cmd(&mut ctx, &l)
+        }
+        Command::Check { root, json } => {
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
+            commands::node::check(&mut ctx, &l, *json)
+        }
         Command::Hook { event } => {
             hooks::run_logged(&mut ctx, *event, &hooks::HookEnv::from_process())
         }

@@ -25,6 +25,10 @@ pub enum Error {
     Netfilter(#[from] NetfilterError),
     #[error(transparent)]
     Csv(#[from] CsvError),
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::PrometheusError),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
     #[error("cannot read the kernel's boot id from {path}")]
     BootId {
         path: std::path::PathBuf,

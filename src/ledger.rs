@@ -7,6 +7,7 @@
 //! {
 //!   "format": 1,
 //!   "boot_id": "<kernel boot id when the counters below were seen>",
+//!   "last_dump": {"at": "<RFC 3339>", "duration_ms": n},
 //!   "containers": {
 //!     "<ctid>": {
 //!       "ips": ["10.0.0.1", ...],            accounted now (empty: history only)
@@ -196,7 +197,18 @@ pub struct Ledger {
     pub format: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// When the last successful dump ran, and how long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump: Option<LastDump>,
     pub containers: BTreeMap<Ctid, Container>,
+}
+
+/// The last successful dump.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastDump {
+    pub at: DateTime<FixedOffset>,
+    pub duration_ms: u64,
 }
 
 impl Default for Ledger {
@@ -204,6 +216,7 @@ impl Default for Ledger {
         Ledger {
             format: FORMAT,
             boot_id: None,
+            last_dump: None,
             containers: BTreeMap::new(),
         }
     }

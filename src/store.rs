@@ -143,6 +143,11 @@ impl Locked {
 /// Replace `dir/name` atomically: a fresh temp file (0600, never through a symlink), fsync,
 /// rename over the old file, fsync the directory. On error the old file is intact.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(dir, name, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the given permission bits.
+pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
@@ -153,10 +158,15 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+    // The umask may have taken bits away; the file gets exactly `mode`.
+    let written = f
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| f.sync_all());
+    if let Err(e) = written {
         drop(f);
         let _ = std::fs::remove_file(&tmp);
         return Err(e);

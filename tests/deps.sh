@@ -17,3 +17,19 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# promtool (the Prometheus textfile test checks vzacct's output with it) comes from Debian's
+# prometheus package, unpacked into target/tools rather than installed: installing the package
+# would start a Prometheus server.
+(
+  tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/tools"
+  if ! command -v promtool >/dev/null 2>&1 && [ ! -e "$tools/usr/bin/promtool" ]; then
+    echo "fetching promtool into $tools" >&2
+    debs=$(mktemp -d)
+    trap 'rm -rf "$debs"' EXIT
+    apt-get update -qq >/dev/null
+    # Root downloads into a root-only temp dir: apt's _apt sandbox user could not write there.
+    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root prometheus)
+    mkdir -p "$tools"
+    dpkg -x "$debs"/prometheus_*.deb "$tools"
+  fi
+)

@@ -197,14 +197,32 @@ pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
     report(ctx, &done)
 }
 
-/// `vzacct dump`: harvest every rule, heal the rules as sync does, close finished days.
+/// `vzacct dump`: harvest every rule, heal the rules as sync does, close finished days,
+/// and write the Prometheus textfile if configured.
 pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let mut s = begin(ctx, NewBoot::Count)?;
     align_with_veinfo(ctx, &mut s)?;
+    let duration = started.elapsed();
+    s.ledger.last_dump = Some(LastDump {
+        at: ctx.now,
+        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    });
+    let metrics = ctx.config.prometheus_textfile.clone().map(|path| {
+        let info = prometheus::DumpInfo {
+            timestamp: ctx.now,
+            duration,
+        };
+        (path, prometheus::render(&s.ledger, &info))
+    });
     let harvest = s.harvest.clone();
     let done = commit(ctx, s, true)?;
     report_harvest(ctx, &harvest, done.rows_written)?;
-    report(ctx, &done)
+    report(ctx, &done)?;
+    if let Some((path, body)) = metrics {
+        prometheus::write(&path, &body)?;
+    }
+    Ok(())
 }
 
 /// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the

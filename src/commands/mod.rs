@@ -3,6 +3,7 @@
 //! append the closed days' CSV rows, write the ledger, apply one batch per family.
 
 pub mod change;
+pub mod node;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,9 +19,10 @@ use crate::config::Config;
 use crate::csvlog;
 use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
-use crate::error::Error;
-use crate::ledger::{Figures, Harvest, Ledger, NewBoot, Row, month_of};
+use crate::error::{Error, chain};
+use crate::ledger::{Figures, Harvest, LastDump, Ledger, NewBoot, Row, month_of};
 use crate::netfilter::Tables;
+use crate::prometheus;
 use crate::ruleset::{self, Current, Family, Kind, Op, Plan};
 use crate::store::{self, Locked};
 use crate::veinfo;

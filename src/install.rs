@@ -1,0 +1,388 @@
+//! Puts vzacct's integration points on a node (vzctl action scripts, wrappers around vzctl's
+//! network scripts, init script and systemd unit, cron entry, default config) and takes
+//! them away again, never clobbering a file vzacct did not write: an operator's script is
+//! chained, vzctl's scripts are wrapped and kept, and uninstall puts every one back as it was.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::store::write_atomic_mode;
+
+/// Every file vzacct writes carries this marker; a file without it is never overwritten.
+pub const MARKER: &str = "vzacct-managed";
+/// Suffix of the file that a chained or wrapped original is moved to.
+pub const ORIG_SUFFIX: &str = ".vzacct-orig";
+
+/// Where vzctl keeps vps-net_add/vps-net_del, depending on version and distribution.
+pub const SCRIPT_DIRS: [&str; 3] = [
+    "/usr/libexec/vzctl/scripts",
+    "/usr/lib/vzctl/scripts",
+    "/usr/lib/vzctl/vzctl/scripts",
+];
+
+const T_MOUNT: &str = include_str!("../hooks/vps.mount");
+const T_UMOUNT: &str = include_str!("../hooks/vps.umount");
+const T_NET_ADD: &str = include_str!("../hooks/vps-net_add");
+const T_NET_DEL: &str = include_str!("../hooks/vps-net_del");
+const T_INIT: &str = include_str!("../init/vzacct");
+const T_UNIT: &str = include_str!("../init/vzacct.service");
+const T_CRON: &str = include_str!("../conf-templates/vzacct.cron");
+/// The default config written when none exists.
+pub const T_CONFIG: &str = include_str!("../conf-templates/vzacct.conf");
+
+/// How a managed file relates to what may already be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A vzctl action script (vps.mount/vps.umount): an operator's script is moved aside
+    /// and run first by ours.
+    Chain,
+    /// vzctl's own network script: moved aside and run first by our wrapper. Replaced by a
+    /// vzctl upgrade, it is wrapped again by the next install.
+    Wrap,
+    /// A file only vzacct writes (init script, unit, cron entry).
+    Own,
+    /// The config: written only when missing, removed only when unmodified.
+    Config,
+}
+
+/// One file vzacct manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub role: Role,
+    pub path: PathBuf,
+    pub content: String,
+    pub mode: u32,
+}
+
+impl Item {
+    pub fn original(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(ORIG_SUFFIX);
+        PathBuf::from(p)
+    }
+}
+
+/// A path that cannot be written into a shell script safely.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("path {0} cannot be used in an installed script (quote or control character)")]
+    UnsafePath(PathBuf),
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
+    Problems(Vec<String>),
+}
+
+/// What install needs to know.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `/` on a node; a directory for tests and packaging.
+    pub root: PathBuf,
+    /// The vzacct binary the scripts run.
+    pub vzacct: PathBuf,
+    /// The config the scripts pass with `--config` (already under `root`).
+    pub config: PathBuf,
+    /// The containers' config dir as seen on the node (`/etc/vz/conf`).
+    pub conf_dir: PathBuf,
+}
+
+impl Layout {
+    /// `path` (absolute on the node) inside the root.
+    pub fn under(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// The wants link that enables the systemd unit.
+    pub fn wants_link(&self) -> PathBuf {
+        self.under(Path::new(
+            "/etc/systemd/system/multi-user.target.wants/vzacct.service",
+        ))
+    }
+
+    /// The vzctl script dirs that hold vps-net_add (or our moved-aside copy of it).
+    pub fn script_dirs(&self) -> Vec<PathBuf> {
+        SCRIPT_DIRS
+            .iter()
+            .map(|d| self.under(Path::new(d)))
+            .filter(|d| {
+                ["vps-net_add", "vps-net_add.vzacct-orig"]
+                    .iter()
+                    .any(|f| d.join(f).exists())
+            })
+            .collect()
+    }
+
+    /// Every file vzacct manages on this node.
+    pub fn items(&self) -> Result<Vec<Item>, InstallError> {
+        for p in [&self.vzacct, &self.config, &self.root, &self.conf_dir] {
+            let s = p.to_string_lossy();
+            if s.contains('\'') || s.chars().any(char::is_control) {
+                return Err(InstallError::UnsafePath(p.clone()));
+            }
+        }
+        let fill = |t: &str, path: &Path| {
+            let mut orig = path.as_os_str().to_owned();
+            orig.push(ORIG_SUFFIX);
+            t.replace("@VZACCT@", &self.vzacct.to_string_lossy())
+                .replace("@CONFIG@", &self.config.to_string_lossy())
+                .replace("@ORIGINAL@", &orig.to_string_lossy())
+        };
+        let mut items = Vec::new();
+        let conf = self.under(&self.conf_dir);
+        for (name, t) in [("vps.mount", T_MOUNT), ("vps.umount", T_UMOUNT)] {
+            let path = conf.join(name);
+            items.push(Item {
+                role: Role::Chain,
+                content: fill(t, &path),
+                path,
+                mode: 0o755,
+            });
+        }
+        for dir in self.script_dirs() {
+            for (name, t) in [("vps-net_add", T_NET_ADD), ("vps-net_del", T_NET_DEL)] {
+                let path = dir.join(name);
+                items.push(Item {
+                    role: Role::Wrap,
+                    content: fill(t, &path),
+                    path,
+                    mode: 0o755,
+                });
+            }
+        }
+        for (path, t, mode) in [
+            ("/etc/init.d/vzacct", T_INIT, 0o755),
+            ("/etc/systemd/system/vzacct.service", T_UNIT, 0o644),
+            ("/etc/cron.d/vzacct", T_CRON, 0o644),
+        ] {
+            let path = self.under(Path::new(path));
+            items.push(Item {
+                role: Role::Own,
+                content: fill(t, &path),
+                path,
+                mode,
+            });
+        }
+        items.push(Item {
+            role: Role::Config,
+            path: self.config.clone(),
+            content: T_CONFIG.to_string(),
+            mode: 0o644,
+        });
+        Ok(items)
+    }
+}
+
+/// Whether a file on disk is one of ours (carries the marker).
+pub fn is_ours(path: &Path) -> bool {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).contains(MARKER))
+        .unwrap_or(false)
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn write(item: &Item) -> Result<(), InstallError> {
+    let dir = item.path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
+    let name = item.path.file_name().unwrap_or_default().to_string_lossy();
+    write_atomic_mode(dir, &name, item.content.as_bytes(), item.mode)
+        .map_err(io("cannot write", &item.path))
+}
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Put every integration point in place. Idempotent. Returns what was done; problems (a
+/// file in the way that vzacct did not write) are collected and returned as one error
+/// after everything else is installed.
+pub fn install(layout: &Layout) -> Result<Vec<String>, InstallError> {
+    let mut done = Vec::new();
+    let mut problems = Vec::new();
+    let items = layout.items()?;
+    if !items.iter().any(|i| i.role == Role::Wrap) {
+        problems.push(format!(
+            "vzctl's vps-net_add was not found in any of {} under {}: the network wrappers are not installed (on OpenVZ 7, see the README)",
+            SCRIPT_DIRS.join(", "),
+            layout.root.display()
+        ));
+    }
+    for item in &items {
+        let p = &item.path;
+        let here = exists(p);
+        let ours = here && is_ours(p);
+        let same = ours && fs::read_to_string(p).is_ok_and(|c| c == item.content);
+        let orig = item.original();
+        match item.role {
+            _ if same => done.push(format!("unchanged   {}", p.display())),
+            Role::Config if here => done.push(format!("kept        {} (exists)", p.display())),
+            Role::Own if here && !ours => problems.push(format!(
+                "{} exists and was not written by vzacct; not overwritten (move it away and run install again)",
+                p.display()
+            )),
+            Role::Chain if here && !ours && exists(&orig) => problems.push(format!(
+                "{} was replaced by a script that is not vzacct's while {} holds the earlier one; resolve by hand",
+                p.display(),
+                orig.display()
+            )),
+            Role::Chain | Role::Wrap if here && !ours => {
+                let upgraded = exists(&orig);
+                fs::rename(p, &orig).map_err(io("cannot move aside", p))?;
+                write(item)?;
+                done.push(match (item.role, upgraded) {
+                    (Role::Wrap, true) => format!(
+                        "re-wrapped  {} (replaced by a vzctl upgrade; the new original is kept as {})",
+                        p.display(),
+                        orig.display()
+                    ),
+                    (Role::Wrap, false) => format!(
+                        "wrapped     {} (vzctl's original now runs from {})",
+                        p.display(),
+                        orig.display()
+                    ),
+                    _ => format!("chained     {} (the original now runs from {})", p.display(), orig.display()),
+                });
+            }
+            Role::Wrap if !exists(&orig) => problems.push(format!(
+                "{} is vzacct's wrapper but the original {} is missing; reinstall vzctl, then run install again",
+                p.display(),
+                orig.display()
+            )),
+            _ => {
+                write(item)?;
+                done.push(format!("{} {}", if here { "updated    " } else { "installed  " }, p.display()));
+            }
+        }
+    }
+    let link = layout.wants_link();
+    if fs::read_link(&link).is_err() {
+        let dir = link.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(dir).map_err(io("cannot create directory", dir))?;
+        std::os::unix::fs::symlink("/etc/systemd/system/vzacct.service", &link)
+            .map_err(io("cannot create", &link))?;
+        done.push(format!("enabled     {}", link.display()));
+    }
+    if problems.is_empty() {
+        Ok(done)
+    } else {
+        Err(InstallError::Problems(problems))
+    }
+}
+
+/// Take every integration point away: our files are removed and every original moved back
+/// byte for byte. The ledger, the CSV files and a config the operator changed stay.
+pub fn uninstall(layout: &Layout) -> Result<Vec<String>, InstallError> {
+    let mut done = Vec::new();
+    let mut problems = Vec::new();
+    for item in layout.items()? {
+        let p = &item.path;
+        let orig = item.original();
+        match item.role {
+            Role::Config => {
+                if fs::read_to_string(p).is_ok_and(|c| c == item.content) {
+                    fs::remove_file(p).map_err(io("cannot remove", p))?;
+                    done.push(format!("removed     {}", p.display()));
+                } else if exists(p) {
+                    done.push(format!(
+                        "kept        {} (changed by the operator)",
+                        p.display()
+                    ));
+                }
+                continue;
+            }
+            _ if is_ours(p) => {
+                fs::remove_file(p).map_err(io("cannot remove", p))?;
+                done.push(format!("removed     {}", p.display()));
+            }
+            Role::Wrap if exists(p) && exists(&orig) => {
+                // vzctl was upgraded since: the file in place is its newer original.
+                fs::remove_file(&orig).map_err(io("cannot remove", &orig))?;
+                done.push(format!(
+                    "removed     {} (outdated by a vzctl upgrade)",
+                    orig.display()
+                ));
+                continue;
+            }
+            _ if exists(p) && exists(&orig) => {
+                problems.push(format!(
+                    "{} is not vzacct's any more; {} left in place for you to resolve",
+                    p.display(),
+                    orig.display()
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        if exists(&orig) && !exists(p) {
+            fs::rename(&orig, p).map_err(io("cannot restore", &orig))?;
+            done.push(format!("restored    {}", p.display()));
+        }
+    }
+    let link = layout.wants_link();
+    if fs::read_link(&link).is_ok() {
+        fs::remove_file(&link).map_err(io("cannot remove", &link))?;
+        done.push(format!("removed     {}", link.display()));
+    }
+    if problems.is_empty() {
+        Ok(done)
+    } else {
+        Err(InstallError::Problems(problems))
+    }
+}
+
+/// The state of one managed file, for `check`.
+pub fn file_state(item: &Item) -> Result<String, String> {
+    let p = &item.path;
+    if !exists(p) {
+        return Err(format!("{} is missing (run `vzacct install`)", p.display()));
+    }
+    if item.role == Role::Config {
+        return Ok(format!("{} present", p.display()));
+    }
+    if !is_ours(p) {
+        return Err(match item.role {
+            Role::Wrap => format!(
+                "{} is not vzacct's wrapper any more (overwritten by a vzctl upgrade?): run `vzacct install`",
+                p.display()
+            ),
+            _ => format!("{} is not vzacct's", p.display()),
+        });
+    }
+    let mode = fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    if item.mode & 0o111 != 0 && mode & 0o111 == 0 {
+        return Err(format!("{} is not executable", p.display()));
+    }
+    if item.role == Role::Wrap && !exists(&item.original()) {
+        return Err(format!(
+            "{}: the wrapped original {} is missing",
+            p.display(),
+            item.original().display()
+        ));
+    }
+    match fs::read_to_string(p) {
+        Ok(c) if c == item.content => Ok(format!("{} in place", p.display())),
+        _ => Err(format!(
+            "{} is vzacct's but outdated: run `vzacct install`",
+            p.display()
+        )),
+    }
+}
+
+/// Whether an I/O error means "not there".
+pub fn not_found(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::NotFound
+}
