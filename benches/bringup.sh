@@ -17,8 +17,8 @@
 #   VARIANTS="legacy nft"
 #   PHASES=1           also split the time between iptables-save, iptables-restore and
 #                      vzacct itself (0 skips it)
-# Needs: bash, coreutils (date, sort, mktemp), awk, grep, iproute2, iptables (both the
-# -legacy and -nft programs), cargo.
+# Needs: bash, coreutils (date, sort, paste, mktemp), awk, sed, grep, iproute2, iptables (both
+# the -legacy and -nft programs), cargo. Takes about 4 minutes, mostly the one-call-per-rule part.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,7 +49,12 @@ done
 
 log "building the release binary into $CARGO_TARGET_DIR"
 cargo build --release --locked -q --manifest-path "$REPO/Cargo.toml"
-VZACCT=$CARGO_TARGET_DIR/release/vzacct
+# What was built, for the report.
+if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+  [ -z "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock)" ] || rev+=" + uncommitted changes"
+else
+  rev="unknown (not a git checkout)"
+fi
 
 # --- namespaces and scratch space, all removed on exit --------------------------------------
 NS_PREFIX=vzb-$$-
@@ -58,13 +63,16 @@ NS=""
 WORK=$(mktemp -d /tmp/vzacct-bench.XXXXXX)
 cleanup() {
   local ns
-  for ns in $(ip netns list | awk '{print $1}'); do
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     case $ns in "$NS_PREFIX"*) ip netns del "$ns" 2>/dev/null || true ;; esac
   done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# A private copy, so a concurrent build into the same target dir cannot swap it mid-run.
+cp "$CARGO_TARGET_DIR/release/vzacct" "$WORK/vzacct"
+VZACCT=$WORK/vzacct
 
 new_ns() {
   NS_SEQ=$((NS_SEQ + 1))
@@ -312,7 +320,7 @@ if [ "$PHASES" = 1 ]; then
 fi
 
 # --- report --------------------------------------------------------------------------------------
-cleanup_check=$(ip netns list | awk '{print $1}' | grep -c "^$NS_PREFIX" || true)
+cleanup_check=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -c "^$NS_PREFIX" || true)
 [ "$cleanup_check" -eq 0 ] || die "left $cleanup_check namespace(s) behind"
 
 col() { # KEY: one cell per variant
@@ -331,6 +339,7 @@ header() {
 
 echo "## vzacct bring-up benchmark"
 echo
+echo "vzacct at commit $rev."
 echo "nproc $(nproc), kernel $(uname -r), $(for v in $VARIANTS; do iptables-$v --version; done | paste -sd, | sed 's/,/, /g');" \
   "median of $RUNS run(s) (one-call-per-rule: $WIKI_RUNS), milliseconds, wall clock including \`ip netns exec\`."
 echo

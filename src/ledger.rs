@@ -312,7 +312,21 @@ impl Ledger {
         today: NaiveDate,
     ) -> (Option<Ctid>, bool) {
         let previous = self.owner(&ip).filter(|o| *o != ctid).cloned();
-        if let Some(prev) = &previous
+        let added = self.assign_from(ctid, ip, previous.as_ref(), now, today);
+        (previous, added)
+    }
+
+    /// [`Ledger::assign`] when the caller already knows the IP's current owner (`previous`,
+    /// another container or none): no search through every container.
+    pub fn assign_from(
+        &mut self,
+        ctid: &Ctid,
+        ip: IpAddr,
+        previous: Option<&Ctid>,
+        now: DateTime<FixedOffset>,
+        today: NaiveDate,
+    ) -> bool {
+        if let Some(prev) = previous.filter(|p| *p != ctid)
             && let Some(c) = self.containers.get_mut(prev)
         {
             c.ips.remove(&ip);
@@ -325,8 +339,7 @@ impl Ledger {
                 figures: Figures::default(),
             });
         }
-        let added = c.ips.insert(ip);
-        (previous, added)
+        c.ips.insert(ip)
     }
 
     /// Stop accounting `ip` for `ctid`; its history stays.

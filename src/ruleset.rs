@@ -2,7 +2,7 @@
 //! `iptables-save -c` output (its own chains only), and the plan that turns one into the
 //! other as a single `iptables-restore --noflush` batch. No I/O here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
@@ -474,10 +474,11 @@ pub fn plan(desired: &[Rule], current: &Current) -> Plan {
             ops.push(Op::InsertJump(chain));
         }
     }
-    let mut wanted: BTreeMap<&Rule, usize> = BTreeMap::new();
+    let mut wanted: HashMap<&Rule, usize> = HashMap::with_capacity(desired.len());
     for r in desired {
         *wanted.entry(r).or_default() += 1;
     }
+    let budget = wanted.clone();
     // Of identical copies the LAST one is kept: `-D` by specification removes the first
     // match, so deleting the surplus copies in order leaves exactly the kept one in place.
     let mut keep = vec![false; current.rules.len()];
@@ -499,10 +500,7 @@ pub fn plan(desired: &[Rule], current: &Current) -> Plan {
         });
     }
     // Restore the budget consumed above so appends only cover what is missing.
-    let mut wanted: BTreeMap<&Rule, usize> = BTreeMap::new();
-    for r in desired {
-        *wanted.entry(r).or_default() += 1;
-    }
+    let mut wanted = budget;
     for seen in current.rules.iter().zip(&keep).filter(|(_, k)| **k) {
         if let Some(n) = seen.0.rule.as_ref().and_then(|r| wanted.get_mut(r)) {
             *n -= 1;

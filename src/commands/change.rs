@@ -169,10 +169,12 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
             }
         }
     }
+    // Every IP veinfo does not list for its current owner was unassigned above, so no IP
+    // is taken from another container here: no search for owners is needed.
     let (now, today) = (ctx.now, ctx.today());
     for (ctid, ips) in &want {
         for ip in ips {
-            s.ledger.assign(ctid, *ip, now, today);
+            s.ledger.assign_from(ctid, *ip, None, now, today);
         }
     }
     let after = s.ledger.accounted();

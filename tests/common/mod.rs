@@ -292,6 +292,31 @@ impl Node {
         node
     }
 
+    /// Give container `ctid` one more address (in its namespace, routed from the node).
+    pub fn add_ct_ip(&self, ctid: &str, ip: &str) {
+        let i = self
+            .cts
+            .iter()
+            .position(|c| c.ctid == ctid)
+            .expect("container");
+        let mac = format!("02:00:00:00:01:{:02x}", i + 1);
+        let ct = &self.cts[i].ns;
+        if ip.contains(':') {
+            ct.ip(&format!("-6 addr add {ip}/128 dev eth0 nodad"));
+            self.ns.ip(&format!("-6 route add {ip}/128 dev venet0"));
+            self.ns.ip(&format!(
+                "-6 neigh replace {ip} lladdr {mac} dev venet0 nud permanent"
+            ));
+        } else {
+            ct.ip(&format!("addr add {ip}/32 dev eth0"));
+            self.ns
+                .ip(&format!("route add {ip}/32 dev venet0 src {NODE_VENET_V4}"));
+            self.ns.ip(&format!(
+                "neigh replace {ip} lladdr {mac} dev venet0 nud permanent"
+            ));
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -1,0 +1,682 @@
+//! vzctl's whole container life cycle driven through the installed hook executables, with
+//! exactly the environment and order vzctl uses (`../shared/reference/vzctl.md`), real
+//! packets, and exact bytes per container at the end; hooks under failure; install and
+//! uninstall into a fake root; check; the init script and unit; the Prometheus textfile.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const CTS: &[(&str, &str, &str)] = &[
+    ("101", "10.0.0.1", "2001:db8:1::1"),
+    ("102", "10.0.0.2", "2001:db8:1::2"),
+];
+const VZCTL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const SCRIPTS: &str = "usr/libexec/vzctl/scripts";
+
+/// A fake root holding vzctl's scripts and the operator's vps.mount, with vzacct installed.
+struct Site<'a> {
+    node: &'a Node,
+    root: PathBuf,
+}
+
+impl<'a> Site<'a> {
+    /// vzctl's original network scripts (they log their call and can be made to fail), an
+    /// operator's own vps.mount, the containers' configs, and a vzacct config.
+    fn new(node: &'a Node) -> Site<'a> {
+        let root = node.path("root");
+        let d = node.dir.path().display().to_string();
+        for name in ["vps-net_add", "vps-net_del"] {
+            write_exec(
+                &root.join(SCRIPTS).join(name),
+                &format!(
+                    "#!/bin/sh\necho \"{name} VEID=$VEID VE_STATE=$VE_STATE IP_ADDR=$IP_ADDR $*\" >> {d}/vzctl.log\n\
+                     [ -e {d}/fail-{name} ] && exit 1\nexit 0\n"
+                ),
+            );
+        }
+        write_exec(
+            &root.join("etc/vz/conf/vps.mount"),
+            &format!("#!/bin/sh\necho \"operator vps.mount VEID=$VEID\" >> {d}/vzctl.log\n"),
+        );
+        let config = format!(
+            "[vzctl]\nconf_dir = {r}/etc/vz/conf\nveinfo = {d}/veinfo\nhook_log = {d}/hook.log\n\
+             [netfilter]\niptables = {}\nip6tables = {}\n\
+             [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\n",
+            node.variant.iptables(false),
+            node.variant.iptables(true),
+            r = root.display(),
+        );
+        write(&root.join("etc/vz/vzacct.conf"), &config);
+        write(&node.config, &config);
+        // Hooks run with vzctl's bare environment, so they read the kernel's real boot id;
+        // the test's own vzacct calls must see the same one.
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        write(&node.path("boot_id"), boot);
+        Site { node, root }
+    }
+
+    fn install(&self) -> String {
+        let out = self.vzacct_root("install");
+        assert!(
+            out.status.success(),
+            "install: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    fn vzacct_root(&self, cmd: &str) -> Output {
+        self.node.ns.run(
+            env!("CARGO_BIN_EXE_vzacct"),
+            &[cmd, "--root", self.root.to_str().unwrap()],
+        )
+    }
+
+    fn conf(&self, ctid: &str) -> PathBuf {
+        self.root.join(format!("etc/vz/conf/{ctid}.conf"))
+    }
+
+    /// Run one of the installed scripts as vzctl does: only vzctl's environment, stdin
+    /// from /dev/null, in the node's network namespace.
+    fn script(&self, path: &Path, env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.node.ns.name,
+            "env",
+            "-i",
+            "HOME=/",
+            "TERM=linux",
+        ])
+        .arg(format!("PATH={VZCTL_PATH}"));
+        for (k, v) in env {
+            cmd.arg(format!("{k}={v}"));
+        }
+        cmd.arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script")
+    }
+
+    fn ok(&self, path: &Path, env: &[(&str, &str)]) {
+        let out = self.script(path, env);
+        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+    }
+
+    fn action(&self, name: &str, ctid: &str) {
+        let conf = self.conf(ctid).display().to_string();
+        self.ok(
+            &self.root.join("etc/vz/conf").join(name),
+            &[("VEID", ctid), ("VE_CONFFILE", &conf)],
+        );
+    }
+
+    fn net(&self, name: &str, ctid: &str, state: &str, ips: &str) -> Output {
+        self.script(
+            &self.root.join(SCRIPTS).join(name),
+            &[("VEID", ctid), ("VE_STATE", state), ("IP_ADDR", ips)],
+        )
+    }
+
+    fn net_ok(&self, name: &str, ctid: &str, state: &str, ips: &str) {
+        let out = self.net(name, ctid, state, ips);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+
+    /// vzctl saves a config by writing `<file>.tmp` and renaming it over the file.
+    fn save_config(&self, ctid: &str, ips: &str) {
+        let path = self.conf(ctid);
+        let tmp = path.with_extension("conf.tmp");
+        write(
+            &tmp,
+            format!("ONBOOT=\"yes\"\nIP_ADDRESS=\"{ips}\"\nHOSTNAME=\"ct{ctid}\"\n"),
+        );
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// `vzctl start`: mount scripts, then vps-net_add with the config's IPs.
+    fn start(&self, ctid: &str, ips: &str) {
+        self.action("vps.mount", ctid);
+        self.net_ok("vps-net_add", ctid, "starting", ips);
+    }
+
+    /// `vzctl stop`: vps-net_del with the kernel's IPs, then the umount scripts.
+    fn stop(&self, ctid: &str, kernel_ips: &str) {
+        self.net_ok("vps-net_del", ctid, "stopping", kernel_ips);
+        self.action("vps.umount", ctid);
+    }
+}
+
+fn write_exec(path: &Path, text: &str) {
+    write(path, text);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn show(node: &Node) -> Value {
+    serde_json::from_str(&node.ok(&["show", "--json"])).unwrap()
+}
+
+fn total_in(node: &Node, ctid: &str) -> (u64, u64) {
+    let doc = show(node);
+    let c = doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ctid"] == ctid)
+        .unwrap_or_else(|| panic!("{ctid} not in {doc}"));
+    (
+        c["total"]["in_bytes"].as_u64().unwrap(),
+        c["total"]["in_packets"].as_u64().unwrap(),
+    )
+}
+
+/// world -> `ip` datagrams (the address must be on container `ctid`); returns (bytes, packets).
+fn send(node: &Node, ctid: &str, ip: &str, payload: usize, n: usize) -> (u64, u64) {
+    let dst: IpAddr = ip.parse().unwrap();
+    let src: IpAddr = if dst.is_ipv6() { WORLD_V6 } else { WORLD_V4 }
+        .parse()
+        .unwrap();
+    send_udp(node.world(), src, &node.ct(ctid).ns, dst, payload, n);
+    (n as u64 * udp_ip_len(dst, payload), n as u64)
+}
+
+fn plus(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    (a.0 + b.0, a.1 + b.1)
+}
+
+fn accounted(node: &Node) -> Vec<(String, Vec<String>)> {
+    let doc: Value = serde_json::from_str(&node.ok(&["status", "--json"])).unwrap();
+    doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ips = c["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["ip"].as_str().unwrap().to_string())
+                .collect();
+            (c["ctid"].as_str().unwrap().to_string(), ips)
+        })
+        .collect()
+}
+
+fn life_cycle_through_the_installed_hooks(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.add_ct_ip("101", "10.0.0.3");
+    node.add_ct_ip("101", "10.0.0.4");
+    let site = Site::new(&node);
+    site.save_config("101", "10.0.0.1 2001:db8:1::1");
+    site.save_config("102", "10.0.0.2");
+    site.install();
+
+    // vzctl start 101; vzctl start 102.
+    site.start("101", "10.0.0.1 2001:db8:1::1");
+    site.start("102", "10.0.0.2");
+    assert_eq!(
+        accounted(&node),
+        [
+            (
+                "101".to_string(),
+                vec!["10.0.0.1".to_string(), "2001:db8:1::1".to_string()]
+            ),
+            ("102".to_string(), vec!["10.0.0.2".to_string()]),
+        ]
+    );
+    let mut want101 = plus(
+        send(&node, "101", "10.0.0.1", 100, 3),
+        send(&node, "101", "2001:db8:1::1", 100, 2),
+    );
+    let want102 = send(&node, "102", "10.0.0.2", 100, 1);
+
+    // vzctl set 101 --ipadd 10.0.0.3 --save: vps-net_add runs BEFORE the config is rewritten.
+    site.net_ok("vps-net_add", "101", "running", "10.0.0.3");
+    site.save_config("101", "10.0.0.1 2001:db8:1::1 10.0.0.3");
+    want101 = plus(want101, send(&node, "101", "10.0.0.3", 200, 4));
+
+    // vzctl set 101 --ipdel 10.0.0.1 --save
+    site.net_ok("vps-net_del", "101", "running", "10.0.0.1");
+    site.save_config("101", "2001:db8:1::1 10.0.0.3");
+    send(&node, "101", "10.0.0.1", 50, 5); // not accounted any more
+    want101 = plus(want101, send(&node, "101", "10.0.0.3", 300, 1));
+
+    // vzctl set 102 --ipdel all --save: the kernel's list, no masks.
+    site.net_ok("vps-net_del", "102", "running", "10.0.0.2");
+    site.save_config("102", "");
+    send(&node, "102", "10.0.0.2", 100, 2); // not accounted
+
+    // vzctl stop 101
+    site.stop("101", "2001:db8:1::1 10.0.0.3");
+    send(&node, "101", "10.0.0.3", 100, 2); // stopped: not accounted
+    assert_eq!(accounted(&node), Vec::<(String, Vec<String>)>::new());
+
+    // vzctl start 101 again, then suspend (vps-net_del, running, config IPs) and resume.
+    site.start("101", "2001:db8:1::1 10.0.0.3");
+    want101 = plus(want101, send(&node, "101", "10.0.0.3", 150, 1));
+    site.net_ok("vps-net_del", "101", "running", "2001:db8:1::1 10.0.0.3");
+    send(&node, "101", "10.0.0.3", 150, 3); // suspended: not accounted
+    site.net_ok("vps-net_add", "101", "running", "2001:db8:1::1 10.0.0.3");
+    want101 = plus(want101, send(&node, "101", "2001:db8:1::1", 80, 2));
+
+    // vzctl set 101 --ipadd 10.0.0.4: the original vps-net_add fails, vzctl rolls back.
+    write(&node.path("fail-vps-net_add"), "");
+    let out = site.net("vps-net_add", "101", "running", "10.0.0.4");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the original's exit code is kept"
+    );
+    std::fs::remove_file(node.path("fail-vps-net_add")).unwrap();
+    send(&node, "101", "10.0.0.4", 100, 2); // never accounted
+
+    // 102 gets an address again and then halts from inside: only the umount scripts run.
+    site.net_ok("vps-net_add", "102", "running", "10.0.0.2");
+    site.action("vps.umount", "102");
+    send(&node, "102", "10.0.0.2", 100, 2); // halted: not accounted
+
+    assert_eq!(
+        accounted(&node),
+        [(
+            "101".to_string(),
+            vec!["10.0.0.3".to_string(), "2001:db8:1::1".to_string()]
+        )]
+    );
+    node.ok(&["dump"]);
+    assert_eq!(total_in(&node, "101"), want101);
+    assert_eq!(total_in(&node, "102"), want102);
+
+    // Every original ran, with vzctl's arguments and environment.
+    let log = std::fs::read_to_string(node.path("vzctl.log")).unwrap();
+    assert_eq!(
+        log.matches("operator vps.mount VEID=101").count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains("vps-net_add VEID=101 VE_STATE=starting IP_ADDR=10.0.0.1 2001:db8:1::1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("vps-net_del VEID=102 VE_STATE=running IP_ADDR=10.0.0.2"),
+        "{log}"
+    );
+    let hook_log = std::fs::read_to_string(node.path("hook.log")).unwrap();
+    assert_eq!(hook_log.lines().count(), 15, "{hook_log}");
+    assert!(hook_log.lines().all(|l| l.contains(" ok: ")), "{hook_log}");
+    assert!(!hook_log.contains("10.0.0.4"), "{hook_log}");
+}
+
+/// A hook never fails vzctl: iptables missing, a read-only state dir, a lock held by a hung
+/// process. It exits 0 within its bounded wait and logs why; the next dump repairs.
+fn hooks_under_failure(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    let site = Site::new(&node);
+    site.save_config("101", "10.0.0.1");
+    site.install();
+    let cfg_path = site.root.join("etc/vz/vzacct.conf");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+
+    // iptables missing.
+    std::fs::write(
+        &cfg_path,
+        good.replace(
+            &format!("iptables = {}", v.iptables(false)),
+            "iptables = /nonexistent/iptables",
+        ),
+    )
+    .unwrap();
+    let out = site.script(
+        &site.root.join("etc/vz/conf/vps.mount"),
+        &[
+            ("VEID", "101"),
+            ("VE_CONFFILE", site.conf("101").to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("/nonexistent/iptables-save"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&cfg_path, &good).unwrap();
+
+    // A read-only state dir (a read-only bind mount in a private mount namespace).
+    let state = node.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let hook = site.root.join(SCRIPTS).join("vps-net_add");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {s} {s} && mount -o remount,bind,ro {s} && exec ip netns exec {ns} env -i HOME=/ TERM=linux PATH={VZCTL_PATH} VEID=101 VE_STATE=running IP_ADDR=10.0.0.1 {h}",
+            s = state.display(),
+            ns = node.ns.name,
+            h = hook.display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The lock held by a hung process: the hook gives up after hook_lock_timeout.
+    std::fs::write(
+        &cfg_path,
+        good.replace("[vzctl]\n", "[vzctl]\nhook_lock_timeout = 2\n"),
+    )
+    .unwrap();
+    // --no-fork: flock becomes the sleeping process, so killing our child frees the lock.
+    let mut holder = Command::new("flock")
+        .arg("--no-fork")
+        .arg(state.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let out = site.net("vps-net_add", "101", "running", "10.0.0.1");
+    let waited = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        waited.as_secs_f64() >= 2.0 && waited.as_secs_f64() < 10.0,
+        "{waited:?}"
+    );
+    assert!(
+        stderr(&out).contains("still holds the lock"),
+        "{}",
+        stderr(&out)
+    );
+
+    let log = std::fs::read_to_string(node.path("hook.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    assert!(
+        lines[0].contains(" mount ct=101 error: ") && lines[0].contains("iptables"),
+        "{log}"
+    );
+    assert!(
+        lines[1].contains(" net-add ct=101 error: ") && lines[1].contains("Read-only"),
+        "{log}"
+    );
+    assert!(
+        lines[2].contains(" net-add ct=101 error: ") && lines[2].contains("lock"),
+        "{log}"
+    );
+
+    // Strict mode passes the failure on.
+    std::fs::write(
+        &cfg_path,
+        good.replace("[vzctl]\n", "[vzctl]\nstrict = yes\n")
+            .replace(
+                &format!("iptables = {}", v.iptables(false)),
+                "iptables = /nonexistent/iptables",
+            ),
+    )
+    .unwrap();
+    let out = site.net("vps-net_add", "101", "running", "10.0.0.1");
+    assert_eq!(out.status.code(), Some(1), "strict: {}", stderr(&out));
+    std::fs::write(&cfg_path, &good).unwrap();
+
+    // Nothing got accounted along the way; the admin (or the periodic dump with veinfo)
+    // repairs it.
+    write(&node.path("veinfo"), "0 0 1\n101 0 5 10.0.0.1\n");
+    node.ok(&["dump"]);
+    let rules = node
+        .ours(false)
+        .iter()
+        .filter(|l| l.contains("ct:101"))
+        .count();
+    assert_eq!(rules, 4);
+    let got = send(&node, "101", "10.0.0.1", 100, 2);
+    node.ok(&["dump"]);
+    assert_eq!(total_in(&node, "101"), got);
+}
+
+/// install/uninstall in a fake root that already has an operator's vps.mount and vzctl's
+/// scripts: both run after install; a vzctl upgrade breaks a wrapper, check says so,
+/// install repairs it; uninstall leaves every file byte-identical to before.
+fn install_upgrade_uninstall(v: Variant) {
+    let node = Node::new(v);
+    let site = Site::new(&node);
+    let before = tree(&site.root);
+    let out = site.install();
+    assert!(out.contains("chained     "), "{out}");
+    assert!(out.contains("wrapped     "), "{out}");
+    let installed = tree(&site.root);
+    assert_eq!(
+        site.install().matches("unchanged").count(),
+        7,
+        "second install is a no-op"
+    );
+    assert_eq!(tree(&site.root), installed);
+    // Both the operator's script and ours run.
+    site.save_config("101", "10.0.0.1");
+    site.action("vps.mount", "101");
+    assert!(
+        std::fs::read_to_string(node.path("vzctl.log"))
+            .unwrap()
+            .contains("operator vps.mount VEID=101")
+    );
+    assert_eq!(
+        accounted(&node),
+        [("101".to_string(), vec!["10.0.0.1".to_string()])]
+    );
+
+    // A vzctl upgrade replaces vps-net_add with its new version.
+    let add = site.root.join(SCRIPTS).join("vps-net_add");
+    write_exec(&add, "#!/bin/sh\n# vzctl 4.10\nexit 0\n");
+    let out = site.vzacct_root("check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("overwritten by a vzctl upgrade"),
+        "{}",
+        stdout(&out)
+    );
+    let out = site.install();
+    assert!(out.contains("re-wrapped"), "{out}");
+    let orig = site.root.join(SCRIPTS).join("vps-net_add.vzacct-orig");
+    assert_eq!(
+        std::fs::read_to_string(&orig).unwrap(),
+        "#!/bin/sh\n# vzctl 4.10\nexit 0\n"
+    );
+    let out = site.vzacct_root("check");
+    assert!(!stdout(&out).contains("overwritten"), "{}", stdout(&out));
+
+    // An init script in the way that is not ours is never clobbered.
+    let out = site.vzacct_root("uninstall");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut expected = before.clone();
+    // The upgraded vps-net_add is the original now.
+    for (p, c) in expected.iter_mut() {
+        if p.starts_with("usr/libexec/vzctl/scripts/vps-net_add ") {
+            *c = "#!/bin/sh\n# vzctl 4.10\nexit 0\n".to_string();
+        }
+    }
+    // 101.conf was written by the test (as vzctl would), not by install.
+    let after: Vec<(String, String)> = tree(&site.root)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("etc/vz/conf/101.conf"))
+        .collect();
+    assert_eq!(after, expected);
+    write_exec(
+        &site.root.join("etc/init.d/vzacct"),
+        "#!/bin/sh\n# someone else's\n",
+    );
+    let out = site.vzacct_root("install");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("was not written by vzacct; not overwritten"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(site.root.join("etc/init.d/vzacct")).unwrap(),
+        "#!/bin/sh\n# someone else's\n"
+    );
+}
+
+/// Every regular file and symlink under `root` with its content (or link target) and mode.
+fn tree(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let rel = format!(
+                "{} {:o}",
+                p.strip_prefix(root).unwrap().display(),
+                meta.permissions().mode()
+            );
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                out.push((rel, format!("-> {}", target.display())));
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+                out.push((rel, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `check` is all well after install, a dump and every running container accounted; it
+/// names what is wrong otherwise.
+fn check_reports_every_integration_point(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    let site = Site::new(&node);
+    site.install();
+    write(&node.path("veinfo"), "0 0 1\n101 0 5 10.0.0.1\n");
+    let out = site.vzacct_root("check");
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL running containers     1 running IP(s) not accounted: 101/10.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL last dump"), "{text}");
+    node.ok(&["dump"]);
+    let out = site.vzacct_root("check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = node.ns.run(
+        env!("CARGO_BIN_EXE_vzacct"),
+        &["check", "--json", "--root", site.root.to_str().unwrap()],
+    );
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert!(doc["items"].as_array().unwrap().len() >= 14, "{doc}");
+    node.ipt(false, &["-F", "VZACCT-FORWARD"]);
+    let out = site.vzacct_root("check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("2 rule(s) missing"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Every dump writes the node_exporter textfile atomically, with the exact figures, and
+/// promtool accepts it.
+fn prometheus_textfile_from_dump(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    let prom = node.path("metrics/vzacct.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        format!("{text}[export]\nprometheus_textfile = {}\n", prom.display()),
+    )
+    .unwrap();
+    node.ok(&["add", "101", "10.0.0.1"]);
+    let (bytes, packets) = send(&node, "101", "10.0.0.1", 500, 3);
+    node.ok(&["dump"]);
+    let body = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        body.contains(&format!(
+            "vzacct_bytes_total{{ctid=\"101\",direction=\"in\"}} {bytes}\n"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "vzacct_packets_total{{ctid=\"101\",direction=\"in\"}} {packets}\n"
+        )),
+        "{body}"
+    );
+    assert!(body.contains("vzacct_containers 1\n"), "{body}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let promtool = promtool();
+    let mut child = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "promtool: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+fn promtool() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/usr/bin/promtool");
+    if local.exists() {
+        return local;
+    }
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v promtool"])
+        .output()
+        .unwrap();
+    assert!(
+        on_path.status.success(),
+        "promtool not found: run `sudo bash tests/deps.sh`"
+    );
+    PathBuf::from(stdout(&on_path).trim())
+}
+
+per_variant!(
+    life_cycle_through_the_installed_hooks,
+    hooks_under_failure,
+    install_upgrade_uninstall,
+    check_reports_every_integration_point,
+    prometheus_textfile_from_dump,
+);
