@@ -17,19 +17,24 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# promtool (the Prometheus textfile test checks vzacct's output with it) comes from Debian's
-# prometheus package, unpacked into target/tools rather than installed: installing the package
-# would start a Prometheus server.
+# Two checkers come unpacked from Debian packages into target/tools rather than installed:
+# promtool (checks the Prometheus textfile; installing the prometheus package would start a
+# server) and checkbashisms (checks the init script; devscripts would pull in dozens of
+# packages for one Perl script).
 (
   tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/tools"
-  if ! command -v promtool >/dev/null 2>&1 && [ ! -e "$tools/usr/bin/promtool" ]; then
-    echo "fetching promtool into $tools" >&2
-    debs=$(mktemp -d)
-    trap 'rm -rf "$debs"' EXIT
-    apt-get update -qq >/dev/null
-    # Root downloads into a root-only temp dir: apt's _apt sandbox user could not write there.
-    (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root prometheus)
-    mkdir -p "$tools"
-    dpkg -x "$debs"/prometheus_*.deb "$tools"
-  fi
+  fetch() { # program package
+    if ! command -v "$1" >/dev/null 2>&1 && [ ! -e "$tools/usr/bin/$1" ]; then
+      echo "fetching $1 (from Debian's $2) into $tools" >&2
+      debs=$(mktemp -d)
+      apt-get update -qq >/dev/null
+      # Root downloads into a root-only temp dir: apt's _apt sandbox user could not write there.
+      (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "$2")
+      mkdir -p "$tools"
+      dpkg -x "$debs/$2"_*.deb "$tools"
+      rm -rf "$debs"
+    fi
+  }
+  fetch promtool prometheus
+  fetch checkbashisms devscripts
 )

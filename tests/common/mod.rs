@@ -370,11 +370,16 @@ impl Node {
 
     /// Simulate a reboot: every rule and chain of the node's filter tables gone, a new boot id.
     pub fn reboot(&self, boot_id: &str) {
+        self.reboot_tables();
+        std::fs::write(self.path("boot_id"), format!("{boot_id}\n")).unwrap();
+    }
+
+    /// Empty the node's filter tables (both families), as a reboot does.
+    pub fn reboot_tables(&self) {
         for v6 in [false, true] {
             self.ipt(v6, &["-F"]);
             self.ipt(v6, &["-X"]);
         }
-        std::fs::write(self.path("boot_id"), format!("{boot_id}\n")).unwrap();
     }
 
     /// `show --json` parsed.
