@@ -76,20 +76,36 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
         let text = serde_json::to_string(&doc).map_err(|e| Error::Output(e.into()))?;
         return ctx.say(text);
     }
-    ctx.say(format!(
-        "{:<12} {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "CTID", "IPS", "TOTAL IN", "TOTAL OUT", "TODAY IN", "TODAY OUT", "MONTH IN", "MONTH OUT"
-    ))?;
-    for ct in &doc.containers {
-        let ips = if ct.ips.is_empty() {
+    let ips_of = |ct: &ShowCt| {
+        if ct.ips.is_empty() {
             "(not accounted)".to_string()
         } else {
             join(&ct.ips)
-        };
+        }
+    };
+    let w = doc
+        .containers
+        .iter()
+        .map(|c| ips_of(c).len())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    let idw = doc
+        .containers
+        .iter()
+        .map(|c| c.ctid.as_str().len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    ctx.say(format!(
+        "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "CTID", "IPS", "TOTAL IN", "TOTAL OUT", "TODAY IN", "TODAY OUT", "MONTH IN", "MONTH OUT"
+    ))?;
+    for ct in &doc.containers {
         ctx.say(format!(
-            "{:<12} {:<18} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             ct.ctid.as_str(),
-            ips,
+            ips_of(ct),
             human(ct.total.in_bytes),
             human(ct.total.out_bytes),
             human(ct.today.in_bytes),
