@@ -240,7 +240,13 @@ pub struct Harvest {
     pub restarted: usize,
     /// Whether this harvest was the first of a new boot.
     pub new_boot: bool,
+    /// Rules whose counters could not be traffic (more bytes than 65,535 per packet), taken
+    /// as a new starting point without crediting anything.
+    pub implausible: usize,
 }
+
+/// The largest IP packet (IPv4 total length, IPv6 payload length without jumbograms).
+pub const MAX_IP_PACKET: u64 = 65_535;
 
 /// How to treat counters found on rules at the first harvest of a new boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,7 +411,14 @@ impl Ledger {
                     }
                     None => now,
                 };
-                if credit_all && (delta.packets > 0 || delta.bytes > 0) {
+                // No IP packet is longer than 65,535 bytes: a delta claiming more is not
+                // traffic (counters written by someone else, e.g. a restored saved ruleset);
+                // counting starts from the value found, nothing is credited.
+                let plausible = delta.bytes <= delta.packets.saturating_mul(MAX_IP_PACKET);
+                if !plausible {
+                    report.implausible += 1;
+                }
+                if credit_all && plausible && (delta.packets > 0 || delta.bytes > 0) {
                     c.total.credit(rule.kind, delta);
                     c.by_ip.entry(rule.ip).or_default().credit(rule.kind, delta);
                     let day = c.today.get_or_insert_with(|| Day {
@@ -586,13 +599,41 @@ mod tests {
     #[test]
     fn counters_near_two_to_the_64_never_spike() {
         let mut l = ledger_101();
-        let big = u64::MAX - 10;
-        harvest(&mut l, &kernel(&[(FI, 1, big)]), "b1", "2026-11-29");
-        harvest(&mut l, &kernel(&[(FI, 2, u64::MAX)]), "b1", "2026-11-29");
+        let (p, big) = (1_u64 << 49, u64::MAX - 10);
+        harvest(&mut l, &kernel(&[(FI, p, big)]), "b1", "2026-11-29");
+        harvest(&mut l, &kernel(&[(FI, p + 2, u64::MAX)]), "b1", "2026-11-29");
         assert_eq!(total(&l, "101").in_bytes, u64::MAX);
+        assert_eq!(total(&l, "101").in_packets, p + 2);
         // A wrap shows as a lower counter: the new value is added, saturating, no spike.
         harvest(&mut l, &kernel(&[(FI, 3, 5)]), "b1", "2026-11-29");
         assert_eq!(total(&l, "101").in_bytes, u64::MAX);
+    }
+
+    #[test]
+    fn impossible_counters_are_a_starting_point_not_traffic() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        // Someone replaced our rule with one carrying a counter near 2^64 for one packet.
+        let (h, _) = harvest(
+            &mut l,
+            &kernel(&[(FI, 1, u64::MAX - 615)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(h.implausible, 1);
+        assert_eq!(total(&l, "101").in_bytes, 100);
+        // From there on, real traffic counts.
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 3, u64::MAX - 415)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(total(&l, "101").in_bytes, 300);
+        // A rule first seen with impossible counters is not credited either.
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 0, 5000)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, 0);
     }
 
     #[test]

@@ -193,13 +193,21 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
 fn report_harvest(ctx: &mut Ctx, h: &Harvest, rows: usize) -> Result<(), Error> {
     let f = &h.counted;
     ctx.say(format!(
-        "harvested {} bytes in / {} bytes out ({} / {} packets){}{}",
+        "harvested {} bytes in / {} bytes out ({} / {} packets){}{}{}",
         f.in_bytes,
         f.out_bytes,
         f.in_packets,
         f.out_packets,
         if h.restarted > 0 {
             format!("; {} counter(s) had restarted from zero", h.restarted)
+        } else {
+            String::new()
+        },
+        if h.implausible > 0 {
+            format!(
+                "; {} rule(s) had impossible counters (set by someone else): not counted",
+                h.implausible
+            )
         } else {
             String::new()
         },
