@@ -153,8 +153,26 @@ fn installed_config(explicit: &Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
 }
 
+/// Whether the process runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions, cannot fail and does not touch memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    // Everything but installing into a directory of one's own needs root: the kernel's
+    // firewall and the state dir are root's. Say so once, before anything fails on it.
+    // Hooks are exempt: they report every failure in their log and never fail vzctl.
+    let into_dir = matches!(&cli.command, Command::Install { root } | Command::Uninstall { root } if root != Path::new("/"));
+    let hook = matches!(&cli.command, Command::Hook { .. });
+    if !into_dir && !hook && !is_root() {
+        return Err(Error::Invalid(
+            "vzacct must run as root: it reads and changes the kernel's firewall rules and keeps \
+             its ledger in a root-only directory"
+                .into(),
+        ));
+    }
     // clap has already folded VZACCT_CONFIG into `config`. With --root, the config is the
     // one inside that root unless one is named.
     let root = match &cli.command {

@@ -601,7 +601,12 @@ mod tests {
         let mut l = ledger_101();
         let (p, big) = (1_u64 << 49, u64::MAX - 10);
         harvest(&mut l, &kernel(&[(FI, p, big)]), "b1", "2026-11-29");
-        harvest(&mut l, &kernel(&[(FI, p + 2, u64::MAX)]), "b1", "2026-11-29");
+        harvest(
+            &mut l,
+            &kernel(&[(FI, p + 2, u64::MAX)]),
+            "b1",
+            "2026-11-29",
+        );
         assert_eq!(total(&l, "101").in_bytes, u64::MAX);
         assert_eq!(total(&l, "101").in_packets, p + 2);
         // A wrap shows as a lower counter: the new value is added, saturating, no spike.
