@@ -191,7 +191,7 @@ fn not_root(v: Variant) {
         &["status"][..],
         &["add", "101", "10.0.0.1"],
         &["dump"],
-        &["hook", "mount"],
+        &["check"],
     ] {
         let mut full = vec![
             "--reuid=65534",
