@@ -22,7 +22,8 @@ pub enum NetfilterError {
         source: ruleset::ParseError,
     },
     #[error(
-        "the {family} ruleset was not changed: {program} rejected the batch of {ops} change(s)"
+        "applying {ops} change(s) to the {family} ruleset failed in {program}; the ledger is \
+         saved, and the next vzacct command (or the 5-minute dump) applies them again"
     )]
     Apply {
         family: Family,
