@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A command line and the extra environment it runs with.
+type Args<'a> = Vec<&'a str>;
+type Env<'a> = Vec<(&'a str, &'a str)>;
+
 fn budget(var: &str, default: u64) -> u64 {
     std::env::var(var)
         .ok()
@@ -83,7 +87,7 @@ fn every_command_killed_at_random_points(v: Variant) {
     );
     node.at("2026-12-01T10:00:00Z", &["add", "101", "10.0.0.1"]);
     let conf102 = node.path("conf/102.conf").display().to_string();
-    let commands: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+    let commands: Vec<(Args, Env)> = vec![
         (vec!["add", "102", "10.0.0.2"], vec![]),
         (vec!["remove", "102"], vec![]),
         (vec!["sync"], vec![]),
