@@ -16,6 +16,7 @@
 //!       "by_ip": {"10.0.0.1": {<figures>}},  the same, per address
 //!       "today": {"date": "YYYY-MM-DD", <figures>},   the open day
 //!       "month": {"month": "YYYY-MM", <figures>},     closed days of the latest month
+//!       "last_closed": "YYYY-MM-DD",                  the last day written to the CSV
 //!       "seen": {"<kind> <ip> <iface>": {"packets": n, "bytes": n}}
 //!     }                                      last-seen kernel counters, per rule
 //!   }
@@ -143,6 +144,9 @@ pub struct Container {
     pub today: Option<Day>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month: Option<Month>,
+    /// The last day closed into the CSV: no day on or before it is opened again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_closed: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub seen: BTreeMap<String, Counters>,
 }
@@ -164,7 +168,19 @@ impl Container {
         f
     }
 
+    /// The open day, opened at `today` if there is none, but never on or before a day
+    /// already closed into the CSV (a clock set back must not reopen a written day).
+    pub fn open_day(&mut self, today: NaiveDate) -> &mut Day {
+        let after_closed = self.last_closed.and_then(|d| d.succ_opt());
+        let date = after_closed.map_or(today, |d| d.max(today));
+        self.today.get_or_insert_with(|| Day {
+            date,
+            figures: Figures::default(),
+        })
+    }
+
     fn close_into_month(&mut self, date: NaiveDate, figures: &Figures) {
+        self.last_closed = Some(self.last_closed.map_or(date, |d| d.max(date)));
         let ym = month_of(date);
         match &mut self.month {
             Some(m) if m.month == ym => m.figures.add(figures),
@@ -339,12 +355,7 @@ impl Ledger {
         }
         let c = self.containers.entry(ctid.clone()).or_default();
         c.total_since.get_or_insert(now);
-        if c.today.is_none() {
-            c.today = Some(Day {
-                date: today,
-                figures: Figures::default(),
-            });
-        }
+        c.open_day(today);
         c.ips.insert(ip)
     }
 
@@ -421,11 +432,7 @@ impl Ledger {
                 if credit_all && plausible && (delta.packets > 0 || delta.bytes > 0) {
                     c.total.credit(rule.kind, delta);
                     c.by_ip.entry(rule.ip).or_default().credit(rule.kind, delta);
-                    let day = c.today.get_or_insert_with(|| Day {
-                        date: today,
-                        figures: Figures::default(),
-                    });
-                    day.figures.credit(rule.kind, delta);
+                    c.open_day(today).figures.credit(rule.kind, delta);
                     report.counted.credit(rule.kind, delta);
                 }
                 seen.insert(key, now);
@@ -443,10 +450,7 @@ impl Ledger {
         for (ctid, c) in &mut self.containers {
             let Some(day) = c.today.clone() else {
                 if c.accounted() {
-                    c.today = Some(Day {
-                        date: today,
-                        figures: Figures::default(),
-                    });
+                    c.open_day(today);
                 }
                 continue;
             };
@@ -470,10 +474,8 @@ impl Ledger {
                     c.close_into_month(date, &Figures::default());
                     d = date.succ_opt();
                 }
-                c.today = Some(Day {
-                    date: today,
-                    figures: Figures::default(),
-                });
+                c.today = None;
+                c.open_day(today);
             } else {
                 c.today = None;
             }
@@ -742,6 +744,31 @@ mod tests {
         let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
         assert_eq!(c.today.as_ref().unwrap().date, day("2026-11-29"));
         assert_eq!(c.today.as_ref().unwrap().figures.in_bytes, 130);
+    }
+
+    #[test]
+    fn a_restart_after_the_clock_went_back_never_reopens_a_closed_day() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-30");
+        l.unassign(&"101".parse().unwrap(), &"10.0.0.1".parse().unwrap());
+        let (_, rows) = harvest(&mut l, &kernel(&[]), "b1", "2026-12-01");
+        assert_eq!(rows.len(), 1);
+        // The clock steps back to Nov 30 and the container starts again.
+        l.assign(
+            &"101".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            now(),
+            day("2026-11-30"),
+        );
+        harvest(&mut l, &kernel(&[(FI, 3, 300)]), "b1", "2026-11-30");
+        let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
+        assert_eq!(c.today.as_ref().unwrap().date, day("2026-12-01"));
+        assert_eq!(c.today.as_ref().unwrap().figures.in_bytes, 300);
+        let (_, rows) = harvest(&mut l, &kernel(&[(FI, 3, 300)]), "b1", "2026-12-02");
+        assert_eq!(rows[0].date, day("2026-12-01"));
+        assert_eq!(rows[0].figures.in_bytes, 300);
+        let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
+        assert_eq!(c.month.as_ref().unwrap().month, "2026-12");
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
             today: c
                 .today
                 .as_ref()
-                .filter(|d| d.date == today)
+                // The open day; after the clock was set back it may lie ahead of `today`.
+                .filter(|d| d.date >= today)
                 .map(|d| d.figures)
                 .unwrap_or_default(),
             month: c.month_so_far(&month),

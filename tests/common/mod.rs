@@ -452,8 +452,8 @@ impl Node {
 /// Send `count` UDP datagrams of `payload` bytes from `src` (in `from`) to `dst` (in `to`),
 /// and check each one arrives, so the kernel counted them before the test reads counters.
 pub fn send_udp(from: &Netns, src: IpAddr, to: &Netns, dst: IpAddr, payload: usize, count: usize) {
-    static PORT: AtomicUsize = AtomicUsize::new(20000);
-    let port = PORT.fetch_add(1, Ordering::SeqCst) as u16;
+    static PORT: AtomicUsize = AtomicUsize::new(0);
+    let port = (20000 + PORT.fetch_add(1, Ordering::SeqCst) % 40000) as u16;
     let dst_addr = SocketAddr::new(dst, port);
     let rx = to.enter(move || UdpSocket::bind(dst_addr).expect("bind receiver"));
     rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -462,9 +462,14 @@ pub fn send_udp(from: &Netns, src: IpAddr, to: &Netns, dst: IpAddr, payload: usi
     let mut buf = vec![0_u8; payload + 1];
     for i in 0..count {
         tx.send_to(&data, dst_addr).expect("send");
-        let (n, from_addr) = rx
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("datagram {i} {src} -> {dst} did not arrive: {e}"));
+        // A stopped and resumed process may see EINTR from a socket with a timeout.
+        let (n, from_addr) = loop {
+            match rx.recv_from(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        }
+        .unwrap_or_else(|e| panic!("datagram {i} {src} -> {dst} did not arrive: {e}"));
         assert_eq!((n, from_addr.ip()), (payload, src));
     }
 }
