@@ -23,6 +23,10 @@ pub struct Config {
     pub ipv6: bool,
     /// The host side of the containers' venet interface.
     pub venet_interface: String,
+    /// How the per-IP counters are kept in the kernel.
+    pub backend: Backend,
+    /// The ipset command.
+    pub ipset: String,
     /// Where the ledger and the lock live.
     pub state_dir: PathBuf,
     /// Where the per-container daily CSV files are written.
@@ -46,6 +50,8 @@ impl Default for Config {
             ip6tables: "ip6tables".into(),
             ipv6: true,
             venet_interface: "venet0".into(),
+            backend: Backend::Auto,
+            ipset: "ipset".into(),
             state_dir: "/var/lib/vzacct".into(),
             csv_dir: "/var/log/vzacct".into(),
             strict: false,
@@ -54,6 +60,18 @@ impl Default for Config {
             prometheus_textfile: None,
         }
     }
+}
+
+/// Where the per-IP counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// ipset when the ipset program and the kernel's sets work, else iptables.
+    Auto,
+    /// Hash sets with per-element counters behind a few fixed rules: the per-packet cost
+    /// does not grow with the number of IPs.
+    Ipset,
+    /// One rule per IP and direction (the classic method): every packet walks the list.
+    Iptables,
 }
 
 /// Why the configuration could not be used. Nothing runs on a bad config.
@@ -109,6 +127,8 @@ struct RawNetfilter {
     ip6tables: Option<String>,
     ipv6: Option<String>,
     venet_interface: Option<String>,
+    backend: Option<String>,
+    ipset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +224,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         cfg.venet_interface = v.to_string();
     }
+    if let Some(v) = nf.backend {
+        cfg.backend = match v.trim() {
+            "auto" => Backend::Auto,
+            "ipset" => Backend::Ipset,
+            "iptables" => Backend::Iptables,
+            _ => return Err(bad("netfilter", "backend", &v, BACKEND)),
+        };
+    }
+    if let Some(v) = nf.ipset {
+        cfg.ipset = program(&v).ok_or_else(|| bad("netfilter", "ipset", &v, PROG))?;
+    }
     let st = raw.storage.unwrap_or_default();
     if let Some(v) = st.state_dir {
         cfg.state_dir = absolute_path(&v).ok_or_else(|| bad("storage", "state_dir", &v, ABS))?;
@@ -217,6 +248,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 const ABS: &str = "expected an absolute path";
 const PROG: &str = "expected a program name or an absolute path, without spaces";
 const YESNO: &str = "expected yes or no";
+const BACKEND: &str = "expected auto, ipset or iptables";
 const SECONDS: &str = "expected a whole number of seconds from 1 to 3600";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
@@ -281,7 +313,7 @@ mod tests {
         let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
                      strict = yes\nhook_lock_timeout = 3\nhook_log = /h.log\n\
                      [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
-                     ipv6 = no\nvenet_interface = venet9\n\
+                     ipv6 = no\nvenet_interface = venet9\nbackend = ipset\nipset = /sbin/ipset\n\
                      [storage]\nstate_dir = /s\ncsv_dir = /l\n\
                      [export]\nprometheus_textfile = /p/vzacct.prom\n")
         .unwrap();
@@ -294,6 +326,8 @@ mod tests {
                 ip6tables: "/sbin/ip6tables".into(),
                 ipv6: false,
                 venet_interface: "venet9".into(),
+                backend: Backend::Ipset,
+                ipset: "/sbin/ipset".into(),
                 state_dir: "/s".into(),
                 csv_dir: "/l".into(),
                 strict: true,
@@ -334,6 +368,7 @@ mod tests {
             ("[vzctl]\nveinfo = \n", "veinfo"),
             ("[vzctl]\nhook_lock_timeout = 0\n", "hook_lock_timeout"),
             ("[vzctl]\nstrict = perhaps\n", "strict"),
+            ("[netfilter]\nbackend = nftables\n", "backend"),
             (
                 "[export]\nprometheus_textfile = x.prom\n",
                 "prometheus_textfile",

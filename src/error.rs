@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
     #[error(transparent)]
+    Ipset(#[from] crate::netfilter::IpsetError),
+    #[error(transparent)]
     Csv(#[from] CsvError),
     #[error(transparent)]
     Prometheus(#[from] crate::prometheus::PrometheusError),

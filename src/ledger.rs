@@ -32,7 +32,7 @@ use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
-use crate::ruleset::{Accounted, Counters, Current, Kind, Rule};
+use crate::ruleset::{Accounted, Counted, Counters, Kind, Rule};
 
 pub const FORMAT: u32 = 1;
 
@@ -374,7 +374,7 @@ impl Ledger {
     /// traffic counts for `today`, and returns the closed days' rows.
     pub fn harvest(
         &mut self,
-        kernel: &[&Current],
+        kernel: &[Counted],
         boot_id: &str,
         today: NaiveDate,
         new_boot_policy: NewBoot,
@@ -389,16 +389,12 @@ impl Ledger {
             self.boot_id = Some(boot_id.to_string());
         }
         let rows = self.close_days(today);
-        // The last copy of every rule, per container.
-        let mut last: BTreeMap<&Ctid, BTreeMap<String, (&Rule, Counters)>> = BTreeMap::new();
-        for current in kernel {
-            for seen in &current.rules {
-                if let Some(rule) = &seen.rule {
-                    last.entry(&rule.ctid)
-                        .or_default()
-                        .insert(seen_key(rule), (rule, seen.counters));
-                }
-            }
+        // The last copy of every rule (or set element), per container.
+        let mut last: BTreeMap<&Ctid, BTreeMap<&str, (&Counted, Counters)>> = BTreeMap::new();
+        for c in kernel {
+            last.entry(&c.ctid)
+                .or_default()
+                .insert(c.key.as_str(), (c, c.counters));
         }
         let credit_all = !(new_boot && new_boot_policy == NewBoot::Baseline);
         // A container none of whose rules is in the kernel any more keeps no baselines.
@@ -411,7 +407,7 @@ impl Ledger {
             let c = self.containers.entry(ctid.clone()).or_default();
             let mut seen = BTreeMap::new();
             for (key, (rule, now)) in rules {
-                let delta = match c.seen.get(&key) {
+                let delta = match c.seen.get(key) {
                     Some(b) if now.packets >= b.packets && now.bytes >= b.bytes => Counters {
                         packets: now.packets - b.packets,
                         bytes: now.bytes - b.bytes,
@@ -435,7 +431,7 @@ impl Ledger {
                     c.open_day(today).figures.credit(rule.kind, delta);
                     report.counted.credit(rule.kind, delta);
                 }
-                seen.insert(key, now);
+                seen.insert(key.to_string(), now);
             }
             c.seen = seen;
         }
@@ -509,7 +505,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::parse_save;
+    use crate::ruleset::{Current, parse_save};
 
     const FI: &str = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"";
     const FO: &str = "VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"";
@@ -549,7 +545,7 @@ mod tests {
     }
 
     fn harvest(l: &mut Ledger, k: &Current, boot: &str, d: &str) -> (Harvest, Vec<Row>) {
-        l.harvest(&[k], boot, day(d), NewBoot::Count)
+        l.harvest(&k.counted(), boot, day(d), NewBoot::Count)
     }
 
     #[test]
@@ -659,7 +655,7 @@ mod tests {
         harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
         // A firewall service restored our rule with old counters before any container ran.
         let k = kernel(&[(FI, 10, 1000)]);
-        l.harvest(&[&k], "b2", day("2026-11-29"), NewBoot::Baseline);
+        l.harvest(&k.counted(), "b2", day("2026-11-29"), NewBoot::Baseline);
         assert_eq!(total(&l, "101").in_bytes, 1000);
         harvest(&mut l, &kernel(&[(FI, 11, 1100)]), "b2", "2026-11-29");
         assert_eq!(total(&l, "101").in_bytes, 1100);

@@ -12,6 +12,8 @@ pub mod ctid;
 pub mod error;
 pub mod hooks;
 pub mod install;
+pub mod ipset;
+pub mod kernel;
 pub mod ledger;
 pub mod netfilter;
 pub mod process;

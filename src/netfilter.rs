@@ -88,3 +88,69 @@ impl Tables {
         Ok(())
     }
 }
+
+/// A failure to read or change our ipsets.
+#[derive(Debug, thiserror::Error)]
+pub enum IpsetError {
+    #[error(
+        "cannot read the ipsets (set backend = iptables under [netfilter] if ipset is not wanted)"
+    )]
+    Read(#[source] ProcessError),
+    #[error("cannot understand the ipsets printed by {program}")]
+    Parse {
+        program: String,
+        #[source]
+        source: crate::ipset::ParseError,
+    },
+    #[error(
+        "changing the ipsets failed in {program}; the ledger is saved, and the next vzacct \
+         command applies the change again"
+    )]
+    Apply {
+        program: String,
+        #[source]
+        source: ProcessError,
+    },
+}
+
+/// The ipset program.
+#[derive(Debug, Clone)]
+pub struct Ipset {
+    program: String,
+}
+
+impl Ipset {
+    pub fn new(config: &Config) -> Ipset {
+        Ipset {
+            program: config.ipset.clone(),
+        }
+    }
+
+    /// One read of every set, keeping ours.
+    pub fn read(&self) -> Result<crate::ipset::Sets, IpsetError> {
+        let out = process::run(&self.program, &["save"], None).map_err(IpsetError::Read)?;
+        crate::ipset::parse_save(&String::from_utf8_lossy(&out.stdout)).map_err(|source| {
+            IpsetError::Parse {
+                program: self.program.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Apply one `ipset restore` batch; nothing is run for an empty one.
+    pub fn apply(&self, batch: &str) -> Result<(), IpsetError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        process::run(
+            &self.program,
+            &["restore", "-exist"],
+            Some(batch.as_bytes()),
+        )
+        .map(|_| ())
+        .map_err(|source| IpsetError::Apply {
+            program: self.program.clone(),
+            source,
+        })
+    }
+}

@@ -139,6 +139,83 @@ impl Rule {
     }
 }
 
+/// The ipset backend's fixed rule for one kind of traffic in one family: it matches the
+/// kind's set, whose elements carry the per-IP counters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetMatch {
+    pub kind: Kind,
+    pub family: Family,
+    /// The venet interface, for the node-local kinds; empty for forwarded ones.
+    pub iface: String,
+}
+
+impl SetMatch {
+    /// The rule's specification after `-A CHAIN`, exactly as iptables-save prints it.
+    pub fn spec(&self) -> String {
+        let set = crate::ipset::set_name(self.kind, self.family);
+        match self.kind {
+            Kind::ForwardIn => format!("-m set --match-set {set} dst"),
+            Kind::ForwardOut => format!("-m set --match-set {set} src"),
+            Kind::LocalIn => format!("-o {} -m set --match-set {set} dst", self.iface),
+            Kind::LocalOut => format!("-i {} -m set --match-set {set} src", self.iface),
+        }
+    }
+}
+
+/// A rule vzacct wants in one of its chains: a per-IP counting rule (iptables backend) or a
+/// set-matching rule (ipset backend).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Wanted {
+    Count(Rule),
+    Match(SetMatch),
+}
+
+impl Wanted {
+    pub fn chain(&self) -> Chain {
+        match self {
+            Wanted::Count(r) => r.kind.chain(),
+            Wanted::Match(m) => m.kind.chain(),
+        }
+    }
+
+    pub fn spec(&self) -> String {
+        match self {
+            Wanted::Count(r) => r.spec(),
+            Wanted::Match(m) => m.spec(),
+        }
+    }
+}
+
+/// The ipset backend's four fixed rules of one family.
+pub fn set_matches(family: Family, venet: &str) -> Vec<Wanted> {
+    Kind::ALL
+        .into_iter()
+        .map(|kind| {
+            Wanted::Match(SetMatch {
+                kind,
+                family,
+                iface: match kind.chain() {
+                    Chain::Forward => String::new(),
+                    _ => venet.to_string(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Traffic counted for one container IP one way, by a rule or a set element, as the
+/// harvest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub ctid: Ctid,
+    pub ip: IpAddr,
+    pub kind: Kind,
+    pub iface: String,
+    /// Identity of the counter within the container, stable while the rule or element lives.
+    pub key: String,
+    pub counters: Counters,
+}
+
 /// The accounted containers and their IPs: the input of planning.
 pub type Accounted = BTreeMap<Ctid, BTreeSet<IpAddr>>;
 
@@ -166,6 +243,14 @@ pub fn desired(accounted: &Accounted, family: Family, venet: &str) -> Vec<Rule> 
     rules
 }
 
+/// [`desired`] as wanted rules.
+pub fn desired_rules(accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
+    desired(accounted, family, venet)
+        .into_iter()
+        .map(Wanted::Count)
+        .collect()
+}
+
 /// Packet and byte counters as iptables-save prints them (`[packets:bytes]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
@@ -181,7 +266,20 @@ pub struct SeenRule {
     pub spec: String,
     /// The counting rule it is, or None for something vzacct did not write.
     pub rule: Option<Rule>,
+    /// The set-matching rule it is (ipset backend).
+    pub set_match: Option<SetMatch>,
     pub counters: Counters,
+}
+
+impl SeenRule {
+    /// What it is, if it is one of the rules vzacct writes.
+    pub fn wanted(&self) -> Option<Wanted> {
+        match (&self.rule, &self.set_match) {
+            (Some(r), _) => Some(Wanted::Count(r.clone())),
+            (None, Some(m)) => Some(Wanted::Match(m.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// A rule in a built-in chain that jumps to one of ours.
@@ -272,10 +370,17 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
         let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
         if let Some(chain) = Chain::by_name(chain_name) {
             let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
+            let rule = recognise(chain, &tokens);
+            let set_match = if rule.is_none() {
+                recognise_set(chain, &tokens)
+            } else {
+                None
+            };
             cur.rules.push(SeenRule {
                 chain,
                 spec: spec.to_string(),
-                rule: recognise(chain, &tokens),
+                rule,
+                set_match,
                 counters,
             });
         } else {
@@ -386,6 +491,51 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
     })
 }
 
+/// Recognise one of the ipset backend's set-matching rules.
+fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
+    let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let (iface_opt, rest) = match t.as_slice() {
+        [opt @ ("-i" | "-o"), iface, rest @ ..] => (Some((*opt, *iface)), rest),
+        rest => (None, rest),
+    };
+    let ["-m", "set", "--match-set", name, dir] = rest else {
+        return None;
+    };
+    let (kind, family) = crate::ipset::parse_set_name(name)?;
+    let fits = matches!(
+        (kind, iface_opt, *dir),
+        (Kind::ForwardIn, None, "dst")
+            | (Kind::ForwardOut, None, "src")
+            | (Kind::LocalIn, Some(("-o", _)), "dst")
+            | (Kind::LocalOut, Some(("-i", _)), "src")
+    );
+    (fits && kind.chain() == chain).then(|| SetMatch {
+        kind,
+        family,
+        iface: iface_opt.map(|(_, i)| i.to_string()).unwrap_or_default(),
+    })
+}
+
+impl Current {
+    /// The per-IP counting rules as counted traffic, for harvest and status.
+    pub fn counted(&self) -> Vec<Counted> {
+        self.rules
+            .iter()
+            .filter_map(|s| {
+                let r = s.rule.as_ref()?;
+                Some(Counted {
+                    ctid: r.ctid.clone(),
+                    ip: r.ip,
+                    kind: r.kind,
+                    iface: r.iface.clone(),
+                    key: crate::ledger::seen_key(r),
+                    counters: s.counters,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One change to the kernel's ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -393,8 +543,8 @@ pub enum Op {
     NewChain(Chain),
     /// Delete a rule of ours (stray, stale or duplicate) by its specification.
     Delete { chain: &'static str, spec: String },
-    /// Append a counting rule.
-    Append(Rule),
+    /// Append one of our rules.
+    Append(Wanted),
     /// Put our jump at the top of its built-in chain.
     InsertJump(Chain),
 }
@@ -441,7 +591,7 @@ impl Plan {
             let _ = match op {
                 Op::NewChain(_) => Ok(()),
                 Op::Delete { chain, spec } => writeln!(out, "-D {chain} {spec}"),
-                Op::Append(r) => writeln!(out, "[0:0] -A {} {}", r.kind.chain().name(), r.spec()),
+                Op::Append(w) => writeln!(out, "[0:0] -A {} {}", w.chain().name(), w.spec()),
                 Op::InsertJump(c) => writeln!(out, "-I {} 1 -j {}", c.builtin(), c.name()),
             };
         }
@@ -453,7 +603,7 @@ impl Plan {
 /// Compare what is wanted with what is there. Rules already in place keep their counters;
 /// missing ones are appended; strays, stale rules and duplicates are deleted; each of our
 /// chains exists and is jumped to exactly once, from the top of its built-in chain.
-pub fn plan(desired: &[Rule], current: &Current) -> Plan {
+pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
     let mut ops = Vec::new();
     for chain in Chain::ALL {
         if !current.chains.contains(&chain) {
@@ -474,7 +624,7 @@ pub fn plan(desired: &[Rule], current: &Current) -> Plan {
             ops.push(Op::InsertJump(chain));
         }
     }
-    let mut wanted: HashMap<&Rule, usize> = HashMap::with_capacity(desired.len());
+    let mut wanted: HashMap<&Wanted, usize> = HashMap::with_capacity(desired.len());
     for r in desired {
         *wanted.entry(r).or_default() += 1;
     }
@@ -482,11 +632,11 @@ pub fn plan(desired: &[Rule], current: &Current) -> Plan {
     // Of identical copies the LAST one is kept: `-D` by specification removes the first
     // match, so deleting the surplus copies in order leaves exactly the kept one in place.
     let mut keep = vec![false; current.rules.len()];
-    for (i, seen) in current.rules.iter().enumerate().rev() {
-        if let Some(n) = seen
-            .rule
+    let seen_wanted: Vec<Option<Wanted>> = current.rules.iter().map(SeenRule::wanted).collect();
+    for (i, w) in seen_wanted.iter().enumerate().rev() {
+        if let Some(n) = w
             .as_ref()
-            .and_then(|r| wanted.get_mut(r))
+            .and_then(|w| wanted.get_mut(w))
             .filter(|n| **n > 0)
         {
             *n -= 1;
@@ -501,8 +651,8 @@ pub fn plan(desired: &[Rule], current: &Current) -> Plan {
     }
     // Restore the budget consumed above so appends only cover what is missing.
     let mut wanted = budget;
-    for seen in current.rules.iter().zip(&keep).filter(|(_, k)| **k) {
-        if let Some(n) = seen.0.rule.as_ref().and_then(|r| wanted.get_mut(r)) {
+    for (w, _) in seen_wanted.iter().zip(&keep).filter(|(_, k)| **k) {
+        if let Some(n) = w.as_ref().and_then(|w| wanted.get_mut(w)) {
             *n -= 1;
         }
     }
@@ -578,7 +728,7 @@ mod tests {
         let cur = parse_save(LEGACY_EMPTY).unwrap();
         assert!(cur.chains.is_empty() && cur.jumps.is_empty() && cur.rules.is_empty());
         assert!(!cur.nf_tables);
-        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
         let batch = plan(&want, &cur).render();
         assert_eq!(
             batch,
@@ -625,12 +775,12 @@ mod tests {
 
     #[test]
     fn in_place_rules_give_an_empty_plan_on_both_variants() {
-        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
         for text in [LEGACY_101, NFT_101] {
             let p = plan(&want, &parse_save(text).unwrap());
             assert!(p.is_empty(), "{p:?}");
         }
-        let want6 = desired(
+        let want6 = desired_rules(
             &accounted(&[("101", &["2001:db8::1"])]),
             Family::V6,
             "venet0",
@@ -680,7 +830,7 @@ mod tests {
                     [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
                     COMMIT\n";
         let cur = parse_save(text).unwrap();
-        let want = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
         let p = plan(&want, &cur);
         assert_eq!(p.deleted(), 4);
         assert_eq!(p.added(), 3);

@@ -180,13 +180,7 @@ fn init_script_start_and_stop(v: Variant) {
         stdout(&out)
     };
     assert!(run("start").contains("1 accounted container(s) restored"));
-    assert_eq!(
-        node.ours(false)
-            .iter()
-            .filter(|l| l.contains("ct:101"))
-            .count(),
-        4
-    );
+    assert_eq!(node.entries("101", false), 4);
     let src: std::net::IpAddr = WORLD_V4.parse().unwrap();
     send_udp(
         node.world(),

@@ -100,7 +100,7 @@ fn untouched_counters_survive_changes_to_other_containers(v: Variant) {
     assert_eq!(node.counters(false, rule), expected);
 }
 
-per_variant!(
+per_rules_variant!(
     directions_and_exact_bytes,
     untouched_counters_survive_changes_to_other_containers
 );

@@ -310,7 +310,7 @@ fn remove_and_move(v: Variant) {
     assert_eq!(status["containers"], serde_json::json!([]));
 }
 
-per_variant!(
+per_rules_variant!(
     exact_rules_and_idempotent,
     foreign_rules_untouched,
     sync_heals_foreign_damage,

@@ -20,10 +20,10 @@ use crate::csvlog;
 use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
 use crate::error::{Error, chain};
+use crate::kernel::{Kernel, KernelPlan};
 use crate::ledger::{Figures, Harvest, LastDump, Ledger, NewBoot, Row, month_of};
-use crate::netfilter::Tables;
 use crate::prometheus;
-use crate::ruleset::{self, Current, Family, Kind, Op, Plan};
+use crate::ruleset::{Family, Kind, Op};
 use crate::store::{self, Locked};
 use crate::veinfo;
 
@@ -113,25 +113,20 @@ fn check_family(ctx: &Ctx, ip: &IpAddr) -> Result<(), Error> {
 struct Session {
     locked: Locked,
     ledger: Ledger,
-    kernel: Vec<(Tables, Current)>,
+    kernel: Kernel,
     harvest: Harvest,
     rows: Vec<Row>,
 }
 
-/// Lock, load, read the kernel once per family (a missing or broken iptables stops the
-/// command before anything changes) and harvest.
+/// Lock, load, read the kernel once (a missing or broken iptables stops the command before
+/// anything changes) and harvest.
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let mut ledger = locked.load()?;
-    let mut kernel = Vec::new();
-    for family in ctx.families() {
-        let tables = Tables::new(&ctx.config, family);
-        let current = tables.read()?;
-        kernel.push((tables, current));
-    }
+    let kernel = Kernel::read(&ctx.config, &ctx.families())?;
     let boot_id = ctx.boot_id()?;
-    let currents: Vec<&Current> = kernel.iter().map(|(_, c)| c).collect();
-    let (harvest, rows) = ledger.harvest(&currents, &boot_id, ctx.today(), policy);
+    let counted = kernel.counted(&ctx.config.venet_interface);
+    let (harvest, rows) = ledger.harvest(&counted, &boot_id, ctx.today(), policy);
     Ok(Session {
         locked,
         ledger,
@@ -143,39 +138,39 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
 
 /// What one commit did.
 pub(crate) struct Committed {
-    plans: Vec<(Family, Plan)>,
+    plan: KernelPlan,
     rows_written: usize,
 }
 
 /// Append the closed days' rows, write the ledger, then (if `apply`) make the kernel match
-/// it with one batch per family. The ledger is written before the batch: if the batch is
-/// never applied, the rules it would have removed are still in the ledger's baselines and
-/// the next run harvests them exactly.
+/// it. The ledger is written before the kernel changes: if they are never applied, the rules
+/// or set elements they would have removed are still in the ledger's baselines and the next
+/// run harvests them exactly.
 fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
-    let accounted = s.ledger.accounted();
-    let mut plans = Vec::new();
-    for (tables, current) in &s.kernel {
-        let want = ruleset::desired(&accounted, tables.family, &ctx.config.venet_interface);
-        plans.push(ruleset::plan(&want, current));
-    }
+    let plan = s
+        .kernel
+        .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows)?;
     s.ledger.prune();
     s.locked.save(&s.ledger)?;
-    let mut done = Vec::new();
-    for ((tables, _), plan) in s.kernel.iter().zip(plans) {
-        if apply {
-            tables.apply(&plan)?;
-        }
-        done.push((tables.family, plan));
+    if apply {
+        s.kernel.apply(&ctx.config, &plan)?;
     }
-    Ok(Committed {
-        plans: done,
-        rows_written,
-    })
+    Ok(Committed { plan, rows_written })
 }
 
 pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
-    for (family, plan) in &c.plans {
+    let sets = &c.plan.sets;
+    if !sets.is_empty() || !sets.destroy.is_empty() {
+        ctx.say(format!(
+            "ipset: {} element(s) added, {} removed, {} set(s) created, {} destroyed",
+            sets.add.len(),
+            sets.del.len(),
+            sets.create.len(),
+            sets.destroy.len()
+        ))?;
+    }
+    for (family, plan) in &c.plan.rules {
         if plan.is_empty() {
             ctx.say(format!("{family}: rules already in place"))?;
         } else {

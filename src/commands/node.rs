@@ -125,58 +125,95 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
             )),
         },
     );
-    // Netfilter.
-    let mut currents = Vec::new();
+    // Netfilter: the tools, then our chains, rules and sets (one read of everything).
     for family in ctx.families() {
-        let tables = Tables::new(&ctx.config, family);
-        match tables.read() {
-            Ok(c) => {
-                let restore = crate::config::companion(ctx.config.iptables_for(family), "restore");
-                match crate::process::run(&restore, &["--version"], None) {
-                    Ok(_) => item(
-                        &format!("{family} iptables"),
-                        Ok(format!("save and restore usable ({restore})")),
-                    ),
-                    Err(e) => item(&format!("{family} iptables"), Err(chain(&e))),
-                }
-                currents.push((family, c));
-            }
-            Err(e) => item(&format!("{family} iptables"), Err(chain(&e))),
-        }
+        let restore = crate::config::companion(ctx.config.iptables_for(family), "restore");
+        item(
+            &format!("{family} iptables"),
+            match crate::process::run(&restore, &["--version"], None) {
+                Ok(_) => Ok(format!("restore usable ({restore})")),
+                Err(e) => Err(chain(&e)),
+            },
+        );
+    }
+    let kernel = Kernel::read(&ctx.config, &ctx.families());
+    if let Err(e) = &kernel {
+        item("kernel rules", Err(chain(e)));
     }
     // The ledger, the rules and the running containers.
     let ledger = store::lock(&ctx.config.state_dir, ctx.lock_wait).and_then(|l| l.load());
     match ledger {
         Err(e) => item("ledger", Err(chain(&e))),
         Ok(ledger) => {
+            let accounted = ledger.accounted();
             item(
                 "ledger",
-                Ok(format!(
-                    "{} container(s) accounted",
-                    ledger.accounted().len()
-                )),
+                Ok(format!("{} container(s) accounted", accounted.len())),
             );
-            let accounted = ledger.accounted();
-            for (family, current) in &currents {
-                let want = ruleset::desired(&accounted, *family, &ctx.config.venet_interface);
-                let plan = ruleset::plan(&want, current);
-                let structural = plan
-                    .ops
-                    .iter()
-                    .filter(|o| matches!(o, Op::NewChain(_) | Op::InsertJump(_)))
-                    .count();
-                let missing = plan.added();
-                item(
-                    &format!("{family} rules"),
-                    if structural + missing + plan.deleted() == 0 {
-                        Ok(format!("chains, jumps and {} rule(s) in place", want.len()))
-                    } else {
-                        Err(format!(
-                            "{structural} chain/jump fix(es), {missing} rule(s) missing, {} stray: run `vzacct sync`",
-                            plan.deleted()
-                        ))
-                    },
-                );
+            if let Ok(kernel) = &kernel {
+                let venet = &ctx.config.venet_interface;
+                let plan = kernel.plan(&accounted, venet);
+                for (family, p) in &plan.rules {
+                    let structural = p
+                        .ops
+                        .iter()
+                        .filter(|o| matches!(o, Op::NewChain(_) | Op::InsertJump(_)))
+                        .count();
+                    let missing = p.added();
+                    item(
+                        &format!("{family} rules"),
+                        if structural + missing + p.deleted() == 0 {
+                            Ok(format!(
+                                "chains, jumps and {} rule(s) in place ({} backend)",
+                                kernel.wanted(&accounted, *family, venet).len(),
+                                kernel.backend_name()
+                            ))
+                        } else {
+                            Err(format!(
+                                "{structural} chain/jump fix(es), {missing} rule(s) missing, {} stray: run `vzacct sync`",
+                                p.deleted()
+                            ))
+                        },
+                    );
+                }
+                if kernel.use_sets {
+                    let s = &plan.sets;
+                    let unusable: Vec<&String> = kernel
+                        .sets
+                        .iter()
+                        .flat_map(|k| k.present.iter().filter(|(_, ok)| !**ok).map(|(n, _)| n))
+                        .collect();
+                    item(
+                        "ipsets",
+                        if s.create.is_empty()
+                            && s.add.is_empty()
+                            && s.del.is_empty()
+                            && unusable.is_empty()
+                        {
+                            Ok("sets and elements in place".into())
+                        } else {
+                            Err(format!(
+                                "{} set(s) missing, {} element(s) missing, {} stray, {} without counters: run `vzacct sync`{}",
+                                s.create.len(),
+                                s.add.len(),
+                                s.del.len(),
+                                unusable.len(),
+                                if unusable.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " (destroy {} first)",
+                                        unusable
+                                            .iter()
+                                            .map(|n| n.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                }
+                            ))
+                        },
+                    );
+                }
             }
             item("running containers", running(ctx, &ledger));
             item(

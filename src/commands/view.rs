@@ -156,62 +156,51 @@ struct StatusFamily {
 
 #[derive(Serialize)]
 struct StatusDoc {
+    backend: &'static str,
     containers: Vec<StatusCt>,
     netfilter: Vec<StatusFamily>,
+    sets_missing: usize,
+    stray_set_elements: usize,
 }
 
 /// `vzacct status [--json]`: what is accounted, and whether the kernel agrees. Read-only.
 pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let ledger = locked.load()?;
-    let mut kernel = Vec::new();
-    for family in ctx.families() {
-        kernel.push((family, Tables::new(&ctx.config, family).read()?));
-    }
+    let kernel = Kernel::read(&ctx.config, &ctx.families())?;
     drop(locked);
     let accounted = ledger.accounted();
+    let venet = &ctx.config.venet_interface;
+    let plan = kernel.plan(&accounted, venet);
     let mut fams = Vec::new();
-    for (family, current) in &kernel {
-        let want = ruleset::desired(&accounted, *family, &ctx.config.venet_interface);
-        let plan = ruleset::plan(&want, current);
+    for (family, p) in &plan.rules {
         fams.push(StatusFamily {
             family: match family {
                 Family::V4 => "ipv4",
                 Family::V6 => "ipv6",
             },
-            chains_and_jumps_in_place: !plan
+            chains_and_jumps_in_place: !p
                 .ops
                 .iter()
                 .any(|op| matches!(op, Op::NewChain(_) | Op::InsertJump(_))),
-            stray_rules: plan.deleted(),
+            stray_rules: p.deleted(),
         });
     }
-    let currents: BTreeMap<Family, &Current> = kernel.iter().map(|(f, c)| (*f, c)).collect();
+    let present = kernel.present(venet);
     let mut ids: Vec<&Ctid> = accounted.keys().collect();
     ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut cts = Vec::new();
     for ctid in ids {
         let mut ips = Vec::new();
         for ip in &accounted[ctid] {
-            let present: BTreeSet<Kind> = currents
-                .get(&Family::of(ip))
-                .map(|c| {
-                    c.rules
-                        .iter()
-                        .filter_map(|r| r.rule.as_ref())
-                        .filter(|r| r.ctid == *ctid && r.ip == *ip)
-                        .filter(|r| {
-                            r.kind.chain() == ruleset::Chain::Forward
-                                || r.iface == ctx.config.venet_interface
-                        })
-                        .map(|r| r.kind)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let n = Kind::ALL
+                .iter()
+                .filter(|k| present.contains(&(ctid.clone(), *ip, **k)))
+                .count();
             ips.push(StatusIp {
                 ip: *ip,
                 rules_expected: Kind::ALL.len(),
-                rules_present: present.len(),
+                rules_present: n,
             });
         }
         let in_place = ips.iter().all(|i| i.rules_present == i.rules_expected);
@@ -222,8 +211,11 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
         });
     }
     let doc = StatusDoc {
+        backend: kernel.backend_name(),
         containers: cts,
         netfilter: fams,
+        sets_missing: plan.sets.create.len(),
+        stray_set_elements: plan.sets.del.len(),
     };
     if json {
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Output(e.into()))?;
@@ -256,6 +248,12 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
                 "NEED SYNC"
             },
             f.stray_rules
+        ))?;
+    }
+    if doc.backend == "ipset" {
+        ctx.say(format!(
+            "ipset: {} set(s) missing, {} stray element(s)",
+            doc.sets_missing, doc.stray_set_elements
         ))?;
     }
     let missing = doc.containers.iter().filter(|c| !c.in_place).count();

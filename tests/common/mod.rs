@@ -97,23 +97,56 @@ impl Drop for Netns {
 /// The two iptables 1.8 back-ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
+    /// iptables-legacy, one rule per IP (backend = iptables).
     Legacy,
+    /// iptables-nft, one rule per IP (backend = iptables).
     Nft,
+    /// iptables-legacy with the ipset backend.
+    LegacyIpset,
+    /// iptables-nft with the ipset backend.
+    NftIpset,
 }
 
 impl Variant {
     pub fn iptables(self, v6: bool) -> String {
         let base = if v6 { "ip6tables" } else { "iptables" };
         match self {
-            Variant::Legacy => format!("{base}-legacy"),
-            Variant::Nft => format!("{base}-nft"),
+            Variant::Legacy | Variant::LegacyIpset => format!("{base}-legacy"),
+            Variant::Nft | Variant::NftIpset => format!("{base}-nft"),
         }
+    }
+
+    /// The `backend` config value.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Variant::Legacy | Variant::Nft => "iptables",
+            Variant::LegacyIpset | Variant::NftIpset => "ipset",
+        }
+    }
+
+    pub fn ipset(self) -> bool {
+        self.backend() == "ipset"
     }
 }
 
-/// Generate one test per iptables variant from `fn name(v: Variant)`.
+/// Generate one test per iptables variant and backend from `fn name(v: Variant)`.
 #[macro_export]
 macro_rules! per_variant {
+    ($($name:ident),* $(,)?) => {
+        $crate::per_rules_variant!($($name),*);
+        mod legacy_ipset {
+            $( #[test] fn $name() { super::$name($crate::common::Variant::LegacyIpset) } )*
+        }
+        mod nft_ipset {
+            $( #[test] fn $name() { super::$name($crate::common::Variant::NftIpset) } )*
+        }
+    };
+}
+
+/// Generate one test per iptables variant, with the iptables backend only (for tests about
+/// the per-IP rules themselves).
+#[macro_export]
+macro_rules! per_rules_variant {
     ($($name:ident),* $(,)?) => {
         mod legacy {
             $( #[test] fn $name() { super::$name($crate::common::Variant::Legacy) } )*
@@ -169,10 +202,11 @@ impl Node {
             &config,
             format!(
                 "[vzctl]\nconf_dir = {d}/conf\nveinfo = {d}/veinfo\n\
-                 [netfilter]\niptables = {}\nip6tables = {}\n\
+                 [netfilter]\niptables = {}\nip6tables = {}\nbackend = {}\n\
                  [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\n",
                 variant.iptables(false),
                 variant.iptables(true),
+                variant.backend(),
                 d = dir.path().display()
             ),
         )
@@ -374,11 +408,60 @@ impl Node {
         std::fs::write(self.path("boot_id"), format!("{boot_id}\n")).unwrap();
     }
 
-    /// Empty the node's filter tables (both families), as a reboot does.
+    /// Empty the node's filter tables (both families) and destroy every ipset, as a reboot
+    /// does.
     pub fn reboot_tables(&self) {
         for v6 in [false, true] {
             self.ipt(v6, &["-F"]);
             self.ipt(v6, &["-X"]);
+        }
+        self.ns.must("ipset", &["destroy"]);
+    }
+
+    /// `ipset save` lines of our sets in one family, without counters, sorted.
+    pub fn sets(&self, v6: bool) -> Vec<String> {
+        let suffix = if v6 { '6' } else { '4' };
+        let mut lines: Vec<String> = self
+            .ns
+            .must("ipset", &["save"])
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|n| n.starts_with("vzacct-") && n.ends_with(suffix))
+            })
+            .filter(|l| l.starts_with("add "))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let comment = w
+                    .iter()
+                    .position(|x| *x == "comment")
+                    .map(|i| w[i + 1])
+                    .unwrap_or("");
+                format!("{} {} {comment}", w[1], w[2])
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// How many counters (per-IP rules, or set elements with the ipset backend) container
+    /// `ctid` has in one family.
+    pub fn entries(&self, ctid: &str, v6: bool) -> usize {
+        let tag = format!("\"ct:{ctid}\"");
+        if self.variant.ipset() {
+            self.sets(v6).iter().filter(|l| l.ends_with(&tag)).count()
+        } else {
+            self.ours(v6).iter().filter(|l| l.contains(&tag)).count()
+        }
+    }
+
+    /// All counters of one family, whoever they belong to.
+    pub fn all_entries(&self, v6: bool) -> usize {
+        if self.variant.ipset() {
+            self.sets(v6).len()
+        } else {
+            self.ours(v6).iter().filter(|l| l.contains("\"ct:")).count()
         }
     }
 

@@ -1,0 +1,349 @@
+//! The ipset backend's data: one hash set with per-element counters for each kind of
+//! traffic and family, so that a packet costs one hash lookup per set however many IPs are
+//! accounted. Parses `ipset save` (our sets only) and plans one `ipset restore` batch. No I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::ctid::Ctid;
+use crate::ruleset::{Counted, Counters, Family, Kind};
+
+/// The prefix of every set vzacct owns.
+pub const PREFIX: &str = "vzacct-";
+/// Room for a large node: 4 sets per family, one element per IP in each.
+const MAXELEM: u32 = 1_048_576;
+
+/// The set holding the IPs counted one way in one family, e.g. `vzacct-fi4`.
+pub fn set_name(kind: Kind, family: Family) -> String {
+    let k = match kind {
+        Kind::ForwardIn => "fi",
+        Kind::ForwardOut => "fo",
+        Kind::LocalIn => "li",
+        Kind::LocalOut => "lo",
+    };
+    let f = match family {
+        Family::V4 => "4",
+        Family::V6 => "6",
+    };
+    format!("{PREFIX}{k}{f}")
+}
+
+/// Which kind and family a set name of ours stands for.
+pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let kind = match rest.get(..2)? {
+        "fi" => Kind::ForwardIn,
+        "fo" => Kind::ForwardOut,
+        "li" => Kind::LocalIn,
+        "lo" => Kind::LocalOut,
+        _ => return None,
+    };
+    let family = match rest.get(2..)? {
+        "4" => Family::V4,
+        "6" => Family::V6,
+        _ => return None,
+    };
+    Some((kind, family))
+}
+
+/// An element of one of our sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub set: String,
+    pub ip: IpAddr,
+    /// The container named by the element's comment; None for an element we did not write.
+    pub ctid: Option<Ctid>,
+    pub counters: Counters,
+}
+
+/// What the kernel holds of our sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sets {
+    /// Our sets that exist, and whether each has counters and comments.
+    pub present: BTreeMap<String, bool>,
+    pub elements: Vec<Element>,
+}
+
+/// `ipset save` output that could not be understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line} of `ipset save`: {reason}: {text}")]
+pub struct ParseError {
+    pub line: usize,
+    pub reason: &'static str,
+    pub text: String,
+}
+
+const COMMENT_PREFIX: &str = "ct:";
+
+/// Parse `ipset save`, keeping our sets only.
+pub fn parse_save(text: &str) -> Result<Sets, ParseError> {
+    let mut sets = Sets::default();
+    for (idx, line) in text.lines().enumerate() {
+        let err = |reason| ParseError {
+            line: idx + 1,
+            reason,
+            text: line.chars().take(200).collect(),
+        };
+        let mut words = line.split_ascii_whitespace();
+        match (words.next(), words.next()) {
+            (Some("create"), Some(name)) if parse_set_name(name).is_some() => {
+                let rest: Vec<&str> = words.collect();
+                let usable = rest.contains(&"counters") && rest.contains(&"comment");
+                sets.present.insert(name.to_string(), usable);
+            }
+            (Some("add"), Some(name)) if parse_set_name(name).is_some() => {
+                let ip: IpAddr = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .ok_or_else(|| err("bad element address"))?;
+                let mut counters = Counters::default();
+                let mut ctid = None;
+                while let Some(w) = words.next() {
+                    match w {
+                        "packets" => {
+                            counters.packets = words
+                                .next()
+                                .and_then(|v| v.parse().ok())
+                                .ok_or_else(|| err("bad packet counter"))?
+                        }
+                        "bytes" => {
+                            counters.bytes = words
+                                .next()
+                                .and_then(|v| v.parse().ok())
+                                .ok_or_else(|| err("bad byte counter"))?
+                        }
+                        "comment" => {
+                            let c = words.next().unwrap_or("").trim_matches('"');
+                            ctid = c.strip_prefix(COMMENT_PREFIX).and_then(|c| c.parse().ok());
+                        }
+                        _ => {}
+                    }
+                }
+                sets.elements.push(Element {
+                    set: name.to_string(),
+                    ip,
+                    ctid,
+                    counters,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(sets)
+}
+
+impl Sets {
+    /// The elements as counted traffic, for harvest and status. Their keys differ from the
+    /// plain rules' keys, so a backend switch never mistakes one for the other.
+    pub fn counted(&self, venet: &str) -> Vec<Counted> {
+        self.elements
+            .iter()
+            .filter_map(|e| {
+                let (kind, _) = parse_set_name(&e.set)?;
+                let ctid = e.ctid.clone()?;
+                Some(Counted {
+                    ctid,
+                    ip: e.ip,
+                    kind,
+                    iface: match kind {
+                        Kind::ForwardIn | Kind::ForwardOut => String::new(),
+                        _ => venet.to_string(),
+                    },
+                    key: format!("set {} {}", e.set, e.ip),
+                    counters: e.counters,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The changes to our sets, as one `ipset restore` batch (and the sets to destroy once no
+/// rule refers to them any more).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetPlan {
+    pub create: Vec<String>,
+    pub add: Vec<(String, IpAddr, Ctid)>,
+    pub del: Vec<(String, IpAddr)>,
+    pub destroy: Vec<String>,
+}
+
+impl SetPlan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.add.is_empty() && self.del.is_empty()
+    }
+
+    /// Creations, deletions and additions (run before the iptables batch).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for name in &self.create {
+            let family = match parse_set_name(name) {
+                Some((_, Family::V6)) => "inet6",
+                _ => "inet",
+            };
+            let _ = writeln!(
+                out,
+                "create {name} hash:ip family {family} hashsize 1024 maxelem {MAXELEM} counters comment"
+            );
+        }
+        for (set, ip) in &self.del {
+            let _ = writeln!(out, "del {set} {ip}");
+        }
+        for (set, ip, ctid) in &self.add {
+            let _ = writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"");
+        }
+        out
+    }
+
+    /// Destructions (run after the iptables batch removed the rules that use the sets).
+    pub fn render_destroy(&self) -> String {
+        self.destroy
+            .iter()
+            .map(|s| format!("destroy {s}\n"))
+            .collect()
+    }
+}
+
+/// Compare the wanted elements (every accounted IP of `families` in each of its four sets,
+/// or none when `use_sets` is false) with the sets found. An element of another container
+/// is replaced (its counters were harvested first); a set without counters is recreated.
+pub fn plan(
+    wanted: &BTreeMap<Ctid, BTreeSet<IpAddr>>,
+    families: &[Family],
+    use_sets: bool,
+    current: &Sets,
+) -> SetPlan {
+    let mut p = SetPlan::default();
+    let mut want: HashMap<(String, IpAddr), &Ctid> = HashMap::new();
+    if use_sets {
+        for (ctid, ips) in wanted {
+            for ip in ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
+                for kind in Kind::ALL {
+                    want.insert((set_name(kind, Family::of(ip)), *ip), ctid);
+                }
+            }
+        }
+        for family in families {
+            for kind in Kind::ALL {
+                let name = set_name(kind, *family);
+                // A set of our name without counters cannot count; `check` reports it.
+                if !current.present.contains_key(&name) {
+                    p.create.push(name);
+                }
+            }
+        }
+    } else {
+        p.destroy.extend(current.present.keys().cloned());
+    }
+    let mut have: HashMap<(String, IpAddr), Option<&Ctid>> = HashMap::new();
+    for e in &current.elements {
+        have.insert((e.set.clone(), e.ip), e.ctid.as_ref());
+    }
+    let mut del: Vec<(String, IpAddr)> = Vec::new();
+    for (key, owner) in &have {
+        if want.get(key).map(|c| Some(*c)) != Some(*owner) && use_sets {
+            del.push(key.clone());
+        }
+    }
+    del.sort();
+    p.del = del;
+    let mut add: Vec<(String, IpAddr, Ctid)> = want
+        .iter()
+        .filter(|(key, ctid)| have.get(*key) != Some(&Some(**ctid)) || p.create.contains(&key.0))
+        .map(|((set, ip), ctid)| (set.clone(), *ip, (*ctid).clone()))
+        .collect();
+    add.sort();
+    p.add = add;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVE: &str = "create other-set hash:ip family inet hashsize 1024 maxelem 65536\n\
+add other-set 192.0.2.1\n\
+create vzacct-fi4 hash:ip family inet hashsize 1024 maxelem 1048576 counters comment bucketsize 12 initval 0x1\n\
+add vzacct-fi4 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n\
+add vzacct-fi4 10.0.0.9 packets 1 bytes 100 comment \"ct:109\"\n\
+create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x2\n";
+
+    #[test]
+    fn names_round_trip() {
+        for kind in Kind::ALL {
+            for family in [Family::V4, Family::V6] {
+                assert_eq!(
+                    parse_set_name(&set_name(kind, family)),
+                    Some((kind, family))
+                );
+            }
+        }
+        assert_eq!(set_name(Kind::LocalOut, Family::V6), "vzacct-lo6");
+        assert_eq!(parse_set_name("vzacct-xx4"), None);
+        assert_eq!(parse_set_name("other-fi4"), None);
+    }
+
+    #[test]
+    fn parses_only_our_sets_with_counters_and_owner() {
+        let s = parse_save(SAVE).unwrap();
+        assert_eq!(s.present.len(), 2);
+        assert!(s.present["vzacct-fi4"]);
+        assert!(!s.present["vzacct-fo4"], "no counters");
+        assert_eq!(s.elements.len(), 2);
+        assert_eq!(
+            s.elements[0].counters,
+            Counters {
+                packets: 3,
+                bytes: 384
+            }
+        );
+        assert_eq!(s.elements[0].ctid.as_ref().unwrap().as_str(), "101");
+        let c = s.counted("venet0");
+        assert_eq!(c[0].key, "set vzacct-fi4 10.0.0.1");
+        assert_eq!(c[0].kind, Kind::ForwardIn);
+    }
+
+    #[test]
+    fn plans_creates_adds_moves_and_deletes() {
+        let s = parse_save(SAVE).unwrap();
+        let mut wanted = BTreeMap::new();
+        wanted.insert(
+            "101".parse::<Ctid>().unwrap(),
+            ["10.0.0.1".parse().unwrap()].into(),
+        );
+        wanted.insert(
+            "102".parse::<Ctid>().unwrap(),
+            ["10.0.0.9".parse().unwrap()].into(),
+        );
+        let p = plan(&wanted, &[Family::V4], true, &s);
+        assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
+        assert!(p.destroy.is_empty());
+        assert_eq!(
+            p.del,
+            [("vzacct-fi4".to_string(), "10.0.0.9".parse().unwrap())]
+        );
+        let batch = p.render();
+        assert!(batch.starts_with("create vzacct-li4 hash:ip family inet hashsize 1024 maxelem 1048576 counters comment\n"), "{batch}");
+        assert!(batch.contains("del vzacct-fi4 10.0.0.9\n"));
+        assert!(batch.contains("add vzacct-fi4 10.0.0.9 comment \"ct:102\"\n"));
+        assert!(
+            !batch.contains("add vzacct-fi4 10.0.0.1 "),
+            "in place: {batch}"
+        );
+        assert!(batch.contains("add vzacct-lo4 10.0.0.1 comment \"ct:101\"\n"));
+        let off = plan(&wanted, &[Family::V4], false, &s);
+        assert_eq!(
+            off.render_destroy(),
+            "destroy vzacct-fi4\ndestroy vzacct-fo4\n"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_with_the_line() {
+        let e = parse_save("create vzacct-fi4 hash:ip counters comment\nadd vzacct-fi4 nonsense\n")
+            .unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse_save("add vzacct-fi4 10.0.0.1 packets x\n").unwrap_err();
+        assert_eq!(e.reason, "bad packet counter");
+    }
+}

@@ -1,0 +1,127 @@
+//! What the kernel holds of vzacct's, across both backends: each family's filter table
+//! (one `iptables-save` each) and our ipsets (one `ipset save`), read once per command;
+//! the plan that makes it match the ledger; and applying that plan in a safe order.
+
+use crate::config::{Backend, Config};
+use crate::error::Error;
+use crate::ipset::{self, SetPlan, Sets};
+use crate::netfilter::{Ipset, Tables};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use crate::ctid::Ctid;
+use crate::ruleset::{self, Accounted, Chain, Counted, Current, Family, Kind, Plan, Wanted};
+
+/// One read of everything of ours in the kernel.
+pub struct Kernel {
+    pub tables: Vec<(Tables, Current)>,
+    /// Our sets, when the ipset program could be run.
+    pub sets: Option<Sets>,
+    /// Whether the counters live in sets (the backend in use).
+    pub use_sets: bool,
+}
+
+impl Kernel {
+    /// Read every family's table and, where ipset is wanted or may hold our sets, the sets.
+    /// A missing or broken iptables stops the command before anything changes.
+    pub fn read(config: &Config, families: &[Family]) -> Result<Kernel, Error> {
+        let mut tables = Vec::new();
+        for family in families {
+            let t = Tables::new(config, *family);
+            let current = t.read()?;
+            tables.push((t, current));
+        }
+        let ipset = Ipset::new(config);
+        let (sets, use_sets) = match config.backend {
+            Backend::Ipset => (Some(ipset.read()?), true),
+            // Still read, so that sets left by an earlier ipset backend are harvested and
+            // removed; no ipset program is fine.
+            Backend::Iptables => (ipset.read().ok(), false),
+            Backend::Auto => {
+                let sets = ipset.read().ok();
+                let usable = sets.is_some();
+                (sets, usable)
+            }
+        };
+        Ok(Kernel {
+            tables,
+            sets,
+            use_sets,
+        })
+    }
+
+    /// Every counter of ours, rules and set elements alike.
+    pub fn counted(&self, venet: &str) -> Vec<Counted> {
+        let mut all: Vec<Counted> = self.tables.iter().flat_map(|(_, c)| c.counted()).collect();
+        if let Some(s) = &self.sets {
+            all.extend(s.counted(venet));
+        }
+        all
+    }
+
+    /// The rules vzacct wants in one family under the backend in use.
+    pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
+        if self.use_sets {
+            ruleset::set_matches(family, venet)
+        } else {
+            ruleset::desired_rules(accounted, family, venet)
+        }
+    }
+
+    /// Which counters of the backend in use are in place: (container, IP, kind).
+    pub fn present(&self, venet: &str) -> HashSet<(Ctid, IpAddr, Kind)> {
+        let from_rules = self.tables.iter().flat_map(|(_, c)| c.counted());
+        let counted: Vec<Counted> = if self.use_sets {
+            self.sets.iter().flat_map(|s| s.counted(venet)).collect()
+        } else {
+            from_rules.collect()
+        };
+        counted
+            .into_iter()
+            .filter(|c| c.kind.chain() == Chain::Forward || c.iface == venet)
+            .map(|c| (c.ctid, c.ip, c.kind))
+            .collect()
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        if self.use_sets { "ipset" } else { "iptables" }
+    }
+
+    /// Pure: what to change so the kernel matches `accounted`.
+    pub fn plan(&self, accounted: &Accounted, venet: &str) -> KernelPlan {
+        let families: Vec<Family> = self.tables.iter().map(|(t, _)| t.family).collect();
+        let rules = self
+            .tables
+            .iter()
+            .map(|(t, current)| {
+                let want = self.wanted(accounted, t.family, venet);
+                (t.family, ruleset::plan(&want, current))
+            })
+            .collect();
+        let sets = self
+            .sets
+            .as_ref()
+            .map(|s| ipset::plan(accounted, &families, self.use_sets, s))
+            .unwrap_or_default();
+        KernelPlan { rules, sets }
+    }
+
+    /// Apply: sets created and filled first (rules may refer to them), then one
+    /// iptables-restore batch per family, then sets no longer used are destroyed.
+    pub fn apply(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {
+        let ipset = Ipset::new(config);
+        ipset.apply(&plan.sets.render())?;
+        for ((t, _), (_, p)) in self.tables.iter().zip(&plan.rules) {
+            t.apply(p)?;
+        }
+        ipset.apply(&plan.sets.render_destroy())?;
+        Ok(())
+    }
+}
+
+/// The changes to the kernel, per family and for the sets.
+#[derive(Debug, Default)]
+pub struct KernelPlan {
+    pub rules: Vec<(Family, Plan)>,
+    pub sets: SetPlan,
+}
