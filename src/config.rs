@@ -85,7 +85,7 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Syntax { path: PathBuf, message: String },
-    #[error("config file {path}: [{section}] {key} = {value:?} is not valid: {reason}")]
+    #[error("config file {path}: [{section}] {key} = {value} is not valid: {reason}")]
     BadValue {
         path: PathBuf,
         section: &'static str,
@@ -166,16 +166,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         .map(|l| if l.trim().is_empty() { "" } else { l })
         .collect::<Vec<_>>()
         .join("\n");
+    check_lines(&cleaned, path)?;
     let raw: RawFile = serde_ini::from_str(&cleaned).map_err(|e| ConfigError::Syntax {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: match e {
+            serde_ini::de::Error::Custom(m) => clean(&m),
+            other => clean(&other.to_string()),
+        },
     })?;
     let mut cfg = Config::default();
     let bad = |section, key, value: &str, reason| ConfigError::BadValue {
         path: path.to_path_buf(),
         section,
         key,
-        value: value.to_string(),
+        value: crate::ctid::escape_for_message(value),
         reason,
     };
     let vz = raw.vzctl.unwrap_or_default();
@@ -243,6 +247,35 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         cfg.csv_dir = absolute_path(&v).ok_or_else(|| bad("storage", "csv_dir", &v, ABS))?;
     }
     Ok(cfg)
+}
+
+/// Every line must be a comment, a `[section]` or a `key = value`: say which one is not,
+/// before serde_ini gives a message without a line number.
+fn check_lines(text: &str, path: &Path) -> Result<(), ConfigError> {
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        let ok = t.is_empty()
+            || t.starts_with(';')
+            || t.starts_with('#')
+            || (t.starts_with('[') && t.ends_with(']'))
+            || (!t.starts_with('[') && t.contains('='));
+        if !ok {
+            return Err(ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: format!(
+                    "line {}: expected `[section]` or `key = value`, found {}",
+                    i + 1,
+                    crate::ctid::escape_for_message(t)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A message from serde_ini, escaped and cut for an operator.
+fn clean(m: &str) -> String {
+    m.chars().flat_map(char::escape_debug).take(300).collect()
 }
 
 const ABS: &str = "expected an absolute path";

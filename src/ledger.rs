@@ -241,8 +241,9 @@ impl Default for Ledger {
 /// A ledger file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("not a valid ledger")]
-    Json(#[from] serde_json::Error),
+    /// serde's message, with control characters escaped (it may quote a field name).
+    #[error("not a valid ledger: {0}")]
+    Json(String),
     #[error("format {0}, this vzacct understands format {FORMAT}")]
     Version(u32),
 }
@@ -260,6 +261,9 @@ pub struct Harvest {
     /// as a new starting point without crediting anything.
     pub implausible: usize,
 }
+
+/// At most this many rows of zeros are written for days without any dump.
+pub const MAX_GAP_DAYS: u64 = 366;
 
 /// The largest IP packet (IPv4 total length, IPv6 payload length without jumbograms).
 pub const MAX_IP_PACKET: u64 = 65_535;
@@ -293,11 +297,20 @@ impl Ledger {
         struct Probe {
             format: u32,
         }
-        let probe: Probe = serde_json::from_slice(bytes)?;
+        let json = |e: serde_json::Error| {
+            let m: String = e
+                .to_string()
+                .chars()
+                .flat_map(char::escape_debug)
+                .take(300)
+                .collect();
+            FormatError::Json(m)
+        };
+        let probe: Probe = serde_json::from_slice(bytes).map_err(json)?;
         if probe.format != FORMAT {
             return Err(FormatError::Version(probe.format));
         }
-        Ok(serde_json::from_slice(bytes)?)
+        serde_json::from_slice(bytes).map_err(json)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -460,7 +473,10 @@ impl Ledger {
             });
             c.close_into_month(day.date, &day.figures);
             if c.accounted() {
-                let mut d = day.date.succ_opt();
+                // Zero rows for the days the node was off, but for a year at most: an open
+                // day older than that (a clock that was far off) must not flood the CSV.
+                let oldest = today - chrono::Days::new(MAX_GAP_DAYS);
+                let mut d = day.date.succ_opt().map(|d| d.max(oldest));
                 while let Some(date) = d.filter(|d| *d < today) {
                     rows.push(Row {
                         date,
@@ -729,6 +745,18 @@ mod tests {
         assert_eq!(c.month.as_ref().unwrap().month, "2026-12");
         // Closing again yields nothing.
         assert!(l.close_days(day("2026-12-03")).is_empty());
+    }
+
+    #[test]
+    fn a_far_off_clock_writes_a_year_of_zero_rows_at_most() {
+        let mut l = Ledger::default();
+        l.assign(&"101".parse().unwrap(), "10.0.0.1".parse().unwrap(), now(), day("1970-01-01"));
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "1970-01-01");
+        let (_, rows) = harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        assert_eq!(rows.len(), 1 + 366);
+        assert_eq!(rows[0].date, day("1970-01-01"));
+        assert_eq!(rows[1].date, day("2025-11-28"));
+        assert_eq!(rows[366].date, day("2026-11-28"));
     }
 
     #[test]
