@@ -12,20 +12,23 @@
 #   RUNS=5             runs per measurement (median reported)
 #   SIZES="1000 10000" container counts for bring-up by `vzacct sync`
 #   WIKI_N=1000        container count for the one-call-per-rule comparison (0 skips it)
-#   WIKI_RUNS=3        runs of the one-call-per-rule comparison (slow: ~10-30 s each)
+#   WIKI_RUNS=5        runs of the one-call-per-rule comparison (slow: ~10-45 s each)
 #   ADD_BASE=10000     containers already accounted when `vzacct add` is timed (0 skips it)
 #   VARIANTS="legacy nft"
 #   PHASES=1           also split the time between iptables-save, iptables-restore and
 #                      vzacct itself (0 skips it)
+#   VZACCT_BIN=path    time this vzacct binary instead of building the checkout (e.g. one built
+#                      from `git archive COMMIT` while the working tree moves on);
+#                      VZACCT_REV=text names it in the report
 # Needs: bash, coreutils (date, sort, paste, mktemp), awk, sed, grep, iproute2, iptables (both
-# the -legacy and -nft programs), cargo. Takes about 4 minutes, mostly the one-call-per-rule part.
+# the -legacy and -nft programs), cargo. Takes about 6 minutes, mostly the one-call-per-rule part.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-5}
 SIZES=${SIZES:-"1000 10000"}
 WIKI_N=${WIKI_N:-1000}
-WIKI_RUNS=${WIKI_RUNS:-3}
+WIKI_RUNS=${WIKI_RUNS:-5}
 ADD_BASE=${ADD_BASE:-10000}
 VARIANTS=${VARIANTS:-"legacy nft"}
 PHASES=${PHASES:-1}
@@ -47,13 +50,20 @@ for n in $SIZES $WIKI_N $ADD_BASE; do
 done
 [ "$RUNS" -ge 1 ] || die "RUNS must be at least 1"
 
-log "building the release binary into $CARGO_TARGET_DIR"
-cargo build --release --locked -q --manifest-path "$REPO/Cargo.toml"
-# What was built, for the report.
-if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
-  [ -z "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock)" ] || rev+=" + uncommitted changes"
+if [ -n "${VZACCT_BIN:-}" ]; then
+  [ -x "$VZACCT_BIN" ] || die "VZACCT_BIN=$VZACCT_BIN is not executable"
+  vzacct_src=$VZACCT_BIN
+  rev="${VZACCT_REV:-unknown} (prebuilt binary $VZACCT_BIN)"
 else
-  rev="unknown (not a git checkout)"
+  log "building the release binary into $CARGO_TARGET_DIR"
+  cargo build --release --locked -q --manifest-path "$REPO/Cargo.toml"
+  vzacct_src=$CARGO_TARGET_DIR/release/vzacct
+  # What was built, for the report.
+  if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+    [ -z "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock)" ] || rev+=" + uncommitted changes"
+  else
+    rev="unknown (not a git checkout)"
+  fi
 fi
 
 # --- namespaces and scratch space, all removed on exit --------------------------------------
@@ -71,7 +81,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # A private copy, so a concurrent build into the same target dir cannot swap it mid-run.
-cp "$CARGO_TARGET_DIR/release/vzacct" "$WORK/vzacct"
+cp "$vzacct_src" "$WORK/vzacct"
 VZACCT=$WORK/vzacct
 
 new_ns() {
@@ -110,6 +120,7 @@ conf_dir = $4/conf
 iptables = $2
 ip6tables = ip6tables-$1
 ipv6 = no
+backend = ${BACKEND:-iptables}
 [storage]
 state_dir = $4/state
 csv_dir = $4/csv

@@ -6,7 +6,8 @@
 # numbers in BENCHMARKS.md. Runs only inside throwaway network namespaces vzb-<pid>-<n>.
 #
 # Usage, as root:  bash benches/restore-floor.sh
-# Knobs: RUNS=5, SIZES="1000 10000", VARIANTS="legacy nft", CARGO_TARGET_DIR (<repo>/target).
+# Knobs: RUNS=5, SIZES="1000 10000", VARIANTS="legacy nft", CARGO_TARGET_DIR (<repo>/target),
+#   VZACCT_BIN=path (use this vzacct binary to produce the batch instead of building the checkout).
 # Needs what benches/bringup.sh needs; `nft` (package nftables) only for the native row.
 set -euo pipefail
 
@@ -21,7 +22,13 @@ die() { echo "restore-floor.sh: $*" >&2; exit 1; }
 for v in $VARIANTS; do
   for p in iptables-$v-save iptables-$v-restore; do command -v "$p" >/dev/null || die "$p not found"; done
 done
-cargo build --release --locked -q --manifest-path "$REPO/Cargo.toml"
+if [ -n "${VZACCT_BIN:-}" ]; then
+  [ -x "$VZACCT_BIN" ] || die "VZACCT_BIN=$VZACCT_BIN is not executable"
+  vzacct_src=$VZACCT_BIN
+else
+  cargo build --release --locked -q --manifest-path "$REPO/Cargo.toml"
+  vzacct_src=$CARGO_TARGET_DIR/release/vzacct
+fi
 
 NS_PREFIX=vzb-$$-
 NS_SEQ=0
@@ -37,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # A private copy, so a concurrent build into the same target dir cannot swap it mid-run.
-cp "$CARGO_TARGET_DIR/release/vzacct" "$WORK/vzacct"
+cp "$vzacct_src" "$WORK/vzacct"
 VZACCT=$WORK/vzacct
 new_ns() { NS_SEQ=$((NS_SEQ + 1)); NS=$NS_PREFIX$NS_SEQ; ip netns add "$NS"; }
 drop_ns() { ip netns del "$NS"; NS=""; }
@@ -84,7 +91,7 @@ for n in $SIZES; do
       "$(command -v "iptables-$v-restore")" "$WORK/batch" >"$WORK/wrap/iptables-$v-restore"
     chmod +x "$WORK/wrap/iptables-$v-restore"
     rm -rf "$WORK/state"
-    printf '[vzctl]\nveinfo = %s\n[netfilter]\niptables = %s\nipv6 = no\n[storage]\nstate_dir = %s\ncsv_dir = %s\n' \
+    printf '[vzctl]\nveinfo = %s\n[netfilter]\niptables = %s\nipv6 = no\nbackend = iptables\n[storage]\nstate_dir = %s\ncsv_dir = %s\n' \
       "$WORK/veinfo" "$WORK/wrap/iptables-$v" "$WORK/state" "$WORK/csv" >"$WORK/vzacct.conf"
     new_ns
     in_ns "$VZACCT" --config "$WORK/vzacct.conf" sync >/dev/null
