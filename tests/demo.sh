@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/deps.sh
 VARIANT=${VARIANT:-nft}           # nft or legacy
+BACKEND=${BACKEND:-ipset}         # ipset or iptables (how the per-IP counters are kept)
 cargo build --release --locked -q
 BIN=$PWD/target/release/vzacct
 
@@ -70,13 +71,17 @@ hook_log = $WORK/hook.log
 [netfilter]
 iptables = iptables-$VARIANT
 ip6tables = ip6tables-$VARIANT
+backend = $BACKEND
 [storage]
 state_dir = $WORK/state
 csv_dir = $WORK/csv
 CONF
 CONF_FILE=$ROOT/etc/vz/vzacct.conf
 vz() { echo "# vzacct $*"; nsx "$NODE" "$BIN" --config "$CONF_FILE" "$@"; }
-ours() { nsx "$NODE" iptables-$VARIANT-save -c -t filter | grep -E 'VZACCT|DROP' || true; }
+ours() { # vzacct's rules (and, with the ipset backend, its set elements with their counters)
+  nsx "$NODE" iptables-$VARIANT-save -c -t filter | grep -E 'VZACCT|DROP' || true
+  nsx "$NODE" ipset save 2>/dev/null | grep -E '^add vzacct-' || true
+}
 ct_conf() { # vzctl saves a config by writing <file>.tmp and renaming it
   printf 'ONBOOT="yes"\nHOSTNAME="ct%s"\nIP_ADDRESS="%s"\n' "$1" "$2" > "$ROOT/etc/vz/conf/$1.conf.tmp"
   mv "$ROOT/etc/vz/conf/$1.conf.tmp" "$ROOT/etc/vz/conf/$1.conf"
