@@ -9,11 +9,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::net::IpAddr;
 
 const CTS: &[(&str, &str, &str)] = &[
     ("101", "10.0.0.1", "2001:db8:1::1"),
@@ -21,51 +17,6 @@ const CTS: &[(&str, &str, &str)] = &[
 ];
 const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
 const BERLIN: &str = "Europe/Berlin";
-const KEYS: [&str; 8] = [
-    "in_bytes",
-    "out_bytes",
-    "in_packets",
-    "out_packets",
-    "local_in_bytes",
-    "local_out_bytes",
-    "local_in_packets",
-    "local_out_packets",
-];
-
-/// The eight figures in CSV column order.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct F([u64; 8]);
-
-impl F {
-    fn of(v: &Value) -> F {
-        F(KEYS.map(|k| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("{k} missing or not a u64 in {v}"))
-        }))
-    }
-    fn inb(b: u64, p: u64) -> F {
-        F([b, 0, p, 0, 0, 0, 0, 0])
-    }
-    fn outb(b: u64, p: u64) -> F {
-        F([0, b, 0, p, 0, 0, 0, 0])
-    }
-    /// Saturating, as the ledger adds.
-    fn add(self, o: F) -> F {
-        let mut r = self;
-        for i in 0..8 {
-            r.0[i] = r.0[i].saturating_add(o.0[i]);
-        }
-        r
-    }
-    fn sum(list: &[F]) -> F {
-        list.iter().fold(F::default(), |a, b| a.add(*b))
-    }
-    /// Every figure at least that of `o`.
-    fn ge(&self, o: &F) -> bool {
-        self.0.iter().zip(o.0).all(|(a, b)| *a >= b)
-    }
-}
-
 /// Run vzacct at `now` (RFC 3339), in time zone `tz` (UTC when None); it must succeed.
 fn run(node: &Node, tz: Option<&str>, now: &str, args: &[&str]) -> String {
     let mut env = vec![("VZACCT_NOW", now)];
@@ -88,37 +39,7 @@ fn show(node: &Node, tz: Option<&str>, now: &str) -> Value {
 }
 
 fn ct<'a>(show: &'a Value, ctid: &str) -> &'a Value {
-    show["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ctid"] == ctid)
-        .unwrap_or_else(|| panic!("container {ctid} not in {show}"))
-}
-
-/// `send_udp` of the harness, but a receive interrupted without a datagram (EINTR, which
-/// Linux returns from a socket with a receive timeout when the process was stopped and
-/// continued, e.g. by a cgroup freezer) is retried instead of failing the test.
-fn send(from: &Netns, src: IpAddr, to: &Netns, dst: IpAddr, payload: usize, count: usize) {
-    static PORT: AtomicUsize = AtomicUsize::new(40000);
-    let port = PORT.fetch_add(1, Ordering::SeqCst) as u16;
-    let dst_addr = SocketAddr::new(dst, port);
-    let rx = to.enter(move || UdpSocket::bind(dst_addr).expect("bind receiver"));
-    rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let tx = from.enter(move || UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind sender"));
-    let data = vec![0x5a_u8; payload];
-    let mut buf = vec![0_u8; payload + 1];
-    for i in 0..count {
-        tx.send_to(&data, dst_addr).expect("send");
-        let (n, from_addr) = loop {
-            match rx.recv_from(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r,
-            }
-        }
-        .unwrap_or_else(|e| panic!("datagram {i} {src} -> {dst} did not arrive: {e}"));
-        assert_eq!((n, from_addr.ip()), (payload, src));
-    }
+    ct_of(show, ctid)
 }
 
 /// world -> CT datagrams (forwarded, "in" for the container).
@@ -129,7 +50,7 @@ fn to_ct(node: &Node, ctid: &str, v6: bool, payload: usize, n: usize) -> F {
     } else {
         (c.v4, WORLD_V4.parse().unwrap())
     };
-    send(node.world(), src, &c.ns, dst, payload, n);
+    send_udp(node.world(), src, &c.ns, dst, payload, n);
     F::inb(n as u64 * udp_ip_len(dst, payload), n as u64)
 }
 
@@ -141,7 +62,7 @@ fn from_ct(node: &Node, ctid: &str, v6: bool, payload: usize, n: usize) -> F {
     } else {
         (c.v4, WORLD_V4.parse().unwrap())
     };
-    send(&c.ns, src, node.world(), dst, payload, n);
+    send_udp(&c.ns, src, node.world(), dst, payload, n);
     F::outb(n as u64 * udp_ip_len(src, payload), n as u64)
 }
 
@@ -228,32 +149,9 @@ fn books(node: &Node, ctid: &str, sent: F, open_date: &str, open: F) {
 
 /// Feed `text` to the variant's `iptables-restore --noflush --counters` in the node.
 fn restore_in_node(node: &Node, v6: bool, text: &str) {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node.ns.name,
-            &format!("{}-restore", node.variant.iptables(v6)),
-            "-w",
-            "--noflush",
-            "--counters",
-        ])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "restore failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let restore = format!("{}-restore", node.variant.iptables(v6));
+    node.ns
+        .must_with_input(&restore, &["-w", "--noflush", "--counters"], text);
 }
 
 const FWD_IN_101: &str = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"";

@@ -29,24 +29,6 @@ fn installed(node: &Node) -> PathBuf {
     root
 }
 
-fn tool(name: &str) -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/tools/usr/bin")
-        .join(name);
-    if local.exists() {
-        return local;
-    }
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    assert!(
-        found.status.success(),
-        "{name} not found: run `sudo bash tests/deps.sh`"
-    );
-    PathBuf::from(stdout(&found).trim())
-}
-
 fn shell_scripts(root: &Path) -> Vec<PathBuf> {
     let mut v = vec![
         root.join("etc/init.d/vzacct"),

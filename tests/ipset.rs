@@ -30,14 +30,10 @@ fn set_counters(node: &Node, set: &str, ip: &str) -> (u64, u64) {
 }
 
 fn total_in(node: &Node, ctid: &str) -> u64 {
-    let doc: Value = serde_json::from_str(&node.ok(&["show", "--json"])).unwrap();
-    doc["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ctid"] == ctid)
-        .map(|c| c["total"]["in_bytes"].as_u64().unwrap())
-        .unwrap_or(0)
+    in_bytes(
+        &serde_json::from_str(&node.ok(&["show", "--json"])).unwrap(),
+        ctid,
+    )
 }
 
 fn to_ct(node: &Node, ctid: &str, payload: usize, n: usize) -> u64 {

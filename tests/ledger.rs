@@ -15,46 +15,8 @@ const CTS: &[(&str, &str, &str)] = &[
 const DAY1: &str = "2026-11-29T10:00:00Z";
 const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
 
-/// The eight figures, as `show --json` and the CSV give them, in CSV column order.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct F([u64; 8]);
-
-impl F {
-    fn of(v: &Value) -> F {
-        let k = [
-            "in_bytes",
-            "out_bytes",
-            "in_packets",
-            "out_packets",
-            "local_in_bytes",
-            "local_out_bytes",
-            "local_in_packets",
-            "local_out_packets",
-        ];
-        F(k.map(|k| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("{k} missing in {v}"))
-        }))
-    }
-    fn inb(b: u64, p: u64) -> F {
-        F([b, 0, p, 0, 0, 0, 0, 0])
-    }
-    fn add(self, o: F) -> F {
-        let mut r = self;
-        for i in 0..8 {
-            r.0[i] += o.0[i];
-        }
-        r
-    }
-}
-
 fn ct<'a>(show: &'a Value, ctid: &str) -> &'a Value {
-    show["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ctid"] == ctid)
-        .unwrap_or_else(|| panic!("container {ctid} not in {show}"))
+    ct_of(show, ctid)
 }
 
 fn total(node: &Node, now: &str, ctid: &str) -> F {
@@ -245,40 +207,11 @@ fn survives_a_reboot(v: Variant) {
     // The distribution's firewall restores its saved copy (sets with their counters, then
     // the rules) at boot.
     if v.ipset() {
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.ns.name, "ipset", "restore"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(saved_sets.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        node.ns.must_with_input("ipset", &["restore"], &saved_sets);
     }
     let restore_saved = |v6: bool, text: &str| {
-        let mut child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.ns.name,
-                &format!("{}-restore", v.iptables(v6)),
-                "-c",
-            ])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        let restore = format!("{}-restore", v.iptables(v6));
+        node.ns.must_with_input(&restore, &["-c"], text);
     };
     restore_saved(false, &saved4);
     restore_saved(true, &saved6);

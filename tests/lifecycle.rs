@@ -629,7 +629,7 @@ fn prometheus_textfile_from_dump(v: Variant) {
         std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
         0o644
     );
-    let promtool = promtool();
+    let promtool = tool("promtool");
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -651,22 +651,6 @@ fn prometheus_textfile_from_dump(v: Variant) {
         stdout(&out),
         stderr(&out)
     );
-}
-
-fn promtool() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/usr/bin/promtool");
-    if local.exists() {
-        return local;
-    }
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v promtool"])
-        .output()
-        .unwrap();
-    assert!(
-        on_path.status.success(),
-        "promtool not found: run `sudo bash tests/deps.sh`"
-    );
-    PathBuf::from(stdout(&on_path).trim())
 }
 
 per_variant!(

@@ -31,16 +31,6 @@ fn show(node: &Node) -> Value {
     serde_json::from_str(&node.ok(&["show", "--json"])).expect("show --json")
 }
 
-fn in_bytes(doc: &Value, ctid: &str) -> u64 {
-    doc["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ctid"] == ctid)
-        .map(|c| c["total"]["in_bytes"].as_u64().unwrap())
-        .unwrap_or(0)
-}
-
 /// world -> container datagrams, each confirmed on arrival; returns the IP bytes.
 fn send(node: &Node, ctid: &str, payload: usize, n: usize) -> u64 {
     let ct = node.ct(ctid);

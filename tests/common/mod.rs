@@ -572,3 +572,119 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The eight figures of `show --json` and the CSV, in CSV column order.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct F(pub [u64; 8]);
+
+/// The figures' names, in CSV column order.
+pub const FIGURES: [&str; 8] = [
+    "in_bytes",
+    "out_bytes",
+    "in_packets",
+    "out_packets",
+    "local_in_bytes",
+    "local_out_bytes",
+    "local_in_packets",
+    "local_out_packets",
+];
+
+impl F {
+    /// From a JSON object holding the eight figures.
+    pub fn of(v: &serde_json::Value) -> F {
+        F(FIGURES.map(|k| {
+            v[k].as_u64()
+                .unwrap_or_else(|| panic!("{k} missing or not a u64 in {v}"))
+        }))
+    }
+    pub fn inb(b: u64, p: u64) -> F {
+        F([b, 0, p, 0, 0, 0, 0, 0])
+    }
+    pub fn outb(b: u64, p: u64) -> F {
+        F([0, b, 0, p, 0, 0, 0, 0])
+    }
+    /// Saturating, as the ledger adds.
+    pub fn add(self, o: F) -> F {
+        let mut r = self;
+        for i in 0..8 {
+            r.0[i] = r.0[i].saturating_add(o.0[i]);
+        }
+        r
+    }
+    pub fn sum(list: &[F]) -> F {
+        list.iter().fold(F::default(), |a, b| a.add(*b))
+    }
+    /// Every figure at least that of `o`.
+    pub fn ge(&self, o: &F) -> bool {
+        self.0.iter().zip(o.0).all(|(a, b)| *a >= b)
+    }
+}
+
+/// The container `ctid` in a `show --json` document.
+pub fn ct_of<'a>(show: &'a serde_json::Value, ctid: &str) -> &'a serde_json::Value {
+    show["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ctid"] == ctid)
+        .unwrap_or_else(|| panic!("container {ctid} not in {show}"))
+}
+
+impl Netns {
+    /// Run a program inside the namespace with `input` on its stdin; it must succeed.
+    pub fn must_with_input(&self, prog: &str, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, prog])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{prog} {} failed: {}\n{input}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A checker program: unpacked by tests/deps.sh into target/tools, or on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tools/usr/bin")
+        .join(name);
+    if local.exists() {
+        return local;
+    }
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "{name} not found: run `sudo bash tests/deps.sh`"
+    );
+    PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+}
+
+/// A container's total bytes in, from a `show --json` document (0 when it has no record).
+pub fn in_bytes(doc: &serde_json::Value, ctid: &str) -> u64 {
+    doc["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["ctid"] == ctid)
+        .map(|c| c["total"]["in_bytes"].as_u64().unwrap())
+        .unwrap_or(0)
+}
