@@ -750,7 +750,12 @@ mod tests {
     #[test]
     fn a_far_off_clock_writes_a_year_of_zero_rows_at_most() {
         let mut l = Ledger::default();
-        l.assign(&"101".parse().unwrap(), "10.0.0.1".parse().unwrap(), now(), day("1970-01-01"));
+        l.assign(
+            &"101".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            now(),
+            day("1970-01-01"),
+        );
         harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "1970-01-01");
         let (_, rows) = harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
         assert_eq!(rows.len(), 1 + 366);
