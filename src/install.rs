@@ -4,7 +4,6 @@
 //! chained, vzctl's scripts are wrapped and kept, and uninstall puts every one back as it was.
 
 use std::fs;
-use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -380,9 +379,4 @@ pub fn file_state(item: &Item) -> Result<String, String> {
             p.display()
         )),
     }
-}
-
-/// Whether an I/O error means "not there".
-pub fn not_found(e: &std::io::Error) -> bool {
-    e.kind() == ErrorKind::NotFound
 }
