@@ -16,10 +16,12 @@ use crate::hooks;
 
 /// Per-container traffic accounting for OpenVZ hardware nodes.
 ///
-/// vzacct counts every byte each container sends and receives with netfilter rules in its
-/// own chains (VZACCT-FORWARD, VZACCT-INPUT, VZACCT-OUTPUT), keeps the list of accounted
-/// containers in its state directory, and changes the kernel's rules in one
-/// iptables-restore batch per address family. It never touches rules that are not its own.
+/// vzacct counts every byte each container sends and receives in its own netfilter chains
+/// (VZACCT-FORWARD, VZACCT-INPUT, VZACCT-OUTPUT), with the per-IP counters in ipsets or in
+/// one rule per IP (`backend` in the config). Every command folds the kernel's counters into
+/// the ledger in the state directory first, so nothing counted is lost across IP changes,
+/// firewall restarts and reboots; days close into one CSV file per container. The kernel is
+/// changed in one batch per address family, and nothing that is not vzacct's is touched.
 #[derive(Debug, Parser)]
 #[command(name = "vzacct", version)]
 pub struct Cli {
