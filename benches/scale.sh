@@ -766,15 +766,18 @@ if part profile; then
       # One perf record around a loop of PROF_RUNS runs (new CTIDs for mount).
       # shellcheck disable=SC2086
       in_ns env -i PATH="$PATH" perf record -q -F 999 --call-graph dwarf -o "$WORK/perf.data" -- \
-        bash -c 'n=$1 conf=$2; shift 2
+        bash -c 'n=$1 confdir=$2; shift 2
           for i in $(seq "$n"); do
-            VEID=$((940000 + i)) VE_CONFFILE=$conf "$@" >/dev/null || exit 1
-          done' _ "$PROF_RUNS" "$DIR/conf/930001.conf" "$VZACCT" --config "$cfg" $args \
+            VEID=$((940000 + i)) VE_CONFFILE=$confdir/$((930000 + i)).conf "$@" >/dev/null || exit 1
+          done' _ "$PROF_RUNS" "$DIR/conf" "$VZACCT" --config "$cfg" $args \
         >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; die "perf record of $args failed"; }
       if [ "$c" = mount ]; then for i in $(seq "$PROF_RUNS"); do vz "$cfg" remove $((940000 + i)); done; fi
-      # Share of all samples taken in the vzacct process, then each step's inclusive share.
+      # Share of all samples taken in the vzacct process (perf may list one comm on several
+      # lines), then each step's inclusive share.
       all=$(perf report -i "$WORK/perf.data" --no-children --sort comm -g none 2>/dev/null |
-        awk '$2 == "vzacct" { sub(/%/, "", $1); print $1 }')
+        awk '$2 == "vzacct" { sub(/%/, "", $1); s += $1 } END { print s + 0 }')
+      log "profile ($b) $c: $(perf report -i "$WORK/perf.data" --no-children --sort comm -g none 2>/dev/null |
+        awk '$1 ~ /%$/ { printf "%s %s; ", $2, $1 }')"
       perf report -i "$WORK/perf.data" --comm vzacct --children --sort symbol -g none 2>/dev/null |
         awk '$3 == "[.]" { sub(/%/, "", $1); print $4, $1 }' >"$WORK/prof"
       for f in $PROF_FUNCS; do
