@@ -265,7 +265,7 @@ topo_up() {
 }
 topo_down() {
   local ns
-  for ns in "$SND" "$NODE" "$RCV"; do ip netns del "$ns"; done
+  for ns in "$SND" "$NODE" "$RCV"; do ip netns del "$ns" 2>/dev/null || true; done
   SND="" NODE="" RCV=""
 }
 pin() { [ "$PIN" = 1 ] && echo "taskset -c $1"; } # CPU -> prefix or nothing
@@ -314,9 +314,10 @@ fwd_counted() { # CONF VARIANT
     *) echo "" ;;
   esac
 }
-# One iperf3 run; prints "pps total_rx counted".
+# One iperf3 run; prints "pps total_rx counted". Returns 1 (after ending its servers) when
+# the run broke, e.g. the namespaces vanished under it; the caller then tries again.
 fwd_run() { # CONF VARIANT N
-  local conf=$1 v=$2 n=$3 spid win rx0 rx1 out counted
+  local conf=$1 v=$2 n=$3 spid cpid win rx0 rx1 out counted ok=0
   ip netns exec "$RCV" $(pin 1) iperf3 -s -1 -p 5299 >"$WORK/iperf-s.log" 2>&1 &
   spid=$!
   PIDS+=("$spid")
@@ -324,27 +325,29 @@ fwd_run() { # CONF VARIANT N
     ip netns exec "$RCV" ss -Hltn 'sport = :5299' | grep -q . && break
     sleep 0.1
   done
-  rx0=$(ip netns exec "$RCV" cat /sys/class/net/vzb6r/statistics/rx_packets)
-  ip netns exec "$SND" $(pin 0) iperf3 -c "$DEST" -p 5299 -u -b 0 -l "$FWD_LEN" -t "$FWD_SECS" \
-    >"$WORK/iperf-c.log" 2>&1 &
-  local cpid=$!
-  PIDS+=("$cpid")
-  # Steady-state window, sampled by one shell in the receiver (builtins only: no forks
-  # between the clock and the counter).
-  win=$(awk -v s="$FWD_SECS" 'BEGIN { printf "%.1f", s - 1.0 }')
-  out=$(ip netns exec "$RCV" bash -c '
-    f=/sys/class/net/vzb6r/statistics/rx_packets
-    sleep 0.7; read -r a <"$f"; s=$EPOCHREALTIME
-    sleep "$1"; read -r b <"$f"; e=$EPOCHREALTIME
-    echo "$a $b $(( 10#${s/./} )) $(( 10#${e/./} ))"' _ "$win")
-  wait "$cpid" || { cat "$WORK/iperf-c.log" >&2; die "iperf3 client failed ($conf, $v, $n)"; }
+  if rx0=$(ip netns exec "$RCV" cat /sys/class/net/vzb6r/statistics/rx_packets); then
+    ip netns exec "$SND" $(pin 0) iperf3 -c "$DEST" -p 5299 -u -b 0 -l "$FWD_LEN" -t "$FWD_SECS" \
+      >"$WORK/iperf-c.log" 2>&1 &
+    cpid=$!
+    PIDS+=("$cpid")
+    # Steady-state window, sampled by one shell in the receiver (builtins only: no forks
+    # between the clock and the counter).
+    win=$(awk -v s="$FWD_SECS" 'BEGIN { printf "%.1f", s - 1.0 }')
+    out=$(ip netns exec "$RCV" bash -c '
+      f=/sys/class/net/vzb6r/statistics/rx_packets
+      sleep 0.7; read -r a <"$f" || exit 1; s=$EPOCHREALTIME
+      sleep "$1"; read -r b <"$f" || exit 1; e=$EPOCHREALTIME
+      echo "$a $b $(( 10#${s/./} )) $(( 10#${e/./} ))"' _ "$win") && ok=1
+    wait "$cpid" || { cat "$WORK/iperf-c.log" >&2; ok=0; }
+  fi
   # The server exits after one test; give it a moment, then end it (it is ours).
   for _ in $(seq 30); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
   kill "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
   PIDS=()
-  rx1=$(ip netns exec "$RCV" cat /sys/class/net/vzb6r/statistics/rx_packets)
-  counted=$(fwd_counted "$conf" "$v")
+  [ "$ok" = 1 ] || return 1
+  rx1=$(ip netns exec "$RCV" cat /sys/class/net/vzb6r/statistics/rx_packets) || return 1
+  counted=$(fwd_counted "$conf" "$v") || return 1
   echo "$out" | awk -v t0="$rx0" -v t1="$rx1" -v c="${counted:--}" \
     '{ printf "%.0f %d %s\n", ($2 - $1) / (($4 - $3) / 1e6), t1 - t0, c }'
 }
@@ -413,7 +416,16 @@ RULES
       read -r c v n <<<"$cfg"
       topo_up
       fwd_setup "$c" "$v" "$n"
-      fwd_run "$c" "$v" "$n" >"$WORK/fwd.res" # not in $(...): PIDS and die need this shell
+      # Not in $(...): PIDS must be this shell's. A broken run is repeated, twice at most.
+      tries=1
+      until fwd_run "$c" "$v" "$n" >"$WORK/fwd.res"; do
+        [ "$tries" -lt 3 ] || die "forwarding $cfg failed $tries times"
+        log "forwarding $cfg: the run broke (see above), trying again in fresh namespaces"
+        tries=$((tries + 1))
+        topo_down
+        topo_up
+        fwd_setup "$c" "$v" "$n"
+      done
       read -r pps rx counted <"$WORK/fwd.res"
       topo_down
       if [ "$c" != none ] && [ "$c" != dnone ] && [ "$c" != setnc ] && [ "$n" -gt 0 ]; then
