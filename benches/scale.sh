@@ -245,16 +245,16 @@ topo_up() {
   ip netns add "$RCV"
   # veth pairs created inside the namespaces: nothing appears in the host's namespace.
   ip -n "$SND" link add vzb6s type veth peer name vzb6n1 netns "$NODE"
-  ip -n "$RCV" link add vzb6r type veth peer name vzb6n2 netns "$NODE"
+  ip -n "$RCV" link add vzb6r type veth peer name venet0 netns "$NODE"
   ip -n "$SND" link set lo up
   ip -n "$SND" addr add 10.250.1.2/24 dev vzb6s
   ip -n "$SND" link set vzb6s up
   ip -n "$SND" route add default via 10.250.1.1
   ip -n "$NODE" link set lo up
   ip -n "$NODE" addr add 10.250.1.1/24 dev vzb6n1
-  ip -n "$NODE" addr add 10.250.2.1/32 dev vzb6n2
+  ip -n "$NODE" addr add 10.250.2.1/32 dev venet0
   ip -n "$NODE" link set vzb6n1 up
-  ip -n "$NODE" link set vzb6n2 up
+  ip -n "$NODE" link set venet0 up
   ip netns exec "$NODE" sysctl -qw net.ipv4.ip_forward=1
   ip -n "$NODE" -batch "$WORK/fwd-routes"
   ip -n "$RCV" link set lo up
@@ -354,8 +354,8 @@ fwd_run() { # CONF VARIANT N
 
 if part fwd; then
   # Routes for the largest size (shared by every configuration), the veinfo files and batches.
-  fwd_ips "$fwd_max" | awk '{ print "route add " $1 "/32 dev vzb6n2" }' >"$WORK/fwd-routes"
-  [ "$fwd_max" -gt 0 ] || echo "route add $DEST/32 dev vzb6n2" >"$WORK/fwd-routes"
+  fwd_ips "$fwd_max" | awk '{ print "route add " $1 "/32 dev venet0" }' >"$WORK/fwd-routes"
+  [ "$fwd_max" -gt 0 ] || echo "route add $DEST/32 dev venet0" >"$WORK/fwd-routes"
   for n in $FWD_SIZES; do
     fwd_veinfo "$n" "$WORK/fwd-veinfo-$n"
     fwd_wiki_batch "$n" "$WORK/fwd-wiki-$n"
@@ -376,8 +376,8 @@ if part fwd; then
 -A INPUT -j VZACCT-INPUT
 -A FORWARD -j VZACCT-FORWARD
 -A OUTPUT -j VZACCT-OUTPUT
--A VZACCT-FORWARD -m set --match-set vzacct-fi4 dst
--A VZACCT-FORWARD -m set --match-set vzacct-fo4 src
+-A VZACCT-FORWARD -o venet0 -m set --match-set vzacct-fi4 dst
+-A VZACCT-FORWARD -i venet0 -m set --match-set vzacct-fo4 src
 -A VZACCT-INPUT -i venet0 -m set --match-set vzacct-lo4 src
 -A VZACCT-OUTPUT -o venet0 -m set --match-set vzacct-li4 dst
 COMMIT
@@ -385,7 +385,7 @@ RULES
     { echo "table ip vzb6 {"
       echo "  set fi { type ipv4_addr; counter; }"
       echo "  set fo { type ipv4_addr; counter; }"
-      echo "  chain forward { type filter hook forward priority 0; ip daddr @fi; ip saddr @fo; }"
+      echo "  chain forward { type filter hook forward priority 0; oifname \"venet0\" ip daddr @fi; iifname \"venet0\" ip saddr @fo; }"
       echo "}"
       for set in fi fo; do
         fwd_ips "$fwd_max" | awk -v s="$set" '{ printf "add element ip vzb6 %s { %s }\n", s, $1 }'

@@ -13,6 +13,10 @@ use crate::ruleset::{Counted, Counters, Family, Kind};
 pub const PREFIX: &str = "vzacct-";
 /// Room for a large node: 4 sets per family, one element per IP in each.
 const MAXELEM: u32 = 1_048_576;
+/// Buckets from the start (512 KiB of kernel memory per set): a lookup on every forwarded
+/// packet then scans about one element even with tens of thousands of IPs, where the
+/// default 1024 buckets would hold a dozen each before the kernel grows the table.
+const HASHSIZE: u32 = 65_536;
 
 /// The set holding the IPs counted one way in one family, e.g. `vzacct-fi4`.
 pub fn set_name(kind: Kind, family: Family) -> String {
@@ -183,7 +187,7 @@ impl SetPlan {
             };
             let _ = writeln!(
                 out,
-                "create {name} hash:ip family {family} hashsize 1024 maxelem {MAXELEM} counters comment"
+                "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
             );
         }
         for (set, ip) in &self.del {
@@ -323,7 +327,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             [("vzacct-fi4".to_string(), "10.0.0.9".parse().unwrap())]
         );
         let batch = p.render();
-        assert!(batch.starts_with("create vzacct-li4 hash:ip family inet hashsize 1024 maxelem 1048576 counters comment\n"), "{batch}");
+        assert!(batch.starts_with("create vzacct-li4 hash:ip family inet hashsize 65536 maxelem 1048576 counters comment\n"), "{batch}");
         assert!(batch.contains("del vzacct-fi4 10.0.0.9\n"));
         assert!(batch.contains("add vzacct-fi4 10.0.0.9 comment \"ct:102\"\n"));
         assert!(

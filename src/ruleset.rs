@@ -145,7 +145,10 @@ impl Rule {
 pub struct SetMatch {
     pub kind: Kind,
     pub family: Family,
-    /// The venet interface, for the node-local kinds; empty for forwarded ones.
+    /// The venet interface. Forwarded kinds name it too: a packet leaves towards a container
+    /// (`-o`) or comes from one (`-i`) through it, so a packet passing through the node is
+    /// looked up in one set, not two, and a packet with a container's source address that
+    /// did not come from venet (spoofed) is not billed to the container.
     pub iface: String,
 }
 
@@ -154,10 +157,12 @@ impl SetMatch {
     pub fn spec(&self) -> String {
         let set = crate::ipset::set_name(self.kind, self.family);
         match self.kind {
-            Kind::ForwardIn => format!("-m set --match-set {set} dst"),
-            Kind::ForwardOut => format!("-m set --match-set {set} src"),
-            Kind::LocalIn => format!("-o {} -m set --match-set {set} dst", self.iface),
-            Kind::LocalOut => format!("-i {} -m set --match-set {set} src", self.iface),
+            Kind::ForwardIn | Kind::LocalIn => {
+                format!("-o {} -m set --match-set {set} dst", self.iface)
+            }
+            Kind::ForwardOut | Kind::LocalOut => {
+                format!("-i {} -m set --match-set {set} src", self.iface)
+            }
         }
     }
 }
@@ -194,10 +199,7 @@ pub fn set_matches(family: Family, venet: &str) -> Vec<Wanted> {
             Wanted::Match(SetMatch {
                 kind,
                 family,
-                iface: match kind.chain() {
-                    Chain::Forward => String::new(),
-                    _ => venet.to_string(),
-                },
+                iface: venet.to_string(),
             })
         })
         .collect()
@@ -515,10 +517,8 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
     }
     let fits = matches!(
         (kind, iface_opt, *dir),
-        (Kind::ForwardIn, None, "dst")
-            | (Kind::ForwardOut, None, "src")
-            | (Kind::LocalIn, Some(("-o", _)), "dst")
-            | (Kind::LocalOut, Some(("-i", _)), "src")
+        (Kind::ForwardIn | Kind::LocalIn, Some(("-o", _)), "dst")
+            | (Kind::ForwardOut | Kind::LocalOut, Some(("-i", _)), "src")
     );
     (fits && kind.chain() == chain).then(|| SetMatch {
         kind,

@@ -72,8 +72,8 @@ fn exact_sets_and_rules(v: Variant) {
             "[0:0] -A INPUT -j VZACCT-INPUT",
             "[0:0] -A FORWARD -j VZACCT-FORWARD",
             "[0:0] -A OUTPUT -j VZACCT-OUTPUT",
-            "[0:0] -A VZACCT-FORWARD -m set --match-set vzacct-fi4 dst",
-            "[0:0] -A VZACCT-FORWARD -m set --match-set vzacct-fo4 src",
+            "[0:0] -A VZACCT-FORWARD -o venet0 -m set --match-set vzacct-fi4 dst",
+            "[0:0] -A VZACCT-FORWARD -i venet0 -m set --match-set vzacct-fo4 src",
             "[0:0] -A VZACCT-INPUT -i venet0 -m set --match-set vzacct-lo4 src",
             "[0:0] -A VZACCT-OUTPUT -o venet0 -m set --match-set vzacct-li4 dst",
         ]
