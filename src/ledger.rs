@@ -2,7 +2,9 @@
 //! every byte a rule counted is folded in here exactly once (harvest), days are closed into
 //! CSV rows, and totals survive reboots, firewall restarts and IP changes. Pure: no I/O.
 //!
-//! On-disk format (`<state_dir>/ledger.json`, written atomically by [`crate::store`]):
+//! The record below is the format 1 single file (`<state_dir>/ledger.json`), still read
+//! when a node is converted; format 2 keeps the same container records, split into bucket
+//! files by [`crate::ledger_store`] so one container's event reads and writes only its own.
 //! ```text
 //! {
 //!   "format": 1,
@@ -154,6 +156,18 @@ pub struct Container {
 impl Container {
     pub fn accounted(&self) -> bool {
         !self.ips.is_empty()
+    }
+
+    /// The IPs this container accounts now or still has a kernel counter for (a `seen`
+    /// entry, harvested and removed at the next full run).
+    pub fn held_ips(&self) -> BTreeSet<IpAddr> {
+        let mut ips = self.ips.clone();
+        ips.extend(
+            self.seen
+                .keys()
+                .filter_map(|k| k.split(' ').find_map(|w| w.parse::<IpAddr>().ok())),
+        );
+        ips
     }
 
     /// Closed days of `month` (`YYYY-MM`) plus the open day if it lies in that month.

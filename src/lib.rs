@@ -15,6 +15,7 @@ pub mod install;
 pub mod ipset;
 pub mod kernel;
 pub mod ledger;
+pub mod ledger_store;
 pub mod netfilter;
 pub mod process;
 pub mod prometheus;

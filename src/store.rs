@@ -5,9 +5,11 @@
 //! Layout of `<state_dir>` (created 0700):
 //! - `lock`: empty file; an exclusive fs2 lock on it is held for a command's whole
 //!   read-modify-write.
-//! - `ledger.json`: see [`crate::ledger`]. Written to `ledger.json.tmp` (created fresh, mode
-//!   0600, never through a symlink), fsynced, renamed over the old file, and the directory
-//!   fsynced. A file that does not parse is an error naming it; it is never overwritten.
+//! - `ledger/`: the ledger, see [`crate::ledger_store`]. Each file is written to
+//!   `<name>.tmp` (created fresh, mode 0600, never through a symlink), fsynced and renamed
+//!   over the old one; a write of several files goes through the redo log `ledger/pending`
+//!   first ([`commit_files`]). A file that does not parse is an error naming it; it is never
+//!   overwritten.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::ledger::{self, Ledger};
+use crate::ledger_store;
 
-const LEDGER: &str = "ledger.json";
 const LOCK: &str = "lock";
 
 /// A failure of the state dir, naming the file concerned.
@@ -58,6 +60,11 @@ pub enum StateError {
         #[source]
         source: ledger::FormatError,
     },
+    #[error(
+        "redo log {path} of an interrupted ledger write does not parse; it was left untouched: \
+         move it aside and run `vzacct dump` (the ledger files are then as before that write)"
+    )]
+    BadRedoLog { path: PathBuf },
     #[error("cannot write ledger {path}; the previous ledger is intact")]
     Write {
         path: PathBuf,
@@ -116,27 +123,22 @@ pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
 }
 
 impl Locked {
-    pub fn ledger_path(&self) -> PathBuf {
-        self.dir.join(LEDGER)
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Load the ledger; a missing file is an empty ledger, a corrupt one an error.
+    /// Load the whole ledger (see [`crate::ledger_store`]); a missing one is empty, a
+    /// corrupt file an error naming it.
     pub fn load(&self) -> Result<Ledger, StateError> {
-        let path = self.ledger_path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
-            Err(source) => return Err(StateError::Read { path, source }),
-        };
-        Ledger::from_json(&bytes).map_err(|source| StateError::Corrupt { path, source })
+        Ok(self.load_scope(&ledger_store::Scope::All)?.0)
     }
 
-    /// Replace the ledger atomically.
-    pub fn save(&self, ledger: &Ledger) -> Result<(), StateError> {
-        write_atomic(&self.dir, LEDGER, &ledger.to_json()).map_err(|source| StateError::Write {
-            path: self.ledger_path(),
-            source,
-        })
+    /// Load part or all of the ledger, with what is needed to write back what changed.
+    pub fn load_scope(
+        &self,
+        scope: &ledger_store::Scope,
+    ) -> Result<(Ledger, ledger_store::Loaded), StateError> {
+        ledger_store::load(&self.dir, scope)
     }
 }
 
@@ -148,6 +150,132 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 
 /// [`write_atomic`] with the given permission bits.
 pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_file(dir, name, bytes, mode)?;
+    File::open(dir)?.sync_all()
+}
+
+/// One change of a [`commit_files`] transaction: a file of `dir` written or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileChange {
+    Write(String, Vec<u8>),
+    Remove(String),
+}
+
+impl FileChange {
+    fn name(&self) -> &str {
+        match self {
+            FileChange::Write(n, _) | FileChange::Remove(n) => n,
+        }
+    }
+}
+
+/// The redo log of a [`commit_files`] that changes more than one file.
+pub const PENDING: &str = "pending";
+const PENDING_MAGIC: &str = "vzacct redo log 1\n";
+
+/// Change several files of `dir` as one: all of them or none, whatever instant a crash
+/// comes. The whole change is first written to the redo log `pending` (atomically), then
+/// carried out, synced, and the log removed; [`replay_pending`] finishes an interrupted one.
+/// A single change needs no log.
+pub fn commit_files(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
+    match changes {
+        [] => Ok(()),
+        [FileChange::Write(name, bytes)] => write_atomic(dir, name, bytes),
+        _ => {
+            write_atomic(dir, PENDING, &render_pending(changes))?;
+            carry_out(dir, changes)
+        }
+    }
+}
+
+/// Finish the transaction a killed [`commit_files`] left in `dir`, if any. A redo log that
+/// does not parse is an error naming it; it is left for the operator.
+pub fn replay_pending(dir: &Path) -> Result<(), StateError> {
+    let path = dir.join(PENDING);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    let changes =
+        parse_pending(&bytes).ok_or_else(|| StateError::BadRedoLog { path: path.clone() })?;
+    carry_out(dir, &changes).map_err(|source| StateError::Write { path, source })
+}
+
+fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
+    for c in changes {
+        match c {
+            FileChange::Write(name, bytes) => replace_file(dir, name, bytes, 0o600)?,
+            FileChange::Remove(name) => match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    std::fs::remove_file(dir.join(PENDING))?;
+    File::open(dir)?.sync_all()
+}
+
+fn render_pending(changes: &[FileChange]) -> Vec<u8> {
+    let mut out = PENDING_MAGIC.as_bytes().to_vec();
+    for c in changes {
+        match c {
+            FileChange::Write(name, bytes) => {
+                out.extend_from_slice(format!("W {name} {}\n", bytes.len()).as_bytes());
+                out.extend_from_slice(bytes);
+                out.push(b'\n');
+            }
+            FileChange::Remove(name) => out.extend_from_slice(format!("R {name}\n").as_bytes()),
+        }
+    }
+    out.extend_from_slice(b"END\n");
+    out
+}
+
+/// A plain file name of ours: no path separator, no dot file, nothing to escape.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parse_pending(bytes: &[u8]) -> Option<Vec<FileChange>> {
+    let mut rest = bytes.strip_prefix(PENDING_MAGIC.as_bytes())?;
+    let mut changes = Vec::new();
+    loop {
+        let nl = rest.iter().position(|b| *b == b'\n')?;
+        let line = std::str::from_utf8(&rest[..nl]).ok()?;
+        rest = &rest[nl + 1..];
+        let mut words = line.split(' ');
+        match (words.next()?, words.next(), words.next(), words.next()) {
+            ("END", None, None, None) => return rest.is_empty().then_some(changes),
+            ("R", Some(name), None, None) if safe_name(name) => {
+                changes.push(FileChange::Remove(name.to_string()))
+            }
+            ("W", Some(name), Some(len), None) if safe_name(name) => {
+                let len: usize = len.parse().ok()?;
+                let body = rest.get(..len)?;
+                if rest.get(len) != Some(&b'\n') {
+                    return None;
+                }
+                changes.push(FileChange::Write(name.to_string(), body.to_vec()));
+                rest = &rest[len + 1..];
+            }
+            _ => return None,
+        }
+        if changes.last().is_some_and(|c| c.name() == PENDING) {
+            return None;
+        }
+    }
+}
+
+/// Write `dir/name` through a fresh temp file (fsynced) renamed over it; the caller syncs
+/// the directory.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
@@ -172,36 +300,12 @@ pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std
         return Err(e);
     }
     drop(f);
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, &path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn round_trip_and_atomic_replace() {
-        let dir = tempfile::tempdir().unwrap();
-        let sd = dir.path().join("state");
-        let locked = lock(&sd, Duration::ZERO).unwrap();
-        assert_eq!(locked.load().unwrap(), Ledger::default());
-        let mut l = Ledger::default();
-        l.containers
-            .insert("101".parse().unwrap(), Default::default());
-        locked.save(&l).unwrap();
-        assert_eq!(locked.load().unwrap(), l);
-        let text = std::fs::read_to_string(sd.join(LEDGER)).unwrap();
-        assert_eq!(
-            text,
-            "{\"format\":1,\"containers\":{\"101\":{\"ips\":[],\"total\":{\"in_bytes\":0,\"out_bytes\":0,\"in_packets\":0,\"out_packets\":0,\"local_in_bytes\":0,\"local_out_bytes\":0,\"local_in_packets\":0,\"local_out_packets\":0}}}}\n"
-        );
-        assert!(!sd.join("ledger.json.tmp").exists());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&sd), 0o700);
-        assert_eq!(mode(&sd.join(LEDGER)), 0o600);
-    }
 
     #[test]
     fn second_locker_times_out() {
@@ -212,32 +316,13 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_ledger_is_named_and_kept() {
+    fn state_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let locked = lock(dir.path(), Duration::ZERO).unwrap();
-        std::fs::write(locked.ledger_path(), b"{\"format\":1,\"contai").unwrap();
-        let e = locked.load().unwrap_err();
-        assert!(e.to_string().contains("ledger.json"), "{e}");
-        assert_eq!(
-            std::fs::read(locked.ledger_path()).unwrap(),
-            b"{\"format\":1,\"contai"
-        );
-    }
-
-    #[test]
-    fn bad_ctid_ip_or_format_in_ledger_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let locked = lock(dir.path(), Duration::ZERO).unwrap();
-        for text in [
-            r#"{"format":1,"containers":{"../x":{"ips":[]}}}"#,
-            r#"{"format":1,"containers":{"101":{"ips":["1.2.3.4;x"]}}}"#,
-            r#"{"format":9,"containers":{}}"#,
-            "",
-        ] {
-            std::fs::write(locked.ledger_path(), text).unwrap();
-            let e = locked.load().unwrap_err();
-            assert!(matches!(e, StateError::Corrupt { .. }), "{text}: {e}");
-        }
+        let sd = dir.path().join("state");
+        let _l = lock(&sd, Duration::ZERO).unwrap();
+        let mode = std::fs::metadata(&sd).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]
@@ -245,10 +330,94 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
-        let sd = dir.path().join("s");
-        let locked = lock(&sd, Duration::ZERO).unwrap();
-        std::os::unix::fs::symlink(&victim, sd.join("ledger.json.tmp")).unwrap();
-        locked.save(&Ledger::default()).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("f.tmp")).unwrap();
+        write_atomic(dir.path(), "f", b"new").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"new");
+    }
+
+    fn changes() -> Vec<FileChange> {
+        vec![
+            FileChange::Write("a.json".into(), b"A\nwith newline\n".to_vec()),
+            FileChange::Remove("gone.json".into()),
+            FileChange::Write("b.json".into(), Vec::new()),
+        ]
+    }
+
+    #[test]
+    fn redo_log_round_trip_and_rejects() {
+        let text = render_pending(&changes());
+        assert_eq!(
+            String::from_utf8(text.clone()).unwrap(),
+            "vzacct redo log 1\nW a.json 15\nA\nwith newline\n\nR gone.json\nW b.json 0\n\nEND\n"
+        );
+        assert_eq!(parse_pending(&text), Some(changes()));
+        // Torn anywhere, or a name that is a path: not a redo log.
+        for cut in 0..text.len() {
+            assert_eq!(parse_pending(&text[..cut]), None, "cut at {cut}");
+        }
+        for bad in [
+            "vzacct redo log 1\nR ../x\nEND\n",
+            "vzacct redo log 1\nR a/b\nEND\n",
+            "vzacct redo log 1\nW pending 0\n\nEND\n",
+            "vzacct redo log 1\nW a 99999999999999999999\nEND\n",
+            "vzacct redo log 1\nEND\nextra",
+        ] {
+            assert_eq!(parse_pending(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_interrupted_commit_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gone.json"), b"old").unwrap();
+        std::fs::write(dir.path().join("a.json"), b"old a").unwrap();
+        // The log was written, then the process died before carrying it out.
+        write_atomic(dir.path(), PENDING, &render_pending(&changes())).unwrap();
+        replay_pending(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a.json")).unwrap(),
+            b"A\nwith newline\n"
+        );
+        assert_eq!(std::fs::read(dir.path().join("b.json")).unwrap(), b"");
+        assert!(!dir.path().join("gone.json").exists());
+        assert!(!dir.path().join(PENDING).exists());
+        // Nothing to do the second time.
+        replay_pending(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_bad_redo_log_is_named_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), b"old a").unwrap();
+        std::fs::write(
+            dir.path().join(PENDING),
+            b"vzacct redo log 1\nW a.json 3\nxy",
+        )
+        .unwrap();
+        let e = replay_pending(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::BadRedoLog { .. }), "{e}");
+        assert!(e.to_string().contains("pending"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"old a");
+        assert!(dir.path().join(PENDING).exists());
+    }
+
+    #[test]
+    fn commit_files_writes_all_and_leaves_no_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gone.json"), b"old").unwrap();
+        commit_files(dir.path(), &changes()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a.json")).unwrap(),
+            b"A\nwith newline\n"
+        );
+        assert!(!dir.path().join("gone.json").exists());
+        assert!(!dir.path().join(PENDING).exists());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.json", "b.json"]);
     }
 }

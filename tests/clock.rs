@@ -68,8 +68,7 @@ fn from_ct(node: &Node, ctid: &str, v6: bool, payload: usize, n: usize) -> F {
 
 /// The persisted ledger.
 fn ledger(node: &Node) -> Value {
-    let text = std::fs::read_to_string(node.path("state/ledger.json")).expect("ledger.json");
-    serde_json::from_str(&text).expect("ledger parses")
+    ledger_json(&node.path("state"))
 }
 
 /// The container's open day in the persisted ledger: (date, figures).

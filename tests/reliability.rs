@@ -288,8 +288,7 @@ fn full_disk_and_read_only_state(v: Variant) {
     node.at("2026-12-01T10:00:00Z", &["add", "101", "10.0.0.1"]);
     let mut sent = send(&node, "101", 400, 2);
     node.at("2026-12-01T11:00:00Z", &["dump"]);
-    let ledger_path = node.path("small/state/ledger.json");
-    let before = std::fs::read(&ledger_path).unwrap();
+    let before = ledger_files(&node.path("small/state"));
     // Fill the file system.
     let filler = node.path("small/filler");
     let _ = Command::new("dd")
@@ -304,11 +303,10 @@ fn full_disk_and_read_only_state(v: Variant) {
         stderr(&out)
     );
     assert_eq!(
-        std::fs::read(&ledger_path).unwrap(),
+        ledger_files(&node.path("small/state")),
         before,
         "ledger changed on a full disk"
     );
-    assert!(!node.path("small/state/ledger.json.tmp").exists());
     let out = node.vzacct_env(
         &["hook", "net-add"],
         &[
@@ -367,7 +365,12 @@ fn permissions_symlinks_and_injection(v: Variant) {
             & 0o777
     };
     assert_eq!(mode("state"), 0o700);
-    assert_eq!(mode("state/ledger.json"), 0o600);
+    assert_eq!(mode("state/ledger"), 0o700);
+    assert_eq!(mode("state/ledger/node.json"), 0o600);
+    assert_eq!(
+        mode(&format!("state/ledger/{}", ct_bucket_file("101"))),
+        0o600
+    );
     assert_eq!(mode("state/lock"), 0o600);
     assert_eq!(mode("csv"), 0o700);
     assert_eq!(mode("csv/101.csv"), 0o640);
@@ -378,7 +381,11 @@ fn permissions_symlinks_and_injection(v: Variant) {
     std::fs::write(&victim, "keep\n").unwrap();
     std::fs::remove_file(node.path("csv/101.csv")).unwrap();
     std::os::unix::fs::symlink(&victim, node.path("csv/101.csv")).unwrap();
-    std::os::unix::fs::symlink(&victim, node.path("state/ledger.json.tmp")).unwrap();
+    std::os::unix::fs::symlink(
+        &victim,
+        node.path(&format!("state/ledger/{}.tmp", ct_bucket_file("101"))),
+    )
+    .unwrap();
     let out = node.vzacct_env(&["dump"], &[("VZACCT_NOW", "2026-12-03T10:00:00Z")]);
     assert_eq!(
         out.status.code(),

@@ -22,6 +22,7 @@ use crate::ctid::{Ctid, escape_for_message};
 use crate::error::{Error, chain};
 use crate::kernel::{Kernel, KernelPlan};
 use crate::ledger::{Figures, Harvest, LastDump, Ledger, NewBoot, Row, month_of};
+use crate::ledger_store::{Loaded, Scope};
 use crate::prometheus;
 use crate::ruleset::{Family, Kind, Op};
 use crate::store::{self, Locked};
@@ -113,6 +114,7 @@ fn check_family(ctx: &Ctx, ip: &IpAddr) -> Result<(), Error> {
 struct Session {
     locked: Locked,
     ledger: Ledger,
+    loaded: Loaded,
     kernel: Kernel,
     harvest: Harvest,
     rows: Vec<Row>,
@@ -122,7 +124,7 @@ struct Session {
 /// anything changes) and harvest.
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let mut ledger = locked.load()?;
+    let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
     let kernel = Kernel::read(&ctx.config, &ctx.families())?;
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted(&ctx.config.venet_interface);
@@ -130,6 +132,7 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     Ok(Session {
         locked,
         ledger,
+        loaded,
         kernel,
         harvest,
         rows,
@@ -152,7 +155,7 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
         .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows)?;
     s.ledger.prune();
-    s.locked.save(&s.ledger)?;
+    s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
     if apply {
         s.kernel.apply(&ctx.config, &plan)?;
     }

@@ -688,3 +688,47 @@ pub fn in_bytes(doc: &serde_json::Value, ctid: &str) -> u64 {
         .map(|c| c["total"]["in_bytes"].as_u64().unwrap())
         .unwrap_or(0)
 }
+
+/// Every file of the ledger directory `<state>/ledger`, by name (empty when there is none).
+pub fn ledger_files(state: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
+        return Default::default();
+    };
+    dir.map(|e| {
+        let e = e.unwrap();
+        (
+            e.file_name().into_string().unwrap(),
+            std::fs::read(e.path()).unwrap(),
+        )
+    })
+    .collect()
+}
+
+/// The persisted ledger as one document: the node file's fields plus every container of
+/// every bucket under `"containers"`.
+pub fn ledger_json(state: &Path) -> serde_json::Value {
+    let files = ledger_files(state);
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(files.get("node.json").expect("ledger/node.json")).unwrap();
+    let mut cts = serde_json::Map::new();
+    for (name, bytes) in &files {
+        if name.starts_with("ct-") {
+            let b: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            for (k, v) in b["containers"].as_object().unwrap() {
+                cts.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    doc["containers"] = serde_json::Value::Object(cts);
+    doc
+}
+
+/// The name of the bucket file of a container (see src/ledger_store.rs).
+pub fn ct_bucket_file(ctid: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in ctid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("ct-{:02x}.json", h & 0xff)
+}
