@@ -27,6 +27,8 @@ pub struct Config {
     pub backend: Backend,
     /// The ipset command.
     pub ipset: String,
+    /// The iproute2 command (whether a stopped container's address is still routed).
+    pub ip: String,
     /// Where the ledger and the lock live.
     pub state_dir: PathBuf,
     /// Where the per-container daily CSV files are written.
@@ -52,6 +54,7 @@ impl Default for Config {
             venet_interface: "venet0".into(),
             backend: Backend::Auto,
             ipset: "ipset".into(),
+            ip: "ip".into(),
             state_dir: "/var/lib/vzacct".into(),
             csv_dir: "/var/log/vzacct".into(),
             strict: false,
@@ -129,6 +132,7 @@ struct RawNetfilter {
     venet_interface: Option<String>,
     backend: Option<String>,
     ipset: Option<String>,
+    ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +243,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(v) = nf.ipset {
         cfg.ipset = program(&v).ok_or_else(|| bad("netfilter", "ipset", &v, PROG))?;
     }
+    if let Some(v) = nf.ip {
+        cfg.ip = program(&v).ok_or_else(|| bad("netfilter", "ip", &v, PROG))?;
+    }
     let st = raw.storage.unwrap_or_default();
     if let Some(v) = st.state_dir {
         cfg.state_dir = absolute_path(&v).ok_or_else(|| bad("storage", "state_dir", &v, ABS))?;
@@ -346,7 +353,7 @@ mod tests {
         let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
                      strict = yes\nhook_lock_timeout = 3\nhook_log = /h.log\n\
                      [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
-                     ipv6 = no\nvenet_interface = venet9\nbackend = ipset\nipset = /sbin/ipset\n\
+                     ipv6 = no\nvenet_interface = venet9\nbackend = ipset\nipset = /sbin/ipset\nip = /sbin/ip\n\
                      [storage]\nstate_dir = /s\ncsv_dir = /l\n\
                      [export]\nprometheus_textfile = /p/vzacct.prom\n")
         .unwrap();
@@ -361,6 +368,7 @@ mod tests {
                 venet_interface: "venet9".into(),
                 backend: Backend::Ipset,
                 ipset: "/sbin/ipset".into(),
+                ip: "/sbin/ip".into(),
                 state_dir: "/s".into(),
                 csv_dir: "/l".into(),
                 strict: true,

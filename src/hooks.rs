@@ -10,6 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::commands::change::{account, config_ips, unaccount};
+use crate::commands::event::{self, Quick};
 use crate::commands::{Ctx, parse_ip};
 use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
@@ -130,12 +131,16 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
                     path.display()
                 ));
             }
-            let a = account(ctx, &ctid, &ips)?;
-            Ok(format!("accounting {} (new: {})", join(&ips), join(&a.new)))
+            let (new, how) = hook_account(ctx, &ctid, &ips)?;
+            Ok(format!(
+                "accounting {} (new: {}){how}",
+                join(&ips),
+                join(&new)
+            ))
         }
         Event::Umount => {
-            let u = unaccount(ctx, &ctid, None)?;
-            Ok(format!("stopped accounting {}", join(&u.removed)))
+            let (removed, how) = hook_unaccount(ctx, &ctid, None)?;
+            Ok(format!("stopped accounting {}{how}", join(&removed)))
         }
         Event::NetAdd | Event::NetDel => {
             let (ips, bad) = ip_addr(env.ip_addr.as_deref().unwrap_or(""), ctx.config.ipv6);
@@ -143,19 +148,19 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
             let summary = if ips.is_empty() {
                 "no IP in IP_ADDR".to_string()
             } else if event == Event::NetAdd {
-                let a = account(ctx, &ctid, &ips)?;
+                let (new, how) = hook_account(ctx, &ctid, &ips)?;
                 format!(
-                    "VE_STATE={} accounting {} (new: {})",
+                    "VE_STATE={} accounting {} (new: {}){how}",
                     escape_state(state),
                     join(&ips),
-                    join(&a.new)
+                    join(&new)
                 )
             } else {
-                let u = unaccount(ctx, &ctid, Some(&ips))?;
+                let (removed, how) = hook_unaccount(ctx, &ctid, Some(&ips))?;
                 format!(
-                    "VE_STATE={} stopped accounting {}",
+                    "VE_STATE={} stopped accounting {}{how}",
                     escape_state(state),
-                    join(&u.removed)
+                    join(&removed)
                 )
             };
             if bad.is_empty() {
@@ -166,6 +171,41 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
                     bad.join(", ")
                 )))
             }
+        }
+    }
+}
+
+/// Account `ips` for one container: the quick path of [`event`] when it applies, else the
+/// full pipeline. Returns the IPs new to the container and, for the log, why the full
+/// pipeline ran (empty for the quick path).
+fn hook_account(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    ips: &[IpAddr],
+) -> Result<(Vec<IpAddr>, String), Error> {
+    match event::account(ctx, ctid, ips)? {
+        Quick::Done(new) => Ok((new, String::new())),
+        Quick::Full(why) => {
+            let a = account(ctx, ctid, ips)?;
+            Ok((a.new, format!(" [full run: {why}]")))
+        }
+    }
+}
+
+/// Stop accounting `ips` (all when `None`) of one container, quickly when possible.
+fn hook_unaccount(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    ips: Option<&[IpAddr]>,
+) -> Result<(Vec<IpAddr>, String), Error> {
+    match event::unaccount(ctx, ctid, ips)? {
+        Quick::Done(removed) => Ok((
+            removed,
+            " (counters kept in the sets until the next dump harvests them)".into(),
+        )),
+        Quick::Full(why) => {
+            let u = unaccount(ctx, ctid, ips)?;
+            Ok((u.removed, format!(" [full run: {why}]")))
         }
     }
 }

@@ -154,12 +154,45 @@ impl Sets {
                         Kind::ForwardIn | Kind::ForwardOut => String::new(),
                         _ => venet.to_string(),
                     },
-                    key: format!("set {} {}", e.set, e.ip),
+                    key: element_key(&e.set, &e.ip),
                     counters: e.counters,
                 })
             })
             .collect()
     }
+}
+
+/// The identity of a set element within its container's `seen` map.
+pub fn element_key(set: &str, ip: &IpAddr) -> String {
+    format!("set {set} {ip}")
+}
+
+/// The `seen` keys of one IP's elements, one per set of its family.
+pub fn element_keys(ip: &IpAddr) -> Vec<String> {
+    Kind::ALL
+        .iter()
+        .map(|k| element_key(&set_name(*k, Family::of(ip)), ip))
+        .collect()
+}
+
+/// The `ipset restore -exist` lines that put one container's IPs into every set of their
+/// family, without reading the sets: an IP new to the container (`fresh`) starts from zero
+/// counters (whatever a leftover element held belongs to no one); an IP it already holds
+/// keeps its element's counters, or gets a new element from zero if it was lost (harvest
+/// then sees a counter lower than last seen: counting restarted).
+pub fn adds_for(ctid: &Ctid, ips: &[(IpAddr, bool)]) -> String {
+    let mut out = String::new();
+    for (ip, fresh) in ips {
+        for kind in Kind::ALL {
+            let set = set_name(kind, Family::of(ip));
+            let zero = if *fresh { " packets 0 bytes 0" } else { "" };
+            let _ = writeln!(
+                out,
+                "add {set} {ip}{zero} comment \"{COMMENT_PREFIX}{ctid}\""
+            );
+        }
+    }
+    out
 }
 
 /// The changes to our sets, as one `ipset restore` batch (and the sets to destroy once no

@@ -19,6 +19,7 @@ pub mod ledger_store;
 pub mod netfilter;
 pub mod process;
 pub mod prometheus;
+pub mod routes;
 pub mod ruleset;
 pub mod store;
 pub mod veinfo;

@@ -34,6 +34,29 @@ pub struct Output {
 /// Run `program` with `args`, feeding `stdin` (or /dev/null), and wait for it.
 /// A non-zero exit is an error carrying the program, its arguments, status and stderr.
 pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ProcessError> {
+    let (status, out) = run_any(program, args, stdin)?;
+    if !status.success() {
+        return Err(ProcessError::Failed {
+            program: program.to_string(),
+            args: args.join(" "),
+            status,
+            stderr: if out.stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                out.stderr
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// [`run`], but any exit status is returned with the output (for batches in which some
+/// commands are expected to fail).
+pub fn run_any(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<(ExitStatus, Output), ProcessError> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -71,22 +94,13 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output,
         let _ = w.join();
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if !out.status.success() {
-        return Err(ProcessError::Failed {
-            program: program.to_string(),
-            args: args.join(" "),
-            status: out.status,
-            stderr: if stderr.is_empty() {
-                "(no error output)".into()
-            } else {
-                stderr
-            },
-        });
-    }
-    Ok(Output {
-        stdout: out.stdout,
-        stderr,
-    })
+    Ok((
+        out.status,
+        Output {
+            stdout: out.stdout,
+            stderr,
+        },
+    ))
 }
 
 #[cfg(test)]

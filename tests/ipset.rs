@@ -351,8 +351,179 @@ fn switch_backends_live(v: Variant) {
     );
 }
 
+/// The node's ledger files that differ between two snapshots (changed, added or removed).
+fn changed_files(
+    a: &std::collections::BTreeMap<String, Vec<u8>>,
+    b: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut names: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Hooks on a node already on the ipset backend: `mount` and `net-add` write only their
+/// container's bucket and index entries and run one `ipset restore` (no `ipset save`);
+/// `umount` of an address vzctl no longer routes to venet runs no ipset at all and leaves
+/// the elements to the next dump, which harvests them exactly. An address still routed to
+/// venet (halted from inside), an IP another container holds: the full run, at once.
+fn quick_hooks(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    // Every ipset run is logged by a wrapper.
+    let calls = node.path("ipset-calls");
+    let wrapper = node.path("ipset-wrapper");
+    write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec ipset \"$@\"\n",
+            calls.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    let text = text.replace(
+        "[netfilter]\n",
+        &format!("[netfilter]\nipset = {}\n", wrapper.display()),
+    );
+    std::fs::write(&node.config, text).unwrap();
+    write(&node.path("conf/101.conf"), "IP_ADDRESS=\"10.0.0.1\"\n");
+    node.ok(&["add", "102", "10.0.0.2"]);
+    let state = node.path("state");
+    let ipset_calls = || {
+        let t = std::fs::read_to_string(&calls).unwrap_or_default();
+        std::fs::remove_file(&calls).ok();
+        t
+    };
+    ipset_calls();
+    let hook = |event: &str, env: &[(&str, &str)]| {
+        let out = node.vzacct_env(&["hook", event], env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let conf = node.path("conf/101.conf").display().to_string();
+    let mount: &[(&str, &str)] = &[("VEID", "101"), ("VE_CONFFILE", &conf)];
+
+    // vzctl start 101: mount.
+    let before = ledger_files(&state);
+    let out = hook("mount", mount);
+    assert_eq!(
+        out,
+        "vzacct hook mount: accounting 10.0.0.1 (new: 10.0.0.1)\n"
+    );
+    assert_eq!(ipset_calls(), "restore -exist\n");
+    assert_eq!(
+        changed_files(&before, &ledger_files(&state)),
+        [ct_bucket_file("101"), ip_bucket_file("10.0.0.1")]
+    );
+    assert_eq!(node.entries("101", false), 4);
+    let mut c101 = to_ct(&node, "101", 300, 3);
+    let mut c102 = to_ct(&node, "102", 200, 2);
+
+    // vzctl stop 101: vps-net_del removes the route, then umount.
+    node.ns.ip("route del 10.0.0.1/32 dev venet0");
+    let before = ledger_files(&state);
+    let out = hook("umount", &[("VEID", "101")]);
+    assert_eq!(
+        out,
+        "vzacct hook umount: stopped accounting 10.0.0.1 (counters kept in the sets until the next dump harvests them)\n"
+    );
+    assert_eq!(ipset_calls(), "");
+    assert_eq!(
+        changed_files(&before, &ledger_files(&state)),
+        [ct_bucket_file("101")]
+    );
+    assert_eq!(node.entries("101", false), 4, "left for the dump");
+    node.ok(&["dump"]);
+    assert_eq!(node.entries("101", false), 0, "harvested and removed");
+    assert_eq!(
+        (total_in(&node, "101"), total_in(&node, "102")),
+        (c101, c102)
+    );
+
+    // Started again, then halted from inside: the route stays, so the full run harvests
+    // and removes the elements at once.
+    node.ns.ip(&format!(
+        "route add 10.0.0.1/32 dev venet0 src {NODE_VENET_V4}"
+    ));
+    ipset_calls();
+    // 101's elements were harvested and removed by the dump, but the next harvest has not
+    // yet seen them gone: 101 still holds 10.0.0.1 in the index, which is its own.
+    assert_eq!(
+        hook("mount", mount),
+        "vzacct hook mount: accounting 10.0.0.1 (new: 10.0.0.1)\n"
+    );
+    assert_eq!(ipset_calls(), "restore -exist\n");
+    c101 += to_ct(&node, "101", 120, 4);
+    let out = hook("umount", &[("VEID", "101")]);
+    assert_eq!(
+        out,
+        "vzacct hook umount: stopped accounting 10.0.0.1 [full run: 10.0.0.1 is still routed to venet0]\n"
+    );
+    assert_eq!(node.entries("101", false), 0, "removed at once");
+    to_ct(&node, "101", 500, 1); // halted: not counted
+
+    // 102 takes 10.0.0.1 before any dump: 101 still holds it in the index (its last
+    // harvest saw the elements), so the full run moves it.
+    let out = hook(
+        "net-add",
+        &[
+            ("VEID", "102"),
+            ("VE_STATE", "running"),
+            ("IP_ADDR", "10.0.0.1"),
+        ],
+    );
+    assert_eq!(
+        out,
+        "vzacct hook net-add: VE_STATE=running accounting 10.0.0.1 (new: 10.0.0.1) [full run: 10.0.0.1 is held by container 101]\n"
+    );
+    c102 += to_ct(&node, "101", 64, 2); // 101's namespace still answers for 10.0.0.1
+    node.ok(&["dump"]);
+    assert_eq!(
+        (total_in(&node, "101"), total_in(&node, "102")),
+        (c101, c102)
+    );
+    // After that dump nobody else holds it: 102's next event is quick again.
+    ipset_calls();
+    let out = hook(
+        "net-add",
+        &[
+            ("VEID", "102"),
+            ("VE_STATE", "running"),
+            ("IP_ADDR", "10.0.0.1"),
+        ],
+    );
+    assert_eq!(
+        out,
+        "vzacct hook net-add: VE_STATE=running accounting 10.0.0.1 (new: none)\n"
+    );
+    assert_eq!(ipset_calls(), "restore -exist\n");
+    c102 += to_ct(&node, "101", 64, 3);
+    node.ok(&["dump"]);
+    assert_eq!(
+        (total_in(&node, "101"), total_in(&node, "102")),
+        (c101, c102)
+    );
+}
+
 mod ipset_backend {
     use super::*;
+    #[test]
+    fn legacy_quick_hooks() {
+        quick_hooks(Variant::LegacyIpset)
+    }
+    #[test]
+    fn nft_quick_hooks() {
+        quick_hooks(Variant::NftIpset)
+    }
     #[test]
     fn legacy_exact_sets_and_rules() {
         exact_sets_and_rules(Variant::LegacyIpset)

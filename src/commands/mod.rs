@@ -3,6 +3,7 @@
 //! append the closed days' CSV rows, write the ledger, apply one batch per family.
 
 pub mod change;
+pub mod event;
 pub mod node;
 pub mod view;
 

@@ -725,10 +725,19 @@ pub fn ledger_json(state: &Path) -> serde_json::Value {
 
 /// The name of the bucket file of a container (see src/ledger_store.rs).
 pub fn ct_bucket_file(ctid: &str) -> String {
+    format!("ct-{:02x}.json", fnv_low_byte(ctid))
+}
+
+/// The name of the index bucket file of an IP (see src/ledger_store.rs).
+pub fn ip_bucket_file(ip: &str) -> String {
+    format!("ip-{:02x}.json", fnv_low_byte(ip))
+}
+
+fn fnv_low_byte(text: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in ctid.bytes() {
+    for b in text.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    format!("ct-{:02x}.json", h & 0xff)
+    h & 0xff
 }

@@ -1,0 +1,61 @@
+//! Whether packets to an address would leave through the venet interface. With ipset, a
+//! stopped container's set elements can count nothing once vzctl removed its routes, so a
+//! hook may leave them for the next dump to harvest instead of reading every set now.
+
+use std::net::IpAddr;
+
+use crate::process::{self, ProcessError};
+
+/// The addresses of `ips` that the node routes through `iface` (one `ip -batch` run; an
+/// unreachable address is simply not routed there).
+pub fn routed_via(
+    ip_program: &str,
+    ips: &[IpAddr],
+    iface: &str,
+) -> Result<Vec<IpAddr>, ProcessError> {
+    if ips.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch: String = ips.iter().map(|ip| format!("route get {ip}\n")).collect();
+    let (_, out) = process::run_any(
+        ip_program,
+        &["-o", "-force", "-batch", "-"],
+        Some(batch.as_bytes()),
+    )?;
+    Ok(parse(&String::from_utf8_lossy(&out.stdout), ips, iface))
+}
+
+/// Pure: read `ip -o route get` lines ("ADDR [from ...] dev IFACE ...").
+fn parse(text: &str, ips: &[IpAddr], iface: &str) -> Vec<IpAddr> {
+    let mut via = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(addr) = words.first().and_then(|w| w.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let dev = words.windows(2).find(|w| w[0] == "dev").map(|w| w[1]);
+        if dev == Some(iface) && ips.contains(&addr) && !via.contains(&addr) {
+            via.push(addr);
+        }
+    }
+    via
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_route_get_lines() {
+        let ips: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "2001:db8::1", "10.0.0.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let text = "10.0.0.1 dev venet0 uid 0 \\    cache \n\
+                    2001:db8::1 from :: dev venet0 src ::1 metric 1024 pref medium\n\
+                    10.0.0.3 via 192.0.2.1 dev eth0 src 192.0.2.9 uid 0 \\    cache \n\
+                    10.0.0.9 dev venet0 uid 0\n";
+        assert_eq!(parse(text, &ips, "venet0"), vec![ips[0], ips[2]]);
+        assert_eq!(parse(text, &ips, "venet1"), Vec::<IpAddr>::new());
+    }
+}
