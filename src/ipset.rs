@@ -51,22 +51,39 @@ pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
     Some((kind, family))
 }
 
-/// An element of one of our sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Element {
-    pub set: String,
-    pub ip: IpAddr,
-    /// The container named by the element's comment; None for an element we did not write.
-    pub ctid: Option<Ctid>,
-    pub counters: Counters,
-}
-
 /// What the kernel holds of our sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sets {
     /// Our sets that exist, and whether each has counters and comments.
     pub present: BTreeMap<String, bool>,
-    pub elements: Vec<Element>,
+    /// The elements tagged with a container, as counted traffic for harvest and status
+    /// (`iface` stays empty: every set is matched on venet). Their keys differ from the plain
+    /// rules' keys, so a backend switch never mistakes one for the other.
+    pub elements: Vec<Counted>,
+    /// Elements without a container's comment (not ours to count): (kind, IP).
+    pub untagged: Vec<(Kind, IpAddr)>,
+    /// The tagged elements once their counters are harvested ([`Sets::compact`]).
+    pub placed: Vec<(Kind, IpAddr, Ctid)>,
+}
+
+impl Sets {
+    /// Every element: (kind, IP, container of its comment).
+    pub fn all(&self) -> impl Iterator<Item = (Kind, IpAddr, Option<&Ctid>)> {
+        self.elements
+            .iter()
+            .map(|e| (e.kind, e.ip, Some(&e.ctid)))
+            .chain(self.placed.iter().map(|(k, ip, c)| (*k, *ip, Some(c))))
+            .chain(self.untagged.iter().map(|(k, ip)| (*k, *ip, None)))
+    }
+
+    /// Keep only where the elements are, not their counters (harvested): a large node's
+    /// elements then take a third of the memory while the plan is made.
+    pub fn compact(&mut self) {
+        let elements = std::mem::take(&mut self.elements);
+        self.placed.reserve_exact(elements.len());
+        self.placed
+            .extend(elements.into_iter().map(|e| (e.kind, e.ip, e.ctid)));
+    }
 }
 
 /// `ipset save` output that could not be understood.
@@ -82,8 +99,37 @@ const COMMENT_PREFIX: &str = "ct:";
 
 /// Parse `ipset save`, keeping our sets only.
 pub fn parse_save(text: &str) -> Result<Sets, ParseError> {
-    let mut sets = Sets::default();
-    for (idx, line) in text.lines().enumerate() {
+    // One element per line: sized once, not grown by doubling (a large node has 80,000).
+    let adds = text
+        .lines()
+        .filter(|l| l.starts_with("add vzacct-"))
+        .count();
+    let mut p = SaveParser::with_capacity(adds);
+    for line in text.lines() {
+        p.line(line)?;
+    }
+    Ok(p.finish())
+}
+
+/// `ipset save` read line by line (so its output need not be held in memory at once).
+#[derive(Debug, Default)]
+pub struct SaveParser {
+    sets: Sets,
+    lines: usize,
+}
+
+impl SaveParser {
+    /// `elements`: how many of our elements to expect (room is made for them at once).
+    pub fn with_capacity(elements: usize) -> SaveParser {
+        let mut p = SaveParser::default();
+        p.sets.elements.reserve_exact(elements);
+        p
+    }
+
+    pub fn line(&mut self, line: &str) -> Result<(), ParseError> {
+        self.lines += 1;
+        let sets = &mut self.sets;
+        let idx = self.lines - 1;
         let err = |reason| ParseError {
             line: idx + 1,
             reason,
@@ -101,6 +147,10 @@ pub fn parse_save(text: &str) -> Result<Sets, ParseError> {
                     .next()
                     .and_then(|w| w.parse().ok())
                     .ok_or_else(|| err("bad element address"))?;
+                let (kind, family) = parse_set_name(name).ok_or_else(|| err("bad set name"))?;
+                if Family::of(&ip) != family {
+                    return Err(err("address of the other family"));
+                }
                 let mut counters = Counters::default();
                 let mut ctid = None;
                 while let Some(w) = words.next() {
@@ -124,41 +174,25 @@ pub fn parse_save(text: &str) -> Result<Sets, ParseError> {
                         _ => {}
                     }
                 }
-                sets.elements.push(Element {
-                    set: name.to_string(),
-                    ip,
-                    ctid,
-                    counters,
-                });
+                match ctid {
+                    Some(ctid) => sets.elements.push(Counted {
+                        ctid,
+                        ip,
+                        kind,
+                        iface: String::new(),
+                        key: element_key(name, &ip),
+                        counters,
+                    }),
+                    None => sets.untagged.push((kind, ip)),
+                }
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(sets)
-}
 
-impl Sets {
-    /// The elements as counted traffic, for harvest and status. Their keys differ from the
-    /// plain rules' keys, so a backend switch never mistakes one for the other.
-    pub fn counted(&self, venet: &str) -> Vec<Counted> {
-        self.elements
-            .iter()
-            .filter_map(|e| {
-                let (kind, _) = parse_set_name(&e.set)?;
-                let ctid = e.ctid.clone()?;
-                Some(Counted {
-                    ctid,
-                    ip: e.ip,
-                    kind,
-                    iface: match kind {
-                        Kind::ForwardIn | Kind::ForwardOut => String::new(),
-                        _ => venet.to_string(),
-                    },
-                    key: element_key(&e.set, &e.ip),
-                    counters: e.counters,
-                })
-            })
-            .collect()
+    pub fn finish(self) -> Sets {
+        self.sets
     }
 }
 
@@ -200,8 +234,9 @@ pub fn adds_for(ctid: &Ctid, ips: &[(IpAddr, bool)]) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetPlan {
     pub create: Vec<String>,
-    pub add: Vec<(String, IpAddr, Ctid)>,
-    pub del: Vec<(String, IpAddr)>,
+    /// Elements by kind (the set is the kind's in the IP's family).
+    pub add: Vec<(Kind, IpAddr, Ctid)>,
+    pub del: Vec<(Kind, IpAddr)>,
     pub destroy: Vec<String>,
 }
 
@@ -223,10 +258,11 @@ impl SetPlan {
                 "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
             );
         }
-        for (set, ip) in &self.del {
-            let _ = writeln!(out, "del {set} {ip}");
+        for (kind, ip) in &self.del {
+            let _ = writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)));
         }
-        for (set, ip, ctid) in &self.add {
+        for (kind, ip, ctid) in &self.add {
+            let set = set_name(*kind, Family::of(ip));
             let _ = writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"");
         }
         out
@@ -251,13 +287,13 @@ pub fn plan(
     current: &Sets,
 ) -> SetPlan {
     let mut p = SetPlan::default();
-    let mut want: HashMap<(String, IpAddr), &Ctid> = HashMap::new();
+    // Who should own each IP (every kind alike).
+    let mut want: HashMap<IpAddr, &Ctid> = HashMap::new();
+    let mut created: Vec<(Kind, Family)> = Vec::new();
     if use_sets {
         for (ctid, ips) in wanted {
             for ip in ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
-                for kind in Kind::ALL {
-                    want.insert((set_name(kind, Family::of(ip)), *ip), ctid);
-                }
+                want.insert(*ip, ctid);
             }
         }
         for family in families {
@@ -266,29 +302,35 @@ pub fn plan(
                 // A set of our name without counters cannot count; `check` reports it.
                 if !current.present.contains_key(&name) {
                     p.create.push(name);
+                    created.push((kind, *family));
                 }
             }
         }
     } else {
         p.destroy.extend(current.present.keys().cloned());
     }
-    let mut have: HashMap<(String, IpAddr), Option<&Ctid>> = HashMap::new();
-    for e in &current.elements {
-        have.insert((e.set.clone(), e.ip), e.ctid.as_ref());
+    let mut have: HashMap<(Kind, IpAddr), Option<&Ctid>> = HashMap::new();
+    for (kind, ip, owner) in current.all() {
+        have.insert((kind, ip), owner);
     }
-    let mut del: Vec<(String, IpAddr)> = Vec::new();
+    let mut del: Vec<(Kind, IpAddr)> = Vec::new();
     for (key, owner) in &have {
-        if want.get(key).map(|c| Some(*c)) != Some(*owner) && use_sets {
-            del.push(key.clone());
+        if want.get(&key.1).map(|c| Some(*c)) != Some(*owner) && use_sets {
+            del.push(*key);
         }
     }
     del.sort();
     p.del = del;
-    let mut add: Vec<(String, IpAddr, Ctid)> = want
-        .iter()
-        .filter(|(key, ctid)| have.get(*key) != Some(&Some(**ctid)) || p.create.contains(&key.0))
-        .map(|((set, ip), ctid)| (set.clone(), *ip, (*ctid).clone()))
-        .collect();
+    let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
+    for (ip, ctid) in &want {
+        for kind in Kind::ALL {
+            if have.get(&(kind, *ip)) != Some(&Some(*ctid))
+                || created.contains(&(kind, Family::of(ip)))
+            {
+                add.push((kind, *ip, (*ctid).clone()));
+            }
+        }
+    }
     add.sort();
     p.add = add;
     p
@@ -334,10 +376,9 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
                 bytes: 384
             }
         );
-        assert_eq!(s.elements[0].ctid.as_ref().unwrap().as_str(), "101");
-        let c = s.counted("venet0");
-        assert_eq!(c[0].key, "set vzacct-fi4 10.0.0.1");
-        assert_eq!(c[0].kind, Kind::ForwardIn);
+        assert_eq!(s.elements[0].ctid.as_str(), "101");
+        assert_eq!(s.elements[0].key, "set vzacct-fi4 10.0.0.1");
+        assert_eq!(s.elements[0].kind, Kind::ForwardIn);
     }
 
     #[test]
@@ -355,10 +396,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         let p = plan(&wanted, &[Family::V4], true, &s);
         assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
         assert!(p.destroy.is_empty());
-        assert_eq!(
-            p.del,
-            [("vzacct-fi4".to_string(), "10.0.0.9".parse().unwrap())]
-        );
+        assert_eq!(p.del, [(Kind::ForwardIn, "10.0.0.9".parse().unwrap())]);
         let batch = p.render();
         assert!(batch.starts_with("create vzacct-li4 hash:ip family inet hashsize 65536 maxelem 1048576 counters comment\n"), "{batch}");
         assert!(batch.contains("del vzacct-fi4 10.0.0.9\n"));

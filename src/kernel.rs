@@ -19,12 +19,15 @@ pub struct Kernel {
     pub sets: Option<Sets>,
     /// Whether the counters live in sets (the backend in use).
     pub use_sets: bool,
+    /// The per-IP rules found, as counted traffic.
+    rules_counted: Vec<Counted>,
 }
 
 impl Kernel {
     /// Read every family's table and, where ipset is wanted or may hold our sets, the sets.
     /// A missing or broken iptables stops the command before anything changes.
-    pub fn read(config: &Config, families: &[Family]) -> Result<Kernel, Error> {
+    /// `expected`: about how many set elements of ours there are (the ledger knows).
+    pub fn read(config: &Config, families: &[Family], expected: usize) -> Result<Kernel, Error> {
         let mut tables = Vec::new();
         for family in families {
             let t = Tables::new(config, *family);
@@ -33,30 +36,45 @@ impl Kernel {
         }
         let ipset = Ipset::new(config);
         let (sets, use_sets) = match config.backend {
-            Backend::Ipset => (Some(ipset.read()?), true),
+            Backend::Ipset => (Some(ipset.read(expected)?), true),
             // Still read, so that sets left by an earlier ipset backend are harvested and
             // removed; no ipset program is fine.
-            Backend::Iptables => (ipset.read().ok(), false),
+            Backend::Iptables => (ipset.read(expected).ok(), false),
             Backend::Auto => {
-                let sets = ipset.read().ok();
+                let sets = ipset.read(expected).ok();
                 let usable = sets.is_some();
                 (sets, usable)
             }
         };
+        let rules_counted = tables.iter().flat_map(|(_, c)| c.counted()).collect();
         Ok(Kernel {
             tables,
             sets,
             use_sets,
+            rules_counted,
         })
     }
 
     /// Every counter of ours, rules and set elements alike.
-    pub fn counted(&self, venet: &str) -> Vec<Counted> {
-        let mut all: Vec<Counted> = self.tables.iter().flat_map(|(_, c)| c.counted()).collect();
-        if let Some(s) = &self.sets {
-            all.extend(s.counted(venet));
+    pub fn counted(&self) -> impl Iterator<Item = &Counted> {
+        self.rules_counted
+            .iter()
+            .chain(self.sets.iter().flat_map(|s| s.elements.iter()))
+    }
+
+    /// The counters are harvested: keep only where the set elements are.
+    pub fn compact(&mut self) {
+        if let Some(s) = &mut self.sets {
+            s.compact();
         }
-        all
+    }
+
+    /// Planning is done: forget the set elements (not needed to save and apply).
+    pub fn drop_elements(&mut self) {
+        if let Some(s) = &mut self.sets {
+            s.elements = Vec::new();
+            s.placed = Vec::new();
+        }
     }
 
     /// The rules vzacct wants in one family under the backend in use.
@@ -70,16 +88,19 @@ impl Kernel {
 
     /// Which counters of the backend in use are in place: (container, IP, kind).
     pub fn present(&self, venet: &str) -> HashSet<(Ctid, IpAddr, Kind)> {
-        let from_rules = self.tables.iter().flat_map(|(_, c)| c.counted());
-        let counted: Vec<Counted> = if self.use_sets {
-            self.sets.iter().flat_map(|s| s.counted(venet)).collect()
-        } else {
-            from_rules.collect()
-        };
-        counted
-            .into_iter()
+        if self.use_sets {
+            // Every set is matched on venet: no interface to compare.
+            return self
+                .sets
+                .iter()
+                .flat_map(|s| s.all())
+                .filter_map(|(kind, ip, ctid)| Some((ctid?.clone(), ip, kind)))
+                .collect();
+        }
+        self.rules_counted
+            .iter()
             .filter(|c| c.kind.chain() == Chain::Forward || c.iface == venet)
-            .map(|c| (c.ctid, c.ip, c.kind))
+            .map(|c| (c.ctid.clone(), c.ip, c.kind))
             .collect()
     }
 

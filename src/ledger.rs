@@ -343,6 +343,12 @@ impl Ledger {
             .collect()
     }
 
+    /// About how many kernel counters of ours exist: one per kind for every IP a container
+    /// accounts or still holds.
+    pub fn expected_elements(&self) -> usize {
+        4 * self.containers.values().map(|c| c.ips.len()).sum::<usize>()
+    }
+
     /// Which container currently owns `ip`, if any.
     pub fn owner(&self, ip: &IpAddr) -> Option<&Ctid> {
         self.containers
@@ -399,9 +405,9 @@ impl Ledger {
     /// duplicate copies of a rule only the last is followed (each copy counts the same
     /// packets, and the last is the one planning keeps). Closes finished days first, so the
     /// traffic counts for `today`, and returns the closed days' rows.
-    pub fn harvest(
+    pub fn harvest<'a>(
         &mut self,
-        kernel: &[Counted],
+        kernel: impl IntoIterator<Item = &'a Counted>,
         boot_id: &str,
         today: NaiveDate,
         new_boot_policy: NewBoot,
@@ -416,24 +422,23 @@ impl Ledger {
             self.boot_id = Some(boot_id.to_string());
         }
         let rows = self.close_days(today);
-        // The last copy of every rule (or set element), per container.
-        let mut last: BTreeMap<&Ctid, BTreeMap<&str, (&Counted, Counters)>> = BTreeMap::new();
-        for c in kernel {
-            last.entry(&c.ctid)
-                .or_default()
-                .insert(c.key.as_str(), (c, c.counters));
-        }
+        // Every rule (or set element) by container and key; of duplicate copies the last
+        // (the sort is stable) is the one followed.
+        let mut all: Vec<&Counted> = kernel.into_iter().collect();
+        all.sort_by(|a, b| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str())));
         let credit_all = !(new_boot && new_boot_policy == NewBoot::Baseline);
         // A container none of whose rules is in the kernel any more keeps no baselines.
         for (ctid, c) in &mut self.containers {
-            if !last.contains_key(ctid) {
+            if all.binary_search_by(|k| k.ctid.cmp(ctid)).is_err() {
                 c.seen.clear();
             }
         }
-        for (ctid, rules) in last {
-            let c = self.containers.entry(ctid.clone()).or_default();
+        for group in all.chunk_by(|a, b| a.ctid == b.ctid) {
+            let c = self.containers.entry(group[0].ctid.clone()).or_default();
             let mut seen = BTreeMap::new();
-            for (key, (rule, now)) in rules {
+            for copies in group.chunk_by(|a, b| a.key == b.key) {
+                let rule = copies[copies.len() - 1];
+                let (key, now) = (rule.key.as_str(), rule.counters);
                 let delta = match c.seen.get(key) {
                     Some(b) if now.packets >= b.packets && now.bytes >= b.bytes => Counters {
                         packets: now.packets - b.packets,

@@ -126,15 +126,17 @@ impl Ipset {
         }
     }
 
-    /// One read of every set, keeping ours.
-    pub fn read(&self) -> Result<crate::ipset::Sets, IpsetError> {
-        let out = process::run(&self.program, &["save"], None).map_err(IpsetError::Read)?;
-        crate::ipset::parse_save(&String::from_utf8_lossy(&out.stdout)).map_err(|source| {
-            IpsetError::Parse {
+    /// One read of every set, keeping ours, parsed as it is printed. `expected`: about how
+    /// many elements of ours there are (room is made for them at once).
+    pub fn read(&self, expected: usize) -> Result<crate::ipset::Sets, IpsetError> {
+        let mut parser = crate::ipset::SaveParser::with_capacity(expected);
+        process::run_lines(&self.program, &["save"], |line| parser.line(line))
+            .map_err(IpsetError::Read)?
+            .map_err(|source| IpsetError::Parse {
                 program: self.program.clone(),
                 source,
-            }
-        })
+            })?;
+        Ok(parser.finish())
     }
 
     /// Apply one `ipset restore` batch; nothing is run for an empty one.

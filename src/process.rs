@@ -103,6 +103,86 @@ pub fn run_any(
     ))
 }
 
+/// Run `program` with `args` (stdin /dev/null) and hand each line of its stdout to `each`
+/// as it comes, so a large output is never held whole. A non-zero exit is an error as with
+/// [`run`]; an error of `each` stops the reading (closing the pipe ends the child) and is
+/// returned inside `Ok`.
+pub fn run_lines<E>(
+    program: &str,
+    args: &[&str],
+    mut each: impl FnMut(&str) -> Result<(), E>,
+) -> Result<Result<(), E>, ProcessError> {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ProcessError::NotFound {
+                program: program.to_string(),
+            },
+            _ => ProcessError::Spawn {
+                program: program.to_string(),
+                source,
+            },
+        })?;
+    let spawn_err = |source| ProcessError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    // stderr is drained by a thread, so a chatty child cannot block on it.
+    let err_reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let mut outcome = Ok(());
+    if let Some(stdout) = child.stdout.take() {
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    if let Err(e) = each(line.trim_end_matches(['\n', '\r'])) {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(spawn_err(e));
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(spawn_err)?;
+    let stderr = err_reader
+        .and_then(|t| t.join().ok())
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    if outcome.is_ok() && !status.success() {
+        return Err(ProcessError::Failed {
+            program: program.to_string(),
+            args: args.join(" "),
+            status,
+            stderr: if stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                stderr
+            },
+        });
+    }
+    Ok(outcome)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +208,31 @@ mod tests {
             msg.contains("boom") && msg.contains("exit status: 3"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn lines_come_one_by_one_and_failures_are_reported() {
+        let mut got = Vec::new();
+        let r = run_lines("sh", &["-c", "printf 'a\\nb c\\n\\nd'"], |l| {
+            got.push(l.to_string());
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        assert_eq!(r, Ok(()));
+        assert_eq!(got, ["a", "b c", "", "d"]);
+        let r = run_lines("sh", &["-c", "yes | head -c 10000000"], |l| {
+            if l == "y" { Err("stop") } else { Ok(()) }
+        })
+        .unwrap();
+        assert_eq!(r, Err("stop"));
+        let e = run_lines("sh", &["-c", "echo out; echo boom >&2; exit 4"], |_| {
+            Ok::<(), ()>(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert!(matches!(
+            run_lines("vzacct-no-such-program", &[], |_| Ok::<(), ()>(())),
+            Err(ProcessError::NotFound { .. })
+        ));
     }
 }

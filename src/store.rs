@@ -182,7 +182,8 @@ pub fn commit_files(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
         [] => Ok(()),
         [FileChange::Write(name, bytes)] => write_atomic(dir, name, bytes),
         _ => {
-            write_atomic(dir, PENDING, &render_pending(changes))?;
+            replace_file_with(dir, PENDING, 0o600, |w| write_pending(w, changes))?;
+            File::open(dir)?.sync_all()?;
             carry_out(dir, changes)
         }
     }
@@ -217,19 +218,25 @@ fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn render_pending(changes: &[FileChange]) -> Vec<u8> {
-    let mut out = PENDING_MAGIC.as_bytes().to_vec();
+fn write_pending(out: &mut dyn Write, changes: &[FileChange]) -> std::io::Result<()> {
+    out.write_all(PENDING_MAGIC.as_bytes())?;
     for c in changes {
         match c {
             FileChange::Write(name, bytes) => {
-                out.extend_from_slice(format!("W {name} {}\n", bytes.len()).as_bytes());
-                out.extend_from_slice(bytes);
-                out.push(b'\n');
+                writeln!(out, "W {name} {}", bytes.len())?;
+                out.write_all(bytes)?;
+                out.write_all(b"\n")?;
             }
-            FileChange::Remove(name) => out.extend_from_slice(format!("R {name}\n").as_bytes()),
+            FileChange::Remove(name) => writeln!(out, "R {name}")?,
         }
     }
-    out.extend_from_slice(b"END\n");
+    out.write_all(b"END\n")
+}
+
+#[cfg(test)]
+fn render_pending(changes: &[FileChange]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = write_pending(&mut out, changes);
     out
 }
 
@@ -276,6 +283,16 @@ fn parse_pending(bytes: &[u8]) -> Option<Vec<FileChange>> {
 /// Write `dir/name` through a fresh temp file (fsynced) renamed over it; the caller syncs
 /// the directory.
 fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_file_with(dir, name, mode, |w| w.write_all(bytes))
+}
+
+/// [`replace_file`] with the content written by `fill` (through a buffer).
+fn replace_file_with(
+    dir: &Path,
+    name: &str,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
@@ -292,7 +309,11 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Res
     // The umask may have taken bits away; the file gets exactly `mode`.
     let written = f
         .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .and_then(|()| f.write_all(bytes))
+        .and_then(|()| {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
+            fill(&mut w)?;
+            w.flush()
+        })
         .and_then(|()| f.sync_all());
     if let Err(e) = written {
         drop(f);

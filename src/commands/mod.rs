@@ -126,10 +126,12 @@ struct Session {
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let kernel = Kernel::read(&ctx.config, &ctx.families())?;
+    let kernel = Kernel::read(&ctx.config, &ctx.families(), ledger.expected_elements())?;
     let boot_id = ctx.boot_id()?;
-    let counted = kernel.counted(&ctx.config.venet_interface);
-    let (harvest, rows) = ledger.harvest(&counted, &boot_id, ctx.today(), policy);
+    let counted = kernel.counted();
+    let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);
+    let mut kernel = kernel;
+    kernel.compact();
     Ok(Session {
         locked,
         ledger,
@@ -154,6 +156,7 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
     let plan = s
         .kernel
         .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
+    s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows)?;
     s.ledger.prune();
     s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;

@@ -167,7 +167,7 @@ struct StatusDoc {
 pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let ledger = locked.load()?;
-    let kernel = Kernel::read(&ctx.config, &ctx.families())?;
+    let kernel = Kernel::read(&ctx.config, &ctx.families(), ledger.expected_elements())?;
     drop(locked);
     let accounted = ledger.accounted();
     let venet = &ctx.config.venet_interface;
