@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use compact_str::CompactString;
+
 use crate::ctid::Ctid;
 use crate::ruleset::{Counted, Counters, Family, Kind};
 
@@ -179,7 +181,7 @@ impl SaveParser {
                         ctid,
                         ip,
                         kind,
-                        iface: String::new(),
+                        iface: CompactString::default(),
                         key: element_key(name, &ip),
                         counters,
                     }),
@@ -197,12 +199,12 @@ impl SaveParser {
 }
 
 /// The identity of a set element within its container's `seen` map.
-pub fn element_key(set: &str, ip: &IpAddr) -> String {
-    format!("set {set} {ip}")
+pub fn element_key(set: &str, ip: &IpAddr) -> CompactString {
+    compact_str::format_compact!("set {set} {ip}")
 }
 
 /// The `seen` keys of one IP's elements, one per set of its family.
-pub fn element_keys(ip: &IpAddr) -> Vec<String> {
+pub fn element_keys(ip: &IpAddr) -> Vec<CompactString> {
     Kind::ALL
         .iter()
         .map(|k| element_key(&set_name(*k, Family::of(ip)), ip))

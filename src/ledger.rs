@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
@@ -150,7 +151,7 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_closed: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub seen: BTreeMap<String, Counters>,
+    pub seen: BTreeMap<CompactString, Counters>,
 }
 
 impl Container {
@@ -293,16 +294,15 @@ pub enum NewBoot {
 }
 
 /// The identity of a rule within its container's `seen` map.
-pub fn seen_key(rule: &Rule) -> String {
+pub fn seen_key(rule: &Rule) -> CompactString {
     let kind = match rule.kind {
         Kind::ForwardIn => "forward_in",
         Kind::ForwardOut => "forward_out",
         Kind::LocalIn => "local_in",
         Kind::LocalOut => "local_out",
     };
-    format!("{kind} {} {}", rule.ip, rule.iface)
-        .trim_end()
-        .to_string()
+    let key = compact_str::format_compact!("{kind} {} {}", rule.ip, rule.iface);
+    CompactString::from(key.trim_end())
 }
 
 impl Ledger {
@@ -463,7 +463,7 @@ impl Ledger {
                     c.open_day(today).figures.credit(rule.kind, delta);
                     report.counted.credit(rule.kind, delta);
                 }
-                seen.insert(key.to_string(), now);
+                seen.insert(rule.key.clone(), now);
             }
             c.seen = seen;
         }

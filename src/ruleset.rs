@@ -212,9 +212,9 @@ pub struct Counted {
     pub ctid: Ctid,
     pub ip: IpAddr,
     pub kind: Kind,
-    pub iface: String,
+    pub iface: compact_str::CompactString,
     /// Identity of the counter within the container, stable while the rule or element lives.
-    pub key: String,
+    pub key: compact_str::CompactString,
     pub counters: Counters,
 }
 
@@ -538,7 +538,7 @@ impl Current {
                     ctid: r.ctid.clone(),
                     ip: r.ip,
                     kind: r.kind,
-                    iface: r.iface.clone(),
+                    iface: r.iface.as_str().into(),
                     key: crate::ledger::seen_key(r),
                     counters: s.counters,
                 })
