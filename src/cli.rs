@@ -88,6 +88,10 @@ pub enum Command {
     /// VEID, VE_CONFFILE (mount), VE_STATE and IP_ADDR (net-add, net-del). Never fails
     /// vzctl: errors go to stderr and the hook log, and the exit status is 0, unless
     /// `strict = yes` under [vzctl]. Waits at most `hook_lock_timeout` seconds for the lock.
+    /// With ipset, a hook touches only its container's ledger bucket and set elements;
+    /// stopping to account an address vzctl no longer routes to venet leaves its elements to
+    /// the next dump, which harvests them exactly. Otherwise (an IP another container holds,
+    /// a new boot, rules to repair, iptables backend) it runs the full pipeline.
     Hook {
         /// mount, umount, net-add or net-del.
         #[arg(value_enum)]

@@ -27,7 +27,15 @@ impl Kernel {
     /// Read every family's table and, where ipset is wanted or may hold our sets, the sets.
     /// A missing or broken iptables stops the command before anything changes.
     /// `expected`: about how many set elements of ours there are (the ledger knows).
-    pub fn read(config: &Config, families: &[Family], expected: usize) -> Result<Kernel, Error> {
+    /// `sets_in_use`: the last full run used the ipset backend, so sets of ours with counters
+    /// not yet harvested exist; then the sets must be read whatever the backend (a harvest
+    /// that could not see them would take their counters for new later: counted twice).
+    pub fn read(
+        config: &Config,
+        families: &[Family],
+        expected: usize,
+        sets_in_use: bool,
+    ) -> Result<Kernel, Error> {
         let mut tables = Vec::new();
         for family in families {
             let t = Tables::new(config, *family);
@@ -35,13 +43,18 @@ impl Kernel {
             tables.push((t, current));
         }
         let ipset = Ipset::new(config);
+        let read = |expected| match ipset.read(expected) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if sets_in_use => Err(e),
+            Err(_) => Ok(None),
+        };
         let (sets, use_sets) = match config.backend {
             Backend::Ipset => (Some(ipset.read(expected)?), true),
             // Still read, so that sets left by an earlier ipset backend are harvested and
-            // removed; no ipset program is fine.
-            Backend::Iptables => (ipset.read(expected).ok(), false),
+            // removed; no ipset program is fine when none was in use.
+            Backend::Iptables => (read(expected)?, false),
             Backend::Auto => {
-                let sets = ipset.read(expected).ok();
+                let sets = read(expected)?;
                 let usable = sets.is_some();
                 (sets, usable)
             }

@@ -152,6 +152,10 @@ pub struct Container {
     pub last_closed: Option<NaiveDate>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub seen: BTreeMap<CompactString, Counters>,
+    /// IPs no longer accounted whose set elements a hook left in the kernel for the next
+    /// full run to harvest and remove (their `seen` entries are live).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub parked: BTreeSet<IpAddr>,
 }
 
 impl Container {
@@ -163,6 +167,7 @@ impl Container {
     /// entry, harvested and removed at the next full run).
     pub fn held_ips(&self) -> BTreeSet<IpAddr> {
         let mut ips = self.ips.clone();
+        ips.extend(self.parked.iter().copied());
         ips.extend(
             self.seen
                 .keys()
@@ -389,6 +394,7 @@ impl Ledger {
         let c = self.containers.entry(ctid.clone()).or_default();
         c.total_since.get_or_insert(now);
         c.open_day(today);
+        c.parked.remove(&ip);
         c.ips.insert(ip)
     }
 
@@ -528,11 +534,40 @@ impl Ledger {
         }
     }
 
+    /// After a full harvest: parked elements are harvested (and the plan removes them).
+    pub fn unpark_all(&mut self) {
+        for c in self.containers.values_mut() {
+            c.parked.clear();
+        }
+    }
+
+    /// After the kernel was made to match the ledger: the counters of IPs a container no
+    /// longer accounts are gone, so their last-seen values are dropped (a later event may
+    /// then start such an IP from zero without reading the kernel). Returns whether any was.
+    pub fn forget_removed(&mut self) -> bool {
+        let mut any = false;
+        for c in self.containers.values_mut() {
+            let before = c.seen.len();
+            let ips = &c.ips;
+            c.seen.retain(|k, _| {
+                k.split(' ')
+                    .find_map(|w| w.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| ips.contains(&ip))
+            });
+            any |= c.seen.len() != before;
+        }
+        any
+    }
+
     /// Forget containers that carry nothing any more: not accounted, no open day, no totals
     /// and no rule in the kernel.
     pub fn prune(&mut self) {
         self.containers.retain(|_, c| {
-            c.accounted() || c.today.is_some() || !c.total.is_zero() || !c.seen.is_empty()
+            c.accounted()
+                || c.today.is_some()
+                || !c.total.is_zero()
+                || !c.seen.is_empty()
+                || !c.parked.is_empty()
         });
     }
 }
@@ -581,6 +616,30 @@ mod tests {
 
     fn harvest(l: &mut Ledger, k: &Current, boot: &str, d: &str) -> (Harvest, Vec<Row>) {
         l.harvest(&k.counted(), boot, day(d), NewBoot::Count)
+    }
+
+    #[test]
+    fn parked_and_removed_counters() {
+        let mut l = ledger_101();
+        let ct: Ctid = "101".parse().unwrap();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        harvest(&mut l, &kernel(&[(FI, 3, 300)]), "b1", "2026-11-29");
+        // A hook parks the IP: still held (its counters live on).
+        l.unassign(&ct, &ip);
+        l.containers.get_mut(&ct).unwrap().parked.insert(ip);
+        assert!(l.containers[&ct].held_ips().contains(&ip));
+        // A full run harvests and unparks; until its removal is confirmed the last-seen
+        // value keeps the IP held; then it is forgotten.
+        l.unpark_all();
+        assert!(l.containers[&ct].held_ips().contains(&ip));
+        assert!(l.forget_removed());
+        assert!(l.containers[&ct].held_ips().is_empty());
+        assert!(!l.forget_removed());
+        // Accounted IPs keep theirs.
+        l.assign(&ct, ip, now(), day("2026-11-29"));
+        harvest(&mut l, &kernel(&[(FI, 5, 500)]), "b1", "2026-11-29");
+        assert!(!l.forget_removed());
+        assert_eq!(l.containers[&ct].seen.len(), 1);
     }
 
     #[test]

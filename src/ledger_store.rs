@@ -219,6 +219,16 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
                 loaded.v1 = true;
                 return Ok((ledger, loaded));
             }
+            // Buckets without their node file: its boot id is lost, and going on would
+            // take every kernel counter for new (counted twice).
+            if dir.exists() && (0..=255u8).any(|b| dir.join(ct_file(b)).exists()) {
+                return Err(corrupt(
+                    node_path,
+                    FormatError::Json(
+                        "missing, while container buckets exist: restore it from a backup".into(),
+                    ),
+                ));
+            }
         }
     }
     let buckets: Vec<u8> = match scope {
@@ -369,7 +379,12 @@ impl Loaded {
             put(ct_file(b), body);
         }
         // A partial read only ever holds the containers of its buckets.
-        debug_assert!(by_bucket.is_empty() || self.ct_buckets.is_none());
+        if let Some((b, _)) = by_bucket.iter().next() {
+            return Err(StateError::Write {
+                path: self.dir.join(ct_file(*b)),
+                source: std::io::Error::other("internal: a container outside the buckets read"),
+            });
+        }
         // The index: rebuilt for every IP of the buckets read. Holders outside the
         // container buckets read are kept as they were.
         let mut holders: Holders = BTreeMap::new();
@@ -410,30 +425,57 @@ impl Loaded {
             });
             put(ip_file(*b), body);
         }
-        if changes.is_empty() && !self.v1 {
-            return Ok(());
-        }
-        create_dir(&self.dir)?;
-        store::commit_files(&self.dir, &changes).map_err(|source| StateError::Write {
-            path: self.dir.clone(),
-            source,
-        })?;
-        if self.v1 {
-            let old = self.dir.parent().map(|p| p.join(V1));
-            if let Some(old) = old {
-                match std::fs::remove_file(&old) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(StateError::Write {
-                            path: old,
-                            source: e,
-                        });
+        if !changes.is_empty() {
+            let state_dir = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let new_dir = !self.dir.exists();
+            create_dir(&self.dir)?;
+            if new_dir {
+                sync_dir(&state_dir)?;
+            }
+            store::commit_files(&self.dir, &changes).map_err(|source| StateError::Write {
+                path: self.dir.clone(),
+                source,
+            })?;
+            // What is on disk now, for a second save by the same command.
+            for c in &changes {
+                match c {
+                    FileChange::Write(name, bytes) => {
+                        self.read.insert(name.clone(), fingerprint(bytes));
                     }
-                    _ => {}
+                    FileChange::Remove(name) => {
+                        self.read.remove(name);
+                    }
                 }
             }
         }
+        // A format 1 file is gone once a full write replaced it (also one a crash left
+        // behind right after the conversion).
+        if self.ct_buckets.is_none() && self.dir.join(NODE).exists() {
+            let state_dir = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let old = state_dir.join(V1);
+            match std::fs::remove_file(&old) {
+                Ok(()) => sync_dir(&state_dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StateError::Write {
+                        path: old,
+                        source: e,
+                    });
+                }
+            }
+            self.v1 = false;
+        }
         Ok(())
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StateError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn create_dir(dir: &Path) -> Result<(), StateError> {
@@ -585,6 +627,33 @@ mod tests {
         let (again, loaded) = load(dir.path(), &Scope::All).unwrap();
         assert_eq!(again, l);
         assert!(loaded.node_file);
+    }
+
+    #[test]
+    fn buckets_without_their_node_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        loaded.save(&node(), None).unwrap();
+        let before = files(dir.path());
+        std::fs::remove_file(dir.path().join(DIR).join(NODE)).unwrap();
+        let e = load(dir.path(), &Scope::All).unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("node.json"), "{e}");
+        let mut after = files(dir.path());
+        after.insert(NODE.into(), before[NODE].clone());
+        assert_eq!(after, before, "nothing written");
+    }
+
+    #[test]
+    fn a_format_1_file_left_by_a_crash_goes_at_the_next_full_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        loaded.save(&node(), None).unwrap();
+        std::fs::write(dir.path().join(V1), b"{\"format\":1,\"containers\":{}}").unwrap();
+        let (l, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(l, node(), "node.json wins over a leftover ledger.json");
+        loaded.save(&l, None).unwrap();
+        assert!(!dir.path().join(V1).exists());
     }
 
     #[test]

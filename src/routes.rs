@@ -16,13 +16,34 @@ pub fn routed_via(
     if ips.is_empty() {
         return Ok(Vec::new());
     }
-    let batch: String = ips.iter().map(|ip| format!("route get {ip}\n")).collect();
-    let (_, out) = process::run_any(
+    // Loopback always answers: without its line, `ip` itself failed (the batch goes on past
+    // an unreachable address, and then exits 1).
+    let mut batch = String::from("route get 127.0.0.1\n");
+    for ip in ips {
+        batch.push_str(&format!("route get {ip}\n"));
+    }
+    let (status, out) = process::run_any(
         ip_program,
         &["-o", "-force", "-batch", "-"],
         Some(batch.as_bytes()),
     )?;
-    Ok(parse(&String::from_utf8_lossy(&out.stdout), ips, iface))
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("127.0.0.1"))
+    {
+        return Err(ProcessError::Failed {
+            program: ip_program.to_string(),
+            args: "-o -force -batch - (route get)".into(),
+            status,
+            stderr: if out.stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                out.stderr
+            },
+        });
+    }
+    Ok(parse(&text, ips, iface))
 }
 
 /// Pure: read `ip -o route get` lines ("ADDR [from ...] dev IFACE ...").
@@ -44,6 +65,18 @@ fn parse(text: &str, ips: &[IpAddr], iface: &str) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ip_program_that_answers_nothing_is_an_error() {
+        let ips = ["10.0.0.1".parse().unwrap()];
+        for prog in ["true", "false"] {
+            assert!(routed_via(prog, &ips, "venet0").is_err(), "{prog}");
+        }
+        assert_eq!(
+            routed_via("true", &[], "venet0").unwrap(),
+            Vec::<IpAddr>::new()
+        );
+    }
 
     #[test]
     fn reads_route_get_lines() {

@@ -65,7 +65,10 @@ pub enum StateError {
          move it aside and run `vzacct dump` (the ledger files are then as before that write)"
     )]
     BadRedoLog { path: PathBuf },
-    #[error("cannot write ledger {path}; the previous ledger is intact")]
+    #[error(
+        "cannot write ledger {path}; nothing of this command is applied to the kernel (if \
+         its redo log was written, the next vzacct command finishes the ledger write)"
+    )]
     Write {
         path: PathBuf,
         #[source]
@@ -204,18 +207,49 @@ pub fn replay_pending(dir: &Path) -> Result<(), StateError> {
 }
 
 fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
+    // Every new file goes to its temp name first; all are synced together, then renamed
+    // over the old ones.
+    let mut temps = Vec::new();
+    let written = changes.iter().try_for_each(|c| {
+        if let FileChange::Write(name, bytes) = c {
+            temps.push((write_temp(dir, name, 0o600, |w| w.write_all(bytes))?, name));
+        }
+        Ok(())
+    });
+    let synced = written.and_then(|()| {
+        let files: Vec<&File> = temps.iter().map(|((_, f), _)| f).collect();
+        sync_files(dir, &files)
+    });
+    if let Err(e) = synced {
+        for ((tmp, _), _) in &temps {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    for ((tmp, _), name) in &temps {
+        std::fs::rename(tmp, dir.join(name))?;
+    }
     for c in changes {
-        match c {
-            FileChange::Write(name, bytes) => replace_file(dir, name, bytes, 0o600)?,
-            FileChange::Remove(name) => match std::fs::remove_file(dir.join(name)) {
+        if let FileChange::Remove(name) = c {
+            match std::fs::remove_file(dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
-            },
+            }
         }
     }
     File::open(dir)?.sync_all()?;
     std::fs::remove_file(dir.join(PENDING))?;
     File::open(dir)?.sync_all()
+}
+
+/// Make the temp files durable: one fsync each for a few, else one `syncfs` of the file
+/// system (a dump or bring-up writes hundreds of bucket files: 513 fsyncs take ~75 ms on
+/// this disk, one syncfs ~13 ms).
+fn sync_files(dir: &Path, files: &[&File]) -> std::io::Result<()> {
+    if files.len() <= 8 {
+        return files.iter().try_for_each(|f| f.sync_all());
+    }
+    nix::unistd::syncfs(File::open(dir)?).map_err(std::io::Error::from)
 }
 
 fn write_pending(out: &mut dyn Write, changes: &[FileChange]) -> std::io::Result<()> {
@@ -293,7 +327,24 @@ fn replace_file_with(
     mode: u32,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let path = dir.join(name);
+    let (tmp, f) = write_temp(dir, name, mode, fill)?;
+    if let Err(e) = f.sync_all() {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// Write `dir/<name>.tmp` (created fresh with exactly `mode`, never through a symlink), not
+/// yet synced; on error nothing is left behind.
+fn write_temp(
+    dir: &Path,
+    name: &str,
+    mode: u32,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<(PathBuf, File)> {
     let tmp = dir.join(format!("{name}.tmp"));
     // A leftover temp file from a killed run is ours to replace; a symlink is not followed.
     match std::fs::remove_file(&tmp) {
@@ -313,15 +364,13 @@ fn replace_file_with(
             let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
             fill(&mut w)?;
             w.flush()
-        })
-        .and_then(|()| f.sync_all());
+        });
     if let Err(e) = written {
         drop(f);
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    drop(f);
-    std::fs::rename(&tmp, &path)
+    Ok((tmp, f))
 }
 
 #[cfg(test)]
@@ -421,6 +470,26 @@ mod tests {
         assert!(e.to_string().contains("pending"), "{e}");
         assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"old a");
         assert!(dir.path().join(PENDING).exists());
+    }
+
+    #[test]
+    fn a_large_commit_is_synced_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let changes: Vec<FileChange> = (0..40)
+            .map(|i| FileChange::Write(format!("f{i}"), format!("{i}\n").into_bytes()))
+            .collect();
+        commit_files(dir.path(), &changes).unwrap();
+        for i in 0..40 {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(format!("f{i}"))).unwrap(),
+                format!("{i}\n")
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            40,
+            "no temp or log left"
+        );
     }
 
     #[test]

@@ -88,20 +88,32 @@ pub(crate) fn account(
             return Ok(Quick::Full(format!("the {family} rules need repair")));
         }
     }
-    let held = p
-        .ledger
-        .containers
-        .get(ctid)
-        .map(|c| c.held_ips())
-        .unwrap_or_default();
+    // An IP the container accounts, or whose elements a hook parked, has live elements
+    // (kept with their counters); an IP it does not hold at all gets new ones from zero.
+    // One it holds only by a last-seen value has elements a full run was removing without
+    // confirming it: only reading the kernel tells, so the full run does it.
+    let mut fresh = Vec::new();
+    if let Some(c) = p.ledger.containers.get(ctid) {
+        let held = c.held_ips();
+        for ip in ips {
+            let live = c.ips.contains(ip) || c.parked.contains(ip);
+            if !live && held.contains(ip) {
+                return Ok(Quick::Full(format!(
+                    "{ip}: the removal of its earlier counters is not confirmed"
+                )));
+            }
+            fresh.push(!live);
+        }
+    } else {
+        fresh = vec![true; ips.len()];
+    }
     let (now, today) = (ctx.now, ctx.today());
     let mut new = Vec::new();
     let mut elements = Vec::new();
-    for ip in ips {
+    for (ip, fresh) in ips.iter().zip(fresh) {
         if p.ledger.assign_from(ctid, *ip, None, now, today) {
             new.push(*ip);
         }
-        let fresh = !held.contains(ip);
         if fresh {
             // Created from zero below: that is the baseline.
             baseline_zero(&mut p.ledger, ctid, ip);
@@ -161,6 +173,9 @@ pub(crate) fn unaccount(
     // as their holder and the harvest credits it.
     for ip in &removed {
         baseline_zero(&mut p.ledger, ctid, ip);
+        if let Some(c) = p.ledger.containers.get_mut(ctid) {
+            c.parked.insert(*ip);
+        }
     }
     commit_part(ctx, &mut p)?;
     Ok(Quick::Done(removed))

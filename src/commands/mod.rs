@@ -126,10 +126,17 @@ struct Session {
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let kernel = Kernel::read(&ctx.config, &ctx.families(), ledger.expected_elements())?;
+    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
+    let kernel = Kernel::read(
+        &ctx.config,
+        &ctx.families(),
+        ledger.expected_elements(),
+        sets_in_use,
+    )?;
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);
+    ledger.unpark_all();
     let mut kernel = kernel;
     kernel.compact();
     Ok(Session {
@@ -162,6 +169,11 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
     s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
     if apply {
         s.kernel.apply(&ctx.config, &plan)?;
+        // Confirmed gone: their baselines go too (a crash before this save only keeps them,
+        // which sends the next hook for such an IP through the full run).
+        if s.ledger.forget_removed() {
+            s.loaded.save(&s.ledger, None)?;
+        }
     }
     Ok(Committed { plan, rows_written })
 }

@@ -136,7 +136,7 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
             },
         );
     }
-    let kernel = Kernel::read(&ctx.config, &ctx.families(), 0);
+    let kernel = Kernel::read(&ctx.config, &ctx.families(), 0, false);
     if let Err(e) = &kernel {
         item("kernel rules", Err(chain(e)));
     }

@@ -167,7 +167,12 @@ struct StatusDoc {
 pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let ledger = locked.load()?;
-    let kernel = Kernel::read(&ctx.config, &ctx.families(), ledger.expected_elements())?;
+    let kernel = Kernel::read(
+        &ctx.config,
+        &ctx.families(),
+        ledger.expected_elements(),
+        false,
+    )?;
     drop(locked);
     let accounted = ledger.accounted();
     let venet = &ctx.config.venet_interface;
