@@ -16,9 +16,9 @@ pub fn routed_via(
     if ips.is_empty() {
         return Ok(Vec::new());
     }
-    // Loopback always answers: without its line, `ip` itself failed (the batch goes on past
-    // an unreachable address, and then exits 1).
-    let mut batch = String::from("route get 127.0.0.1\n");
+    // The loopback interface always exists (up or not): without its line, `ip` itself
+    // failed (the batch goes on past an unreachable address, and then exits 1).
+    let mut batch = String::from("link show dev lo\n");
     for ip in ips {
         batch.push_str(&format!("route get {ip}\n"));
     }
@@ -30,7 +30,7 @@ pub fn routed_via(
     let text = String::from_utf8_lossy(&out.stdout);
     if !text
         .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("127.0.0.1"))
+        .any(|l| l.split_whitespace().nth(1) == Some("lo:"))
     {
         return Err(ProcessError::Failed {
             program: ip_program.to_string(),
@@ -74,6 +74,17 @@ mod tests {
         }
         assert_eq!(
             routed_via("true", &[], "venet0").unwrap(),
+            Vec::<IpAddr>::new()
+        );
+    }
+
+    #[test]
+    fn asks_the_real_ip() {
+        // Read-only: `ip route get` changes nothing.
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(routed_via("ip", &[lo], "lo").unwrap(), vec![lo]);
+        assert_eq!(
+            routed_via("ip", &[lo], "venet0").unwrap(),
             Vec::<IpAddr>::new()
         );
     }
