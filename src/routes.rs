@@ -46,12 +46,13 @@ pub fn routed_via(
     Ok(parse(&text, ips, iface))
 }
 
-/// Pure: read `ip -o route get` lines ("ADDR [from ...] dev IFACE ...").
+/// Pure: read `ip -o route get` lines ("[TYPE] ADDR [from ...] dev IFACE ...").
 fn parse(text: &str, ips: &[IpAddr], iface: &str) -> Vec<IpAddr> {
     let mut via = Vec::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(addr) = words.first().and_then(|w| w.parse::<IpAddr>().ok()) else {
+        // "ADDR ..." or "TYPE ADDR ..." (local, broadcast, unreachable...).
+        let Some(addr) = words.iter().take(2).find_map(|w| w.parse::<IpAddr>().ok()) else {
             continue;
         };
         let dev = words.windows(2).find(|w| w[0] == "dev").map(|w| w[1]);
@@ -98,8 +99,10 @@ mod tests {
         let text = "10.0.0.1 dev venet0 uid 0 \\    cache \n\
                     2001:db8::1 from :: dev venet0 src ::1 metric 1024 pref medium\n\
                     10.0.0.3 via 192.0.2.1 dev eth0 src 192.0.2.9 uid 0 \\    cache \n\
-                    10.0.0.9 dev venet0 uid 0\n";
+                    10.0.0.9 dev venet0 uid 0\n\
+                    local 10.0.0.2 dev lo src 10.0.0.2 uid 0 \\    cache <local> \n";
         assert_eq!(parse(text, &ips, "venet0"), vec![ips[0], ips[2]]);
         assert_eq!(parse(text, &ips, "venet1"), Vec::<IpAddr>::new());
+        assert_eq!(parse(text, &ips, "lo"), vec![ips[1]]);
     }
 }
