@@ -461,13 +461,13 @@ node_up() { # BACKEND [IPTABLES [IPSET]]
   expect "bring-up of $N containers ($1)" "$(count_ours "$1" "$VARIANT")" "$want"
 }
 node_down() { drop_ns; rm -rf "$DIR"; }
-ct_bucket_file() { # CTID: its ledger bucket file (low byte of the FNV-1a hash of the text)
+ct_bucket_file() { # CTID: its ledger bucket file (FNV-1a hash of the text, modulo 64)
   local t=$1 h=2166136261 i c
   for ((i = 0; i < ${#t}; i++)); do
     printf -v c '%d' "'${t:i:1}"
     h=$(((h ^ c) * 16777619 % 4294967296))
   done
-  printf 'ct-%02x.json' $((h % 256))
+  printf 'ct-%02x.json' $((h % 64))
 }
 hook_conf() { # CTID I: a vzctl config with two IPs
   local i=$2

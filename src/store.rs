@@ -218,7 +218,7 @@ fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
     });
     let synced = written.and_then(|()| {
         let files: Vec<&File> = temps.iter().map(|((_, f), _)| f).collect();
-        sync_files(dir, &files)
+        sync_files(&files)
     });
     if let Err(e) = synced {
         for ((tmp, _), _) in &temps {
@@ -242,14 +242,22 @@ fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Make the temp files durable: one fsync each for a few, else one `syncfs` of the file
-/// system (a dump or bring-up writes hundreds of bucket files: 513 fsyncs take ~75 ms on
-/// this disk, one syncfs ~13 ms).
-fn sync_files(dir: &Path, files: &[&File]) -> std::io::Result<()> {
-    if files.len() <= 8 {
-        return files.iter().try_for_each(|f| f.sync_all());
+/// Make the temp files durable. For more than a few, writeback of all of them is started
+/// first and then each is fsynced, so the disk works on them together: a dump or bring-up
+/// writes hundreds of bucket files (513 files: ~78 ms one fsync after another, ~33 ms so).
+/// Only our files are flushed, unlike `syncfs`, which would wait for every other dirty
+/// page of the file system too.
+fn sync_files(files: &[&File]) -> std::io::Result<()> {
+    if files.len() > 8 {
+        for f in files {
+            use std::os::fd::AsRawFd;
+            // SAFETY: sync_file_range only reads its integer arguments, and the descriptor
+            // stays open for the lifetime of `f`. Its result is ignored on purpose: it only
+            // starts writeback early, and the fsync below reports any failure.
+            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
     }
-    nix::unistd::syncfs(File::open(dir)?).map_err(std::io::Error::from)
+    files.iter().try_for_each(|f| f.sync_all())
 }
 
 fn write_pending(out: &mut dyn Write, changes: &[FileChange]) -> std::io::Result<()> {

@@ -739,5 +739,5 @@ fn fnv_low_byte(text: &str) -> u32 {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    h & 0xff
+    h % 64
 }
