@@ -199,10 +199,14 @@ fn hook_unaccount(
     ips: Option<&[IpAddr]>,
 ) -> Result<(Vec<IpAddr>, String), Error> {
     match event::unaccount(ctx, ctid, ips)? {
-        Quick::Done(removed) => Ok((
-            removed,
-            " (counters kept in the sets until the next dump harvests them)".into(),
-        )),
+        Quick::Done(removed) => {
+            let how = if removed.is_empty() {
+                String::new()
+            } else {
+                " (counters kept in the sets until the next dump harvests them)".into()
+            };
+            Ok((removed, how))
+        }
         Quick::Full(why) => {
             let u = unaccount(ctx, ctid, ips)?;
             Ok((u.removed, format!(" [full run: {why}]")))
