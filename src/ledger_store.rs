@@ -81,7 +81,9 @@ struct NodeFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CtBucket {
-    format: u32,
+    /// Checked by [`parse`] before.
+    #[serde(rename = "format")]
+    _format: u32,
     containers: BTreeMap<Ctid, Container>,
 }
 
@@ -133,6 +135,33 @@ fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FormatError> {
         return Err(FormatError::Version(probe.format));
     }
     serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// Pure: the containers of a `ct-XX.json` file, checked to belong in bucket `bucket` (any
+/// bucket when `None`).
+pub fn parse_ct_bucket(
+    bytes: &[u8],
+    bucket: Option<u8>,
+) -> Result<BTreeMap<Ctid, Container>, FormatError> {
+    let parsed: CtBucket = parse(bytes)?;
+    if let Some(b) = bucket
+        && let Some(id) = parsed.containers.keys().find(|id| ct_bucket(id) != b)
+    {
+        return Err(FormatError::Json(format!(
+            "container {id} does not belong in this file"
+        )));
+    }
+    Ok(parsed.containers)
+}
+
+/// Pure: a `ct-XX.json` file of these containers.
+pub fn render_ct_bucket<'a>(
+    containers: impl Iterator<Item = (&'a Ctid, &'a Container)>,
+) -> Vec<u8> {
+    to_json(&CtBucketRef {
+        format: FORMAT,
+        containers: containers.collect(),
+    })
 }
 
 /// Which part of the ledger a command reads.
@@ -247,19 +276,9 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
         let name = ct_file(b);
         let path = dir.join(&name);
         if let Some(bytes) = read_opt(&path)? {
-            let bucket: CtBucket = parse(&bytes).map_err(|e| corrupt(path.clone(), e))?;
-            if bucket.format != FORMAT {
-                return Err(corrupt(path, FormatError::Version(bucket.format)));
-            }
-            for (id, c) in bucket.containers {
-                if ct_bucket(&id) != b {
-                    return Err(corrupt(
-                        path,
-                        FormatError::Json(format!("container {id} does not belong in this file")),
-                    ));
-                }
-                ledger.containers.insert(id, c);
-            }
+            let containers =
+                parse_ct_bucket(&bytes, Some(b)).map_err(|e| corrupt(path.clone(), e))?;
+            ledger.containers.extend(containers);
             loaded.read.insert(name, fingerprint(&bytes));
         }
     }
@@ -374,12 +393,9 @@ impl Loaded {
             None => (0..BUCKETS).collect(),
         };
         for b in ct_scope {
-            let body = by_bucket.remove(&b).map(|containers| {
-                to_json(&CtBucketRef {
-                    format: FORMAT,
-                    containers,
-                })
-            });
+            let body = by_bucket
+                .remove(&b)
+                .map(|c| render_ct_bucket(c.into_iter()));
             put(ct_file(b), body);
         }
         // A partial read only ever holds the containers of its buckets.

@@ -44,6 +44,7 @@ use proptest::test_runner::FileFailurePersistence;
 use vzacct::config;
 use vzacct::ctconf;
 use vzacct::ledger::Ledger;
+use vzacct::ledger_store;
 use vzacct::ruleset;
 use vzacct::veinfo;
 
@@ -245,6 +246,27 @@ fn check_config(bytes: &[u8]) {
     assert!((1..=3600).contains(&cfg.hook_lock_timeout), "{cfg:?}");
 }
 
+fn check_ledger_bucket(bytes: &[u8]) {
+    let containers = match ledger_store::parse_ct_bucket(bytes, None) {
+        Ok(c) => c,
+        Err(e) => return check_error(&e, &["ledger", "format"]),
+    };
+    let json = ledger_store::render_ct_bucket(containers.iter());
+    let again = ledger_store::parse_ct_bucket(&json, None).unwrap_or_else(|e| {
+        panic!(
+            "render wrote what parse refuses ({}): {}",
+            vzacct::error::chain(&e),
+            String::from_utf8_lossy(&json)
+        )
+    });
+    assert_eq!(again, containers, "parse(render(x)) != x");
+    assert_eq!(
+        ledger_store::render_ct_bucket(again.iter()),
+        json,
+        "render is not stable"
+    );
+}
+
 fn check_ledger(bytes: &[u8]) {
     let ledger = match Ledger::from_json(bytes) {
         Ok(ledger) => ledger,
@@ -405,6 +427,30 @@ const CONFIG: Target = Target {
         b"; comment\n",
         b" = ",
         b"\n[",
+    ],
+};
+
+const LEDGER_BUCKET: Target = Target {
+    name: "ledger_bucket",
+    check: check_ledger_bucket,
+    tokens: &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b"\"format\":2,",
+        b"\"format\":1,",
+        b"\"containers\":{}",
+        b"\"101\":{}",
+        b"\"0\":{}",
+        b"null",
+        b"\"parked\":[\"10.0.0.1\"]",
+        b"\"seen\":{\"set vzacct-fi4 10.0.0.1\":{\"packets\":1,\"bytes\":18446744073709551615}}",
+        b"\"ips\":[\"10.0.0.1\",\"10.0.0.1\"]",
+        b"\"2026-02-30\"",
+        b"\"2026-11-29T12:00:00+23:59\"",
+        b"18446744073709551616",
     ],
 };
 
@@ -799,6 +845,28 @@ fn big_config(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn big_bucket(size: usize) -> Vec<(&'static str, Vec<u8>)> {
+    let mut many = b"{\"format\":2,\"containers\":{".to_vec();
+    many.extend(lines_up_to(size, |i| {
+        format!(
+            "\"{}\":{{\"ips\":[\"{}\"],\"parked\":[\"{}\"],\"seen\":{{\"set vzacct-fi4 {}\":\
+             {{\"packets\":{i},\"bytes\":{i}}}}}}},",
+            i + 1,
+            ipv4(i),
+            ipv4(i + 1),
+            ipv4(i)
+        )
+    }));
+    many.extend_from_slice(b"\"2147483644\":{}}}");
+    let mut deep = b"{\"format\":2,\"containers\":{\"101\":{\"parked\":".to_vec();
+    deep.extend(std::iter::repeat_n(b'[', size));
+    vec![
+        ("many containers", many),
+        ("deep nesting", deep),
+        ("noise", noise(size)),
+    ]
+}
+
 fn big_ledger(size: usize) -> Vec<(&'static str, Vec<u8>)> {
     let figures = "{\"in_bytes\":1,\"out_bytes\":2,\"in_packets\":3,\"out_packets\":4,\
                    \"local_in_bytes\":0,\"local_out_bytes\":0,\"local_in_packets\":0,\
@@ -904,6 +972,7 @@ fuzz_target!(veinfo_parse, VEINFO, big_veinfo);
 fuzz_target!(ruleset_parse_save, SAVE, big_save);
 fuzz_target!(config_parse, CONFIG, big_config);
 fuzz_target!(ledger_from_json, LEDGER, big_ledger);
+fuzz_target!(ledger_bucket_parse, LEDGER_BUCKET, big_bucket);
 
 // ---------------------------------------------------------------------------------------
 // The corpus itself: each seed reads as intended, so mutations start from real input.
@@ -958,6 +1027,20 @@ fn ledger_seeds_read_as_intended() {
         let ledger = Ledger::from_json(&seed).expect("every seed parses");
         assert_eq!(ledger.to_json(), seed, "seeds are to_json's own output");
         check_ledger(&seed);
+    }
+}
+
+#[test]
+fn ledger_bucket_seeds_read_as_intended() {
+    for seed in seeds(&LEDGER_BUCKET) {
+        let containers = ledger_store::parse_ct_bucket(&seed, None).expect("every seed parses");
+        let rendered = ledger_store::render_ct_bucket(containers.iter());
+        assert_eq!(
+            String::from_utf8_lossy(&rendered),
+            String::from_utf8_lossy(&seed),
+            "seeds are render's own output"
+        );
+        check_ledger_bucket(&seed);
     }
 }
 
