@@ -43,7 +43,7 @@ impl Kernel {
             tables.push((t, current));
         }
         let ipset = Ipset::new(config);
-        let read = |expected| match ipset.read(expected) {
+        let read = || match ipset.read(expected) {
             Ok(s) => Ok(Some(s)),
             Err(e) if sets_in_use => Err(e),
             Err(_) => Ok(None),
@@ -52,9 +52,9 @@ impl Kernel {
             Backend::Ipset => (Some(ipset.read(expected)?), true),
             // Still read, so that sets left by an earlier ipset backend are harvested and
             // removed; no ipset program is fine when none was in use.
-            Backend::Iptables => (read(expected)?, false),
+            Backend::Iptables => (read()?, false),
             Backend::Auto => {
-                let sets = read(expected)?;
+                let sets = read()?;
                 let usable = sets.is_some();
                 (sets, usable)
             }

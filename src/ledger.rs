@@ -168,11 +168,7 @@ impl Container {
     pub fn held_ips(&self) -> BTreeSet<IpAddr> {
         let mut ips = self.ips.clone();
         ips.extend(self.parked.iter().copied());
-        ips.extend(
-            self.seen
-                .keys()
-                .filter_map(|k| k.split(' ').find_map(|w| w.parse::<IpAddr>().ok())),
-        );
+        ips.extend(self.seen.keys().filter_map(|k| seen_key_ip(k)));
         ips
     }
 
@@ -296,6 +292,11 @@ pub enum NewBoot {
     /// They may have been restored from a saved ruleset with old counters before any
     /// container ran (boot restore): take them as the baseline, credit nothing.
     Baseline,
+}
+
+/// The IP a `seen` key is about (rule keys and set-element keys alike hold it as a word).
+fn seen_key_ip(key: &str) -> Option<IpAddr> {
+    key.split(' ').find_map(|w| w.parse().ok())
 }
 
 /// The identity of a rule within its container's `seen` map.
@@ -549,11 +550,8 @@ impl Ledger {
         for c in self.containers.values_mut() {
             let before = c.seen.len();
             let ips = &c.ips;
-            c.seen.retain(|k, _| {
-                k.split(' ')
-                    .find_map(|w| w.parse::<IpAddr>().ok())
-                    .is_some_and(|ip| ips.contains(&ip))
-            });
+            c.seen
+                .retain(|k, _| seen_key_ip(k).is_some_and(|ip| ips.contains(&ip)));
             any |= c.seen.len() != before;
         }
         any

@@ -445,10 +445,10 @@ impl Loaded {
             });
             put(ip_file(*b), body);
         }
+        let state_dir = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
         if !changes.is_empty() {
-            let state_dir = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
             let new_dir = !self.dir.exists();
-            create_dir(&self.dir)?;
+            store::create_private_dir(&self.dir)?;
             if new_dir {
                 sync_dir(&state_dir)?;
             }
@@ -471,7 +471,6 @@ impl Loaded {
         // A format 1 file is gone once a full write replaced it (also one a crash left
         // behind right after the conversion).
         if self.ct_buckets.is_none() && self.dir.join(NODE).exists() {
-            let state_dir = self.dir.parent().unwrap_or(Path::new("/")).to_path_buf();
             let old = state_dir.join(V1);
             match std::fs::remove_file(&old) {
                 Ok(()) => sync_dir(&state_dir)?,
@@ -493,18 +492,6 @@ fn sync_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|source| StateError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
-}
-
-fn create_dir(dir: &Path) -> Result<(), StateError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StateError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })

@@ -24,6 +24,35 @@ pub enum ProcessError {
     },
 }
 
+impl ProcessError {
+    /// `program` could not be started.
+    fn spawn(program: &str, source: std::io::Error) -> ProcessError {
+        match source.kind() {
+            std::io::ErrorKind::NotFound => ProcessError::NotFound {
+                program: program.to_string(),
+            },
+            _ => ProcessError::Spawn {
+                program: program.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// `program` ran and exited with `status`, having printed `stderr`.
+    pub fn failed(program: &str, args: &str, status: ExitStatus, stderr: String) -> ProcessError {
+        ProcessError::Failed {
+            program: program.to_string(),
+            args: args.to_string(),
+            status,
+            stderr: if stderr.is_empty() {
+                "(no error output)".into()
+            } else {
+                stderr
+            },
+        }
+    }
+}
+
 /// What a successful run printed.
 #[derive(Debug)]
 pub struct Output {
@@ -36,16 +65,12 @@ pub struct Output {
 pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ProcessError> {
     let (status, out) = run_any(program, args, stdin)?;
     if !status.success() {
-        return Err(ProcessError::Failed {
-            program: program.to_string(),
-            args: args.join(" "),
+        return Err(ProcessError::failed(
+            program,
+            &args.join(" "),
             status,
-            stderr: if out.stderr.is_empty() {
-                "(no error output)".into()
-            } else {
-                out.stderr
-            },
-        });
+            out.stderr,
+        ));
     }
     Ok(out)
 }
@@ -66,15 +91,9 @@ pub fn run_any(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ProcessError::NotFound {
-            program: program.to_string(),
-        },
-        _ => ProcessError::Spawn {
-            program: program.to_string(),
-            source,
-        },
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| ProcessError::spawn(program, source))?;
     // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
     let writer = match (stdin, child.stdin.take()) {
         (Some(data), Some(mut pipe)) => {
@@ -119,15 +138,7 @@ pub fn run_lines<E>(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ProcessError::NotFound {
-                program: program.to_string(),
-            },
-            _ => ProcessError::Spawn {
-                program: program.to_string(),
-                source,
-            },
-        })?;
+        .map_err(|source| ProcessError::spawn(program, source))?;
     let spawn_err = |source| ProcessError::Spawn {
         program: program.to_string(),
         source,
@@ -169,16 +180,12 @@ pub fn run_lines<E>(
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
     if outcome.is_ok() && !status.success() {
-        return Err(ProcessError::Failed {
-            program: program.to_string(),
-            args: args.join(" "),
+        return Err(ProcessError::failed(
+            program,
+            &args.join(" "),
             status,
-            stderr: if stderr.is_empty() {
-                "(no error output)".into()
-            } else {
-                stderr
-            },
-        });
+            stderr,
+        ));
     }
     Ok(outcome)
 }

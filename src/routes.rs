@@ -32,16 +32,12 @@ pub fn routed_via(
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some("lo:"))
     {
-        return Err(ProcessError::Failed {
-            program: ip_program.to_string(),
-            args: "-o -force -batch - (route get)".into(),
+        return Err(ProcessError::failed(
+            ip_program,
+            "-o -force -batch - (route get)",
             status,
-            stderr: if out.stderr.is_empty() {
-                "(no error output)".into()
-            } else {
-                out.stderr
-            },
-        });
+            out.stderr,
+        ));
     }
     Ok(parse(&text, ips, iface))
 }

@@ -85,14 +85,7 @@ pub struct Locked {
 
 /// Create the state dir (0700) if needed and take the exclusive lock, waiting at most `wait`.
 pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StateError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    create_private_dir(dir)?;
     let path = dir.join(LOCK);
     let file = OpenOptions::new()
         .read(true)
@@ -143,6 +136,18 @@ impl Locked {
     ) -> Result<(Ledger, ledger_store::Loaded), StateError> {
         ledger_store::load(&self.dir, scope)
     }
+}
+
+/// Create `dir` (and its parents) with mode 0700 if it does not exist.
+pub fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Replace `dir/name` atomically: a fresh temp file (0600, never through a symlink), fsync,

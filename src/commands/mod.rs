@@ -127,7 +127,7 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
     let sets_in_use = loaded.backend.as_deref() == Some("ipset");
-    let kernel = Kernel::read(
+    let mut kernel = Kernel::read(
         &ctx.config,
         &ctx.families(),
         ledger.expected_elements(),
@@ -137,7 +137,6 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);
     ledger.unpark_all();
-    let mut kernel = kernel;
     kernel.compact();
     Ok(Session {
         locked,
