@@ -3,16 +3,18 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, FixedOffset, Local};
+use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Parser, Subcommand};
 
+use crate::clock::{self, Zone};
 use crate::commands::{self, Ctx};
 use crate::config::{self, Config};
 use crate::ctid::Ctid;
 use crate::error::Error;
 use crate::hooks;
+use crate::process;
 
 /// Per-container traffic accounting for OpenVZ hardware nodes.
 ///
@@ -92,10 +94,19 @@ pub enum Command {
     /// stopping to account an address vzctl no longer routes to venet leaves its elements to
     /// the next dump, which harvests them exactly. Otherwise (an IP another container holds,
     /// a new boot, rules to repair, iptables backend) it runs the full pipeline.
+    ///
+    /// Whatever goes wrong (a config that cannot be read, iptables hanging on the xtables
+    /// lock, the state lock held) a hook writes exactly one line to the hook log (the default
+    /// one when the config cannot be read) and one to stderr, and ends within `hook_timeout`
+    /// seconds: every program it runs is stopped by then. The init script and unit run the
+    /// `restore` (boot) and `dump` (shutdown) events under the same rules.
     Hook {
-        /// mount, umount, net-add or net-del.
+        /// mount, umount, net-add, net-del (from vzctl), or restore, dump (init script).
         #[arg(value_enum)]
         event: hooks::Event,
+        /// The log for when the config cannot be read (set by `install --root`).
+        #[arg(long, value_name = "PATH", default_value = hooks::FALLBACK_LOG, hide = true)]
+        fallback_log: PathBuf,
     },
     /// Put vzacct's integration on the node: vps.mount/vps.umount in the CT config dir
     /// (an operator's existing script is kept and run first), wrappers around vzctl's
@@ -109,12 +120,25 @@ pub enum Command {
         root: PathBuf,
     },
     /// Take vzacct's integration away again: every file it changed is restored byte for
-    /// byte; the ledger and the CSV files stay.
+    /// byte; the ledger and the CSV files stay. vzacct's chains, jumps, rules and sets stay
+    /// in the kernel (it says so) unless --purge is given.
     Uninstall {
         /// Uninstall from this directory's standard locations.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+        /// Also take vzacct out of the kernel: a final dump first (nothing counted is
+        /// lost), then every chain, jump, rule and set of vzacct's is removed, both families.
+        #[arg(long)]
+        purge: bool,
+        /// With --purge: also delete the ledger (state_dir) and the daily CSV files.
+        #[arg(long, requires = "purge")]
+        purge_data: bool,
     },
+    /// Rebuild a ledger whose node file (node.json) or buckets were lost: what is missing is
+    /// made anew, every counter in the kernel is taken as a new starting point (so nothing
+    /// is counted twice), and the traffic that may have gone uncounted (at most since the
+    /// last dump) is reported.
+    Repair,
     /// Check every integration point: hooks, wrappers, init script, unit, cron entry,
     /// iptables, vzacct's chains and rules, running containers accounted, and the time
     /// since the last dump. Exit status 0 only when all is well.
@@ -136,15 +160,17 @@ pub enum Command {
 
 /// Testing aids read from the environment: `VZACCT_NOW` (RFC 3339) replaces the clock and
 /// `VZACCT_BOOT_ID_FILE` replaces `/proc/sys/kernel/random/boot_id`.
-fn clock_and_boot() -> Result<(DateTime<FixedOffset>, PathBuf), Error> {
+fn clock_and_boot() -> Result<(DateTime<Utc>, PathBuf), Error> {
     let now = match std::env::var("VZACCT_NOW") {
-        Ok(v) => DateTime::parse_from_rfc3339(&v).map_err(|_| {
-            Error::Invalid(format!(
-                "VZACCT_NOW={} is not an RFC 3339 time such as 2026-11-29T23:59:00+01:00",
-                crate::ctid::escape_for_message(&v)
-            ))
-        })?,
-        Err(_) => Local::now().fixed_offset(),
+        Ok(v) => DateTime::parse_from_rfc3339(&v)
+            .map_err(|_| {
+                Error::Invalid(format!(
+                    "VZACCT_NOW={} is not an RFC 3339 time such as 2026-11-29T23:59:00+01:00",
+                    crate::ctid::escape_for_message(&v)
+                ))
+            })?
+            .with_timezone(&Utc),
+        Err(_) => Utc::now(),
     };
     let boot = std::env::var_os("VZACCT_BOOT_ID_FILE")
         .map(PathBuf::from)
@@ -152,11 +178,47 @@ fn clock_and_boot() -> Result<(DateTime<FixedOffset>, PathBuf), Error> {
     Ok((now, boot))
 }
 
-/// The config path the installed scripts pass to vzacct.
-fn installed_config(explicit: &Option<PathBuf>) -> PathBuf {
-    explicit
+/// The config path the installed scripts pass to vzacct: absolute and canonical, since vzctl
+/// runs them from `/` (a file that does not exist yet is named in its canonical directory).
+fn installed_config(explicit: &Option<PathBuf>) -> Result<PathBuf, Error> {
+    let p = explicit
         .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let abs = std::path::absolute(&p).map_err(|e| {
+        Error::Invalid(format!("cannot make config path {} absolute: {e}", p.display()))
+    })?;
+    if let Ok(c) = abs.canonicalize() {
+        return Ok(c);
+    }
+    match (abs.parent().and_then(|d| d.canonicalize().ok()), abs.file_name()) {
+        (Some(dir), Some(name)) => Ok(dir.join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// The budget of a hook: the per-program limit cut short by the whole hook's deadline, and
+/// a watchdog for anything else that could hold it up.
+fn start_hook_budget(
+    config: &Config,
+    started: Instant,
+    event: hooks::Event,
+    env: &hooks::HookEnv,
+    now: DateTime<FixedOffset>,
+) -> Duration {
+    let budget = Duration::from_secs(config.hook_timeout);
+    // Programs end half a second before the watchdog, so the hook can still report them.
+    let programs_by = started + budget.saturating_sub(Duration::from_millis(500));
+    process::set_limits(Duration::from_secs(config.program_timeout), Some(programs_by));
+    hooks::watchdog(
+        started,
+        budget,
+        event,
+        env,
+        config.hook_log.clone(),
+        config.strict,
+        now,
+    );
+    budget.saturating_sub(Duration::from_secs(1))
 }
 
 /// Whether the process runs as root.
@@ -167,10 +229,11 @@ fn is_root() -> bool {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
+    let started = Instant::now();
     // Everything but installing into a directory of one's own needs root: the kernel's
     // firewall and the state dir are root's. Say so once, before anything fails on it.
     // Hooks are exempt: they report every failure in their log and never fail vzctl.
-    let into_dir = matches!(&cli.command, Command::Install { root } | Command::Uninstall { root } if root != Path::new("/"));
+    let into_dir = matches!(&cli.command, Command::Install { root } | Command::Uninstall { root, .. } if root != Path::new("/"));
     let hook = matches!(&cli.command, Command::Hook { .. });
     if !into_dir && !hook && !is_root() {
         return Err(Error::Invalid(
@@ -182,9 +245,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
     // clap has already folded VZACCT_CONFIG into `config`. With --root, the config is the
     // one inside that root unless one is named.
     let root = match &cli.command {
-        Command::Install { root } | Command::Uninstall { root } | Command::Check { root, .. } => {
-            Some(root.clone())
-        }
+        Command::Install { root }
+        | Command::Uninstall { root, .. }
+        | Command::Check { root, .. } => Some(root.clone()),
         _ => None,
     };
     let config_path = match (&cli.config, &root) {
@@ -192,21 +255,52 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         (None, Some(r)) if r != Path::new("/") => Some(r.join("etc/vz/vzacct.conf")),
         _ => None,
     };
-    let config = match (&config_path, &root) {
-        (Some(p), Some(_)) if !p.exists() && cli.config.is_none() => Config::default(),
-        (p, _) => config::load(p.as_deref())?,
-    };
-    let (now, boot_id_file) = clock_and_boot()?;
-    let lock_wait = Duration::from_secs(match (&cli.command, cli.lock_timeout) {
-        (_, Some(s)) => s,
-        (Command::Hook { .. }, None) => config.hook_lock_timeout,
-        (_, None) => 60,
+    let (utc_now, boot_id_file) = clock_and_boot()?;
+    let loaded = match (&config_path, &root) {
+        (Some(p), Some(_)) if !p.exists() && cli.config.is_none() => Ok(Config::default()),
+        (p, _) => config::load(p.as_deref()).map_err(Error::from),
+    }
+    .and_then(|c| {
+        let tz = Zone::load(
+            c.timezone.as_deref(),
+            Path::new(clock::ZONEINFO),
+            Path::new(clock::LOCALTIME),
+        )?;
+        Ok((c, tz))
     });
+    // A config that cannot be read: a hook logs it and lets vzctl go on; check reports it
+    // among everything else; any other command stops here.
+    let (config, tz, config_error) = match (loaded, &cli.command) {
+        (Ok((c, tz)), _) => (c, tz, None),
+        (Err(e), Command::Hook {
+            event,
+            fallback_log,
+        }) => {
+            let env = hooks::HookEnv::from_process();
+            let now = Zone::utc().at(utc_now);
+            hooks::config_failed(*event, &env, fallback_log, now, &e, err);
+            return Ok(());
+        }
+        (Err(e), Command::Check { .. }) => (Config::default(), Zone::utc(), Some(e)),
+        (Err(e), _) => return Err(e),
+    };
+    let now = tz.at(utc_now);
+    process::set_limits(Duration::from_secs(config.program_timeout), None);
+    let lock_wait = match (&cli.command, cli.lock_timeout) {
+        (Command::Hook { event, .. }, lock) => {
+            let env = hooks::HookEnv::from_process();
+            let left = start_hook_budget(&config, started, *event, &env, now);
+            Duration::from_secs(lock.unwrap_or(config.hook_lock_timeout)).min(left)
+        }
+        (_, Some(s)) => Duration::from_secs(s),
+        (_, None) => Duration::from_secs(60),
+    };
     let mut ctx = Ctx {
         config,
         lock_wait,
         now,
         boot_id_file,
+        tz,
         out,
         err,
     };
@@ -219,19 +313,24 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         Command::Restore => commands::change::restore(&mut ctx),
         Command::Show { ctids, json } => commands::view::show(&mut ctx, ctids, *json),
         Command::Reset { ctid } => commands::change::reset(&mut ctx, ctid),
+        Command::Repair => commands::change::repair(&mut ctx),
         Command::Install { root } => {
-            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path)?)?;
             commands::node::install_cmd(&mut ctx, &l)
         }
-        Command::Uninstall { root } => {
-            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
-            commands::node::uninstall_cmd(&mut ctx, &l)
+        Command::Uninstall {
+            root,
+            purge,
+            purge_data,
+        } => {
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path)?)?;
+            commands::node::uninstall_cmd(&mut ctx, &l, *purge, *purge_data)
         }
         Command::Check { root, json } => {
-            let l = commands::node::layout(&ctx, root, &installed_config(&config_path))?;
-            commands::node::check(&mut ctx, &l, *json)
+            let l = commands::node::layout(&ctx, root, &installed_config(&config_path)?)?;
+            commands::node::check(&mut ctx, &l, *json, config_error.as_ref())
         }
-        Command::Hook { event } => {
+        Command::Hook { event, .. } => {
             hooks::run_logged(&mut ctx, *event, &hooks::HookEnv::from_process())
         }
     }

@@ -33,10 +33,24 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where the per-container daily CSV files are written.
     pub csv_dir: PathBuf,
+    /// Mode of the CSV files (their directory gets the matching search bits).
+    pub csv_mode: u32,
+    /// Group of the CSV files and their directory (a name or a number), for a non-root
+    /// billing collector; `None`: root's.
+    pub csv_group: Option<String>,
+    /// The zone whose calendar days close into the CSV: an IANA name (`Europe/Berlin`,
+    /// read from the system's zoneinfo), `UTC`, or `None` for the system zone
+    /// (`/etc/localtime`). Never the `TZ` of whoever runs the command.
+    pub timezone: Option<String>,
     /// A failing hook fails vzctl's action (normally a hook logs and exits 0).
     pub strict: bool,
     /// How long a hook waits for the lock before giving up (and logging so).
     pub hook_lock_timeout: u64,
+    /// A hook's whole budget in seconds (lock wait plus work); past it the hook logs and
+    /// exits, and the next dump repairs.
+    pub hook_timeout: u64,
+    /// Seconds any one program vzacct runs (iptables-*, ipset, ip) may take.
+    pub program_timeout: u64,
     /// Where hooks log what they did and every failure.
     pub hook_log: PathBuf,
     /// node_exporter textfile written by every dump, if set.
@@ -57,8 +71,13 @@ impl Default for Config {
             ip: "ip".into(),
             state_dir: "/var/lib/vzacct".into(),
             csv_dir: "/var/log/vzacct".into(),
+            csv_mode: 0o640,
+            csv_group: None,
+            timezone: None,
             strict: false,
             hook_lock_timeout: 10,
+            hook_timeout: 15,
+            program_timeout: 60,
             hook_log: "/var/log/vzacct/hook.log".into(),
             prometheus_textfile: None,
         }
@@ -120,6 +139,7 @@ struct RawVzctl {
     veinfo: Option<String>,
     strict: Option<String>,
     hook_lock_timeout: Option<String>,
+    hook_timeout: Option<String>,
     hook_log: Option<String>,
 }
 
@@ -133,6 +153,7 @@ struct RawNetfilter {
     backend: Option<String>,
     ipset: Option<String>,
     ip: Option<String>,
+    program_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +161,9 @@ struct RawNetfilter {
 struct RawStorage {
     state_dir: Option<String>,
     csv_dir: Option<String>,
+    csv_mode: Option<String>,
+    csv_group: Option<String>,
+    timezone: Option<String>,
 }
 
 /// Load the config named by `--config` / `VZACCT_CONFIG` (which must exist), else the
@@ -164,12 +188,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// Parse and validate INI text; `path` is only used in error messages.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    // serde_ini rejects lines holding only whitespace; they carry no meaning, so drop them.
-    let cleaned: String = text
-        .lines()
-        .map(|l| if l.trim().is_empty() { "" } else { l })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let cleaned = strip_comments(text);
     check_lines(&cleaned, path)?;
     let raw: RawFile = serde_ini::from_str(&cleaned).map_err(|e| ConfigError::Syntax {
         path: path.to_path_buf(),
@@ -197,12 +216,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         cfg.strict = yes_no(&v).ok_or_else(|| bad("vzctl", "strict", &v, YESNO))?;
     }
     if let Some(v) = vz.hook_lock_timeout {
-        cfg.hook_lock_timeout = v
-            .trim()
-            .parse()
-            .ok()
-            .filter(|s| (1..=3600).contains(s))
-            .ok_or_else(|| bad("vzctl", "hook_lock_timeout", &v, SECONDS))?;
+        cfg.hook_lock_timeout =
+            seconds(&v).ok_or_else(|| bad("vzctl", "hook_lock_timeout", &v, SECONDS))?;
+    }
+    if let Some(v) = vz.hook_timeout {
+        cfg.hook_timeout = seconds(&v).ok_or_else(|| bad("vzctl", "hook_timeout", &v, SECONDS))?;
     }
     if let Some(v) = vz.hook_log {
         cfg.hook_log = absolute_path(&v).ok_or_else(|| bad("vzctl", "hook_log", &v, ABS))?;
@@ -246,6 +264,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(v) = nf.ip {
         cfg.ip = program(&v).ok_or_else(|| bad("netfilter", "ip", &v, PROG))?;
     }
+    if let Some(v) = nf.program_timeout {
+        cfg.program_timeout =
+            seconds(&v).ok_or_else(|| bad("netfilter", "program_timeout", &v, SECONDS))?;
+    }
     let st = raw.storage.unwrap_or_default();
     if let Some(v) = st.state_dir {
         cfg.state_dir = absolute_path(&v).ok_or_else(|| bad("storage", "state_dir", &v, ABS))?;
@@ -253,7 +275,46 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if let Some(v) = st.csv_dir {
         cfg.csv_dir = absolute_path(&v).ok_or_else(|| bad("storage", "csv_dir", &v, ABS))?;
     }
+    if let Some(v) = st.csv_mode {
+        cfg.csv_mode = file_mode(&v).ok_or_else(|| bad("storage", "csv_mode", &v, MODE))?;
+    }
+    if let Some(v) = st.csv_group {
+        cfg.csv_group = match v.trim() {
+            "" => None,
+            g if group_name(g) => Some(g.to_string()),
+            _ => return Err(bad("storage", "csv_group", &v, GROUP)),
+        };
+    }
+    if let Some(v) = st.timezone {
+        cfg.timezone = match v.trim() {
+            "" => None,
+            z if zone_name(z) => Some(z.to_string()),
+            _ => return Err(bad("storage", "timezone", &v, ZONE)),
+        };
+    }
     Ok(cfg)
+}
+
+/// The text as serde_ini can take it: comments go, both whole-line ones and those after a
+/// value (`backend = auto ; auto | ipset | iptables`, `state_dir = /srv/x  # note`: a `;`
+/// or `#` after a space or tab starts a comment, as people write INI files), and so does
+/// trailing whitespace. serde_ini would keep an inline comment as part of the value, and it
+/// rejects lines holding only whitespace.
+pub fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let t = line.trim_start();
+            if t.starts_with(';') || t.starts_with('#') {
+                return "";
+            }
+            let b = line.as_bytes();
+            let cut = (1..b.len())
+                .find(|&i| matches!(b[i], b';' | b'#') && matches!(b[i - 1], b' ' | b'\t'))
+                .unwrap_or(b.len());
+            line[..cut].trim_end()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Every line must be a comment, a `[section]` or a `key = value`: say which one is not,
@@ -266,6 +327,24 @@ fn check_lines(text: &str, path: &Path) -> Result<(), ConfigError> {
             || t.starts_with('#')
             || (t.starts_with('[') && t.ends_with(']'))
             || (!t.starts_with('[') && t.contains('='));
+        // What is left after the comments went must not look like one: a `;` or `#` after
+        // other whitespace (a no-break space, say) would silently end up in the value.
+        if ok && let Some((key, value)) = t.split_once('=') {
+            let v: Vec<char> = value.chars().collect();
+            if v.windows(2)
+                .any(|w| w[0].is_whitespace() && matches!(w[1], ';' | '#'))
+            {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "line {}: the value of {} holds what looks like a comment after unusual \
+                         whitespace; put comments on their own line",
+                        i + 1,
+                        crate::ctid::escape_for_message(key.trim())
+                    ),
+                });
+            }
+        }
         if !ok {
             return Err(ConfigError::Syntax {
                 path: path.to_path_buf(),
@@ -290,6 +369,9 @@ const PROG: &str = "expected a program name or an absolute path, without spaces"
 const YESNO: &str = "expected yes or no";
 const BACKEND: &str = "expected auto, ipset or iptables";
 const SECONDS: &str = "expected a whole number of seconds from 1 to 3600";
+const MODE: &str = "expected an octal file mode from 0600 to 0644 that no one but root may write, such as 0640";
+const GROUP: &str = "expected a group name or number";
+const ZONE: &str = "expected a time zone name such as Europe/Berlin or UTC (empty: the system's zone)";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
 fn absolute_path(v: &str) -> Option<PathBuf> {
@@ -303,6 +385,36 @@ fn program(v: &str) -> Option<String> {
         && !v.chars().any(|c| c.is_whitespace() || c.is_control())
         && (v.starts_with('/') || !v.contains('/'));
     ok.then(|| v.to_string())
+}
+
+fn seconds(v: &str) -> Option<u64> {
+    v.trim().parse().ok().filter(|s| (1..=3600).contains(s))
+}
+
+/// An octal mode for a file that root writes and others may at most read: owner rw.
+fn file_mode(v: &str) -> Option<u32> {
+    let m = u32::from_str_radix(v.trim(), 8).ok()?;
+    (m & !0o644 == 0 && m & 0o600 == 0o600).then_some(m)
+}
+
+fn group_name(v: &str) -> bool {
+    (1..=32).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !v.starts_with('-')
+}
+
+/// An IANA zone name: path components of letters, digits, `_`, `-`, `+`, never `..`.
+fn zone_name(v: &str) -> bool {
+    v.len() <= 64
+        && !v.starts_with('/')
+        && v.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-+".contains(&b))
+        })
 }
 
 fn yes_no(v: &str) -> Option<bool> {
@@ -351,10 +463,12 @@ mod tests {
     #[test]
     fn every_key_is_read() {
         let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
-                     strict = yes\nhook_lock_timeout = 3\nhook_log = /h.log\n\
+                     strict = yes\nhook_lock_timeout = 3\nhook_timeout = 7\nhook_log = /h.log\n\
                      [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
                      ipv6 = no\nvenet_interface = venet9\nbackend = ipset\nipset = /sbin/ipset\nip = /sbin/ip\n\
-                     [storage]\nstate_dir = /s\ncsv_dir = /l\n\
+                     program_timeout = 9\n\
+                     [storage]\nstate_dir = /s\ncsv_dir = /l\ncsv_mode = 0644\ncsv_group = billing\n\
+                     timezone = Europe/Berlin\n\
                      [export]\nprometheus_textfile = /p/vzacct.prom\n")
         .unwrap();
         assert_eq!(
@@ -371,8 +485,13 @@ mod tests {
                 ip: "/sbin/ip".into(),
                 state_dir: "/s".into(),
                 csv_dir: "/l".into(),
+                csv_mode: 0o644,
+                csv_group: Some("billing".into()),
+                timezone: Some("Europe/Berlin".into()),
                 strict: true,
                 hook_lock_timeout: 3,
+                hook_timeout: 7,
+                program_timeout: 9,
                 hook_log: "/h.log".into(),
                 prometheus_textfile: Some("/p/vzacct.prom".into()),
             }
@@ -383,6 +502,59 @@ mod tests {
     fn comments_are_ignored() {
         let cfg = p("; top\n# also\n[netfilter]\n; ipv6 = no\nipv6 = yes\n").unwrap();
         assert!(cfg.ipv6);
+    }
+
+    #[test]
+    fn inline_comments_are_ignored() {
+        let cfg = p("[netfilter] ; the firewall\nbackend = ipset ; auto | ipset | iptables\n\
+                     iptables = iptables-legacy\t# legacy node\n\
+                     [storage]\nstate_dir = /srv/x  # note\ncsv_dir = /srv/a;b#c\n")
+        .unwrap();
+        assert_eq!(cfg.backend, Backend::Ipset);
+        assert_eq!(cfg.iptables, "iptables-legacy");
+        assert_eq!(cfg.state_dir, PathBuf::from("/srv/x"));
+        // Without whitespace before it, `;` or `#` is part of the value.
+        assert_eq!(cfg.csv_dir, PathBuf::from("/srv/a;b#c"));
+    }
+
+    #[test]
+    fn a_comment_left_in_a_value_is_an_error_naming_the_key() {
+        let e = p("[storage]\nstate_dir = /srv/x\u{a0}; note\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_dir") && e.contains("line 2"), "{e}");
+    }
+
+    /// Every INI block of the README and the template parses as documented.
+    #[test]
+    fn every_ini_block_of_the_readme_and_the_template_parses() {
+        let readme = include_str!("../README.md");
+        let mut blocks = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in readme.lines() {
+            match (&mut cur, line.trim()) {
+                (None, "```ini") => cur = Some(String::new()),
+                (Some(b), "```") => {
+                    blocks.push(std::mem::take(b));
+                    cur = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                _ => {}
+            }
+        }
+        assert!(blocks.len() >= 2, "README holds {} INI block(s)", blocks.len());
+        for b in &blocks {
+            if let Err(e) = p(b) {
+                panic!("README block does not parse: {e}\n{b}");
+            }
+        }
+        assert_eq!(
+            p(include_str!("../conf-templates/vzacct.conf")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -409,6 +581,12 @@ mod tests {
             ("[vzctl]\nveinfo = \n", "veinfo"),
             ("[vzctl]\nhook_lock_timeout = 0\n", "hook_lock_timeout"),
             ("[vzctl]\nstrict = perhaps\n", "strict"),
+            ("[vzctl]\nhook_timeout = 0\n", "hook_timeout"),
+            ("[netfilter]\nprogram_timeout = 1h\n", "program_timeout"),
+            ("[storage]\ncsv_mode = 0666\n", "csv_mode"),
+            ("[storage]\ncsv_mode = 0400\n", "csv_mode"),
+            ("[storage]\ncsv_group = a b\n", "csv_group"),
+            ("[storage]\ntimezone = ../../etc/passwd\n", "timezone"),
             ("[netfilter]\nbackend = nftables\n", "backend"),
             (
                 "[export]\nprometheus_textfile = x.prom\n",

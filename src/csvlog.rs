@@ -25,6 +25,60 @@ pub struct CsvError {
     pub source: std::io::Error,
 }
 
+/// Who may read the CSV files: their mode, and the group of the files and their directory
+/// (`None`: root's). The directory gets the search and read bits the files' mode gives
+/// (0700; 0750 with a group; 0755 for files everyone may read), never write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Perms {
+    pub mode: u32,
+    pub gid: Option<u32>,
+}
+
+impl Default for Perms {
+    fn default() -> Self {
+        Perms {
+            mode: 0o640,
+            gid: None,
+        }
+    }
+}
+
+impl Perms {
+    fn dir_mode(&self) -> u32 {
+        let mut m = 0o700;
+        // Root's own group gets no way in: the group bits are for csv_group.
+        if self.gid.is_some() && self.mode & 0o040 != 0 {
+            m |= 0o050;
+        }
+        if self.mode & 0o004 != 0 {
+            m |= 0o005;
+        }
+        m
+    }
+}
+
+/// The gid of `group` (a name from the group database, or a number).
+pub fn group_id(group: &str) -> Option<u32> {
+    if let Ok(n) = group.parse::<u32>() {
+        return Some(n);
+    }
+    let name = std::ffi::CString::new(group).ok()?;
+    // SAFETY: getgrnam(3) takes a NUL-terminated name and returns a pointer to static data
+    // or NULL; only gr_gid is read, at once, on this thread.
+    unsafe {
+        let g = libc::getgrnam(name.as_ptr());
+        (!g.is_null()).then(|| (*g).gr_gid)
+    }
+}
+
+fn set_owner_mode(path: &Path, perms: &Perms, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = perms.gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 pub fn path_for(dir: &Path, ctid: &Ctid) -> PathBuf {
     dir.join(format!("{ctid}.csv"))
 }
@@ -32,18 +86,25 @@ pub fn path_for(dir: &Path, ctid: &Ctid) -> PathBuf {
 /// Append `rows` (any order, any containers) to their files. A row whose date is not after
 /// the file's last row is skipped: it was written by an earlier run that was killed before
 /// it could record so in the ledger. Returns how many rows were written.
-pub fn append(dir: &Path, rows: &[Row]) -> Result<usize, CsvError> {
+pub fn append(dir: &Path, rows: &[Row], perms: &Perms) -> Result<usize, CsvError> {
     if rows.is_empty() {
         return Ok(0);
+    }
+    let dir_err = |source| CsvError {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(reason) = crate::store::unsafe_dir(dir) {
+        return Err(dir_err(std::io::Error::other(format!(
+            "refusing to write into it: {reason} (make it root's and writable by no one else)"
+        ))));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| CsvError {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(dir_err)?;
+    set_owner_mode(dir, perms, perms.dir_mode()).map_err(dir_err)?;
     let mut by_ct: std::collections::BTreeMap<&Ctid, Vec<&Row>> = Default::default();
     for r in rows {
         by_ct.entry(&r.ctid).or_default().push(r);
@@ -52,19 +113,21 @@ pub fn append(dir: &Path, rows: &[Row]) -> Result<usize, CsvError> {
     for (ctid, mut rows) in by_ct {
         rows.sort_by_key(|r| r.date);
         let path = path_for(dir, ctid);
-        written += append_one(&path, &rows).map_err(|source| CsvError { path, source })?;
+        written += append_one(&path, &rows, perms).map_err(|source| CsvError { path, source })?;
     }
     Ok(written)
 }
 
-fn append_one(path: &Path, rows: &[&Row]) -> std::io::Result<usize> {
+fn append_one(path: &Path, rows: &[&Row], perms: &Perms) -> std::io::Result<usize> {
     let mut f = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
-        .mode(0o640)
+        .mode(perms.mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    // The configured mode and group, whatever the umask or an earlier setting left.
+    set_owner_mode(path, perms, perms.mode)?;
     let last = repair_and_last_date(&mut f)?;
     let mut buf = Vec::new();
     if f.metadata()?.len() == 0 {
@@ -142,14 +205,14 @@ mod tests {
     fn writes_header_once_and_skips_rows_already_written() {
         let dir = tempfile::tempdir().unwrap();
         let rows = [row("2026-11-28", "101", 5), row("2026-11-27", "101", 4)];
-        assert_eq!(append(dir.path(), &rows).unwrap(), 2);
+        assert_eq!(append(dir.path(), &rows, &Perms::default()).unwrap(), 2);
         assert_eq!(
-            append(dir.path(), &rows).unwrap(),
+            append(dir.path(), &rows, &Perms::default()).unwrap(),
             0,
             "a rerun writes nothing"
         );
         assert_eq!(
-            append(dir.path(), &[row("2026-11-29", "101", 6)]).unwrap(),
+            append(dir.path(), &[row("2026-11-29", "101", 6)], &Perms::default()).unwrap(),
             1
         );
         let text = std::fs::read_to_string(dir.path().join("101.csv")).unwrap();
@@ -172,7 +235,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            append(dir.path(), &[row("2026-11-28", "101", 5)]).unwrap(),
+            append(dir.path(), &[row("2026-11-28", "101", 5)], &Perms::default()).unwrap(),
             1
         );
         let text = std::fs::read_to_string(&path).unwrap();
@@ -190,7 +253,7 @@ mod tests {
         let csv = dir.path().join("csv");
         std::fs::create_dir(&csv).unwrap();
         std::os::unix::fs::symlink(&victim, csv.join("101.csv")).unwrap();
-        assert!(append(&csv, &[row("2026-11-28", "101", 5)]).is_err());
+        assert!(append(&csv, &[row("2026-11-28", "101", 5)], &Perms::default()).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 }

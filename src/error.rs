@@ -30,6 +30,8 @@ pub enum Error {
     #[error(transparent)]
     Prometheus(#[from] crate::prometheus::PrometheusError),
     #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
+    #[error(transparent)]
     Install(#[from] crate::install::InstallError),
     #[error("cannot read the kernel's boot id from {path}")]
     BootId {

@@ -1,13 +1,18 @@
 //! vzctl's calls into vzacct: the mount/umount action scripts and the vps-net_add/del
 //! network scripts hand over to `vzacct hook EVENT` with exactly the environment vzctl gives
-//! them. A hook must never break a container's life cycle: it logs every outcome and, unless
-//! the operator asked for strict mode, exits 0 whatever happened.
+//! them, and the init script and unit hand over the node's boot and shutdown the same way.
+//! A hook must never break or hold up a container's life cycle: whatever happens (a broken
+//! config, a hung iptables, a lock someone holds) it writes exactly one line to the hook log
+//! and one to stderr, ends within its budget (`hook_timeout`), and, unless the operator
+//! asked for strict mode in a config that could be read, exits 0.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::commands::change::{account, config_ips, unaccount};
 use crate::commands::event::{self, Quick};
@@ -27,6 +32,10 @@ pub enum Event {
     NetAdd,
     /// From `vps-net_del` (VEID, VE_STATE, IP_ADDR): harvest and stop accounting those IPs.
     NetDel,
+    /// From the init script or unit at boot: `vzacct restore` under a hook's rules.
+    Restore,
+    /// From the init script or unit at shutdown: `vzacct dump` under a hook's rules.
+    Dump,
 }
 
 impl Event {
@@ -36,8 +45,106 @@ impl Event {
             Event::Umount => "umount",
             Event::NetAdd => "net-add",
             Event::NetDel => "net-del",
+            Event::Restore => "restore",
+            Event::Dump => "dump",
         }
     }
+
+    /// Whether the event concerns one container (and so needs VEID).
+    fn per_container(self) -> bool {
+        !matches!(self, Event::Restore | Event::Dump)
+    }
+}
+
+/// Where a hook logs when its config cannot be read: the default `hook_log`.
+pub const FALLBACK_LOG: &str = "/var/log/vzacct/hook.log";
+
+/// Set by whoever writes the hook's one log line first: the hook itself or its watchdog.
+static LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Claim the one log line of this hook; false if it was already written.
+fn claim_log() -> bool {
+    !LOGGED.swap(true, Ordering::SeqCst)
+}
+
+/// Who the hook is about, for its log line.
+fn who(event: Event, env: &HookEnv) -> String {
+    if !event.per_container() {
+        return "node".to_string();
+    }
+    match env.veid.as_deref() {
+        Some(v) => match v.parse::<Ctid>() {
+            Ok(c) => format!("ct={c}"),
+            Err(_) => format!("ct={}", escape_for_message(v)),
+        },
+        None => "ct=(no VEID)".to_string(),
+    }
+}
+
+/// The config could not be read: one line to the fallback log and one to stderr, and the
+/// hook succeeds (strict mode cannot apply: it is the config that would say so).
+pub fn config_failed(
+    event: Event,
+    env: &HookEnv,
+    fallback_log: &Path,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    error: &Error,
+    err: &mut dyn Write,
+) {
+    let text = one_line(&chain(error));
+    let line = format!(
+        "{} {} {} error: {text}; nothing done (fix the config: `vzacct check` shows it; the next dump repairs)",
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        event.name(),
+        who(event, env)
+    );
+    let logged = claim_log() && append_log(fallback_log, &line).is_ok();
+    let _ = writeln!(
+        err,
+        "vzacct: hook {} {} not run, vzctl goes on: {text}{}",
+        event.name(),
+        who(event, env),
+        if logged {
+            format!(" (logged in {})", fallback_log.display())
+        } else {
+            format!(" (cannot write {} either)", fallback_log.display())
+        }
+    );
+}
+
+/// Start the hook's watchdog: if the hook is still running `budget` after `started`, it
+/// writes the hook's one log line and one line to stderr, ends every program the hook
+/// started, and exits (0, or 1 in strict mode). The programs' own deadlines end before
+/// it, so normally the hook reports a timed-out program itself.
+pub fn watchdog(
+    started: Instant,
+    budget: Duration,
+    event: Event,
+    env: &HookEnv,
+    log: PathBuf,
+    strict: bool,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) {
+    let who = who(event, env);
+    std::thread::spawn(move || {
+        std::thread::sleep(budget.saturating_sub(started.elapsed()));
+        let text = format!(
+            "did not finish within hook_timeout = {} s and was stopped; vzctl goes on, and the \
+             next dump repairs the rules and harvests the counters",
+            budget.as_secs()
+        );
+        if claim_log() {
+            let line = format!(
+                "{} {} {who} error: {text}",
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                event.name()
+            );
+            let _ = append_log(&log, &line);
+            eprintln!("vzacct: hook {} {who} {text}", event.name());
+        }
+        crate::process::end_all();
+        std::process::exit(if strict { 1 } else { 0 });
+    });
 }
 
 /// The environment vzctl sets for its scripts (nothing else is read).
@@ -64,27 +171,18 @@ impl HookEnv {
 /// Run one hook: do the work, then log the outcome. A failure is returned only in strict
 /// mode; otherwise it is written to stderr and the hook log, and the hook succeeds.
 pub fn run_logged(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<(), Error> {
-    let who = match env.veid.as_deref() {
-        Some(v) => match v.parse::<Ctid>() {
-            Ok(c) => format!("ct={c}"),
-            Err(_) => format!("ct={}", escape_for_message(v)),
-        },
-        None => "ct=(no VEID)".to_string(),
-    };
+    let who = who(event, env);
     let outcome = run(ctx, event, env);
+    let at = ctx.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, false);
     let line = match &outcome {
-        Ok(summary) => format!(
-            "{} {} {who} ok: {summary}",
-            ctx.now.to_rfc3339(),
-            event.name()
-        ),
-        Err(e) => format!(
-            "{} {} {who} error: {}",
-            ctx.now.to_rfc3339(),
-            event.name(),
-            one_line(&chain(e))
-        ),
+        Ok(summary) => format!("{at} {} {who} ok: {summary}", event.name()),
+        Err(e) => format!("{at} {} {who} error: {}", event.name(), one_line(&chain(e))),
     };
+    if !claim_log() {
+        // The watchdog has reported this hook and is ending the process.
+        std::thread::sleep(Duration::from_secs(5));
+        return Ok(());
+    }
     if let Err(e) = append_log(&ctx.config.hook_log, &line) {
         let _ = writeln!(
             ctx.err,
@@ -104,7 +202,7 @@ pub fn run_logged(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<(), Erro
                 "vzacct: hook {} {who} failed (logged in {}; vzctl goes on, `vzacct dump` repairs the rules): {}",
                 event.name(),
                 ctx.config.hook_log.display(),
-                chain(&e)
+                one_line(&chain(&e))
             );
             Ok(())
         }
@@ -113,6 +211,9 @@ pub fn run_logged(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<(), Erro
 
 /// The work of one hook; returns a one-line summary for the log.
 pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> {
+    if !event.per_container() {
+        return node_event(ctx, event);
+    }
     let raw = env
         .veid
         .as_deref()
@@ -142,6 +243,7 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
             let (removed, how) = hook_unaccount(ctx, &ctid, None)?;
             Ok(format!("stopped accounting {}{how}", join(&removed)))
         }
+        Event::Restore | Event::Dump => unreachable!("node events are handled above"),
         Event::NetAdd | Event::NetDel => {
             let (ips, bad) = ip_addr(env.ip_addr.as_deref().unwrap_or(""), ctx.config.ipv6);
             let state = env.ve_state.as_deref().unwrap_or("?");
@@ -173,6 +275,27 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
             }
         }
     }
+}
+
+/// The node's boot (`restore`) or shutdown (`dump`), with what the command printed folded
+/// into the log line.
+fn node_event(ctx: &mut Ctx, event: Event) -> Result<String, Error> {
+    let mut buf = Vec::new();
+    let mut sub = Ctx {
+        config: ctx.config.clone(),
+        lock_wait: ctx.lock_wait,
+        now: ctx.now,
+        boot_id_file: ctx.boot_id_file.clone(),
+        tz: ctx.tz.clone(),
+        out: &mut buf,
+        err: &mut *ctx.err,
+    };
+    match event {
+        Event::Restore => crate::commands::change::restore(&mut sub)?,
+        _ => crate::commands::change::dump(&mut sub)?,
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().collect::<Vec<_>>().join("; "))
 }
 
 /// Account `ips` for one container: the quick path of [`event`] when it applies, else the
@@ -266,6 +389,12 @@ fn one_line(s: &str) -> String {
 /// symlink). One write per line, so concurrent hooks never interleave within a line.
 fn append_log(path: &Path, line: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
+        if let Some(reason) = crate::store::unsafe_dir(dir) {
+            return Err(std::io::Error::other(format!(
+                "refusing to write into {}: {reason}",
+                dir.display()
+            )));
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -53,6 +53,10 @@ pub struct Item {
     pub path: PathBuf,
     pub content: String,
     pub mode: u32,
+    /// The template `content` was made from, with its `@...@` placeholders.
+    pub template: &'static str,
+    /// What each placeholder was replaced with.
+    pub fills: Vec<(&'static str, String)>,
 }
 
 impl Item {
@@ -75,8 +79,6 @@ pub enum InstallError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} problem(s):\n  {}", .0.len(), .0.join("\n  "))]
-    Problems(Vec<String>),
 }
 
 /// What install needs to know.
@@ -90,6 +92,13 @@ pub struct Layout {
     pub config: PathBuf,
     /// The containers' config dir as seen on the node (`/etc/vz/conf`).
     pub conf_dir: PathBuf,
+}
+
+/// What install or uninstall did, file by file, and the problems it left for the operator.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub done: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 impl Layout {
@@ -126,33 +135,45 @@ impl Layout {
                 return Err(InstallError::UnsafePath(p.clone()));
             }
         }
-        let fill = |t: &str, path: &Path| {
+        // Installed into a directory of its own (tests, packaging), a hook that cannot read
+        // its config logs inside that directory too.
+        let fallback = if self.root == Path::new("/") {
+            String::new()
+        } else {
+            format!(
+                " --fallback-log '{}'",
+                self.under(Path::new(crate::hooks::FALLBACK_LOG)).display()
+            )
+        };
+        let item = |role, path: PathBuf, template: &'static str, mode| {
             let mut orig = path.as_os_str().to_owned();
             orig.push(ORIG_SUFFIX);
-            t.replace("@VZACCT@", &self.vzacct.to_string_lossy())
-                .replace("@CONFIG@", &self.config.to_string_lossy())
-                .replace("@ORIGINAL@", &orig.to_string_lossy())
+            let fills = vec![
+                ("@VZACCT@", self.vzacct.to_string_lossy().into_owned()),
+                ("@CONFIG@", self.config.to_string_lossy().into_owned()),
+                ("@ORIGINAL@", orig.to_string_lossy().into_owned()),
+                ("@FALLBACK@", fallback.clone()),
+            ];
+            let content = fills
+                .iter()
+                .fold(template.to_string(), |t, (k, v)| t.replace(k, v));
+            Item {
+                role,
+                path,
+                content,
+                mode,
+                template,
+                fills,
+            }
         };
         let mut items = Vec::new();
         let conf = self.under(&self.conf_dir);
         for (name, t) in [("vps.mount", T_MOUNT), ("vps.umount", T_UMOUNT)] {
-            let path = conf.join(name);
-            items.push(Item {
-                role: Role::Chain,
-                content: fill(t, &path),
-                path,
-                mode: 0o755,
-            });
+            items.push(item(Role::Chain, conf.join(name), t, 0o755));
         }
         for dir in self.script_dirs() {
             for (name, t) in [("vps-net_add", T_NET_ADD), ("vps-net_del", T_NET_DEL)] {
-                let path = dir.join(name);
-                items.push(Item {
-                    role: Role::Wrap,
-                    content: fill(t, &path),
-                    path,
-                    mode: 0o755,
-                });
+                items.push(item(Role::Wrap, dir.join(name), t, 0o755));
             }
         }
         for (path, t, mode) in [
@@ -160,19 +181,15 @@ impl Layout {
             ("/etc/systemd/system/vzacct.service", T_UNIT, 0o644),
             ("/etc/cron.d/vzacct", T_CRON, 0o644),
         ] {
-            let path = self.under(Path::new(path));
-            items.push(Item {
-                role: Role::Own,
-                content: fill(t, &path),
-                path,
-                mode,
-            });
+            items.push(item(Role::Own, self.under(Path::new(path)), t, mode));
         }
         items.push(Item {
             role: Role::Config,
             path: self.config.clone(),
             content: T_CONFIG.to_string(),
             mode: 0o644,
+            template: T_CONFIG,
+            fills: Vec::new(),
         });
         Ok(items)
     }
@@ -206,12 +223,12 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
-/// Put every integration point in place. Idempotent. Returns what was done; problems (a
-/// file in the way that vzacct did not write) are collected and returned as one error
-/// after everything else is installed.
-pub fn install(layout: &Layout) -> Result<Vec<String>, InstallError> {
-    let mut done = Vec::new();
-    let mut problems = Vec::new();
+/// Put every integration point in place. Idempotent. Every change is recorded in `report`
+/// as it is made, so that an error part-way still leaves a full account of what was done;
+/// problems (a file in the way that vzacct did not write) are recorded and everything else
+/// is installed.
+pub fn install(layout: &Layout, report: &mut Report) -> Result<(), InstallError> {
+    let Report { done, problems } = report;
     let items = layout.items()?;
     if !items.iter().any(|i| i.role == Role::Wrap) {
         problems.push(format!(
@@ -275,18 +292,14 @@ pub fn install(layout: &Layout) -> Result<Vec<String>, InstallError> {
             .map_err(io("cannot create", &link))?;
         done.push(format!("enabled     {}", link.display()));
     }
-    if problems.is_empty() {
-        Ok(done)
-    } else {
-        Err(InstallError::Problems(problems))
-    }
+    Ok(())
 }
 
 /// Take every integration point away: our files are removed and every original moved back
-/// byte for byte. The ledger, the CSV files and a config the operator changed stay.
-pub fn uninstall(layout: &Layout) -> Result<Vec<String>, InstallError> {
-    let mut done = Vec::new();
-    let mut problems = Vec::new();
+/// byte for byte. The ledger, the CSV files and a config the operator changed stay. As with
+/// [`install`], every change is recorded in `report` as it is made.
+pub fn uninstall(layout: &Layout, report: &mut Report) -> Result<(), InstallError> {
+    let Report { done, problems } = report;
     for item in layout.items()? {
         let p = &item.path;
         let orig = item.original();
@@ -336,11 +349,7 @@ pub fn uninstall(layout: &Layout) -> Result<Vec<String>, InstallError> {
         fs::remove_file(&link).map_err(io("cannot remove", &link))?;
         done.push(format!("removed     {}", link.display()));
     }
-    if problems.is_empty() {
-        Ok(done)
-    } else {
-        Err(InstallError::Problems(problems))
-    }
+    Ok(())
 }
 
 /// The state of one managed file, for `check`.
@@ -373,10 +382,90 @@ pub fn file_state(item: &Item) -> Result<String, String> {
         ));
     }
     match fs::read_to_string(p) {
-        Ok(c) if c == item.content => Ok(format!("{} in place", p.display())),
+        Ok(c) if c == item.content || same_up_to_paths(&c, item) => {
+            Ok(format!("{} in place", p.display()))
+        }
         _ => Err(format!(
             "{} is vzacct's but outdated: run `vzacct install`",
             p.display()
         )),
     }
+}
+
+/// Whether `installed` is `item`'s template filled with paths that name the same files as
+/// the item's own (`/usr/sbin/vzacct` and `/usr/sbin/../sbin/vzacct`, or a path through a
+/// symlink): spelled differently, but nothing to reinstall.
+fn same_up_to_paths(installed: &str, item: &Item) -> bool {
+    let same_path = |a: &str, b: &str| {
+        a == b
+            || match (Path::new(a).canonicalize(), Path::new(b).canonicalize()) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => false,
+            }
+    };
+    // Split the template into literal text and placeholders.
+    let mut parts: Vec<(bool, &str)> = Vec::new();
+    let mut rest = item.template;
+    while let Some(i) = rest.find('@') {
+        let hit = item
+            .fills
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| rest[i..].starts_with(k));
+        match hit {
+            Some(k) => {
+                parts.push((false, &rest[..i]));
+                parts.push((true, k));
+                rest = &rest[i + k.len()..];
+            }
+            None => {
+                parts.push((false, &rest[..=i]));
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    parts.push((false, rest));
+    let mut at = installed;
+    let mut i = 0;
+    while i < parts.len() {
+        let (placeholder, text) = parts[i];
+        if !placeholder {
+            let Some(r) = at.strip_prefix(text) else {
+                return false;
+            };
+            at = r;
+            i += 1;
+            continue;
+        }
+        // The placeholder's value runs to where the next literal text starts.
+        let next = parts[i + 1..]
+            .iter()
+            .find(|(p, t)| !p && !t.is_empty())
+            .map(|(_, t)| *t);
+        let end = match next {
+            Some(t) => match at.find(t) {
+                Some(e) => e,
+                None => return false,
+            },
+            None => at.len(),
+        };
+        let value = &at[..end];
+        let want = item
+            .fills
+            .iter()
+            .find(|(k, _)| *k == text)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        let ok = if text == "@FALLBACK@" {
+            value == want
+        } else {
+            !value.contains('\n') && same_path(value, want)
+        };
+        if !ok {
+            return false;
+        }
+        at = &at[end..];
+        i += 1;
+    }
+    at.is_empty()
 }

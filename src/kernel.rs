@@ -140,6 +140,28 @@ impl Kernel {
         KernelPlan { rules, sets }
     }
 
+    /// Pure: what takes everything of vzacct's out of the kernel (`uninstall --purge`):
+    /// jumps, chains and rules of every family read, then every set of ours.
+    pub fn teardown(&self) -> KernelPlan {
+        let rules = self
+            .tables
+            .iter()
+            .map(|(t, current)| (t.family, ruleset::teardown(current)))
+            .collect();
+        let destroy = self
+            .sets
+            .iter()
+            .flat_map(|s| s.present.keys().cloned())
+            .collect();
+        KernelPlan {
+            rules,
+            sets: SetPlan {
+                destroy,
+                ..SetPlan::default()
+            },
+        }
+    }
+
     /// Apply: sets created and filled first (rules may refer to them), then one
     /// iptables-restore batch per family, then sets no longer used are destroyed.
     pub fn apply(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {

@@ -536,6 +536,14 @@ impl Ledger {
     }
 
     /// After a full harvest: parked elements are harvested (and the plan removes them).
+    /// Give every container without one a start of its totals: `now`, when it was first
+    /// seen (a counter of a container the ledger did not know, say).
+    pub fn stamp_since(&mut self, now: DateTime<FixedOffset>) {
+        for c in self.containers.values_mut() {
+            c.total_since.get_or_insert(now);
+        }
+    }
+
     pub fn unpark_all(&mut self) {
         for c in self.containers.values_mut() {
             c.parked.clear();

@@ -222,6 +222,21 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
     if dir.exists() {
         store::replay_pending(&dir)?;
     }
+    load_files(state_dir, scope)
+}
+
+/// Read the whole ledger for a view, writing nothing: a redo log left by a killed write is
+/// an error (finishing it means writing), and a missing ledger is an empty one.
+pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
+    let dir = ledger_dir(state_dir);
+    if dir.join(store::PENDING).exists() {
+        return Err(StateError::Unfinished { path: dir });
+    }
+    load_files(state_dir, &Scope::All)
+}
+
+fn load_files(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateError> {
+    let dir = ledger_dir(state_dir);
     let mut ledger = Ledger::default();
     let mut loaded = Loaded {
         dir: dir.clone(),
@@ -294,6 +309,109 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
             .collect();
     }
     Ok((ledger, loaded))
+}
+
+/// What [`salvage`] found and did.
+#[derive(Debug, Default)]
+pub struct Salvaged {
+    /// Files that did not parse, each moved aside to the path given (their containers'
+    /// records are lost).
+    pub moved_aside: Vec<(PathBuf, PathBuf)>,
+    /// `node.json` was missing or moved aside: the boot id, backend and last dump are lost.
+    pub node_lost: bool,
+    /// The last dump, when the node file survived.
+    pub last_dump: Option<LastDump>,
+}
+
+/// `vzacct repair`: read whatever of the ledger still parses (the caller holds the lock).
+/// A file that does not parse (node file, bucket, redo log) is moved aside to
+/// `<name>.corrupt-<unix time>`; the index is rebuilt from the containers; the node file is
+/// written anew by the next save. The boot id is dropped, so the caller's harvest sees a
+/// new boot and can take every kernel counter as a baseline.
+pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged), StateError> {
+    let dir = ledger_dir(state_dir);
+    let mut found = Salvaged::default();
+    let aside = |path: &Path, found: &mut Salvaged| -> Result<(), StateError> {
+        let mut to = path.as_os_str().to_owned();
+        to.push(format!(".corrupt-{stamp}"));
+        let to = PathBuf::from(to);
+        std::fs::rename(path, &to).map_err(|source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        found.moved_aside.push((path.to_path_buf(), to));
+        Ok(())
+    };
+    if dir.exists() {
+        match store::replay_pending(&dir) {
+            Ok(()) => {}
+            Err(StateError::BadRedoLog { path }) => aside(&path, &mut found)?,
+            Err(e) => return Err(e),
+        }
+    }
+    let node_path = dir.join(NODE);
+    let node = match read_opt(&node_path)? {
+        Some(bytes) => match parse::<NodeFile>(&bytes) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                aside(&node_path, &mut found)?;
+                None
+            }
+        },
+        None => None,
+    };
+    found.node_lost = node.is_none();
+    let mut ledger = Ledger::default();
+    // A format 1 ledger that still parses is a whole ledger: nothing else to salvage.
+    let v1_path = state_dir.join(V1);
+    if node.is_none()
+        && let Some(bytes) = read_opt(&v1_path)?
+    {
+        match Ledger::from_json(&bytes) {
+            Ok(l) => {
+                ledger = l;
+                found.node_lost = false;
+            }
+            Err(_) => aside(&v1_path, &mut found)?,
+        }
+    }
+    let mut loaded = Loaded {
+        dir: dir.clone(),
+        read: BTreeMap::new(),
+        ct_buckets: None,
+        holders: BTreeMap::new(),
+        ip_buckets: None,
+        held_at_load: BTreeMap::new(),
+        v1: read_opt(&v1_path)?.is_some(),
+        node_file: node.is_some(),
+        backend: node.as_ref().and_then(|n| n.backend.clone()),
+    };
+    found.last_dump = node
+        .as_ref()
+        .and_then(|n| n.last_dump.clone())
+        .or_else(|| ledger.last_dump.clone());
+    ledger.last_dump = found.last_dump.clone();
+    for b in 0..BUCKETS {
+        let name = ct_file(b);
+        let path = dir.join(&name);
+        if let Some(bytes) = read_opt(&path)? {
+            match parse_ct_bucket(&bytes, Some(b)) {
+                Ok(cts) => {
+                    for (id, c) in cts {
+                        ledger.containers.entry(id).or_insert(c);
+                    }
+                    loaded.read.insert(name, fingerprint(&bytes));
+                }
+                Err(_) => aside(&path, &mut found)?,
+            }
+        }
+        // Every index file is written anew (or removed) from the containers.
+        if dir.join(ip_file(b)).exists() {
+            loaded.read.insert(ip_file(b), 0);
+        }
+    }
+    ledger.boot_id = None;
+    Ok((ledger, loaded, found))
 }
 
 impl Loaded {

@@ -4,6 +4,7 @@
 //! hands over to [`cli::run`].
 
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod csvlog;

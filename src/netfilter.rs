@@ -74,11 +74,17 @@ impl Tables {
             return Ok(());
         }
         let batch = plan.render();
-        process::run(
-            &self.restore,
-            &["-w", "--noflush", "--counters"],
-            Some(batch.as_bytes()),
-        )
+        // A bounded wait for the xtables lock where the installed iptables-restore has one
+        // (so it gives up with its own message before our deadline stops it); plain `-w`
+        // elsewhere (1.4.x ignores it; el7 and later wait without bound, and our deadline
+        // stops them).
+        let secs = wait_seconds();
+        let args: Vec<&str> = if bounded_wait(&self.restore) {
+            vec!["-w", &secs, "--noflush", "--counters"]
+        } else {
+            vec!["-w", "--noflush", "--counters"]
+        };
+        process::run(&self.restore, &args, Some(batch.as_bytes()))
         .map_err(|source| NetfilterError::Apply {
             family: self.family,
             program: self.restore.clone(),
@@ -87,6 +93,34 @@ impl Tables {
         })?;
         Ok(())
     }
+}
+
+/// Seconds iptables-restore may wait for the xtables lock: a second less than this program
+/// may run (at least one).
+fn wait_seconds() -> String {
+    let t = process::limit_now().as_secs().saturating_sub(1).max(1);
+    t.to_string()
+}
+
+/// Whether `restore` takes `-w SECONDS` (iptables 1.6.2 and later, RHEL 7's 1.4.21),
+/// found by behaviour, not by version (plain 1.4.21 says the same version as RHEL 7's):
+/// `-w 1 --test` of an empty table succeeds there, while 1.4.x takes the `1` for a file to
+/// read and fails. Asked once per program and process.
+fn bounded_wait(restore: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static KNOWN: Mutex<Option<HashMap<String, bool>>> = Mutex::new(None);
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    let map = known.get_or_insert_with(HashMap::new);
+    if let Some(b) = map.get(restore) {
+        return *b;
+    }
+    let ok = match process::run_any(restore, &["-w", "1", "--test"], Some(b"*filter\nCOMMIT\n")) {
+        Ok((status, out)) => status.success() || out.stderr.contains("xtables lock"),
+        Err(_) => false,
+    };
+    map.insert(restore.to_string(), ok);
+    ok
 }
 
 /// A failure to read or change our ipsets.

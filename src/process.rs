@@ -1,8 +1,138 @@
 //! The one place vzacct runs other programs: an argument vector (never a shell), stdin fed
-//! explicitly, stdout and stderr captured, and failures turned into errors an operator can act on.
+//! explicitly, stdout and stderr captured, a deadline on every run, and failures turned into
+//! errors an operator can act on.
+//!
+//! Every program runs in a process group of its own, so that a deadline ends it together with
+//! anything it started (a wrapper script and its `sleep`), and nothing else. The deadline of
+//! one run is the per-program limit ([`set_limits`], `program_timeout` of the config), cut
+//! short by the command's overall deadline when it has one (a hook's `hook_timeout`).
 
 use std::io::Write;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long programs may take: per run, and for the whole command.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_program: Duration,
+    deadline: Option<Instant>,
+}
+
+static LIMITS: Mutex<Limits> = Mutex::new(Limits {
+    per_program: Duration::from_secs(120),
+    deadline: None,
+});
+
+/// The process groups of the programs running now (a hook's watchdog ends them).
+static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Set how long one program may run, and the instant by which every program of this
+/// command must have ended (`None`: no overall deadline).
+pub fn set_limits(per_program: Duration, deadline: Option<Instant>) {
+    let mut l = LIMITS.lock().unwrap_or_else(|p| p.into_inner());
+    *l = Limits {
+        per_program,
+        deadline,
+    };
+}
+
+/// Time left before the command's overall deadline, if it has one.
+pub fn remaining() -> Option<Duration> {
+    let l = *LIMITS.lock().unwrap_or_else(|p| p.into_inner());
+    l.deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// How long a program started now may run.
+pub fn limit_now() -> Duration {
+    limit()
+}
+
+/// How long the next program may run.
+fn limit() -> Duration {
+    let l = *LIMITS.lock().unwrap_or_else(|p| p.into_inner());
+    match remaining() {
+        Some(left) => left.min(l.per_program),
+        None => l.per_program,
+    }
+}
+
+/// End every program this process started that is still running (its whole process
+/// group). For a hook whose time is up, just before it exits.
+pub fn end_all() {
+    let groups = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for pgid in groups {
+        // SAFETY: kill(2) with a negative pid signals that process group; the group is one
+        // this process created for its own child and has not reaped yet.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Ends a child's process group if it runs past its time. Must be finished before the
+/// child is reaped, so the group id cannot have been reused when the signal is sent.
+struct Watchdog {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+    pgid: i32,
+}
+
+impl Watchdog {
+    fn start(child: &Child, limit: Duration) -> Watchdog {
+        let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pgid);
+        let (stop, rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || match rx.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // SAFETY: as in `end_all`: our child's own group, not yet reaped.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+                true
+            }
+            _ => false,
+        });
+        Watchdog { stop, thread, pgid }
+    }
+
+    /// Stop watching; whether the time ran out (and the group was killed).
+    fn finish(self) -> bool {
+        let _ = self.stop.send(());
+        let fired = self.thread.join().unwrap_or(true);
+        RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|g| *g != self.pgid);
+        fired
+    }
+}
+
+/// A command for `program` in a process group of its own.
+fn command(program: &str, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.args(args).process_group(0);
+    cmd
+}
+
+/// What a program that ran out of time was most likely waiting for.
+fn waiting_for(program: &str) -> &'static str {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if name.starts_with("iptables") || name.starts_with("ip6tables") {
+        " (it waits for the xtables lock while another program holds it: is an iptables \
+         command or a firewall service hanging?)"
+    } else if name.starts_with("ipset") {
+        " (it waits for the kernel's ipset subsystem)"
+    } else {
+        ""
+    }
+}
 
 /// A program that could not be run or did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +152,18 @@ pub enum ProcessError {
         status: ExitStatus,
         stderr: String,
     },
+    #[error(
+        "{program} {args} did not finish within {} s and was stopped{hint}",
+        .after.as_secs_f64().ceil()
+    )]
+    Timeout {
+        program: String,
+        args: String,
+        after: Duration,
+        hint: &'static str,
+    },
+    #[error("{program} was not run: this command's time budget is used up")]
+    NoTimeLeft { program: String },
 }
 
 impl ProcessError {
@@ -51,6 +193,23 @@ impl ProcessError {
             },
         }
     }
+
+    fn timeout(program: &str, args: &[&str], after: Duration) -> ProcessError {
+        ProcessError::Timeout {
+            program: program.to_string(),
+            args: args.join(" "),
+            after,
+            hint: waiting_for(program),
+        }
+    }
+
+    /// Whether the program was stopped by its deadline (or never started for lack of time).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ProcessError::Timeout { .. } | ProcessError::NoTimeLeft { .. }
+        )
+    }
 }
 
 /// What a successful run printed.
@@ -58,6 +217,17 @@ impl ProcessError {
 pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: String,
+}
+
+/// How long the next run may take; an error when the command's time is already up.
+fn time_for(program: &str) -> Result<Duration, ProcessError> {
+    let t = limit();
+    if t.is_zero() {
+        return Err(ProcessError::NoTimeLeft {
+            program: program.to_string(),
+        });
+    }
+    Ok(t)
 }
 
 /// Run `program` with `args`, feeding `stdin` (or /dev/null), and wait for it.
@@ -76,24 +246,34 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output,
 }
 
 /// [`run`], but any exit status is returned with the output (for batches in which some
-/// commands are expected to fail).
+/// commands are expected to fail). Running out of time is still an error.
 pub fn run_any(
     program: &str,
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<(ExitStatus, Output), ProcessError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    run_within(program, args, stdin, time_for(program)?)
+}
+
+/// [`run_any`] with the time it may take.
+fn run_within(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> Result<(ExitStatus, Output), ProcessError> {
+    let mut cmd = command(program, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|source| ProcessError::spawn(program, source))?;
+    let dog = Watchdog::start(&child, limit);
     // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
     let writer = match (stdin, child.stdin.take()) {
         (Some(data), Some(mut pipe)) => {
@@ -102,24 +282,71 @@ pub fn run_any(
         }
         _ => None,
     };
-    let out = child
-        .wait_with_output()
-        .map_err(|source| ProcessError::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
+    // Drain both pipes (the watchdog's kill closes them), then stop the watchdog before the
+    // child is reaped.
+    let (stdout, stderr) = drain(&mut child);
+    exited(&child);
+    let fired = dog.finish();
+    let status = child.wait().map_err(|source| ProcessError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
     // A broken pipe here means the child exited early; its status tells the real story.
     if let Some(w) = writer {
         let _ = w.join();
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if fired {
+        return Err(ProcessError::timeout(program, args, limit));
+    }
     Ok((
-        out.status,
+        status,
         Output {
-            stdout: out.stdout,
-            stderr,
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         },
     ))
+}
+
+/// Wait until `child` has exited, without reaping it: until it is reaped its process
+/// group id cannot be reused, so its watchdog may still signal the group safely.
+fn exited(child: &Child) {
+    let pid: libc::id_t = child.id();
+    loop {
+        // SAFETY: waitid(2) writes only into the siginfo_t we own; WNOWAIT leaves the child
+        // to be reaped by `Child::wait`.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Read a child's stdout and stderr to their ends (stderr on a thread).
+fn drain(child: &mut Child) -> (Vec<u8>, Vec<u8>) {
+    use std::io::Read;
+    let err_reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf);
+            buf
+        })
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_end(&mut stdout);
+    }
+    let stderr = err_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    (stdout, stderr)
 }
 
 /// Run `program` with `args` (stdin /dev/null) and hand each line of its stdout to `each`
@@ -129,16 +356,26 @@ pub fn run_any(
 pub fn run_lines<E>(
     program: &str,
     args: &[&str],
+    each: impl FnMut(&str) -> Result<(), E>,
+) -> Result<Result<(), E>, ProcessError> {
+    lines_within(program, args, each, time_for(program)?)
+}
+
+/// [`run_lines`] with the time it may take.
+fn lines_within<E>(
+    program: &str,
+    args: &[&str],
     mut each: impl FnMut(&str) -> Result<(), E>,
+    limit: Duration,
 ) -> Result<Result<(), E>, ProcessError> {
     use std::io::{BufRead, Read};
-    let mut child = Command::new(program)
-        .args(args)
+    let mut child = command(program, args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| ProcessError::spawn(program, source))?;
+    let dog = Watchdog::start(&child, limit);
     let spawn_err = |source| ProcessError::Spawn {
         program: program.to_string(),
         source,
@@ -152,6 +389,7 @@ pub fn run_lines<E>(
         })
     });
     let mut outcome = Ok(());
+    let mut read_error = None;
     if let Some(stdout) = child.stdout.take() {
         let mut reader = std::io::BufReader::with_capacity(64 * 1024, stdout);
         let mut buf = Vec::new();
@@ -168,13 +406,22 @@ pub fn run_lines<E>(
                 }
                 Err(e) => {
                     let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(spawn_err(e));
+                    read_error = Some(e);
+                    break;
                 }
             }
         }
     }
+    // Reading stopped early: the closed pipe ends the child (SIGPIPE), or its deadline does.
+    exited(&child);
+    let fired = dog.finish();
     let status = child.wait().map_err(spawn_err)?;
+    if fired {
+        return Err(ProcessError::timeout(program, args, limit));
+    }
+    if let Some(e) = read_error {
+        return Err(spawn_err(e));
+    }
     let stderr = err_reader
         .and_then(|t| t.join().ok())
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
@@ -241,5 +488,39 @@ mod tests {
             run_lines("vzacct-no-such-program", &[], |_| Ok::<(), ()>(())),
             Err(ProcessError::NotFound { .. })
         ));
+    }
+
+    /// A program that never ends is stopped at its deadline, together with a child of its
+    /// own that keeps the output pipe open, and the error names it.
+    #[test]
+    fn a_hanging_program_is_stopped_with_its_children() {
+        let t = Duration::from_millis(600);
+        for script in ["sleep 30", "sleep 30 & sleep 31", "trap '' PIPE TERM; sleep 30"] {
+            let started = Instant::now();
+            let e = run_within("sh", &["-c", script], Some(b"x"), t).unwrap_err();
+            let took = started.elapsed();
+            assert!(took >= t && took < Duration::from_secs(5), "{script}: {took:?}");
+            assert!(e.is_timeout(), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("sh -c {script} did not finish within 1 s and was stopped")
+            );
+            let started = Instant::now();
+            let e = lines_within("sh", &["-c", &format!("echo a; {script}")], |_| Ok::<(), ()>(()), t)
+                .unwrap_err();
+            assert!(e.is_timeout() && started.elapsed() < Duration::from_secs(5), "{e}");
+        }
+        // A reader that stops early is not left waiting for a child that ignores SIGPIPE.
+        let started = Instant::now();
+        let r = lines_within(
+            "sh",
+            &["-c", "trap '' PIPE; while :; do echo y || sleep 1; done"],
+            |_| Err("enough"),
+            t,
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(r, Err(ProcessError::Timeout { .. }) | Ok(Err("enough"))), "{r:?}");
+        assert!(waiting_for("/sbin/iptables-restore").contains("xtables lock"));
+        assert_eq!(waiting_for("ip"), "");
     }
 }

@@ -558,6 +558,8 @@ pub enum Op {
     Append(Wanted),
     /// Put our jump at the top of its built-in chain.
     InsertJump(Chain),
+    /// Flush and delete one of our chains (its jumps deleted first): `uninstall --purge`.
+    RemoveChain(Chain),
 }
 
 /// The changes that make one family's kernel ruleset match what is accounted.
@@ -604,11 +606,37 @@ impl Plan {
                 Op::Delete { chain, spec } => writeln!(out, "-D {chain} {spec}"),
                 Op::Append(w) => writeln!(out, "[0:0] -A {} {}", w.chain().name(), w.spec()),
                 Op::InsertJump(c) => writeln!(out, "-I {} 1 -j {}", c.builtin(), c.name()),
+                Op::RemoveChain(c) => writeln!(out, "-F {n}\n-X {n}", n = c.name()),
             };
         }
         out.push_str("COMMIT\n");
         out
     }
+}
+
+/// Everything of ours out of one family's table: every jump to our chains, then the chains
+/// with their rules. Nothing else is touched.
+pub fn teardown(current: &Current) -> Plan {
+    let mut ops: Vec<Op> = current
+        .jumps
+        .iter()
+        .map(|j| Op::Delete {
+            chain: j.chain.builtin(),
+            spec: j.spec.clone(),
+        })
+        .collect();
+    ops.extend(
+        Chain::ALL
+            .iter()
+            .filter(|c| current.chains.contains(c))
+            .map(|c| Op::RemoveChain(*c)),
+    );
+    let policies = if ops.is_empty() || current.nf_tables {
+        Vec::new()
+    } else {
+        current.policies.clone()
+    };
+    Plan { ops, policies }
 }
 
 /// Compare what is wanted with what is there. Rules already in place keep their counters;
@@ -700,6 +728,29 @@ mod tests {
     const LEGACY_101: &str = include_str!("../tests/fixtures/save/legacy-101.txt");
     const NFT_101: &str = include_str!("../tests/fixtures/save/nft-101.txt");
     const NFT_V6_101: &str = include_str!("../tests/fixtures/save/nft6-101.txt");
+
+    #[test]
+    fn teardown_removes_jumps_then_chains() {
+        let current = parse_save(LEGACY_101).unwrap();
+        let batch = teardown(&current).render();
+        assert_eq!(
+            batch.lines().filter(|l| !l.starts_with(':')).collect::<Vec<_>>(),
+            [
+                "*filter",
+                "-D INPUT -j VZACCT-INPUT",
+                "-D FORWARD -j VZACCT-FORWARD",
+                "-D OUTPUT -j VZACCT-OUTPUT",
+                "-F VZACCT-FORWARD",
+                "-X VZACCT-FORWARD",
+                "-F VZACCT-INPUT",
+                "-X VZACCT-INPUT",
+                "-F VZACCT-OUTPUT",
+                "-X VZACCT-OUTPUT",
+                "COMMIT",
+            ]
+        );
+        assert!(teardown(&Current::default()).is_empty());
+    }
 
     #[test]
     fn renders_the_exact_rules() {

@@ -31,6 +31,16 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing to use state directory {path}: {reason} (it holds the ledger: make it \
+         root's and writable by no one else, e.g. chown root: and chmod 0700)"
+    )]
+    Unsafe { path: PathBuf, reason: String },
+    #[error(
+        "the ledger in {path} has an unfinished write (a command was killed while writing); \
+         any changing command (`vzacct dump`) finishes it"
+    )]
+    Unfinished { path: PathBuf },
     #[error("cannot open lock file {path}")]
     OpenLock {
         path: PathBuf,
@@ -83,8 +93,46 @@ pub struct Locked {
     _lock: File,
 }
 
+/// Why an existing directory that vzacct writes into is not safe to use: not root's, or
+/// writable by someone else (who could plant files or symlinks in it). `None`: it is fine,
+/// or does not exist.
+pub fn unsafe_dir(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).ok()?;
+    if m.file_type().is_symlink() {
+        // Follow it: an operator may point /var/lib/vzacct elsewhere; the target must pass.
+        return std::fs::metadata(dir)
+            .ok()
+            .and_then(|_| unsafe_dir(&dir.canonicalize().ok()?));
+    }
+    if !m.is_dir() {
+        return Some("it is not a directory".into());
+    }
+    if m.uid() != 0 {
+        return Some(format!("it is owned by uid {}, not root", m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!(
+            "it is writable by {} (mode {:04o})",
+            if m.mode() & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            m.mode() & 0o7777
+        ));
+    }
+    None
+}
+
 /// Create the state dir (0700) if needed and take the exclusive lock, waiting at most `wait`.
 pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
+    if let Some(reason) = unsafe_dir(dir) {
+        return Err(StateError::Unsafe {
+            path: dir.to_path_buf(),
+            reason,
+        });
+    }
     create_private_dir(dir)?;
     let path = dir.join(LOCK);
     let file = OpenOptions::new()
@@ -135,6 +183,82 @@ impl Locked {
         scope: &ledger_store::Scope,
     ) -> Result<(Ledger, ledger_store::Loaded), StateError> {
         ledger_store::load(&self.dir, scope)
+    }
+}
+
+/// A read-only view's hold on the state dir: a shared lock, so no command changes the
+/// ledger while it is read, taken without creating anything (the state dir may be read-only,
+/// or vzacct may never have been set up on this node).
+#[derive(Debug)]
+pub struct Shared {
+    dir: PathBuf,
+    _lock: Option<File>,
+}
+
+/// Take the shared lock when the lock file exists, waiting at most `wait` for a command
+/// that holds it exclusively. Nothing is created.
+pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
+    if let Some(reason) = unsafe_dir(dir) {
+        return Err(StateError::Unsafe {
+            path: dir.to_path_buf(),
+            reason,
+        });
+    }
+    // A write killed half-way is finished first, as any command does, when the state dir
+    // can be written; a view of a read-only one says what is missing instead.
+    let ledger = dir.join(ledger_store::DIR);
+    if ledger.join(PENDING).exists() {
+        let finished = lock(dir, wait).and_then(|l| {
+            replay_pending(&ledger)?;
+            drop(l);
+            Ok(())
+        });
+        if let Err(e) = finished {
+            return Err(match e {
+                StateError::LockTimeout { .. } => e,
+                _ => StateError::Unfinished { path: ledger },
+            });
+        }
+    }
+    let path = dir.join(LOCK);
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Shared {
+                dir: dir.to_path_buf(),
+                _lock: None,
+            });
+        }
+        Err(source) => return Err(StateError::OpenLock { path, source }),
+    };
+    let start = Instant::now();
+    loop {
+        match fs2::FileExt::try_lock_shared(&file) {
+            Ok(()) => break,
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                if start.elapsed() >= wait {
+                    return Err(StateError::LockTimeout { path, waited: wait });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => return Err(StateError::Lock { path, source }),
+        }
+    }
+    Ok(Shared {
+        dir: dir.to_path_buf(),
+        _lock: Some(file),
+    })
+}
+
+impl Shared {
+    /// The whole ledger as it is on disk, without writing anything (an unfinished write
+    /// is an error saying how to finish it).
+    pub fn load(&self) -> Result<(Ledger, ledger_store::Loaded), StateError> {
+        ledger_store::load_view(&self.dir)
     }
 }
 

@@ -17,12 +17,20 @@ const CTS: &[(&str, &str, &str)] = &[
 ];
 const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
 const BERLIN: &str = "Europe/Berlin";
-/// Run vzacct at `now` (RFC 3339), in time zone `tz` (UTC when None); it must succeed.
+/// Run vzacct at `now` (RFC 3339), with `timezone = tz` in its config (UTC when None); it
+/// must succeed. The caller's TZ is set to a zone 14 hours ahead of UTC every time: the
+/// days must follow the config, never the TZ of whoever runs the command.
 fn run(node: &Node, tz: Option<&str>, now: &str, args: &[&str]) -> String {
-    let mut env = vec![("VZACCT_NOW", now)];
-    if let Some(tz) = tz {
-        env.push(("TZ", tz));
-    }
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let zone = format!("timezone = {}\n", tz.unwrap_or("UTC"));
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("timezone = "))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("[storage]\n", &format!("[storage]\n{zone}"));
+    std::fs::write(&node.config, cfg).unwrap();
+    let env = vec![("VZACCT_NOW", now), ("TZ", "Pacific/Kiritimati")];
     let out = node.vzacct_env(args, &env);
     assert!(
         out.status.success(),

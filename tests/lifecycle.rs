@@ -46,7 +46,7 @@ impl<'a> Site<'a> {
         let config = format!(
             "[vzctl]\nconf_dir = {r}/etc/vz/conf\nveinfo = {d}/veinfo\nhook_log = {d}/hook.log\n\
              [netfilter]\niptables = {}\nip6tables = {}\nbackend = {}\n\
-             [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\n",
+             [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\ntimezone = UTC\n",
             node.variant.iptables(false),
             node.variant.iptables(true),
             node.variant.backend(),
@@ -515,7 +515,15 @@ fn install_upgrade_uninstall(v: Variant) {
     let out = site.vzacct_root("install");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("was not written by vzacct; not overwritten"),
+        stdout(&out).contains(&format!(
+            "PROBLEM     {} exists and was not written by vzacct; not overwritten",
+            site.root.join("etc/init.d/vzacct").display()
+        )) && stdout(&out).contains("wrapped     "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("install left 1 problem(s)"),
         "{}",
         stderr(&out)
     );
@@ -569,8 +577,36 @@ fn check_reports_every_integration_point(v: Variant) {
         "{text}"
     );
     assert!(text.contains("FAIL last dump"), "{text}");
+    // A SysV node (no /run/systemd/system in the root) whose init script is not enabled:
+    // nothing restores the rules before vz starts the containers.
+    assert!(
+        text.contains("FAIL boot order             the init script is not enabled in any runlevel"),
+        "{text}"
+    );
+    // Enabled after vz (S97 > S96): still wrong.
+    for level in ['2', '3', '4', '5'] {
+        let dir = site.root.join(format!("etc/rc.d/rc{level}.d"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("../init.d/vz", dir.join("S96vz")).unwrap();
+        std::os::unix::fs::symlink("../init.d/vzacct", dir.join("S97vzacct")).unwrap();
+    }
+    let text = stdout(&site.vzacct_root("check"));
+    assert!(
+        text.contains("FAIL boot order             the init script starts after vz (rc2.d: S97vzacct after S96vz"),
+        "{text}"
+    );
+    // As chkconfig enables it: S95, before vz's S96.
+    for level in ['2', '3', '4', '5'] {
+        let dir = site.root.join(format!("etc/rc.d/rc{level}.d"));
+        std::fs::rename(dir.join("S97vzacct"), dir.join("S95vzacct")).unwrap();
+    }
     node.ok(&["dump"]);
     let out = site.vzacct_root("check");
+    assert!(
+        stdout(&out).contains("ok   boot order             SysV: the init script starts before vz in runlevel(s) 2345"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -65,7 +65,12 @@ fn exact_rules_and_idempotent(v: Variant) {
     node.ok(&["add", "102"]);
     node.ok(&["sync"]);
     node.ok(&["sync"]);
-    node.ok(&["remove", "103"]);
+    let out = node.vzacct(&["remove", "103"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "vzacct: error: container 103 is not accounted (no record in the ledger, or no IP); nothing to remove\n"
+    );
     assert_eq!(node.save(false), v4);
     assert_eq!(node.save(true), v6);
 }

@@ -93,6 +93,12 @@ pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> 
     for raw in ip_args {
         let ip = parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?;
         check_family(ctx, &ip)?;
+        if raw.contains('/') {
+            ctx.warn(format!(
+                "{raw}: accounting the address {ip} only; the prefix is not a range (vzacct \
+                 accounts single addresses, as vzctl assigns them)"
+            ));
+        }
         ips.push(ip);
     }
     if ips.is_empty() {
@@ -119,6 +125,20 @@ pub fn remove(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Erro
     let mut ips = Vec::new();
     for raw in ip_args {
         ips.push(parse_ip(raw).map_err(|m| Error::Invalid(format!("container {ctid}: {m}")))?);
+    }
+    {
+        let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
+        let known = shared
+            .load()?
+            .0
+            .containers
+            .get(ctid)
+            .is_some_and(|c| c.accounted());
+        if !known {
+            return Err(Error::Invalid(format!(
+                "container {ctid} is not accounted (no record in the ledger, or no IP); nothing to remove"
+            )));
+        }
     }
     let u = unaccount(ctx, ctid, (!ips.is_empty()).then_some(&ips[..]))?;
     for ip in &u.not_found {
@@ -250,6 +270,84 @@ pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
     commit(ctx, s, false)?;
     ctx.say(format!(
         "container {ctid}: totals reset at {}; daily history and CSV rows are unchanged",
-        ctx.now.to_rfc3339()
+        crate::clock::format(&ctx.now)
     ))
+}
+
+/// `vzacct repair`: rebuild what of the ledger is lost or does not parse, take every kernel
+/// counter as a new starting point, and say how much may have gone uncounted.
+pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
+    let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
+    let (mut ledger, loaded, found) =
+        crate::ledger_store::salvage(locked.dir(), ctx.now.timestamp())?;
+    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
+    let mut kernel = Kernel::read(
+        &ctx.config,
+        &ctx.families(),
+        ledger.expected_elements(),
+        sets_in_use,
+    )?;
+    // What the kernel counted that no baseline accounts for: since the last harvest where
+    // the container's record survived, the whole counter where it did not.
+    let mut uncounted = Figures::default();
+    let mut counters = 0usize;
+    for c in kernel.counted() {
+        counters += 1;
+        let base = ledger
+            .containers
+            .get(&c.ctid)
+            .and_then(|ct| ct.seen.get(c.key.as_str()));
+        let delta = match base {
+            Some(b) if c.counters.bytes >= b.bytes && c.counters.packets >= b.packets => {
+                crate::ruleset::Counters {
+                    packets: c.counters.packets - b.packets,
+                    bytes: c.counters.bytes - b.bytes,
+                }
+            }
+            _ => c.counters,
+        };
+        uncounted.credit(c.kind, delta);
+    }
+    let boot_id = ctx.boot_id()?;
+    let (harvest, rows) = ledger.harvest(
+        kernel.counted(),
+        &boot_id,
+        ctx.today(),
+        NewBoot::Baseline,
+    );
+    ledger.unpark_all();
+    kernel.compact();
+    let kept = ledger.containers.len();
+    let session = Session {
+        locked,
+        ledger,
+        loaded,
+        kernel,
+        harvest,
+        rows,
+    };
+    let done = commit(ctx, session, true)?;
+    for (from, to) in &found.moved_aside {
+        ctx.say(format!(
+            "moved aside {} (it did not parse) to {}",
+            from.display(),
+            to.display()
+        ))?;
+    }
+    if found.node_lost {
+        ctx.say("node file rebuilt: the boot id, the backend and the last dump time were lost")?;
+    }
+    ctx.say(format!(
+        "{kept} container record(s) kept; {counters} kernel counter(s) taken as new starting points"
+    ))?;
+    let since = match &found.last_dump {
+        Some(d) => format!("since the last dump at {}", crate::clock::format(&d.at)),
+        None => "since the last harvest (its time is lost)".to_string(),
+    };
+    ctx.say(format!(
+        "not credited to anyone: at most {} bytes in / {} bytes out ({} / {} packets) that the \
+         kernel counted {since}",
+        uncounted.in_bytes, uncounted.out_bytes, uncounted.in_packets, uncounted.out_packets
+    ))?;
+    report(ctx, &done)
 }

@@ -58,7 +58,7 @@ fn open(ctx: &Ctx, ctid: &Ctid) -> Result<Result<Part, String>, Error> {
 /// Close finished days of the containers read, append their rows, write the bucket.
 fn commit_part(ctx: &Ctx, p: &mut Part) -> Result<usize, Error> {
     let rows = p.ledger.close_days(ctx.today());
-    let written = csvlog::append(&ctx.config.csv_dir, &rows)?;
+    let written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     p.loaded.save(&p.ledger, None)?;
     Ok(written)
 }

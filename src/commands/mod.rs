@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Local, NaiveDate};
+use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -37,6 +37,8 @@ pub struct Ctx<'a> {
     pub now: DateTime<FixedOffset>,
     /// Where the kernel's boot id is read (`VZACCT_BOOT_ID_FILE` overrides it for tests).
     pub boot_id_file: PathBuf,
+    /// The zone of the node's calendar (`timezone` of the config); `now` is given in it.
+    pub tz: crate::clock::Zone,
     pub out: &'a mut dyn Write,
     pub err: &'a mut dyn Write,
 }
@@ -59,9 +61,25 @@ impl Ctx<'_> {
         }
     }
 
-    /// The local calendar day of `now`.
+    /// The calendar day of `now` in the configured zone.
     pub fn today(&self) -> NaiveDate {
-        self.now.with_timezone(&Local).date_naive()
+        self.now.date_naive()
+    }
+
+    /// Mode and group of the CSV files, from the config.
+    pub(crate) fn csv_perms(&self) -> Result<csvlog::Perms, Error> {
+        let gid = match &self.config.csv_group {
+            None => None,
+            Some(g) => Some(csvlog::group_id(g).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "csv_group = {g} under [storage]: no such group on this node"
+                ))
+            })?),
+        };
+        Ok(csvlog::Perms {
+            mode: self.config.csv_mode,
+            gid,
+        })
     }
 
     fn boot_id(&self) -> Result<String, Error> {
@@ -136,6 +154,7 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);
+    ledger.stamp_since(ctx.now);
     ledger.unpark_all();
     kernel.compact();
     Ok(Session {
@@ -163,7 +182,7 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
         .kernel
         .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
     s.kernel.drop_elements();
-    let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows)?;
+    let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
     s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
     if apply {

@@ -24,11 +24,34 @@ pub fn layout(ctx: &Ctx, root: &Path, config: &Path) -> Result<Layout, Error> {
     })
 }
 
-/// `vzacct install [--root DIR]`
-pub fn install_cmd(ctx: &mut Ctx, layout: &Layout) -> Result<(), Error> {
-    for line in &install::install(layout)? {
+/// Print what install or uninstall did, then its problems and error, if any.
+fn tell(
+    ctx: &mut Ctx,
+    what: &str,
+    report: &install::Report,
+    outcome: Result<(), install::InstallError>,
+) -> Result<(), Error> {
+    for line in &report.done {
         ctx.say(line)?;
     }
+    for p in &report.problems {
+        ctx.say(format!("PROBLEM     {p}"))?;
+    }
+    outcome?;
+    if !report.problems.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{what} left {} problem(s) for you to resolve (listed above); everything else is done",
+            report.problems.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `vzacct install [--root DIR]`
+pub fn install_cmd(ctx: &mut Ctx, layout: &Layout) -> Result<(), Error> {
+    let mut report = install::Report::default();
+    let outcome = install::install(layout, &mut report);
+    tell(ctx, "install", &report, outcome)?;
     if layout.root == Path::new("/") {
         ctx.say(
             "enable the init script on SysV nodes with `chkconfig --add vzacct` or \
@@ -38,16 +61,105 @@ pub fn install_cmd(ctx: &mut Ctx, layout: &Layout) -> Result<(), Error> {
     ctx.say("vzacct is installed; `vzacct check` shows every integration point")
 }
 
-/// `vzacct uninstall [--root DIR]`
-pub fn uninstall_cmd(ctx: &mut Ctx, layout: &Layout) -> Result<(), Error> {
-    for line in install::uninstall(layout)? {
-        ctx.say(line)?;
+/// `vzacct uninstall [--root DIR] [--purge [--purge-data]]`
+pub fn uninstall_cmd(
+    ctx: &mut Ctx,
+    layout: &Layout,
+    purge: bool,
+    purge_data: bool,
+) -> Result<(), Error> {
+    let mut report = install::Report::default();
+    let outcome = install::uninstall(layout, &mut report);
+    tell(ctx, "uninstall", &report, outcome)?;
+    if purge {
+        purge_kernel(ctx)?;
+    } else {
+        match Kernel::read(&ctx.config, &ctx.families(), 0, false) {
+            Ok(k) => {
+                let plan = k.teardown();
+                let jumps_chains: usize = plan.rules.iter().map(|(_, p)| p.ops.len()).sum();
+                let rules: usize = k.tables.iter().map(|(_, c)| c.rules.len()).sum();
+                if jumps_chains + plan.sets.destroy.len() > 0 {
+                    ctx.say(format!(
+                        "still in the kernel, and counting: {jumps_chains} of vzacct's chain(s) \
+                         and jump(s), {rules} rule(s) and {} set(s) ({}); `vzacct uninstall \
+                         --purge` harvests them into the ledger and removes them",
+                        plan.sets.destroy.len(),
+                        if plan.sets.destroy.is_empty() {
+                            "no sets".to_string()
+                        } else {
+                            plan.sets.destroy.join(", ")
+                        }
+                    ))?;
+                } else {
+                    ctx.say("nothing of vzacct's is left in the kernel")?;
+                }
+            }
+            Err(e) => ctx.say(format!(
+                "cannot tell what of vzacct's is left in the kernel: {}",
+                chain(&e).replace("\n  caused by: ", "; caused by: ")
+            ))?,
+        }
+    }
+    if purge_data {
+        for dir in [ctx.config.state_dir.clone(), ctx.config.csv_dir.clone()] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => ctx.say(format!("deleted     {}", dir.display()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Invalid(format!("cannot delete {}: {e}", dir.display())));
+                }
+            }
+        }
+        return ctx.say("vzacct is uninstalled and purged, its data deleted");
     }
     ctx.say(format!(
         "vzacct is uninstalled; the ledger ({}) and the CSV files ({}) are kept",
         ctx.config.state_dir.display(),
         ctx.config.csv_dir.display()
     ))
+}
+
+/// Take vzacct out of the kernel under the lock: a final harvest into the ledger (so
+/// nothing counted is lost), then every jump, chain, rule and set of ours removed.
+fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
+    let s = begin(ctx, NewBoot::Count)?;
+    let harvest = s.harvest.clone();
+    let teardown = s.kernel.teardown();
+    let Session {
+        locked,
+        mut ledger,
+        mut loaded,
+        kernel,
+        rows,
+        ..
+    } = s;
+    let rows_written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
+    ledger.prune();
+    loaded.save(&ledger, Some(kernel.backend_name()))?;
+    kernel.apply(&ctx.config, &teardown)?;
+    drop(locked);
+    report_harvest(ctx, &harvest, rows_written)?;
+    for (family, p) in &teardown.rules {
+        ctx.say(format!(
+            "{family}: removed {} jump(s) and {} chain(s) with their rules",
+            p.ops
+                .iter()
+                .filter(|o| matches!(o, Op::Delete { .. }))
+                .count(),
+            p.ops
+                .iter()
+                .filter(|o| matches!(o, Op::RemoveChain(_)))
+                .count()
+        ))?;
+    }
+    if !teardown.sets.destroy.is_empty() {
+        ctx.say(format!(
+            "ipset: destroyed {}",
+            teardown.sets.destroy.join(", ")
+        ))?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -67,8 +179,14 @@ struct CheckDoc {
 const DUMP_MAX_AGE_SECS: i64 = 15 * 60;
 
 /// `vzacct check [--root DIR] [--json]`: every integration point with its state; exit 0
-/// only when all is well.
-pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
+/// only when all is well. `config_error`: the config could not be read (check goes on with
+/// the defaults to show everything else).
+pub fn check(
+    ctx: &mut Ctx,
+    layout: &Layout,
+    json: bool,
+    config_error: Option<&Error>,
+) -> Result<(), Error> {
     let mut items = Vec::new();
     let mut item = |name: &str, r: Result<String, String>| {
         let (ok, detail) = match r {
@@ -78,9 +196,27 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
         items.push(CheckItem {
             name: name.to_string(),
             ok,
-            detail,
+            // One item, one line: a cause chain is folded into it.
+            detail: detail.replace("\n  caused by: ", "; caused by: ").replace('\n', " "),
         });
     };
+    // The config the installed scripts pass with --config.
+    item(
+        "config",
+        match config_error {
+            Some(e) => Err(format!(
+                "{}; every hook logs this and does nothing until it is fixed (check shows the \
+                 rest with the defaults)",
+                chain(e)
+            )),
+            None if !layout.config.exists() => Err(format!(
+                "{} is missing: the installed hooks pass it with --config, so every hook only \
+                 logs an error (run `vzacct install` to write the default one)",
+                layout.config.display()
+            )),
+            None => Ok(format!("{} read", layout.config.display())),
+        },
+    );
     // Files.
     match layout.items() {
         Ok(list) => {
@@ -93,7 +229,7 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
                     )),
                 );
             }
-            for i in &list {
+            for i in list.iter().filter(|i| i.role != Role::Config) {
                 let name = match i.role {
                     Role::Chain => "action script",
                     Role::Wrap => "network wrapper",
@@ -101,30 +237,14 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
                     Role::Own if i.path.starts_with(layout.under(Path::new("/etc/cron.d"))) => {
                         "cron entry"
                     }
-                    Role::Own => "init script",
-                    Role::Config => "config",
+                    _ => "init script",
                 };
-                let r = if i.role == Role::Config && !i.path.exists() {
-                    Ok(format!("{} absent: defaults apply", i.path.display()))
-                } else {
-                    install::file_state(i)
-                };
-                item(name, r);
+                item(name, install::file_state(i));
             }
         }
         Err(e) => item("installation", Err(e.to_string())),
     }
-    let link = layout.wants_link();
-    item(
-        "systemd enablement",
-        match std::fs::read_link(&link) {
-            Ok(_) => Ok(format!("{} in place", link.display())),
-            Err(_) => Err(format!(
-                "{} is missing (run `vzacct install`)",
-                link.display()
-            )),
-        },
-    );
+    item("boot order", boot_order(layout));
     // Netfilter: the tools, then our chains, rules and sets (one read of everything).
     for family in ctx.families() {
         let restore = crate::config::companion(ctx.config.iptables_for(family), "restore");
@@ -140,8 +260,10 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
     if let Err(e) = &kernel {
         item("kernel rules", Err(chain(e)));
     }
-    // The ledger, the rules and the running containers.
-    let ledger = store::lock(&ctx.config.state_dir, ctx.lock_wait).and_then(|l| l.load());
+    // The ledger, the rules and the running containers: read under a shared lock, creating
+    // nothing.
+    let ledger = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)
+        .and_then(|l| l.load().map(|(ledger, _)| ledger));
     match ledger {
         Err(e) => item("ledger", Err(chain(&e))),
         Ok(ledger) => {
@@ -178,25 +300,33 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
                 }
                 if kernel.use_sets {
                     let s = &plan.sets;
+                    let (waiting, stray) = split_parked(&ledger, &s.del);
                     let unusable: Vec<&String> = kernel
                         .sets
                         .iter()
                         .flat_map(|k| k.present.iter().filter(|(_, ok)| !**ok).map(|(n, _)| n))
                         .collect();
+                    let waiting_text = if waiting > 0 {
+                        format!(
+                            "; {waiting} element(s) of stopped containers waiting for the next \
+                             dump to harvest them"
+                        )
+                    } else {
+                        String::new()
+                    };
                     item(
                         "ipsets",
                         if s.create.is_empty()
                             && s.add.is_empty()
-                            && s.del.is_empty()
+                            && stray == 0
                             && unusable.is_empty()
                         {
-                            Ok("sets and elements in place".into())
+                            Ok(format!("sets and elements in place{waiting_text}"))
                         } else {
                             Err(format!(
-                                "{} set(s) missing, {} element(s) missing, {} stray, {} without counters: run `vzacct sync`{}",
+                                "{} set(s) missing, {} element(s) missing, {stray} stray, {} without counters: run `vzacct sync`{}{waiting_text}",
                                 s.create.len(),
                                 s.add.len(),
-                                s.del.len(),
                                 unusable.len(),
                                 if unusable.is_empty() {
                                     String::new()
@@ -222,18 +352,21 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
                     None => Err("no dump has run yet (is the cron entry in place?)".into()),
                     Some(d) => {
                         let age = (ctx.now - d.at).num_seconds();
-                        let text = format!(
-                            "{} ({age} s ago, took {} ms)",
-                            d.at.to_rfc3339(),
-                            d.duration_ms
-                        );
-                        if age > DUMP_MAX_AGE_SECS {
+                        let at = crate::clock::format(&d.at.with_timezone(&ctx.now.timezone()));
+                        if age < -60 {
                             Err(format!(
-                                "{text}: older than {} minutes",
+                                "{at} lies {} s in the future: the clock was set back since \
+                                 (days already closed into the CSV stay closed)",
+                                -age
+                            ))
+                        } else if age > DUMP_MAX_AGE_SECS {
+                            Err(format!(
+                                "{at} ({age} s ago, took {} ms): older than {} minutes",
+                                d.duration_ms,
                                 DUMP_MAX_AGE_SECS / 60
                             ))
                         } else {
-                            Ok(text)
+                            Ok(format!("{at} ({} s ago, took {} ms)", age.max(0), d.duration_ms))
                         }
                     }
                 },
@@ -262,6 +395,80 @@ pub fn check(ctx: &mut Ctx, layout: &Layout, json: bool) -> Result<(), Error> {
         return Err(Error::Invalid(format!("check found {problems} problem(s)")));
     }
     Ok(())
+}
+
+/// Of the set elements a plan would delete: how many belong to IPs a quick umount/net-del
+/// parked for the next dump (expected), and how many are strays.
+pub(crate) fn split_parked(ledger: &Ledger, del: &[(Kind, IpAddr)]) -> (usize, usize) {
+    let parked: BTreeSet<IpAddr> = ledger
+        .containers
+        .values()
+        .flat_map(|c| c.parked.iter().copied())
+        .collect();
+    let waiting = del.iter().filter(|(_, ip)| parked.contains(ip)).count();
+    (waiting, del.len() - waiting)
+}
+
+/// Whether the node runs `vzacct restore` at boot before vz starts the containers: the
+/// systemd unit's wants link on a systemd node, else the init script's start link in each
+/// multi-user runlevel, numbered before vz's.
+fn boot_order(layout: &Layout) -> Result<String, String> {
+    let double = "without it, counters a firewall service restores at boot would be counted \
+                  again and rules wait for the first dump";
+    if layout.under(Path::new("/run/systemd/system")).exists() {
+        let link = layout.wants_link();
+        return match std::fs::read_link(&link) {
+            Ok(_) => Ok(format!(
+                "systemd: {} in place (vzacct.service runs before vz.service)",
+                link.display()
+            )),
+            Err(_) => Err(format!(
+                "systemd: {} is missing (run `vzacct install`, then `systemctl daemon-reload`); {double}",
+                link.display()
+            )),
+        };
+    }
+    // SysV: /etc/rc.d/rcN.d (RHEL) or /etc/rcN.d (Debian).
+    let mut enabled = Vec::new();
+    let mut late = Vec::new();
+    for level in ['2', '3', '4', '5'] {
+        let dirs = [
+            layout.under(Path::new(&format!("/etc/rc.d/rc{level}.d"))),
+            layout.under(Path::new(&format!("/etc/rc{level}.d"))),
+        ];
+        let start = |name: &str| -> Option<u32> {
+            dirs.iter()
+                .filter_map(|d| std::fs::read_dir(d).ok())
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .find_map(|f| {
+                    let n = f.strip_prefix('S')?;
+                    (n.get(2..) == Some(name)).then(|| n[..2].parse().ok())?
+                })
+        };
+        match (start("vzacct"), start("vz")) {
+            (Some(a), Some(v)) if a >= v => late.push(format!("rc{level}.d: S{a:02}vzacct after S{v:02}vz")),
+            (Some(_), _) => enabled.push(level),
+            (None, _) => {}
+        }
+    }
+    if !late.is_empty() {
+        return Err(format!(
+            "the init script starts after vz ({}): renumber it below vz; {double}",
+            late.join(", ")
+        ));
+    }
+    if enabled.is_empty() {
+        return Err(format!(
+            "the init script is not enabled in any runlevel (`chkconfig --add vzacct` or \
+             `update-rc.d vzacct defaults`); {double}"
+        ));
+    }
+    Ok(format!(
+        "SysV: the init script starts before vz in runlevel(s) {}",
+        enabled.iter().collect::<String>()
+    ))
 }
 
 /// Every container running per veinfo is accounted with all its live IPs.

@@ -13,7 +13,8 @@ struct ShowIp {
 struct ShowCt {
     ctid: Ctid,
     ips: Vec<IpAddr>,
-    total_since: Option<DateTime<FixedOffset>>,
+    /// Start of the totals (RFC 3339, whole seconds, in the configured zone).
+    total_since: String,
     total: Figures,
     today: Figures,
     month: Figures,
@@ -22,25 +23,58 @@ struct ShowCt {
 
 #[derive(Serialize)]
 struct ShowDoc {
+    /// Today in the configured zone.
     date: NaiveDate,
+    /// The configured zone and its offset now (`+01:00`).
+    timezone: String,
+    utc_offset: String,
+    /// Whether the kernel's counters since the last harvest are included.
+    live: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_live_because: Option<String>,
     containers: Vec<ShowCt>,
 }
 
-/// `vzacct show [CTID...] [--json]`: live figures (harvested under the lock, not written).
+/// `vzacct show [CTID...] [--json]`: live figures (the kernel's counters harvested in
+/// memory under a shared lock, nothing written). When the kernel cannot be read, the
+/// ledger's figures, saying so.
 pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
-    let s = begin(ctx, NewBoot::Count)?;
-    drop(s.locked);
+    let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
+    let (mut ledger, loaded) = shared.load()?;
+    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
+    let live = Kernel::read(
+        &ctx.config,
+        &ctx.families(),
+        ledger.expected_elements(),
+        sets_in_use,
+    )
+    .and_then(|kernel| {
+        let boot_id = ctx.boot_id()?;
+        ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Count);
+        Ok(())
+    });
+    drop(shared);
+    ledger.stamp_since(ctx.now);
+    let not_live_because = live.err().map(|e| {
+        let since = match &ledger.last_dump {
+            Some(d) => format!("last dump at {}", crate::clock::format(&d.at)),
+            None => "no dump yet".to_string(),
+        };
+        format!(
+            "the kernel's counters since the last harvest ({since}) are not included: {}",
+            chain(&e).replace("\n  caused by: ", "; caused by: ")
+        )
+    });
     let today = ctx.today();
     let month = month_of(today);
     for c in only {
-        if !s.ledger.containers.contains_key(c) {
+        if !ledger.containers.contains_key(c) {
             return Err(Error::Invalid(format!(
                 "container {c} has no record in the ledger"
             )));
         }
     }
-    let mut ids: Vec<&Ctid> = s
-        .ledger
+    let mut ids: Vec<&Ctid> = ledger
         .containers
         .keys()
         .filter(|c| only.is_empty() || only.contains(c))
@@ -48,11 +82,12 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut cts = Vec::new();
     for ctid in ids {
-        let c = &s.ledger.containers[ctid];
+        let c = &ledger.containers[ctid];
+        let since = c.total_since.unwrap_or(ctx.now);
         cts.push(ShowCt {
             ctid: ctid.clone(),
             ips: c.ips.iter().copied().collect(),
-            total_since: c.total_since,
+            total_since: crate::clock::format(&since.with_timezone(&ctx.now.timezone())),
             total: c.total,
             today: c
                 .today
@@ -71,11 +106,24 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     }
     let doc = ShowDoc {
         date: today,
+        timezone: ctx.tz.name().to_string(),
+        utc_offset: ctx.now.format("%:z").to_string(),
+        live: not_live_because.is_none(),
+        not_live_because,
         containers: cts,
     };
+    if let Some(why) = &doc.not_live_because {
+        ctx.warn(why);
+    }
     if json {
         let text = serde_json::to_string(&doc).map_err(|e| Error::Output(e.into()))?;
         return ctx.say(text);
+    }
+    if doc.containers.is_empty() {
+        return ctx.say(
+            "no container is accounted yet: `vzacct add CTID` accounts one (its IP_ADDRESS), \
+             `vzacct sync` every running one, and the installed hooks do it as containers start",
+        );
     }
     let ips_of = |ct: &ShowCt| {
         if ct.ips.is_empty() {
@@ -115,8 +163,12 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
             human(ct.month.out_bytes)
         ))?;
     }
+    if let Some(why) = &doc.not_live_because {
+        ctx.say(format!("note: {why}"))?;
+    }
     Ok(())
 }
+
 
 /// Bytes in binary units with two decimals: `1.23 GiB`.
 pub fn human(bytes: u64) -> String {
@@ -161,19 +213,38 @@ struct StatusDoc {
     netfilter: Vec<StatusFamily>,
     sets_missing: usize,
     stray_set_elements: usize,
+    /// Elements of IPs a quick umount/net-del stopped accounting: the next dump harvests
+    /// and removes them.
+    set_elements_waiting_for_dump: usize,
 }
 
 /// `vzacct status [--json]`: what is accounted, and whether the kernel agrees. Read-only.
 pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
-    let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let ledger = locked.load()?;
-    let kernel = Kernel::read(
+    let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
+    let (ledger, _) = shared.load()?;
+    drop(shared);
+    let kernel = match Kernel::read(
         &ctx.config,
         &ctx.families(),
         ledger.expected_elements(),
         false,
-    )?;
-    drop(locked);
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            // Say what is accounted, then why the rules cannot be checked.
+            let accounted = ledger.accounted();
+            for (ctid, ips) in &accounted {
+                for ip in ips {
+                    ctx.say(format!("{:<38} {:<40} unknown", ctid.as_str(), ip.to_string()))?;
+                }
+            }
+            ctx.say(format!(
+                "{} container(s) accounted; whether their rules are in place is unknown",
+                accounted.len()
+            ))?;
+            return Err(e);
+        }
+    };
     let accounted = ledger.accounted();
     let venet = &ctx.config.venet_interface;
     let plan = kernel.plan(&accounted, venet);
@@ -220,7 +291,8 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
         containers: cts,
         netfilter: fams,
         sets_missing: plan.sets.create.len(),
-        stray_set_elements: plan.sets.del.len(),
+        stray_set_elements: super::node::split_parked(&ledger, &plan.sets.del).1,
+        set_elements_waiting_for_dump: super::node::split_parked(&ledger, &plan.sets.del).0,
     };
     if json {
         let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Output(e.into()))?;
@@ -257,8 +329,8 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     }
     if doc.backend == "ipset" {
         ctx.say(format!(
-            "ipset: {} set(s) missing, {} stray element(s)",
-            doc.sets_missing, doc.stray_set_elements
+            "ipset: {} set(s) missing, {} stray element(s), {} waiting for the next dump",
+            doc.sets_missing, doc.stray_set_elements, doc.set_elements_waiting_for_dump
         ))?;
     }
     let missing = doc.containers.iter().filter(|c| !c.in_place).count();

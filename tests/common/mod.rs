@@ -203,7 +203,7 @@ impl Node {
             format!(
                 "[vzctl]\nconf_dir = {d}/conf\nveinfo = {d}/veinfo\n\
                  [netfilter]\niptables = {}\nip6tables = {}\nbackend = {}\n\
-                 [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\n",
+                 [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\ntimezone = UTC\n",
                 variant.iptables(false),
                 variant.iptables(true),
                 variant.backend(),
