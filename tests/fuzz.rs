@@ -91,10 +91,14 @@ fn check_ctconf_from(bytes: &[u8], origin: &Path, shown: &str) {
 }
 
 /// Every address written in a CT config: each run of address characters, after vzctl's
-/// backslash escapes are undone line by line, that parses as an IP.
+/// backslash escapes are undone line by line, that parses as an IP. vzctl 4.x reads a file
+/// in pieces of at most its size less one byte, so a one-line file without a trailing
+/// newline is also read without its last byte (`10.0.0.12` there is `10.0.0.1`).
 fn ctconf_addresses(bytes: &[u8]) -> HashSet<IpAddr> {
     let mut out = HashSet::new();
-    for line in bytes.split(|&b| b == b'\n') {
+    let short = bytes.split_last().map_or(&[][..], |(_, init)| init);
+    let one_piece_short = (!short.contains(&b'\n')).then_some(short);
+    for line in bytes.split(|&b| b == b'\n').chain(one_piece_short) {
         let mut unescaped = Vec::with_capacity(line.len());
         let mut escaped = false;
         for &b in line {
