@@ -15,6 +15,10 @@ pub struct Config {
     pub conf_dir: PathBuf,
     /// `/proc/vz/veinfo` or a file in the same format.
     pub veinfo: PathBuf,
+    /// Whose rules the CT configs are read by; `None`: probed ([`Config::ct_dialect`]).
+    pub dialect: Option<crate::ctconf::Dialect>,
+    /// vzctl's global config; `None`: `vz.conf` in the parent directory of `conf_dir`.
+    pub vz_conf: Option<PathBuf>,
     /// The iptables command for IPv4 (`iptables`, `iptables-legacy`, `/sbin/iptables`, ...).
     pub iptables: String,
     /// The iptables command for IPv6.
@@ -62,6 +66,8 @@ impl Default for Config {
         Config {
             conf_dir: "/etc/vz/conf".into(),
             veinfo: "/proc/vz/veinfo".into(),
+            dialect: None,
+            vz_conf: None,
             iptables: "iptables".into(),
             ip6tables: "ip6tables".into(),
             ipv6: true,
@@ -137,6 +143,8 @@ struct RawExport {
 struct RawVzctl {
     conf_dir: Option<String>,
     veinfo: Option<String>,
+    dialect: Option<String>,
+    vz_conf: Option<String>,
     strict: Option<String>,
     hook_lock_timeout: Option<String>,
     hook_timeout: Option<String>,
@@ -211,6 +219,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     if let Some(v) = vz.veinfo {
         cfg.veinfo = absolute_path(&v).ok_or_else(|| bad("vzctl", "veinfo", &v, ABS))?;
+    }
+    if let Some(v) = vz.dialect {
+        cfg.dialect = match v.trim() {
+            "auto" => None,
+            other => Some(
+                other
+                    .parse()
+                    .map_err(|()| bad("vzctl", "dialect", &v, DIALECT))?,
+            ),
+        };
+    }
+    if let Some(v) = vz.vz_conf {
+        cfg.vz_conf = match v.trim() {
+            "" => None,
+            _ => Some(absolute_path(&v).ok_or_else(|| bad("vzctl", "vz_conf", &v, ABS))?),
+        };
     }
     if let Some(v) = vz.strict {
         cfg.strict = yes_no(&v).ok_or_else(|| bad("vzctl", "strict", &v, YESNO))?;
@@ -367,6 +391,7 @@ fn clean(m: &str) -> String {
 const ABS: &str = "expected an absolute path";
 const PROG: &str = "expected a program name or an absolute path, without spaces";
 const YESNO: &str = "expected yes or no";
+const DIALECT: &str = "expected auto, vzctl4 or libvzctl";
 const BACKEND: &str = "expected auto, ipset or iptables";
 const SECONDS: &str = "expected a whole number of seconds from 1 to 3600";
 const MODE: &str = "expected an octal file mode from 0600 to 0644 that no one but root may write, such as 0640";
@@ -433,6 +458,24 @@ pub fn valid_interface(v: &str) -> bool {
 }
 
 impl Config {
+    /// The configured dialect, or the one installed on this node (probed at `/`).
+    pub fn ct_dialect(&self) -> crate::ctconf::Dialect {
+        self.dialect
+            .unwrap_or_else(|| crate::ctconf::Dialect::detect(Path::new("/")))
+    }
+
+    /// `vz_conf`, or `vz.conf` beside `conf_dir` (`/etc/vz/conf` -> `/etc/vz/vz.conf`).
+    pub fn vz_conf_path(&self) -> PathBuf {
+        match &self.vz_conf {
+            Some(p) => p.clone(),
+            None => self
+                .conf_dir
+                .parent()
+                .unwrap_or(&self.conf_dir)
+                .join("vz.conf"),
+        }
+    }
+
     /// The iptables command of one address family.
     pub fn iptables_for(&self, family: crate::ruleset::Family) -> &str {
         match family {
@@ -463,6 +506,7 @@ mod tests {
     #[test]
     fn every_key_is_read() {
         let cfg = p("[vzctl]\nconf_dir = /c\nveinfo = /v\n   \n\
+                     dialect = libvzctl\nvz_conf = /etc/vz.conf\n\
                      strict = yes\nhook_lock_timeout = 3\nhook_timeout = 7\nhook_log = /h.log\n\
                      [netfilter]\niptables = iptables-legacy\nip6tables = /sbin/ip6tables\n\
                      ipv6 = no\nvenet_interface = venet9\nbackend = ipset\nipset = /sbin/ipset\nip = /sbin/ip\n\
@@ -476,6 +520,8 @@ mod tests {
             Config {
                 conf_dir: "/c".into(),
                 veinfo: "/v".into(),
+                dialect: Some(crate::ctconf::Dialect::Libvzctl),
+                vz_conf: Some("/etc/vz.conf".into()),
                 iptables: "iptables-legacy".into(),
                 ip6tables: "/sbin/ip6tables".into(),
                 ipv6: false,
@@ -588,6 +634,8 @@ mod tests {
             ("[storage]\ncsv_group = a b\n", "csv_group"),
             ("[storage]\ntimezone = ../../etc/passwd\n", "timezone"),
             ("[netfilter]\nbackend = nftables\n", "backend"),
+            ("[vzctl]\ndialect = openvz7\n", "dialect"),
+            ("[vzctl]\nvz_conf = vz.conf\n", "vz_conf"),
             (
                 "[export]\nprometheus_textfile = x.prom\n",
                 "prometheus_textfile",
@@ -596,6 +644,25 @@ mod tests {
             let e = p(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn dialect_and_vz_conf() {
+        let cfg = p("[vzctl]\ndialect = vzctl4\nvz_conf =\n").unwrap();
+        assert_eq!(cfg.dialect, Some(crate::ctconf::Dialect::Vzctl4));
+        assert_eq!(cfg.ct_dialect(), crate::ctconf::Dialect::Vzctl4);
+        assert_eq!(cfg.vz_conf_path(), PathBuf::from("/etc/vz/vz.conf"));
+        let cfg = p("[vzctl]\ndialect = auto\nconf_dir = /etc/pve/openvz\n").unwrap();
+        assert_eq!(cfg.dialect, None);
+        assert_eq!(cfg.vz_conf_path(), PathBuf::from("/etc/pve/vz.conf"));
+        let cfg = p("[vzctl]\nconf_dir = /etc/pve/openvz\nvz_conf = /etc/vz/vz.conf\n").unwrap();
+        assert_eq!(cfg.vz_conf_path(), PathBuf::from("/etc/vz/vz.conf"));
+        let e = p("[vzctl]\ndialect = vzctl7\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config file /t/vzacct.conf: [vzctl] dialect = \"vzctl7\" is not valid: \
+             expected auto, vzctl4 or libvzctl"
+        );
     }
 
     #[test]

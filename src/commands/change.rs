@@ -3,10 +3,12 @@
 
 use super::*;
 
-/// The usable IPs of `IP_ADDRESS` in a container config. Invalid entries and (with IPv6
-/// accounting off) IPv6 addresses are warned about and skipped.
+/// The usable IPs vzctl assigns from a container config (its `IP_ADDRESS` over vz.conf's, as
+/// the node's vzctl dialect reads them). Invalid entries and (with IPv6 accounting off, or
+/// vzctl's IPV6 not "yes") IPv6 addresses are warned about and skipped.
 pub(crate) fn config_ips(ctx: &mut Ctx, path: &Path) -> Result<Vec<IpAddr>, Error> {
-    let conf = ctconf::read(path)?;
+    let (dialect, vz_conf) = (ctx.config.ct_dialect(), ctx.config.vz_conf_path());
+    let conf = ctconf::read_assigned(dialect, path, &vz_conf)?;
     for w in &conf.warnings {
         ctx.warn(w);
     }
