@@ -185,12 +185,18 @@ fn installed_config(explicit: &Option<PathBuf>) -> Result<PathBuf, Error> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let abs = std::path::absolute(&p).map_err(|e| {
-        Error::Invalid(format!("cannot make config path {} absolute: {e}", p.display()))
+        Error::Invalid(format!(
+            "cannot make config path {} absolute: {e}",
+            p.display()
+        ))
     })?;
     if let Ok(c) = abs.canonicalize() {
         return Ok(c);
     }
-    match (abs.parent().and_then(|d| d.canonicalize().ok()), abs.file_name()) {
+    match (
+        abs.parent().and_then(|d| d.canonicalize().ok()),
+        abs.file_name(),
+    ) {
         (Some(dir), Some(name)) => Ok(dir.join(name)),
         _ => Ok(abs),
     }
@@ -208,7 +214,10 @@ fn start_hook_budget(
     let budget = Duration::from_secs(config.hook_timeout);
     // Programs end half a second before the watchdog, so the hook can still report them.
     let programs_by = started + budget.saturating_sub(Duration::from_millis(500));
-    process::set_limits(Duration::from_secs(config.program_timeout), Some(programs_by));
+    process::set_limits(
+        Duration::from_secs(config.program_timeout),
+        Some(programs_by),
+    );
     hooks::watchdog(
         started,
         budget,
@@ -257,7 +266,13 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
     };
     let (utc_now, boot_id_file) = clock_and_boot()?;
     let loaded = match (&config_path, &root) {
-        (Some(p), Some(_)) if !p.exists() && cli.config.is_none() => Ok(Config::default()),
+        // install writes the config it names when there is none yet.
+        (Some(p), Some(_))
+            if !p.exists()
+                && (cli.config.is_none() || matches!(cli.command, Command::Install { .. })) =>
+        {
+            Ok(Config::default())
+        }
         (p, _) => config::load(p.as_deref()).map_err(Error::from),
     }
     .and_then(|c| {
@@ -272,10 +287,13 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
     // among everything else; any other command stops here.
     let (config, tz, config_error) = match (loaded, &cli.command) {
         (Ok((c, tz)), _) => (c, tz, None),
-        (Err(e), Command::Hook {
-            event,
-            fallback_log,
-        }) => {
+        (
+            Err(e),
+            Command::Hook {
+                event,
+                fallback_log,
+            },
+        ) => {
             let env = hooks::HookEnv::from_process();
             let now = Zone::utc().at(utc_now);
             hooks::config_failed(*event, &env, fallback_log, now, &e, err);

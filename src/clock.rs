@@ -121,17 +121,28 @@ mod tests {
 
     #[test]
     fn a_named_zone_closes_days_at_its_own_midnight() {
-        let z = Zone::load(Some("Europe/Berlin"), Path::new(ZONEINFO), Path::new("/nonexistent"))
-            .unwrap();
+        let z = Zone::load(
+            Some("Europe/Berlin"),
+            Path::new(ZONEINFO),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
         assert_eq!(z.name(), "Europe/Berlin");
         // 23:30 UTC on 30 Nov is 00:30 on 1 Dec in Berlin (CET, +01:00)...
         let t = utc("2026-11-30T23:30:00.123456Z");
         assert_eq!(z.date(t), NaiveDate::from_ymd_opt(2026, 12, 1).unwrap());
         assert_eq!(format(&z.at(t)), "2026-12-01T00:30:00+01:00");
         // ...and in summer the offset is +02:00.
-        assert_eq!(format(&z.at(utc("2026-07-01T22:00:00Z"))), "2026-07-02T00:00:00+02:00");
-        let u = Zone::load(Some("UTC"), Path::new("/nonexistent"), Path::new("/nonexistent"))
-            .unwrap();
+        assert_eq!(
+            format(&z.at(utc("2026-07-01T22:00:00Z"))),
+            "2026-07-02T00:00:00+02:00"
+        );
+        let u = Zone::load(
+            Some("UTC"),
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
         assert_eq!(u.date(t), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
         assert_eq!(format(&u.at(t)), "2026-11-30T23:30:00Z");
     }
@@ -139,14 +150,22 @@ mod tests {
     #[test]
     fn the_system_zone_and_its_failures() {
         // No /etc/localtime at all: UTC.
-        let z = Zone::load(None, Path::new(ZONEINFO), Path::new("/nonexistent/localtime")).unwrap();
+        let z = Zone::load(
+            None,
+            Path::new(ZONEINFO),
+            Path::new("/nonexistent/localtime"),
+        )
+        .unwrap();
         assert_eq!(z.name(), "UTC");
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("localtime");
         std::os::unix::fs::symlink(Path::new(ZONEINFO).join("Asia/Tokyo"), &link).unwrap();
         let z = Zone::load(None, Path::new(ZONEINFO), &link).unwrap();
         assert_eq!(z.name(), "Asia/Tokyo");
-        assert_eq!(format(&z.at(utc("2026-11-30T15:00:00Z"))), "2026-12-01T00:00:00+09:00");
+        assert_eq!(
+            format(&z.at(utc("2026-11-30T15:00:00Z"))),
+            "2026-12-01T00:00:00+09:00"
+        );
         let e = Zone::load(Some("Nowhere/Atlantis"), Path::new(ZONEINFO), &link).unwrap_err();
         assert!(e.to_string().contains("Nowhere/Atlantis"), "{e}");
         let garbage = dir.path().join("garbage");

@@ -394,9 +394,11 @@ const YESNO: &str = "expected yes or no";
 const DIALECT: &str = "expected auto, vzctl4 or libvzctl";
 const BACKEND: &str = "expected auto, ipset or iptables";
 const SECONDS: &str = "expected a whole number of seconds from 1 to 3600";
-const MODE: &str = "expected an octal file mode from 0600 to 0644 that no one but root may write, such as 0640";
+const MODE: &str =
+    "expected an octal file mode from 0600 to 0644 that no one but root may write, such as 0640";
 const GROUP: &str = "expected a group name or number";
-const ZONE: &str = "expected a time zone name such as Europe/Berlin or UTC (empty: the system's zone)";
+const ZONE: &str =
+    "expected a time zone name such as Europe/Berlin or UTC (empty: the system's zone)";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
 fn absolute_path(v: &str) -> Option<PathBuf> {
@@ -552,9 +554,11 @@ mod tests {
 
     #[test]
     fn inline_comments_are_ignored() {
-        let cfg = p("[netfilter] ; the firewall\nbackend = ipset ; auto | ipset | iptables\n\
+        let cfg = p(
+            "[netfilter] ; the firewall\nbackend = ipset ; auto | ipset | iptables\n\
                      iptables = iptables-legacy\t# legacy node\n\
-                     [storage]\nstate_dir = /srv/x  # note\ncsv_dir = /srv/a;b#c\n")
+                     [storage]\nstate_dir = /srv/x  # note\ncsv_dir = /srv/a;b#c\n",
+        )
         .unwrap();
         assert_eq!(cfg.backend, Backend::Ipset);
         assert_eq!(cfg.iptables, "iptables-legacy");
@@ -591,7 +595,11 @@ mod tests {
                 _ => {}
             }
         }
-        assert!(blocks.len() >= 2, "README holds {} INI block(s)", blocks.len());
+        assert!(
+            blocks.len() >= 2,
+            "README holds {} INI block(s)",
+            blocks.len()
+        );
         for b in &blocks {
             if let Err(e) = p(b) {
                 panic!("README block does not parse: {e}\n{b}");

@@ -212,7 +212,12 @@ mod tests {
             "a rerun writes nothing"
         );
         assert_eq!(
-            append(dir.path(), &[row("2026-11-29", "101", 6)], &Perms::default()).unwrap(),
+            append(
+                dir.path(),
+                &[row("2026-11-29", "101", 6)],
+                &Perms::default()
+            )
+            .unwrap(),
             1
         );
         let text = std::fs::read_to_string(dir.path().join("101.csv")).unwrap();
@@ -235,7 +240,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            append(dir.path(), &[row("2026-11-28", "101", 5)], &Perms::default()).unwrap(),
+            append(
+                dir.path(),
+                &[row("2026-11-28", "101", 5)],
+                &Perms::default()
+            )
+            .unwrap(),
             1
         );
         let text = std::fs::read_to_string(&path).unwrap();

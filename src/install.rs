@@ -145,6 +145,12 @@ impl Layout {
                 self.under(Path::new(crate::hooks::FALLBACK_LOG)).display()
             )
         };
+        // ...and the init script's status checks that directory.
+        let root_arg = if self.root == Path::new("/") {
+            String::new()
+        } else {
+            format!(" --root '{}'", self.root.display())
+        };
         let item = |role, path: PathBuf, template: &'static str, mode| {
             let mut orig = path.as_os_str().to_owned();
             orig.push(ORIG_SUFFIX);
@@ -153,6 +159,7 @@ impl Layout {
                 ("@CONFIG@", self.config.to_string_lossy().into_owned()),
                 ("@ORIGINAL@", orig.to_string_lossy().into_owned()),
                 ("@FALLBACK@", fallback.clone()),
+                ("@ROOTARG@", root_arg.clone()),
             ];
             let content = fills
                 .iter()
@@ -456,7 +463,7 @@ fn same_up_to_paths(installed: &str, item: &Item) -> bool {
             .find(|(k, _)| *k == text)
             .map(|(_, v)| v.as_str())
             .unwrap_or_default();
-        let ok = if text == "@FALLBACK@" {
+        let ok = if text == "@FALLBACK@" || text == "@ROOTARG@" {
             value == want
         } else {
             !value.contains('\n') && same_path(value, want)

@@ -84,12 +84,13 @@ impl Tables {
         } else {
             vec!["-w", "--noflush", "--counters"]
         };
-        process::run(&self.restore, &args, Some(batch.as_bytes()))
-        .map_err(|source| NetfilterError::Apply {
-            family: self.family,
-            program: self.restore.clone(),
-            ops: plan.ops.len(),
-            source,
+        process::run(&self.restore, &args, Some(batch.as_bytes())).map_err(|source| {
+            NetfilterError::Apply {
+                family: self.family,
+                program: self.restore.clone(),
+                ops: plan.ops.len(),
+                source,
+            }
         })?;
         Ok(())
     }
@@ -115,7 +116,14 @@ fn bounded_wait(restore: &str) -> bool {
     if let Some(b) = map.get(restore) {
         return *b;
     }
-    let ok = match process::run_any(restore, &["-w", "1", "--test"], Some(b"*filter\nCOMMIT\n")) {
+    let empty = b"*filter\nCOMMIT\n";
+    let probe = process::run_any_for(
+        restore,
+        &["-w", "1", "--test"],
+        Some(empty),
+        std::time::Duration::from_secs(3),
+    );
+    let ok = match probe {
         Ok((status, out)) => status.success() || out.stderr.contains("xtables lock"),
         Err(_) => false,
     };

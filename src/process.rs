@@ -83,10 +83,7 @@ struct Watchdog {
 impl Watchdog {
     fn start(child: &Child, limit: Duration) -> Watchdog {
         let pgid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        RUNNING
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pgid);
+        RUNNING.lock().unwrap_or_else(|p| p.into_inner()).push(pgid);
         let (stop, rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || match rx.recv_timeout(limit) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -153,14 +150,14 @@ pub enum ProcessError {
         stderr: String,
     },
     #[error(
-        "{program} {args} did not finish within {} s and was stopped{hint}",
-        .after.as_secs_f64().ceil()
+        "{program} {args} did not finish within {after_secs} s and was stopped{}",
+        waiting_for(program)
     )]
     Timeout {
         program: String,
         args: String,
-        after: Duration,
-        hint: &'static str,
+        /// Whole seconds, rounded up.
+        after_secs: u64,
     },
     #[error("{program} was not run: this command's time budget is used up")]
     NoTimeLeft { program: String },
@@ -198,8 +195,7 @@ impl ProcessError {
         ProcessError::Timeout {
             program: program.to_string(),
             args: args.join(" "),
-            after,
-            hint: waiting_for(program),
+            after_secs: after.as_secs() + u64::from(after.subsec_nanos() > 0),
         }
     }
 
@@ -253,6 +249,17 @@ pub fn run_any(
     stdin: Option<&[u8]>,
 ) -> Result<(ExitStatus, Output), ProcessError> {
     run_within(program, args, stdin, time_for(program)?)
+}
+
+/// [`run_any`] for a quick question (a probe): it may take at most `max`, and less when the
+/// command's own time runs out first.
+pub fn run_any_for(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    max: Duration,
+) -> Result<(ExitStatus, Output), ProcessError> {
+    run_within(program, args, stdin, time_for(program)?.min(max))
 }
 
 /// [`run_any`] with the time it may take.
@@ -316,12 +323,7 @@ fn exited(child: &Child) {
         // to be reaped by `Child::wait`.
         let rc = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                pid,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
         };
         if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return;
@@ -343,9 +345,7 @@ fn drain(child: &mut Child) -> (Vec<u8>, Vec<u8>) {
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_end(&mut stdout);
     }
-    let stderr = err_reader
-        .and_then(|t| t.join().ok())
-        .unwrap_or_default();
+    let stderr = err_reader.and_then(|t| t.join().ok()).unwrap_or_default();
     (stdout, stderr)
 }
 
@@ -495,20 +495,35 @@ mod tests {
     #[test]
     fn a_hanging_program_is_stopped_with_its_children() {
         let t = Duration::from_millis(600);
-        for script in ["sleep 30", "sleep 30 & sleep 31", "trap '' PIPE TERM; sleep 30"] {
+        for script in [
+            "sleep 30",
+            "sleep 30 & sleep 31",
+            "trap '' PIPE TERM; sleep 30",
+        ] {
             let started = Instant::now();
             let e = run_within("sh", &["-c", script], Some(b"x"), t).unwrap_err();
             let took = started.elapsed();
-            assert!(took >= t && took < Duration::from_secs(5), "{script}: {took:?}");
+            assert!(
+                took >= t && took < Duration::from_secs(5),
+                "{script}: {took:?}"
+            );
             assert!(e.is_timeout(), "{e}");
             assert_eq!(
                 e.to_string(),
                 format!("sh -c {script} did not finish within 1 s and was stopped")
             );
             let started = Instant::now();
-            let e = lines_within("sh", &["-c", &format!("echo a; {script}")], |_| Ok::<(), ()>(()), t)
-                .unwrap_err();
-            assert!(e.is_timeout() && started.elapsed() < Duration::from_secs(5), "{e}");
+            let e = lines_within(
+                "sh",
+                &["-c", &format!("echo a; {script}")],
+                |_| Ok::<(), ()>(()),
+                t,
+            )
+            .unwrap_err();
+            assert!(
+                e.is_timeout() && started.elapsed() < Duration::from_secs(5),
+                "{e}"
+            );
         }
         // A reader that stops early is not left waiting for a child that ignores SIGPIPE.
         let started = Instant::now();
@@ -519,7 +534,10 @@ mod tests {
             t,
         );
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(r, Err(ProcessError::Timeout { .. }) | Ok(Err("enough"))), "{r:?}");
+        assert!(
+            matches!(r, Err(ProcessError::Timeout { .. }) | Ok(Err("enough"))),
+            "{r:?}"
+        );
         assert!(waiting_for("/sbin/iptables-restore").contains("xtables lock"));
         assert_eq!(waiting_for("ip"), "");
     }

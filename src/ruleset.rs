@@ -734,7 +734,10 @@ mod tests {
         let current = parse_save(LEGACY_101).unwrap();
         let batch = teardown(&current).render();
         assert_eq!(
-            batch.lines().filter(|l| !l.starts_with(':')).collect::<Vec<_>>(),
+            batch
+                .lines()
+                .filter(|l| !l.starts_with(':'))
+                .collect::<Vec<_>>(),
             [
                 "*filter",
                 "-D INPUT -j VZACCT-INPUT",

@@ -603,7 +603,9 @@ fn check_reports_every_integration_point(v: Variant) {
     node.ok(&["dump"]);
     let out = site.vzacct_root("check");
     assert!(
-        stdout(&out).contains("ok   boot order             SysV: the init script starts before vz in runlevel(s) 2345"),
+        stdout(&out).contains(
+            "ok   boot order             SysV: the init script starts before vz in runlevel(s) 2345"
+        ),
         "{}",
         stdout(&out)
     );

@@ -310,13 +310,21 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
         };
         uncounted.credit(c.kind, delta);
     }
+    // A container whose record was lost is accounted again for the IPs its counters in the
+    // kernel carry, unless the ledger has the IP for another container.
+    let (now, today) = (ctx.now, ctx.today());
+    let mut recovered: BTreeSet<(Ctid, IpAddr)> = BTreeSet::new();
+    let found_in_kernel: Vec<(Ctid, IpAddr)> =
+        kernel.counted().map(|c| (c.ctid.clone(), c.ip)).collect();
+    for (ctid, ip) in found_in_kernel {
+        if ledger.owner(&ip).is_none() && (ip.is_ipv4() || ctx.config.ipv6) {
+            ledger.assign_from(&ctid, ip, None, now, today);
+            recovered.insert((ctid, ip));
+        }
+    }
     let boot_id = ctx.boot_id()?;
-    let (harvest, rows) = ledger.harvest(
-        kernel.counted(),
-        &boot_id,
-        ctx.today(),
-        NewBoot::Baseline,
-    );
+    let (harvest, rows) =
+        ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Baseline);
     ledger.unpark_all();
     kernel.compact();
     let kept = ledger.containers.len();
@@ -338,6 +346,16 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     }
     if found.node_lost {
         ctx.say("node file rebuilt: the boot id, the backend and the last dump time were lost")?;
+    }
+    if !recovered.is_empty() {
+        ctx.say(format!(
+            "accounted again from their counters in the kernel: {}",
+            recovered
+                .iter()
+                .map(|(c, ip)| format!("{c}/{ip}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
     }
     ctx.say(format!(
         "{kept} container record(s) kept; {counters} kernel counter(s) taken as new starting points"

@@ -107,7 +107,10 @@ pub fn uninstall_cmd(
                 Ok(()) => ctx.say(format!("deleted     {}", dir.display()))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(Error::Invalid(format!("cannot delete {}: {e}", dir.display())));
+                    return Err(Error::Invalid(format!(
+                        "cannot delete {}: {e}",
+                        dir.display()
+                    )));
                 }
             }
         }
@@ -197,7 +200,9 @@ pub fn check(
             name: name.to_string(),
             ok,
             // One item, one line: a cause chain is folded into it.
-            detail: detail.replace("\n  caused by: ", "; caused by: ").replace('\n', " "),
+            detail: detail
+                .replace("\n  caused by: ", "; caused by: ")
+                .replace('\n', " "),
         });
     };
     // The config the installed scripts pass with --config.
@@ -366,7 +371,11 @@ pub fn check(
                                 DUMP_MAX_AGE_SECS / 60
                             ))
                         } else {
-                            Ok(format!("{at} ({} s ago, took {} ms)", age.max(0), d.duration_ms))
+                            Ok(format!(
+                                "{at} ({} s ago, took {} ms)",
+                                age.max(0),
+                                d.duration_ms
+                            ))
                         }
                     }
                 },
@@ -448,7 +457,9 @@ fn boot_order(layout: &Layout) -> Result<String, String> {
                 })
         };
         match (start("vzacct"), start("vz")) {
-            (Some(a), Some(v)) if a >= v => late.push(format!("rc{level}.d: S{a:02}vzacct after S{v:02}vz")),
+            (Some(a), Some(v)) if a >= v => {
+                late.push(format!("rc{level}.d: S{a:02}vzacct after S{v:02}vz"))
+            }
             (Some(_), _) => enabled.push(level),
             (None, _) => {}
         }

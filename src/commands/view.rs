@@ -169,7 +169,6 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-
 /// Bytes in binary units with two decimals: `1.23 GiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -235,7 +234,11 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
             let accounted = ledger.accounted();
             for (ctid, ips) in &accounted {
                 for ip in ips {
-                    ctx.say(format!("{:<38} {:<40} unknown", ctid.as_str(), ip.to_string()))?;
+                    ctx.say(format!(
+                        "{:<38} {:<40} unknown",
+                        ctid.as_str(),
+                        ip.to_string()
+                    ))?;
                 }
             }
             ctx.say(format!(
