@@ -319,7 +319,7 @@ vzacct_last_dump_duration_seconds 0
             .find(|p| p.is_file())
             .unwrap_or_else(|| {
                 panic!(
-                    "promtool is neither on PATH nor at {}: run `sudo bash tests/deps.sh` to \
+                    "promtool is neither on PATH nor at {}: run `bash tests/deps.sh` (as root) to \
                      fetch it",
                     unpacked.display()
                 )

@@ -160,13 +160,25 @@ echo "101 in: 3x1000 + 2x500 + 4x300 = 5200 bytes on day 1; 5x1500 = 7500 after 
 echo "harvested by the dump after midnight, so it counts for the new day. Out: the replies."
 vz show
 vz show --json 101
+DUMPED_AT=$VZACCT_NOW
 unset VZACCT_NOW
 
 step "What the hooks did (the log an operator reads when something goes wrong)"
 cat "$WORK/hook.log"
 
 step "vzacct check: every integration point (the fake root's files, iptables, rules, dump age)"
+echo "(run as of now, the last dump lies in the future: the demo's clock jumped past midnight;"
+echo " and the init script is not enabled yet: check says both)"
 nsx "$NODE" "$BIN" --config "$CONF_FILE" check --root "$ROOT" || true
+echo
+echo "Enabled as chkconfig --add does (S95vzacct before vz's S96vz), and checked at the time of"
+echo "that dump: all well."
+for level in 2 3 4 5; do
+  mkdir -p "$ROOT/etc/rc.d/rc$level.d"
+  ln -sf ../init.d/vzacct "$ROOT/etc/rc.d/rc$level.d/S95vzacct"
+  ln -sf ../init.d/vz "$ROOT/etc/rc.d/rc$level.d/S96vz"
+done
+VZACCT_NOW=$DUMPED_AT nsx "$NODE" "$BIN" --config "$CONF_FILE" check --root "$ROOT"
 
 step "The provider's own rule came through untouched, below vzacct's jump"
 nsx "$NODE" iptables-$VARIANT-save -c -t filter | grep -e '-A FORWARD'
@@ -174,5 +186,13 @@ nsx "$NODE" iptables-$VARIANT-save -c -t filter | grep -e '-A FORWARD'
 step "vzacct uninstall: every file put back as it was; the ledger and CSV stay"
 nsx "$NODE" "$BIN" uninstall --root "$ROOT"
 cat "$SCRIPTS/vps-net_add"
+
+step "vzacct uninstall --purge: a last harvest into the ledger, then vzacct out of the kernel"
+nsx "$NODE" "$BIN" --config "$CONF_FILE" uninstall --purge --root "$ROOT"
+left=$(nsx "$NODE" iptables-$VARIANT-save -t filter | grep -c VZACCT || true)
+echo "lines naming VZACCT left in the IPv4 filter table: $left"
+left=$(nsx "$NODE" ipset list -n | grep -c vzacct- || true)
+echo "vzacct sets left: $left"
+vz show
 echo
 echo "Demo finished; namespaces are removed on exit."

@@ -673,7 +673,7 @@ pub fn tool(name: &str) -> PathBuf {
         .unwrap();
     assert!(
         found.status.success(),
-        "{name} not found: run `sudo bash tests/deps.sh`"
+        "{name} not found: run `bash tests/deps.sh` as root"
     );
     PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
 }
