@@ -64,6 +64,9 @@ pub enum Command {
     /// running containers and their live IPs.
     Sync,
     /// Show the accounted containers with their IPs, and whether their rules are in place.
+    /// Set elements a quick stop left for the next dump are counted as waiting, not as
+    /// strays. Read-only: takes a shared lock and creates nothing; when iptables cannot be
+    /// read it lists what is accounted, says the rules are unknown, and exits 1.
     Status {
         /// One JSON document instead of a table.
         #[arg(long)]
@@ -78,7 +81,10 @@ pub enum Command {
     /// as the starting point, not counted (they may come from a saved ruleset).
     Restore,
     /// Show each container's traffic: totals since its last reset, today, and this month
-    /// so far. Live: the kernel's counters are read under the lock.
+    /// so far. Live: the kernel's counters are read under a shared lock and nothing is
+    /// written (a read-only state dir is fine). When iptables or ipset cannot be read, the
+    /// ledger's figures are shown with a note that the counters since the last harvest are
+    /// not included. Dates follow `timezone` of the config, never the caller's TZ.
     Show {
         /// Only these containers.
         ctids: Vec<Ctid>,
@@ -139,9 +145,11 @@ pub enum Command {
     /// is counted twice), and the traffic that may have gone uncounted (at most since the
     /// last dump) is reported.
     Repair,
-    /// Check every integration point: hooks, wrappers, init script, unit, cron entry,
-    /// iptables, vzacct's chains and rules, running containers accounted, and the time
-    /// since the last dump. Exit status 0 only when all is well.
+    /// Check every integration point, one line each: the config the hooks read (missing or
+    /// broken is a problem), hooks, wrappers, init script, unit, cron entry, the boot order
+    /// (systemd unit enabled, or the SysV init script enabled before vz), iptables, vzacct's
+    /// chains, rules and sets, running containers accounted, and the last dump (too old, or
+    /// in the future). Exit status 0 only when all is well. Creates nothing.
     Check {
         /// Check this directory's standard locations.
         #[arg(long, value_name = "DIR", default_value = "/")]

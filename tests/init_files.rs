@@ -101,7 +101,9 @@ fn systemd_unit_verifies() {
     assert!(text.contains("Before=vz.service\n"));
     assert!(text.contains("Type=oneshot\n") && text.contains("RemainAfterExit=yes\n"));
     let config = root.join("etc/vz/vzacct.conf").canonicalize().unwrap();
-    let exe = Path::new(env!("CARGO_BIN_EXE_vzacct")).canonicalize().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_vzacct"))
+        .canonicalize()
+        .unwrap();
     let fallback = format!(
         " --fallback-log '{}'",
         root.join("var/log/vzacct/hook.log").display()
