@@ -238,17 +238,7 @@ pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
 fn load_files(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateError> {
     let dir = ledger_dir(state_dir);
     let mut ledger = Ledger::default();
-    let mut loaded = Loaded {
-        dir: dir.clone(),
-        read: BTreeMap::new(),
-        ct_buckets: None,
-        holders: BTreeMap::new(),
-        ip_buckets: None,
-        held_at_load: BTreeMap::new(),
-        v1: false,
-        node_file: false,
-        backend: None,
-    };
+    let mut loaded = Loaded::nothing_read(&dir);
     let node_path = dir.join(NODE);
     match read_opt(&node_path)? {
         Some(bytes) => {
@@ -376,15 +366,10 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
         }
     }
     let mut loaded = Loaded {
-        dir: dir.clone(),
-        read: BTreeMap::new(),
-        ct_buckets: None,
-        holders: BTreeMap::new(),
-        ip_buckets: None,
-        held_at_load: BTreeMap::new(),
         v1: read_opt(&v1_path)?.is_some(),
         node_file: node.is_some(),
         backend: node.as_ref().and_then(|n| n.backend.clone()),
+        ..Loaded::nothing_read(&dir)
     };
     found.last_dump = node
         .as_ref()
@@ -415,6 +400,21 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
 }
 
 impl Loaded {
+    /// A whole-node read of `dir` before any file is read.
+    fn nothing_read(dir: &Path) -> Loaded {
+        Loaded {
+            dir: dir.to_path_buf(),
+            read: BTreeMap::new(),
+            ct_buckets: None,
+            holders: BTreeMap::new(),
+            ip_buckets: None,
+            held_at_load: BTreeMap::new(),
+            v1: false,
+            node_file: false,
+            backend: None,
+        }
+    }
+
     fn load_ip_buckets(&mut self, buckets: BTreeSet<u8>) -> Result<(), StateError> {
         for b in buckets {
             if self.ip_buckets.as_ref().is_some_and(|s| s.contains(&b)) {

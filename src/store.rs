@@ -125,6 +125,37 @@ pub fn unsafe_dir(dir: &Path) -> Option<String> {
     None
 }
 
+/// Take a lock on `file` with `try_lock`, retrying while another process holds it, for at
+/// most `wait`.
+fn wait_for(
+    file: &File,
+    path: &Path,
+    wait: Duration,
+    try_lock: fn(&File) -> std::io::Result<()>,
+) -> Result<(), StateError> {
+    let start = Instant::now();
+    loop {
+        match try_lock(file) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
+                if start.elapsed() >= wait {
+                    return Err(StateError::LockTimeout {
+                        path: path.to_path_buf(),
+                        waited: wait,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(StateError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Create the state dir (0700) if needed and take the exclusive lock, waiting at most `wait`.
 pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
     if let Some(reason) = unsafe_dir(dir) {
@@ -147,19 +178,7 @@ pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
             path: path.clone(),
             source,
         })?;
-    let start = Instant::now();
-    loop {
-        match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => break,
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
-                if start.elapsed() >= wait {
-                    return Err(StateError::LockTimeout { path, waited: wait });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(source) => return Err(StateError::Lock { path, source }),
-        }
-    }
+    wait_for(&file, &path, wait, fs2::FileExt::try_lock_exclusive)?;
     Ok(Locked {
         dir: dir.to_path_buf(),
         _lock: file,
@@ -235,19 +254,7 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
         }
         Err(source) => return Err(StateError::OpenLock { path, source }),
     };
-    let start = Instant::now();
-    loop {
-        match fs2::FileExt::try_lock_shared(&file) {
-            Ok(()) => break,
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
-                if start.elapsed() >= wait {
-                    return Err(StateError::LockTimeout { path, waited: wait });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(source) => return Err(StateError::Lock { path, source }),
-        }
-    }
+    wait_for(&file, &path, wait, fs2::FileExt::try_lock_shared)?;
     Ok(Shared {
         dir: dir.to_path_buf(),
         _lock: Some(file),

@@ -282,13 +282,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded, found) =
         crate::ledger_store::salvage(locked.dir(), ctx.now.timestamp())?;
-    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
-    let mut kernel = Kernel::read(
-        &ctx.config,
-        &ctx.families(),
-        ledger.expected_elements(),
-        sets_in_use,
-    )?;
+    let mut kernel = read_kernel(ctx, &ledger, &loaded)?;
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
     let mut uncounted = Figures::default();

@@ -139,18 +139,22 @@ struct Session {
     rows: Vec<Row>,
 }
 
+/// Read the kernel for a ledger as loaded: its sets too when the last full run used them.
+fn read_kernel(ctx: &Ctx, ledger: &Ledger, loaded: &Loaded) -> Result<Kernel, Error> {
+    Kernel::read(
+        &ctx.config,
+        &ctx.families(),
+        ledger.expected_elements(),
+        loaded.backend.as_deref() == Some("ipset"),
+    )
+}
+
 /// Lock, load, read the kernel once (a missing or broken iptables stops the command before
 /// anything changes) and harvest.
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
-    let mut kernel = Kernel::read(
-        &ctx.config,
-        &ctx.families(),
-        ledger.expected_elements(),
-        sets_in_use,
-    )?;
+    let mut kernel = read_kernel(ctx, &ledger, &loaded)?;
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);

@@ -41,14 +41,7 @@ struct ShowDoc {
 pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = shared.load()?;
-    let sets_in_use = loaded.backend.as_deref() == Some("ipset");
-    let live = Kernel::read(
-        &ctx.config,
-        &ctx.families(),
-        ledger.expected_elements(),
-        sets_in_use,
-    )
-    .and_then(|kernel| {
+    let live = read_kernel(ctx, &ledger, &loaded).and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
         ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Count);
         Ok(())
