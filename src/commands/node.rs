@@ -16,11 +16,16 @@ pub fn layout(ctx: &Ctx, root: &Path, config: &Path) -> Result<Layout, Error> {
     } else {
         PathBuf::from("/etc/vz/conf")
     };
-    Ok(Layout {
+    let layout = Layout {
         root: root.to_path_buf(),
         vzacct,
         config: config.to_path_buf(),
         conf_dir,
+        mounts: PathBuf::new(),
+    };
+    Ok(Layout {
+        mounts: layout.under(Path::new("/proc/mounts")),
+        ..layout
     })
 }
 
@@ -107,7 +112,10 @@ pub fn uninstall_cmd(
                 Ok(()) => ctx.say(format!("deleted     {}", dir.display()))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    return Err(Error::Invalid(format!("cannot delete {}: {e}", dir.display())));
+                    return Err(Error::Invalid(format!(
+                        "cannot delete {}: {e}",
+                        dir.display()
+                    )));
                 }
             }
         }
@@ -178,6 +186,28 @@ struct CheckDoc {
 /// How old the last dump may be before `check` complains: three cron intervals.
 const DUMP_MAX_AGE_SECS: i64 = 15 * 60;
 
+/// Which vzctl the node has, by the network scripts found (and where), or why it is not
+/// supported.
+fn flavour(layout: &Layout) -> Result<String, String> {
+    if let Some(why) = layout.proxmox() {
+        return Err(format!(
+            "Proxmox VE: {why}; not supported (`vzacct install` says why)"
+        ));
+    }
+    let found = layout.script_dirs();
+    if found.is_empty() {
+        return Err(format!(
+            "no network script (vps-net_add of vzctl 4, vz-net_add of OpenVZ 7) in any of {} (is vzctl installed?)",
+            install::searched_dirs()
+        ));
+    }
+    Ok(found
+        .iter()
+        .map(|(f, d)| format!("{}: {}", f.name(), d.display()))
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
 /// `vzacct check [--root DIR] [--json]`: every integration point with its state; exit 0
 /// only when all is well. `config_error`: the config could not be read (check goes on with
 /// the defaults to show everything else).
@@ -197,7 +227,9 @@ pub fn check(
             name: name.to_string(),
             ok,
             // One item, one line: a cause chain is folded into it.
-            detail: detail.replace("\n  caused by: ", "; caused by: ").replace('\n', " "),
+            detail: detail
+                .replace("\n  caused by: ", "; caused by: ")
+                .replace('\n', " "),
         });
     };
     // The config the installed scripts pass with --config.
@@ -220,15 +252,7 @@ pub fn check(
     // Files.
     match layout.items() {
         Ok(list) => {
-            if !list.iter().any(|i| i.role == Role::Wrap) {
-                item(
-                    "vzctl network scripts",
-                    Err(format!(
-                        "vps-net_add not found in any of {} (is vzctl installed?)",
-                        install::SCRIPT_DIRS.join(", ")
-                    )),
-                );
-            }
+            item("vzctl flavour", flavour(layout));
             for i in list.iter().filter(|i| i.role != Role::Config) {
                 let name = match i.role {
                     Role::Chain => "action script",
@@ -366,7 +390,11 @@ pub fn check(
                                 DUMP_MAX_AGE_SECS / 60
                             ))
                         } else {
-                            Ok(format!("{at} ({} s ago, took {} ms)", age.max(0), d.duration_ms))
+                            Ok(format!(
+                                "{at} ({} s ago, took {} ms)",
+                                age.max(0),
+                                d.duration_ms
+                            ))
                         }
                     }
                 },
@@ -448,7 +476,9 @@ fn boot_order(layout: &Layout) -> Result<String, String> {
                 })
         };
         match (start("vzacct"), start("vz")) {
-            (Some(a), Some(v)) if a >= v => late.push(format!("rc{level}.d: S{a:02}vzacct after S{v:02}vz")),
+            (Some(a), Some(v)) if a >= v => {
+                late.push(format!("rc{level}.d: S{a:02}vzacct after S{v:02}vz"))
+            }
             (Some(_), _) => enabled.push(level),
             (None, _) => {}
         }
