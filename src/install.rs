@@ -581,3 +581,84 @@ fn same_up_to_paths(installed: &str, item: &Item) -> bool {
     }
     at.is_empty()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(root: &Path, conf_dir: &str) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+            vzacct: PathBuf::from("/usr/sbin/vzacct"),
+            config: root.join("etc/vz/vzacct.conf"),
+            conf_dir: PathBuf::from(conf_dir),
+            mounts: root.join("proc/mounts"),
+        }
+    }
+
+    #[test]
+    fn proxmox_is_recognised_by_its_conf_dir_or_pmxcfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path(), "/etc/vz/conf");
+        assert_eq!(l.proxmox(), None, "no mount table: not Proxmox");
+        fs::create_dir_all(dir.path().join("proc")).unwrap();
+        fs::write(
+            &l.mounts,
+            "/dev/sda1 / ext4 rw 0 0\n/dev/fuse /mnt fuse rw 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(l.proxmox(), None, "FUSE elsewhere: not Proxmox");
+        fs::write(&l.mounts, "/dev/fuse /etc/pve fuse rw,nosuid 0 0\n").unwrap();
+        assert!(
+            l.proxmox()
+                .unwrap()
+                .contains("fuse file system on /etc/pve")
+        );
+        fs::write(&l.mounts, "pmxcfs /etc/pve fuse.pmxcfs rw 0 0\n").unwrap();
+        assert!(l.proxmox().unwrap().contains("fuse.pmxcfs file system"));
+        let l = layout(dir.path(), "/etc/pve/openvz");
+        fs::remove_file(&l.mounts).unwrap();
+        assert_eq!(
+            l.proxmox().unwrap(),
+            "the container config dir /etc/pve/openvz is on Proxmox's pmxcfs"
+        );
+    }
+
+    #[test]
+    fn network_scripts_of_both_flavours_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path(), "/etc/vz/conf");
+        assert!(l.script_dirs().is_empty());
+        for (d, f) in [
+            ("usr/lib64/vzctl/scripts", "vps-net_add"),
+            ("usr/libexec/libvzctl/scripts", "vz-net_add.vzacct-orig"),
+            // A vzctl 4 name in libvzctl's dir is not libvzctl's script.
+            ("usr/libexec/libvzctl/script.d", "vps-net_add"),
+        ] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+            fs::write(dir.path().join(d).join(f), "").unwrap();
+        }
+        let found = l.script_dirs();
+        assert_eq!(
+            found,
+            [
+                (Flavour::Vzctl4, dir.path().join("usr/lib64/vzctl/scripts")),
+                (
+                    Flavour::Libvzctl,
+                    dir.path().join("usr/libexec/libvzctl/scripts")
+                ),
+            ]
+        );
+        let wraps: Vec<String> = l
+            .items()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.role == Role::Wrap)
+            .map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            wraps,
+            ["vps-net_add", "vps-net_del", "vz-net_add", "vz-net_del"]
+        );
+    }
+}
