@@ -115,11 +115,11 @@ pub enum Command {
         fallback_log: PathBuf,
     },
     /// Put vzacct's integration on the node: vps.mount/vps.umount in the CT config dir
-    /// (an operator's existing script is kept and run first), wrappers around vzctl's
-    /// vps-net_add/vps-net_del (the originals are kept and run first), the init script and
-    /// systemd unit, the cron entry, and a default config if none exists. Idempotent: run it
-    /// again after a vzctl upgrade replaced the wrapped scripts. Never overwrites a file it
-    /// did not write.
+    /// (an operator's existing script is kept and run first), wrappers around vzctl 4's
+    /// vps-net_add/vps-net_del or OpenVZ 7's vz-net_add/vz-net_del (the originals are kept
+    /// and run first), the init script and systemd unit, the cron entry, and a default config
+    /// if none exists. Idempotent: run it again after a vzctl upgrade replaced the wrapped
+    /// scripts. Never overwrites a file it did not write. Refuses a Proxmox VE node.
     Install {
         /// Install into this directory's standard locations (for tests and packaging).
         #[arg(long, value_name = "DIR", default_value = "/")]

@@ -24,7 +24,8 @@ use crate::error::{Error, chain};
 /// What vzctl reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Event {
-    /// From `vps.mount` (VEID, VE_CONFFILE): account the IPs of the container's config.
+    /// From `vps.mount` (VEID, VE_CONFFILE): check the container's config; nothing is
+    /// accounted (vzctl has assigned no IP yet, and may never: `vzctl mount`, a failed start).
     Mount,
     /// From `vps.umount` (VEID): harvest and stop accounting the container.
     Umount,
@@ -225,18 +226,19 @@ pub fn run(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<String, Error> 
                 Some(p) => PathBuf::from(p),
                 None => ctconf::path_for(&ctx.config.conf_dir, &ctid),
             };
+            // Only the event in which vzctl really assigns an IP may move it from another
+            // container (DESIGN invariant 8): that is its net_add script, which carries every
+            // IP at start and resume on vzctl 4 (vps_add_ip, src/lib/net.c) and OpenVZ 7
+            // (add_ip, lib/net.c). At mount vzctl has checked nothing: `vzctl mount` assigns
+            // no IP, and a start may still fail (EADDRINUSE: another container holds one).
+            // So mount only reads the config, to report a broken one before the start.
             let ips = config_ips(ctx, &path)?;
             if ips.is_empty() {
-                return Ok(format!(
-                    "no venet IP in {}; nothing to account",
-                    path.display()
-                ));
+                return Ok(format!("no venet IP in {}", path.display()));
             }
-            let (new, how) = hook_account(ctx, &ctid, &ips)?;
             Ok(format!(
-                "accounting {} (new: {}){how}",
-                join(&ips),
-                join(&new)
+                "config lists {}; accounted when vzctl assigns them (net_add)",
+                join(&ips)
             ))
         }
         Event::Umount => {

@@ -14,17 +14,77 @@ pub const MARKER: &str = "vzacct-managed";
 /// Suffix of the file that a chained or wrapped original is moved to.
 pub const ORIG_SUFFIX: &str = ".vzacct-orig";
 
-/// Where vzctl keeps vps-net_add/vps-net_del, depending on version and distribution.
-pub const SCRIPT_DIRS: [&str; 3] = [
-    "/usr/libexec/vzctl/scripts",
-    "/usr/lib/vzctl/scripts",
-    "/usr/lib/vzctl/vzctl/scripts",
+/// Which vzctl runs the network scripts: their names, and where they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// vzctl 3.x and 4.x (`kolyshkin/vzctl`): `vps-net_add`/`vps-net_del`, run by
+    /// `run_net_script` (src/lib/net.c).
+    Vzctl4,
+    /// OpenVZ 7 (libvzctl vz7, `OpenVZ/libvzctl` lib/net.c `run_net_script`, called by `add_ip`
+    /// and `del_ip`): `vz-net_add`/`vz-net_del`, with the same environment (`VEID`, `IP_ADDR`
+    /// without masks, `VE_STATE`, `SKIP_ARPDETECT`).
+    Libvzctl,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Vzctl4 => "vzctl 4",
+            Flavour::Libvzctl => "OpenVZ 7 (libvzctl)",
+        }
+    }
+
+    /// The add and the del script.
+    pub fn scripts(self) -> [&'static str; 2] {
+        match self {
+            Flavour::Vzctl4 => ["vps-net_add", "vps-net_del"],
+            Flavour::Libvzctl => ["vz-net_add", "vz-net_del"],
+        }
+    }
+
+    fn templates(self) -> [&'static str; 2] {
+        match self {
+            Flavour::Vzctl4 => [T_NET_ADD, T_NET_DEL],
+            Flavour::Libvzctl => [T_VZ_NET_ADD, T_VZ_NET_DEL],
+        }
+    }
+}
+
+/// Where each flavour keeps its network scripts, searched in this order.
+/// - vzctl >= 4.0 RPM: `/usr/libexec/vzctl/scripts`; vzctl < 4.0 and Proxmox:
+///   `/usr/lib/vzctl/scripts`; Debian/Ubuntu 4.9.4: `/usr/lib/vzctl/vzctl/scripts`; vzctl 3.x
+///   on x86_64 RPM nodes: `%_libdir/vzctl/scripts` = `/usr/lib64/vzctl/scripts` (vzctl.spec of
+///   vzctl-3.3, `_pkglibdir`).
+/// - libvzctl: `scriptdir` = `/usr/libexec/libvzctl/scripts` and `scriptddir` =
+///   `/usr/libexec/libvzctl/script.d` (paths.am); `get_script_path` (lib/util.c) runs the
+///   script.d copy instead when one exists, so an override there is wrapped too.
+pub const NET_SCRIPT_DIRS: [(Flavour, &str); 6] = [
+    (Flavour::Vzctl4, "/usr/libexec/vzctl/scripts"),
+    (Flavour::Vzctl4, "/usr/lib/vzctl/scripts"),
+    (Flavour::Vzctl4, "/usr/lib/vzctl/vzctl/scripts"),
+    (Flavour::Vzctl4, "/usr/lib64/vzctl/scripts"),
+    (Flavour::Libvzctl, "/usr/libexec/libvzctl/scripts"),
+    (Flavour::Libvzctl, "/usr/libexec/libvzctl/script.d"),
 ];
+
+/// The directories searched, for messages.
+pub fn searched_dirs() -> String {
+    NET_SCRIPT_DIRS
+        .iter()
+        .map(|(_, d)| *d)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where Proxmox VE mounts pmxcfs.
+pub const PVE_DIR: &str = "/etc/pve";
 
 const T_MOUNT: &str = include_str!("../hooks/vps.mount");
 const T_UMOUNT: &str = include_str!("../hooks/vps.umount");
 const T_NET_ADD: &str = include_str!("../hooks/vps-net_add");
 const T_NET_DEL: &str = include_str!("../hooks/vps-net_del");
+const T_VZ_NET_ADD: &str = include_str!("../hooks/vz-net_add");
+const T_VZ_NET_DEL: &str = include_str!("../hooks/vz-net_del");
 const T_INIT: &str = include_str!("../init/vzacct");
 const T_UNIT: &str = include_str!("../init/vzacct.service");
 const T_CRON: &str = include_str!("../conf-templates/vzacct.cron");
@@ -67,11 +127,22 @@ impl Item {
     }
 }
 
-/// A path that cannot be written into a shell script safely.
+/// Why install or uninstall could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("path {0} cannot be used in an installed script (quote or control character)")]
     UnsafePath(PathBuf),
+    #[error(
+        "this is a Proxmox VE node ({0}); vzacct does not install here: Proxmox's vzctl runs \
+         proxmox.umount instead of vps.umount (its debian/patches/bridge-cleanup.patch), so \
+         vzacct's umount hook would never run, and pmxcfs sets the executable bit by file name \
+         only (name_is_openvz_script in pve-cluster's cfs-plug-memdb.c), so an operator's \
+         vps.mount moved aside to vps.mount.vzacct-orig would stop being executable and every \
+         container start would fail. Nothing was changed. Without the hooks, a cron entry \
+         running `vzacct dump` (it accounts the running containers of /proc/vz/veinfo) is the \
+         way to account here"
+    )]
+    Proxmox(String),
     #[error("{action} {path}")]
     Io {
         action: &'static str,
@@ -92,6 +163,9 @@ pub struct Layout {
     pub config: PathBuf,
     /// The containers' config dir as seen on the node (`/etc/vz/conf`).
     pub conf_dir: PathBuf,
+    /// The mount table read to recognise Proxmox's pmxcfs (`/proc/mounts`; under `root` for
+    /// tests and packaging).
+    pub mounts: PathBuf,
 }
 
 /// What install or uninstall did, file by file, and the problems it left for the operator.
@@ -114,17 +188,42 @@ impl Layout {
         ))
     }
 
-    /// The vzctl script dirs that hold vps-net_add (or our moved-aside copy of it).
-    pub fn script_dirs(&self) -> Vec<PathBuf> {
-        SCRIPT_DIRS
+    /// The network script dirs that hold a flavour's add script (or our moved-aside copy).
+    pub fn script_dirs(&self) -> Vec<(Flavour, PathBuf)> {
+        NET_SCRIPT_DIRS
             .iter()
-            .map(|d| self.under(Path::new(d)))
-            .filter(|d| {
-                ["vps-net_add", "vps-net_add.vzacct-orig"]
-                    .iter()
-                    .any(|f| d.join(f).exists())
+            .map(|(f, d)| (*f, self.under(Path::new(d))))
+            .filter(|(f, d)| {
+                let add = f.scripts()[0];
+                d.join(add).exists() || d.join(format!("{add}{ORIG_SUFFIX}")).exists()
             })
             .collect()
+    }
+
+    /// Why vzacct cannot be installed here, if this is a Proxmox VE node: its container
+    /// configs live on pmxcfs, or pmxcfs (a FUSE file system) is mounted on `/etc/pve`.
+    pub fn proxmox(&self) -> Option<String> {
+        if self.conf_dir.starts_with(PVE_DIR) {
+            return Some(format!(
+                "the container config dir {} is on Proxmox's pmxcfs",
+                self.conf_dir.display()
+            ));
+        }
+        let table = fs::read_to_string(&self.mounts).ok()?;
+        table.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [_, at, kind, ..]
+                    if at == PVE_DIR && (kind == "fuse" || kind.starts_with("fuse.")) =>
+                {
+                    Some(format!(
+                        "{} lists a {kind} file system on {PVE_DIR} (Proxmox's pmxcfs)",
+                        self.mounts.display()
+                    ))
+                }
+                _ => None,
+            }
+        })
     }
 
     /// Every file vzacct manages on this node.
@@ -152,15 +251,25 @@ impl Layout {
             format!(" --root '{}'", self.root.display())
         };
         let item = |role, path: PathBuf, template: &'static str, mode| {
-            let mut orig = path.as_os_str().to_owned();
-            orig.push(ORIG_SUFFIX);
-            let fills = vec![
+            let original = |p: &Path| {
+                let mut orig = p.as_os_str().to_owned();
+                orig.push(ORIG_SUFFIX);
+                orig.to_string_lossy().into_owned()
+            };
+            let mut fills = vec![
                 ("@VZACCT@", self.vzacct.to_string_lossy().into_owned()),
                 ("@CONFIG@", self.config.to_string_lossy().into_owned()),
-                ("@ORIGINAL@", orig.to_string_lossy().into_owned()),
+                ("@ORIGINAL@", original(&path)),
                 ("@FALLBACK@", fallback.clone()),
                 ("@ROOTARG@", root_arg.clone()),
             ];
+            // vzctl 4's add wrapper rolls back through the del script's original.
+            if template == T_NET_ADD {
+                fills.push((
+                    "@DEL_ORIGINAL@",
+                    original(&path.with_file_name("vps-net_del")),
+                ));
+            }
             let content = fills
                 .iter()
                 .fold(template.to_string(), |t, (k, v)| t.replace(k, v));
@@ -178,8 +287,8 @@ impl Layout {
         for (name, t) in [("vps.mount", T_MOUNT), ("vps.umount", T_UMOUNT)] {
             items.push(item(Role::Chain, conf.join(name), t, 0o755));
         }
-        for dir in self.script_dirs() {
-            for (name, t) in [("vps-net_add", T_NET_ADD), ("vps-net_del", T_NET_DEL)] {
+        for (flavour, dir) in self.script_dirs() {
+            for (name, t) in flavour.scripts().into_iter().zip(flavour.templates()) {
                 items.push(item(Role::Wrap, dir.join(name), t, 0o755));
             }
         }
@@ -236,11 +345,14 @@ fn exists(p: &Path) -> bool {
 /// is installed.
 pub fn install(layout: &Layout, report: &mut Report) -> Result<(), InstallError> {
     let Report { done, problems } = report;
+    if let Some(why) = layout.proxmox() {
+        return Err(InstallError::Proxmox(why));
+    }
     let items = layout.items()?;
     if !items.iter().any(|i| i.role == Role::Wrap) {
         problems.push(format!(
-            "vzctl's vps-net_add was not found in any of {} under {}: the network wrappers are not installed (on OpenVZ 7, see the README)",
-            SCRIPT_DIRS.join(", "),
+            "neither vzctl's vps-net_add nor libvzctl's vz-net_add was found in any of {} under {}: the network wrappers are not installed, and no IP is accounted before the next dump reads /proc/vz/veinfo",
+            searched_dirs(),
             layout.root.display()
         ));
     }
@@ -475,4 +587,85 @@ fn same_up_to_paths(installed: &str, item: &Item) -> bool {
         i += 1;
     }
     at.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(root: &Path, conf_dir: &str) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+            vzacct: PathBuf::from("/usr/sbin/vzacct"),
+            config: root.join("etc/vz/vzacct.conf"),
+            conf_dir: PathBuf::from(conf_dir),
+            mounts: root.join("proc/mounts"),
+        }
+    }
+
+    #[test]
+    fn proxmox_is_recognised_by_its_conf_dir_or_pmxcfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path(), "/etc/vz/conf");
+        assert_eq!(l.proxmox(), None, "no mount table: not Proxmox");
+        fs::create_dir_all(dir.path().join("proc")).unwrap();
+        fs::write(
+            &l.mounts,
+            "/dev/sda1 / ext4 rw 0 0\n/dev/fuse /mnt fuse rw 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(l.proxmox(), None, "FUSE elsewhere: not Proxmox");
+        fs::write(&l.mounts, "/dev/fuse /etc/pve fuse rw,nosuid 0 0\n").unwrap();
+        assert!(
+            l.proxmox()
+                .unwrap()
+                .contains("fuse file system on /etc/pve")
+        );
+        fs::write(&l.mounts, "pmxcfs /etc/pve fuse.pmxcfs rw 0 0\n").unwrap();
+        assert!(l.proxmox().unwrap().contains("fuse.pmxcfs file system"));
+        let l = layout(dir.path(), "/etc/pve/openvz");
+        fs::remove_file(&l.mounts).unwrap();
+        assert_eq!(
+            l.proxmox().unwrap(),
+            "the container config dir /etc/pve/openvz is on Proxmox's pmxcfs"
+        );
+    }
+
+    #[test]
+    fn network_scripts_of_both_flavours_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path(), "/etc/vz/conf");
+        assert!(l.script_dirs().is_empty());
+        for (d, f) in [
+            ("usr/lib64/vzctl/scripts", "vps-net_add"),
+            ("usr/libexec/libvzctl/scripts", "vz-net_add.vzacct-orig"),
+            // A vzctl 4 name in libvzctl's dir is not libvzctl's script.
+            ("usr/libexec/libvzctl/script.d", "vps-net_add"),
+        ] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+            fs::write(dir.path().join(d).join(f), "").unwrap();
+        }
+        let found = l.script_dirs();
+        assert_eq!(
+            found,
+            [
+                (Flavour::Vzctl4, dir.path().join("usr/lib64/vzctl/scripts")),
+                (
+                    Flavour::Libvzctl,
+                    dir.path().join("usr/libexec/libvzctl/scripts")
+                ),
+            ]
+        );
+        let wraps: Vec<String> = l
+            .items()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.role == Role::Wrap)
+            .map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            wraps,
+            ["vps-net_add", "vps-net_del", "vz-net_add", "vz-net_del"]
+        );
+    }
 }

@@ -11,8 +11,13 @@ use std::process::Command;
 /// Install into a fresh fake root (with vzctl's scripts present) and return the root.
 fn installed(node: &Node) -> PathBuf {
     let root = node.path("root");
-    for name in ["vps-net_add", "vps-net_del"] {
-        let p = root.join("usr/lib/vzctl/scripts").join(name);
+    for (dir, name) in [
+        ("usr/lib/vzctl/scripts", "vps-net_add"),
+        ("usr/lib/vzctl/scripts", "vps-net_del"),
+        ("usr/libexec/libvzctl/scripts", "vz-net_add"),
+        ("usr/libexec/libvzctl/scripts", "vz-net_del"),
+    ] {
+        let p = root.join(dir).join(name);
         write(&p, "#!/bin/sh\nexit 0\n");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -36,6 +41,8 @@ fn shell_scripts(root: &Path) -> Vec<PathBuf> {
         root.join("etc/vz/conf/vps.umount"),
         root.join("usr/lib/vzctl/scripts/vps-net_add"),
         root.join("usr/lib/vzctl/scripts/vps-net_del"),
+        root.join("usr/libexec/libvzctl/scripts/vz-net_add"),
+        root.join("usr/libexec/libvzctl/scripts/vz-net_del"),
     ];
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     for t in [
@@ -44,6 +51,8 @@ fn shell_scripts(root: &Path) -> Vec<PathBuf> {
         "hooks/vps.umount",
         "hooks/vps-net_add",
         "hooks/vps-net_del",
+        "hooks/vz-net_add",
+        "hooks/vz-net_del",
     ] {
         v.push(repo.join(t));
     }

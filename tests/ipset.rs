@@ -367,7 +367,7 @@ fn changed_files(
     names
 }
 
-/// Hooks on a node already on the ipset backend: `mount` and `net-add` write only their
+/// Hooks on a node already on the ipset backend: `mount` changes nothing; `net-add` writes only its
 /// container's bucket and index entries and run one `ipset restore` (no `ipset save`);
 /// `umount` of an address vzctl no longer routes to venet runs no ipset at all and leaves
 /// the elements to the next dump, which harvests them exactly. An address still routed to
@@ -412,14 +412,21 @@ fn quick_hooks(v: Variant) {
     };
     let conf = node.path("conf/101.conf").display().to_string();
     let mount: &[(&str, &str)] = &[("VEID", "101"), ("VE_CONFFILE", &conf)];
+    let start: &[(&str, &str)] = &[
+        ("VEID", "101"),
+        ("VE_STATE", "starting"),
+        ("IP_ADDR", "10.0.0.1"),
+    ];
+    let mounted =
+        "vzacct hook mount: config lists 10.0.0.1; accounted when vzctl assigns them (net_add)\n";
+    let started = "vzacct hook net-add: VE_STATE=starting accounting 10.0.0.1 (new: 10.0.0.1)\n";
 
-    // vzctl start 101: mount.
+    // vzctl start 101: mount (reads the config, changes nothing), then vps-net_add.
     let before = ledger_files(&state);
-    let out = hook("mount", mount);
-    assert_eq!(
-        out,
-        "vzacct hook mount: accounting 10.0.0.1 (new: 10.0.0.1)\n"
-    );
+    assert_eq!(hook("mount", mount), mounted);
+    assert_eq!(ipset_calls(), "");
+    assert_eq!(ledger_files(&state), before);
+    assert_eq!(hook("net-add", start), started);
     assert_eq!(ipset_calls(), "restore -exist\n");
     assert_eq!(
         changed_files(&before, &ledger_files(&state)),
@@ -458,10 +465,8 @@ fn quick_hooks(v: Variant) {
     ipset_calls();
     // The dump removed 101's elements and then forgot their last-seen values: the new ones
     // start from zero, and more traffic than the old ones had counted is all credited.
-    assert_eq!(
-        hook("mount", mount),
-        "vzacct hook mount: accounting 10.0.0.1 (new: 10.0.0.1)\n"
-    );
+    assert_eq!(hook("mount", mount), mounted);
+    assert_eq!(hook("net-add", start), started);
     assert_eq!(ipset_calls(), "restore -exist\n");
     c101 += to_ct(&node, "101", 700, 4);
     let out = hook("umount", &[("VEID", "101")]);

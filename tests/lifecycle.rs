@@ -5,211 +5,11 @@
 
 mod common;
 
+use common::site::*;
 use common::*;
 use serde_json::Value;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-const CTS: &[(&str, &str, &str)] = &[
-    ("101", "10.0.0.1", "2001:db8:1::1"),
-    ("102", "10.0.0.2", "2001:db8:1::2"),
-];
-const VZCTL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const SCRIPTS: &str = "usr/libexec/vzctl/scripts";
-
-/// A fake root holding vzctl's scripts and the operator's vps.mount, with vzacct installed.
-struct Site<'a> {
-    node: &'a Node,
-    root: PathBuf,
-}
-
-impl<'a> Site<'a> {
-    /// vzctl's original network scripts (they log their call and can be made to fail), an
-    /// operator's own vps.mount, the containers' configs, and a vzacct config.
-    fn new(node: &'a Node) -> Site<'a> {
-        let root = node.path("root");
-        let d = node.dir.path().display().to_string();
-        for name in ["vps-net_add", "vps-net_del"] {
-            write_exec(
-                &root.join(SCRIPTS).join(name),
-                &format!(
-                    "#!/bin/sh\necho \"{name} VEID=$VEID VE_STATE=$VE_STATE IP_ADDR=$IP_ADDR $*\" >> {d}/vzctl.log\n\
-                     [ -e {d}/fail-{name} ] && exit 1\nexit 0\n"
-                ),
-            );
-        }
-        write_exec(
-            &root.join("etc/vz/conf/vps.mount"),
-            &format!("#!/bin/sh\necho \"operator vps.mount VEID=$VEID\" >> {d}/vzctl.log\n"),
-        );
-        let config = format!(
-            "[vzctl]\nconf_dir = {r}/etc/vz/conf\nveinfo = {d}/veinfo\nhook_log = {d}/hook.log\n\
-             [netfilter]\niptables = {}\nip6tables = {}\nbackend = {}\n\
-             [storage]\nstate_dir = {d}/state\ncsv_dir = {d}/csv\ntimezone = UTC\n",
-            node.variant.iptables(false),
-            node.variant.iptables(true),
-            node.variant.backend(),
-            r = root.display(),
-        );
-        write(&root.join("etc/vz/vzacct.conf"), &config);
-        write(&node.config, &config);
-        // Hooks run with vzctl's bare environment, so they read the kernel's real boot id;
-        // the test's own vzacct calls must see the same one.
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        write(&node.path("boot_id"), boot);
-        Site { node, root }
-    }
-
-    fn install(&self) -> String {
-        let out = self.vzacct_root("install");
-        assert!(
-            out.status.success(),
-            "install: {}{}",
-            stdout(&out),
-            stderr(&out)
-        );
-        stdout(&out)
-    }
-
-    fn vzacct_root(&self, cmd: &str) -> Output {
-        self.node.ns.run(
-            env!("CARGO_BIN_EXE_vzacct"),
-            &[cmd, "--root", self.root.to_str().unwrap()],
-        )
-    }
-
-    fn conf(&self, ctid: &str) -> PathBuf {
-        self.root.join(format!("etc/vz/conf/{ctid}.conf"))
-    }
-
-    /// Run one of the installed scripts as vzctl does: only vzctl's environment, stdin
-    /// from /dev/null, in the node's network namespace.
-    fn script(&self, path: &Path, env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.node.ns.name,
-            "env",
-            "-i",
-            "HOME=/",
-            "TERM=linux",
-        ])
-        .arg(format!("PATH={VZCTL_PATH}"));
-        for (k, v) in env {
-            cmd.arg(format!("{k}={v}"));
-        }
-        cmd.arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run script")
-    }
-
-    fn ok(&self, path: &Path, env: &[(&str, &str)]) {
-        let out = self.script(path, env);
-        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
-    }
-
-    fn action(&self, name: &str, ctid: &str) {
-        let conf = self.conf(ctid).display().to_string();
-        self.ok(
-            &self.root.join("etc/vz/conf").join(name),
-            &[("VEID", ctid), ("VE_CONFFILE", &conf)],
-        );
-    }
-
-    fn net(&self, name: &str, ctid: &str, state: &str, ips: &str) -> Output {
-        self.script(
-            &self.root.join(SCRIPTS).join(name),
-            &[("VEID", ctid), ("VE_STATE", state), ("IP_ADDR", ips)],
-        )
-    }
-
-    fn net_ok(&self, name: &str, ctid: &str, state: &str, ips: &str) {
-        let out = self.net(name, ctid, state, ips);
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
-    }
-
-    /// vzctl saves a config by writing `<file>.tmp` and renaming it over the file.
-    fn save_config(&self, ctid: &str, ips: &str) {
-        let path = self.conf(ctid);
-        let tmp = path.with_extension("conf.tmp");
-        write(
-            &tmp,
-            format!("ONBOOT=\"yes\"\nIP_ADDRESS=\"{ips}\"\nHOSTNAME=\"ct{ctid}\"\n"),
-        );
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-
-    /// `vzctl start`: mount scripts, then vps-net_add with the config's IPs.
-    fn start(&self, ctid: &str, ips: &str) {
-        self.action("vps.mount", ctid);
-        self.net_ok("vps-net_add", ctid, "starting", ips);
-    }
-
-    /// `vzctl stop`: vps-net_del with the kernel's IPs, then the umount scripts.
-    fn stop(&self, ctid: &str, kernel_ips: &str) {
-        self.net_ok("vps-net_del", ctid, "stopping", kernel_ips);
-        self.action("vps.umount", ctid);
-    }
-}
-
-fn write_exec(path: &Path, text: &str) {
-    write(path, text);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn show(node: &Node) -> Value {
-    serde_json::from_str(&node.ok(&["show", "--json"])).unwrap()
-}
-
-fn total_in(node: &Node, ctid: &str) -> (u64, u64) {
-    let doc = show(node);
-    let c = doc["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["ctid"] == ctid)
-        .unwrap_or_else(|| panic!("{ctid} not in {doc}"));
-    (
-        c["total"]["in_bytes"].as_u64().unwrap(),
-        c["total"]["in_packets"].as_u64().unwrap(),
-    )
-}
-
-/// world -> `ip` datagrams (the address must be on container `ctid`); returns (bytes, packets).
-fn send(node: &Node, ctid: &str, ip: &str, payload: usize, n: usize) -> (u64, u64) {
-    let dst: IpAddr = ip.parse().unwrap();
-    let src: IpAddr = if dst.is_ipv6() { WORLD_V6 } else { WORLD_V4 }
-        .parse()
-        .unwrap();
-    send_udp(node.world(), src, &node.ct(ctid).ns, dst, payload, n);
-    (n as u64 * udp_ip_len(dst, payload), n as u64)
-}
-
-fn plus(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
-    (a.0 + b.0, a.1 + b.1)
-}
-
-fn accounted(node: &Node) -> Vec<(String, Vec<String>)> {
-    let doc: Value = serde_json::from_str(&node.ok(&["status", "--json"])).unwrap();
-    doc["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let ips = c["ips"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["ip"].as_str().unwrap().to_string())
-                .collect();
-            (c["ctid"].as_str().unwrap().to_string(), ips)
-        })
-        .collect()
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 fn life_cycle_through_the_installed_hooks(v: Variant) {
     let node = Node::with_topology(v, CTS);
@@ -335,13 +135,7 @@ fn hooks_under_failure(v: Variant) {
         ),
     )
     .unwrap();
-    let out = site.script(
-        &site.root.join("etc/vz/conf/vps.mount"),
-        &[
-            ("VEID", "101"),
-            ("VE_CONFFILE", site.conf("101").to_str().unwrap()),
-        ],
-    );
+    let out = site.net("vps-net_add", "101", "starting", "10.0.0.1");
     assert_eq!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains("/nonexistent/iptables-save"),
@@ -406,7 +200,7 @@ fn hooks_under_failure(v: Variant) {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 3, "{log}");
     assert!(
-        lines[0].contains(" mount ct=101 error: ") && lines[0].contains("iptables"),
+        lines[0].contains(" net-add ct=101 error: ") && lines[0].contains("iptables"),
         "{log}"
     );
     assert!(
@@ -461,7 +255,7 @@ fn install_upgrade_uninstall(v: Variant) {
     assert_eq!(tree(&site.root), installed);
     // Both the operator's script and ours run.
     site.save_config("101", "10.0.0.1");
-    site.action("vps.mount", "101");
+    site.start("101", "10.0.0.1");
     assert!(
         std::fs::read_to_string(node.path("vzctl.log"))
             .unwrap()
@@ -691,7 +485,183 @@ fn prometheus_textfile_from_dump(v: Variant) {
     );
 }
 
+/// DESIGN invariant 8: only net_add, where vzctl really assigns an IP, may move an IP from
+/// one container to another. `mount` runs before vzctl has checked anything, so it accounts
+/// nothing; `umount` stops accounting only what the container itself holds.
+fn only_net_add_moves_an_ip(v: Variant, flavour: Flavour) {
+    let node = Node::with_topology(v, CTS);
+    let site = Site::with(&node, flavour);
+    site.save_config("101", "10.0.0.1 10.0.0.2");
+    site.save_config("102", "10.0.0.2");
+    site.install();
+    site.start("102", "10.0.0.2");
+    let mut want102 = send(&node, "102", "10.0.0.2", 100, 2);
+
+    // `vzctl mount 101` (stopped; its config lists 102's running IP): no IP is assigned.
+    site.action("vps.mount", "101");
+    assert_eq!(accounted(&node), acc(&[("102", &["10.0.0.2"])]));
+    want102 = plus(want102, send(&node, "102", "10.0.0.2", 200, 3));
+    site.action("vps.umount", "101");
+    assert_eq!(accounted(&node), acc(&[("102", &["10.0.0.2"])]));
+    want102 = plus(want102, send(&node, "102", "10.0.0.2", 300, 1));
+
+    // `vzctl start 101` fails after the mount: the kernel refuses 10.0.0.2 (EADDRINUSE), so
+    // no net_add runs; the container is killed and unmounted (vzctl 4 vps_start_custom;
+    // libvzctl vzctl_env_start -> add_ip fails before vz-net_add -> vzctl2_env_stop).
+    site.action("vps.mount", "101");
+    site.action("vps.umount", "101");
+    assert_eq!(accounted(&node), acc(&[("102", &["10.0.0.2"])]));
+    want102 = plus(want102, send(&node, "102", "10.0.0.2", 400, 2));
+
+    // A normal start of 101 with its own IP: nothing at mount, everything at net_add.
+    site.save_config("101", "10.0.0.1");
+    site.action("vps.mount", "101");
+    assert_eq!(accounted(&node), acc(&[("102", &["10.0.0.2"])]));
+    site.net_ok(site.add, "101", "starting", "10.0.0.1");
+    assert_eq!(
+        accounted(&node),
+        acc(&[("101", &["10.0.0.1"]), ("102", &["10.0.0.2"])])
+    );
+    let mut want101 = send(&node, "101", "10.0.0.1", 100, 3);
+
+    // 101 halts from inside (no net_del). Before vzeventd's umount runs, 102 gets 10.0.0.1
+    // (`set --ipadd`): that net_add moves it. 101's late umount leaves it with 102.
+    want101 = plus(want101, send(&node, "101", "10.0.0.1", 50, 1));
+    site.net_ok(site.add, "102", "running", "10.0.0.1");
+    want102 = plus(want102, send(&node, "101", "10.0.0.1", 500, 2));
+    site.action("vps.umount", "101");
+    assert_eq!(accounted(&node), acc(&[("102", &["10.0.0.1", "10.0.0.2"])]));
+    want102 = plus(want102, send(&node, "101", "10.0.0.1", 600, 1));
+
+    node.ok(&["dump"]);
+    assert_eq!(total_in(&node, "101"), want101);
+    assert_eq!(total_in(&node, "102"), want102);
+    let log = site.hook_log();
+    assert!(
+        log.iter()
+            .filter(|l| l.contains(" mount ct=101 ok: "))
+            .all(|l| l.ends_with("; accounted when vzctl assigns them (net_add)")),
+        "{log:#?}"
+    );
+}
+
+fn only_net_add_moves_an_ip_vzctl4(v: Variant) {
+    only_net_add_moves_an_ip(v, Flavour::Vzctl4);
+}
+
+fn only_net_add_moves_an_ip_openvz7(v: Variant) {
+    only_net_add_moves_an_ip(v, Flavour::OpenVz7);
+}
+
+/// `strict = yes`: when the original net_add succeeded and vzacct fails, nothing of the
+/// original's work stays. vzctl 4 undoes only its kernel add (vps_add_ip), so the wrapper
+/// runs the original vps-net_del for the same IPs itself; libvzctl's add_ip runs vz-net_del
+/// on any failure, so its wrapper leaves that to libvzctl and the original runs once.
+fn strict_leaves_nothing_half_applied(v: Variant, flavour: Flavour) {
+    let node = Node::with_topology(v, CTS);
+    let site = Site::with(&node, flavour);
+    site.save_config("101", "10.0.0.1");
+    site.install();
+    let cfg = site.root.join("etc/vz/vzacct.conf");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace("[vzctl]\n", "[vzctl]\nstrict = yes\n")
+            .replace(
+                &format!("iptables = {}", v.iptables(false)),
+                "iptables = /nonexistent/iptables",
+            ),
+    )
+    .unwrap();
+    let out = site.net(site.add, "101", "starting", "10.0.0.1");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (add, del) = (site.add, site.del);
+    match flavour {
+        Flavour::Vzctl4 => {
+            assert_eq!(site.veip("101"), Vec::<String>::new());
+            assert_eq!(
+                site.vzctl_log(),
+                format!(
+                    "{add} VEID=101 VE_STATE=starting IP_ADDR=10.0.0.1 \n\
+                     {del} VEID=101 VE_STATE=starting IP_ADDR=10.0.0.1 \n"
+                )
+            );
+        }
+        Flavour::OpenVz7 => {
+            assert_eq!(site.veip("101"), ["10.0.0.1"]);
+            // add_ip's rollback: vz-net_del through the wrapper (vzacct fails again; its
+            // exit code is ignored by libvzctl, the original's is returned).
+            let out = site.net(del, "101", "starting", "10.0.0.1");
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            assert_eq!(site.veip("101"), Vec::<String>::new());
+            assert_eq!(
+                site.vzctl_log(),
+                format!(
+                    "{add} VEID=101 VE_STATE=starting IP_ADDR=10.0.0.1 \n\
+                     {del} VEID=101 VE_STATE=starting IP_ADDR=10.0.0.1 \n"
+                )
+            );
+        }
+    }
+    // Back to a working config: nothing was accounted, and the start goes through.
+    std::fs::write(&cfg, &good).unwrap();
+    assert_eq!(accounted(&node), acc(&[]));
+    site.start("101", "10.0.0.1");
+    let want = send(&node, "101", "10.0.0.1", 100, 2);
+    node.ok(&["dump"]);
+    assert_eq!(total_in(&node, "101"), want);
+}
+
+fn strict_leaves_nothing_half_applied_vzctl4(v: Variant) {
+    strict_leaves_nothing_half_applied(v, Flavour::Vzctl4);
+}
+
+fn strict_leaves_nothing_half_applied_openvz7(v: Variant) {
+    strict_leaves_nothing_half_applied(v, Flavour::OpenVz7);
+}
+
+/// Proxmox VE (pmxcfs on /etc/pve): install refuses and changes nothing; check says why.
+#[test]
+fn install_refuses_proxmox() {
+    let node = Node::new(Variant::Legacy);
+    let site = Site::new(&node);
+    write(
+        &site.root.join("proc/mounts"),
+        "/dev/sda1 / ext4 rw 0 0\n/dev/fuse /etc/pve fuse rw,nosuid,nodev,relatime,user_id=0,group_id=0,default_permissions,allow_other 0 0\n",
+    );
+    let before = tree(&site.root);
+    let out = site.vzacct_root("install");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    let mounts = site.root.join("proc/mounts");
+    assert!(
+        stderr(&out).contains(&format!(
+            "this is a Proxmox VE node ({} lists a fuse file system on /etc/pve (Proxmox's pmxcfs)); vzacct does not install here: Proxmox's vzctl runs proxmox.umount instead of vps.umount",
+            mounts.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("every container start would fail. Nothing was changed."),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree(&site.root), before);
+    let out = site.vzacct_root("check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FAIL vzctl flavour          Proxmox VE: "),
+        "{}",
+        stdout(&out)
+    );
+}
+
 per_variant!(
+    only_net_add_moves_an_ip_vzctl4,
+    only_net_add_moves_an_ip_openvz7,
+    strict_leaves_nothing_half_applied_vzctl4,
+    strict_leaves_nothing_half_applied_openvz7,
     life_cycle_through_the_installed_hooks,
     hooks_under_failure,
     install_upgrade_uninstall,

@@ -16,11 +16,16 @@ pub fn layout(ctx: &Ctx, root: &Path, config: &Path) -> Result<Layout, Error> {
     } else {
         PathBuf::from("/etc/vz/conf")
     };
-    Ok(Layout {
+    let layout = Layout {
         root: root.to_path_buf(),
         vzacct,
         config: config.to_path_buf(),
         conf_dir,
+        mounts: PathBuf::new(),
+    };
+    Ok(Layout {
+        mounts: layout.under(Path::new("/proc/mounts")),
+        ..layout
     })
 }
 
@@ -181,6 +186,28 @@ struct CheckDoc {
 /// How old the last dump may be before `check` complains: three cron intervals.
 const DUMP_MAX_AGE_SECS: i64 = 15 * 60;
 
+/// Which vzctl the node has, by the network scripts found (and where), or why it is not
+/// supported.
+fn flavour(layout: &Layout) -> Result<String, String> {
+    if let Some(why) = layout.proxmox() {
+        return Err(format!(
+            "Proxmox VE: {why}; not supported (`vzacct install` says why)"
+        ));
+    }
+    let found = layout.script_dirs();
+    if found.is_empty() {
+        return Err(format!(
+            "no network script (vps-net_add of vzctl 4, vz-net_add of OpenVZ 7) in any of {} (is vzctl installed?)",
+            install::searched_dirs()
+        ));
+    }
+    Ok(found
+        .iter()
+        .map(|(f, d)| format!("{}: {}", f.name(), d.display()))
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
 /// `vzacct check [--root DIR] [--json]`: every integration point with its state; exit 0
 /// only when all is well. `config_error`: the config could not be read (check goes on with
 /// the defaults to show everything else).
@@ -225,15 +252,7 @@ pub fn check(
     // Files.
     match layout.items() {
         Ok(list) => {
-            if !list.iter().any(|i| i.role == Role::Wrap) {
-                item(
-                    "vzctl network scripts",
-                    Err(format!(
-                        "vps-net_add not found in any of {} (is vzctl installed?)",
-                        install::SCRIPT_DIRS.join(", ")
-                    )),
-                );
-            }
+            item("vzctl flavour", flavour(layout));
             for i in list.iter().filter(|i| i.role != Role::Config) {
                 let name = match i.role {
                     Role::Chain => "action script",

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod site;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Run a program, panicking with its stderr when it fails: for test set-up only.
