@@ -285,6 +285,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let sets_in_use = loaded.backend.as_deref() == Some("ipset");
     let mut kernel = Kernel::read(
         &ctx.config,
+        &ctx.probes(true),
         &ctx.families(),
         ledger.expected_elements(),
         sets_in_use,

@@ -82,6 +82,13 @@ impl Ctx<'_> {
         })
     }
 
+    /// What the installed tools can do, cached for this boot in the state directory (new
+    /// answers written there only when `persist`).
+    fn probes(&self, persist: bool) -> crate::probe::Probes {
+        let boot = self.boot_id().unwrap_or_default();
+        crate::probe::Probes::cached(&self.config.state_dir, &boot, persist)
+    }
+
     fn boot_id(&self) -> Result<String, Error> {
         let text = std::fs::read_to_string(&self.boot_id_file).map_err(|source| Error::BootId {
             path: self.boot_id_file.clone(),
@@ -147,6 +154,7 @@ fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let sets_in_use = loaded.backend.as_deref() == Some("ipset");
     let mut kernel = Kernel::read(
         &ctx.config,
+        &ctx.probes(true),
         &ctx.families(),
         ledger.expected_elements(),
         sets_in_use,

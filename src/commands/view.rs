@@ -44,6 +44,7 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     let sets_in_use = loaded.backend.as_deref() == Some("ipset");
     let live = Kernel::read(
         &ctx.config,
+        &ctx.probes(false),
         &ctx.families(),
         ledger.expected_elements(),
         sets_in_use,
@@ -209,6 +210,9 @@ struct StatusFamily {
 #[derive(Serialize)]
 struct StatusDoc {
     backend: &'static str,
+    /// Why `backend = auto` uses per-IP rules (absent when it did not have to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_fallback: Option<String>,
     containers: Vec<StatusCt>,
     netfilter: Vec<StatusFamily>,
     sets_missing: usize,
@@ -225,6 +229,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     drop(shared);
     let kernel = match Kernel::read(
         &ctx.config,
+        &ctx.probes(false),
         &ctx.families(),
         ledger.expected_elements(),
         false,
@@ -288,6 +293,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     }
     let doc = StatusDoc {
         backend: kernel.backend_name(),
+        backend_fallback: kernel.why_rules.clone(),
         containers: cts,
         netfilter: fams,
         sets_missing: plan.sets.create.len(),
@@ -326,6 +332,9 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
             },
             f.stray_rules
         ))?;
+    }
+    if let Some(why) = &doc.backend_fallback {
+        ctx.say(format!("backend: per-IP rules (iptables), because {why}"))?;
     }
     if doc.backend == "ipset" {
         ctx.say(format!(
