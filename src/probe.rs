@@ -234,7 +234,9 @@ pub fn lock_held_message(stderr: &str) -> bool {
 /// 1. `restore -w 1 --test` of an empty table succeeds where a bounded wait exists (RHEL 7's
 ///    1.4.21, 1.6.2 and later); 1.4.x takes the `1` for a file and fails.
 /// 2. Otherwise, which lock the installed `iptables` takes: holding a candidate, `iptables
-///    -S INPUT` fails with "...holding the xtables lock..." if it is that one.
+///    -S INPUT` fails with "...holding the xtables lock..." if it is that one. When it fails
+///    so before anything is held, someone holds its lock now: the candidate that cannot be
+///    taken is the one (unsure).
 pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (RestoreLock, bool) {
     match process::run_any(restore, &["-w", "1", "--test"], Some(b"*filter\nCOMMIT\n")) {
         Ok((status, out)) if status.success() || lock_held_message(&out.stderr) => {
@@ -246,6 +248,8 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
         Ok((status, out)) => !status.success() && lock_held_message(&out.stderr),
         Err(_) => false,
     };
+    // Someone holds iptables' lock now: it is the candidate that cannot be taken.
+    let busy_now = refused();
     // Created if missing, as iptables itself does (an unused file harms no version).
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -256,7 +260,7 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     if let Ok(file) = file {
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => {
-                let uses = refused();
+                let uses = !busy_now && refused();
                 let _ = fs2::FileExt::unlock(&file);
                 if uses {
                     return (RestoreLock::Flock(lock_path.to_path_buf()), true);
@@ -268,7 +272,7 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     }
     match bind_abstract() {
         Ok(held) => {
-            let uses = refused();
+            let uses = !busy_now && refused();
             drop(held);
             if uses {
                 return (RestoreLock::AbstractSocket, true);
@@ -279,7 +283,9 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
         }
         Err(_) => {}
     }
-    (RestoreLock::None, true)
+    // Refused while neither candidate was held by anyone: a lock this probe does not know,
+    // asked again next time.
+    (RestoreLock::None, !busy_now)
 }
 
 fn bind_abstract() -> std::io::Result<UnixListener> {
