@@ -495,9 +495,10 @@ fn el7_lock_held_by_another_program() {
     // first command of a boot made them).
     o.node.ok(&["sync"]);
     // ...and the next command has a rule to put back: someone took our jump away.
-    o.node
-        .ns
-        .must(&o.iptables(false), &["-D", "FORWARD", "-j", "VZACCT-FORWARD"]);
+    o.node.ns.must(
+        &o.iptables(false),
+        &["-D", "FORWARD", "-j", "VZACCT-FORWARD"],
+    );
     let script = format!(
         "touch /run/xtables.lock; (flock /run/xtables.lock sleep 4) & sleep 0.3; \
          start=$(date +%s%N); {} 2>&1; echo rc=$?; end=$(date +%s%N); \
