@@ -415,6 +415,32 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         );
     }
 
+    /// The real `ipset save` of 6.11 (header and create lines end in a space, no counters)
+    /// and of 7.1 (tests/fixtures/oldtools).
+    #[test]
+    fn parses_the_old_ipset_versions_output() {
+        let s = parse_save(include_str!(
+            "../tests/fixtures/oldtools/ipset-6.11-save.txt"
+        ))
+        .unwrap();
+        assert_eq!(s.present.len(), 1);
+        assert!(!s.present["vzacct-fi4"], "6.11: no counters, not usable");
+        assert!(s.elements.is_empty());
+        assert_eq!(s.untagged, [(Kind::ForwardIn, "10.0.0.1".parse().unwrap())]);
+        let s = parse_save(include_str!(
+            "../tests/fixtures/oldtools/ipset-7.1-save.txt"
+        ))
+        .unwrap();
+        assert!(s.present["vzacct-fi4"]);
+        assert_eq!(s.elements.len(), 2);
+        assert_eq!(
+            (s.elements[0].counters.packets, s.elements[0].counters.bytes),
+            (3, 384)
+        );
+        assert_eq!(s.elements[1].ctid.as_str(), "102");
+        assert_eq!(s.untagged, [(Kind::ForwardIn, "10.0.0.3".parse().unwrap())]);
+    }
+
     #[test]
     fn garbage_is_an_error_with_the_line() {
         let e = parse_save("create vzacct-fi4 hash:ip counters comment\nadd vzacct-fi4 nonsense\n")

@@ -6,6 +6,7 @@ use crate::config::{Backend, Config};
 use crate::error::Error;
 use crate::ipset::{self, SetPlan, Sets};
 use crate::netfilter::{Ipset, Tables};
+use crate::probe::Probes;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
@@ -19,6 +20,8 @@ pub struct Kernel {
     pub sets: Option<Sets>,
     /// Whether the counters live in sets (the backend in use).
     pub use_sets: bool,
+    /// Why `backend = auto` uses per-IP rules, in one line (`None`: it did not have to).
+    pub why_rules: Option<String>,
     /// The per-IP rules found, as counted traffic.
     rules_counted: Vec<Counted>,
 }
@@ -32,13 +35,14 @@ impl Kernel {
     /// that could not see them would take their counters for new later: counted twice).
     pub fn read(
         config: &Config,
+        probes: &Probes,
         families: &[Family],
         expected: usize,
         sets_in_use: bool,
     ) -> Result<Kernel, Error> {
         let mut tables = Vec::new();
         for family in families {
-            let t = Tables::new(config, *family);
+            let t = Tables::probed(config, *family, probes);
             let current = t.read()?;
             tables.push((t, current));
         }
@@ -48,14 +52,26 @@ impl Kernel {
             Err(e) if sets_in_use => Err(e),
             Err(_) => Ok(None),
         };
+        let mut why_rules = None;
         let (sets, use_sets) = match config.backend {
-            Backend::Ipset => (Some(ipset.read(expected)?), true),
+            Backend::Ipset => {
+                ipset.require(probes)?;
+                (Some(ipset.read(expected)?), true)
+            }
             // Still read, so that sets left by an earlier ipset backend are harvested and
             // removed; no ipset program is fine when none was in use.
             Backend::Iptables => (read()?, false),
+            // Sets only where one with counters and comments can be made (ipset 6.11 has
+            // neither: every batch would fail).
             Backend::Auto => {
+                let support = probes.ipset(&config.ipset);
                 let sets = read()?;
-                let usable = sets.is_some();
+                if !support.usable {
+                    why_rules = Some(format!("ipset unusable: {}", support.why));
+                } else if sets.is_none() {
+                    why_rules = Some(format!("`{} save` failed", config.ipset));
+                }
+                let usable = support.usable && sets.is_some();
                 (sets, usable)
             }
         };
@@ -64,6 +80,7 @@ impl Kernel {
             tables,
             sets,
             use_sets,
+            why_rules,
             rules_counted,
         })
     }
@@ -119,6 +136,14 @@ impl Kernel {
 
     pub fn backend_name(&self) -> &'static str {
         if self.use_sets { "ipset" } else { "iptables" }
+    }
+
+    /// The backend in use and, where auto had to fall back, why: one line.
+    pub fn backend_line(&self) -> String {
+        match &self.why_rules {
+            Some(why) => format!("{} (auto: {why})", self.backend_name()),
+            None => self.backend_name().to_string(),
+        }
     }
 
     /// Pure: what to change so the kernel matches `accounted`.

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod ledger_store;
 pub mod netfilter;
+pub mod probe;
 pub mod process;
 pub mod prometheus;
 pub mod routes;

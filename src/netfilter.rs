@@ -2,8 +2,11 @@
 //! read and at most one `iptables-restore --noflush --counters` write per family and command.
 
 use crate::config::{Config, companion};
+use crate::probe::{self, LockBusy, RestoreLock};
 use crate::process::{self, ProcessError};
 use crate::ruleset::{self, Current, Family, Plan};
+use std::path::Path;
+use std::time::Duration;
 
 /// A failure to read or change the ruleset of one family.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,27 @@ pub enum NetfilterError {
         #[source]
         source: ProcessError,
     },
+    #[error(
+        "cannot change the {family} ruleset: the xtables lock stayed taken (is an iptables \
+         command or a firewall service hanging?); the ledger is saved, and the next vzacct \
+         command (or the 5-minute dump) applies the change"
+    )]
+    Locked {
+        family: Family,
+        #[source]
+        source: Box<LockError>,
+    },
+}
+
+/// How the xtables lock was not had.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// vzacct waited for the lock itself.
+    #[error(transparent)]
+    Busy(#[from] LockBusy),
+    /// iptables-restore waited for it (`-w SECONDS`) and gave up.
+    #[error(transparent)]
+    Restore(ProcessError),
 }
 
 /// The iptables tools of one address family.
@@ -40,6 +64,10 @@ pub struct Tables {
     pub family: Family,
     save: String,
     restore: String,
+    iptables: String,
+    /// How the restore is kept from racing other iptables commands; `None`: probed when
+    /// first applying (uncached).
+    lock: Option<RestoreLock>,
 }
 
 impl Tables {
@@ -49,7 +77,35 @@ impl Tables {
             family,
             save: companion(base, "save"),
             restore: companion(base, "restore"),
+            iptables: base.to_string(),
+            lock: None,
         }
+    }
+
+    /// The same tools with their locking found by `probes` (cached per boot).
+    pub fn probed(config: &Config, family: Family, probes: &probe::Probes) -> Tables {
+        let mut t = Tables::new(config, family);
+        t.lock = Some(probes.restore_lock(&t.restore, &t.iptables));
+        t
+    }
+
+    /// How the restore is kept from racing other iptables commands.
+    pub fn lock(&self) -> RestoreLock {
+        match &self.lock {
+            Some(l) => l.clone(),
+            None => {
+                probe::probe_restore_lock(
+                    &self.restore,
+                    &self.iptables,
+                    Path::new(probe::XTABLES_LOCK),
+                )
+                .0
+            }
+        }
+    }
+
+    pub fn restore_program(&self) -> &str {
+        &self.restore
     }
 
     /// One read of the filter table, keeping what concerns our chains.
@@ -74,61 +130,36 @@ impl Tables {
             return Ok(());
         }
         let batch = plan.render();
-        // A bounded wait for the xtables lock where the installed iptables-restore has one
-        // (so it gives up with its own message before our deadline stops it); plain `-w`
-        // elsewhere (1.4.x ignores it; el7 and later wait without bound, and our deadline
-        // stops them).
-        let secs = wait_seconds();
-        let args: Vec<&str> = if bounded_wait(&self.restore) {
-            vec!["-w", &secs, "--noflush", "--counters"]
-        } else {
-            vec!["-w", "--noflush", "--counters"]
+        let apply_err = |source| NetfilterError::Apply {
+            family: self.family,
+            program: self.restore.clone(),
+            ops: plan.ops.len(),
+            source,
         };
-        process::run(&self.restore, &args, Some(batch.as_bytes())).map_err(|source| {
-            NetfilterError::Apply {
-                family: self.family,
-                program: self.restore.clone(),
-                ops: plan.ops.len(),
-                source,
-            }
+        // Waiting for the xtables lock ends a second before this program's deadline, with a
+        // message of its own, rather than by the deadline's kill.
+        let wait = process::limit_now().saturating_sub(Duration::from_secs(1));
+        let lock = self.lock();
+        let secs = wait.as_secs().max(1).to_string();
+        let args: Vec<&str> = match lock {
+            RestoreLock::Bounded => vec!["-w", &secs, "--noflush", "--counters"],
+            _ => vec!["--noflush", "--counters"],
+        };
+        let _held = probe::take(&lock, wait).map_err(|e| NetfilterError::Locked {
+            family: self.family,
+            source: Box::new(LockError::Busy(e)),
         })?;
-        Ok(())
+        match process::run(&self.restore, &args, Some(batch.as_bytes())) {
+            Ok(_) => Ok(()),
+            Err(e @ ProcessError::Failed { .. }) if matches!(&e, ProcessError::Failed { stderr, .. } if probe::lock_held_message(stderr)) => {
+                Err(NetfilterError::Locked {
+                    family: self.family,
+                    source: Box::new(LockError::Restore(e)),
+                })
+            }
+            Err(e) => Err(apply_err(e)),
+        }
     }
-}
-
-/// Seconds iptables-restore may wait for the xtables lock: a second less than this program
-/// may run (at least one).
-fn wait_seconds() -> String {
-    let t = process::limit_now().as_secs().saturating_sub(1).max(1);
-    t.to_string()
-}
-
-/// Whether `restore` takes `-w SECONDS` (iptables 1.6.2 and later, RHEL 7's 1.4.21),
-/// found by behaviour, not by version (plain 1.4.21 says the same version as RHEL 7's):
-/// `-w 1 --test` of an empty table succeeds there, while 1.4.x takes the `1` for a file to
-/// read and fails. Asked once per program and process.
-fn bounded_wait(restore: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static KNOWN: Mutex<Option<HashMap<String, bool>>> = Mutex::new(None);
-    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-    let map = known.get_or_insert_with(HashMap::new);
-    if let Some(b) = map.get(restore) {
-        return *b;
-    }
-    let empty = b"*filter\nCOMMIT\n";
-    let probe = process::run_any_for(
-        restore,
-        &["-w", "1", "--test"],
-        Some(empty),
-        std::time::Duration::from_secs(3),
-    );
-    let ok = match probe {
-        Ok((status, out)) => status.success() || out.stderr.contains("xtables lock"),
-        Err(_) => false,
-    };
-    map.insert(restore.to_string(), ok);
-    ok
 }
 
 /// A failure to read or change our ipsets.
@@ -144,6 +175,12 @@ pub enum IpsetError {
         #[source]
         source: crate::ipset::ParseError,
     },
+    #[error(
+        "backend = ipset under [netfilter], but {program} cannot create a set with counters \
+         and comments, which that backend needs: {why}; use backend = auto or iptables \
+         (per-IP rules) on this node"
+    )]
+    Unsupported { program: String, why: String },
     #[error(
         "changing the ipsets failed in {program}; the ledger is saved, and the next vzacct \
          command applies the change again"
@@ -166,6 +203,18 @@ impl Ipset {
         Ipset {
             program: config.ipset.clone(),
         }
+    }
+
+    /// The ipset backend's needs, probed (cached per boot): an error naming what is missing.
+    pub fn require(&self, probes: &probe::Probes) -> Result<(), IpsetError> {
+        let s = probes.ipset(&self.program);
+        if s.usable {
+            return Ok(());
+        }
+        Err(IpsetError::Unsupported {
+            program: self.program.clone(),
+            why: s.why,
+        })
     }
 
     /// One read of every set, keeping ours, parsed as it is printed. `expected`: about how

@@ -282,7 +282,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded, found) =
         crate::ledger_store::salvage(locked.dir(), ctx.now.timestamp())?;
-    let mut kernel = read_kernel(ctx, &ledger, &loaded)?;
+    let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
     let mut uncounted = Figures::default();

@@ -37,6 +37,15 @@ fn open(ctx: &Ctx, ctid: &Ctid) -> Result<Result<Part, String>, Error> {
     if ctx.config.backend == Backend::Iptables {
         return Ok(Err("backend = iptables".into()));
     }
+    if ctx.config.backend == Backend::Auto {
+        let s = ctx.probes(true).ipset(&ctx.config.ipset);
+        if !s.usable {
+            return Ok(Err(format!(
+                "backend auto uses per-IP rules: ipset unusable: {}",
+                s.why
+            )));
+        }
+    }
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
     if !loaded.node_file {

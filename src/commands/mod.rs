@@ -82,6 +82,13 @@ impl Ctx<'_> {
         })
     }
 
+    /// What the installed tools can do, cached for this boot in the state directory (new
+    /// answers written there only when `persist`).
+    fn probes(&self, persist: bool) -> crate::probe::Probes {
+        let boot = self.boot_id().unwrap_or_default();
+        crate::probe::Probes::cached(&self.config.state_dir, &boot, persist)
+    }
+
     fn boot_id(&self) -> Result<String, Error> {
         let text = std::fs::read_to_string(&self.boot_id_file).map_err(|source| Error::BootId {
             path: self.boot_id_file.clone(),
@@ -140,9 +147,16 @@ struct Session {
 }
 
 /// Read the kernel for a ledger as loaded: its sets too when the last full run used them.
-fn read_kernel(ctx: &Ctx, ledger: &Ledger, loaded: &Loaded) -> Result<Kernel, Error> {
+/// `persist`: a probe of the tools may be cached in the state dir (not by a view).
+fn read_kernel(
+    ctx: &Ctx,
+    ledger: &Ledger,
+    loaded: &Loaded,
+    persist: bool,
+) -> Result<Kernel, Error> {
     Kernel::read(
         &ctx.config,
+        &ctx.probes(persist),
         &ctx.families(),
         ledger.expected_elements(),
         loaded.backend.as_deref() == Some("ipset"),
@@ -154,7 +168,7 @@ fn read_kernel(ctx: &Ctx, ledger: &Ledger, loaded: &Loaded) -> Result<Kernel, Er
 fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let mut kernel = read_kernel(ctx, &ledger, &loaded)?;
+    let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);

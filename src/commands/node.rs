@@ -79,7 +79,7 @@ pub fn uninstall_cmd(
     if purge {
         purge_kernel(ctx)?;
     } else {
-        match Kernel::read(&ctx.config, &ctx.families(), 0, false) {
+        match Kernel::read(&ctx.config, &ctx.probes(false), &ctx.families(), 0, false) {
             Ok(k) => {
                 let plan = k.teardown();
                 let jumps_chains: usize = plan.rules.iter().map(|(_, p)| p.ops.len()).sum();
@@ -270,19 +270,26 @@ pub fn check(
     }
     item("boot order", boot_order(layout));
     // Netfilter: the tools, then our chains, rules and sets (one read of everything).
+    // Probed afresh (not from the boot's cache), so that `check` sees the tools as they are.
+    let probes = crate::probe::Probes::fresh();
     for family in ctx.families() {
-        let restore = crate::config::companion(ctx.config.iptables_for(family), "restore");
+        let t = crate::netfilter::Tables::probed(&ctx.config, family, &probes);
+        let restore = t.restore_program().to_string();
         item(
             &format!("{family} iptables"),
             match crate::process::run(&restore, &["--version"], None) {
-                Ok(_) => Ok(format!("restore usable ({restore})")),
+                Ok(_) => Ok(format!(
+                    "restore usable ({restore}); {}",
+                    t.lock().describe()
+                )),
                 Err(e) => Err(chain(&e)),
             },
         );
     }
-    let kernel = Kernel::read(&ctx.config, &ctx.families(), 0, false);
-    if let Err(e) = &kernel {
-        item("kernel rules", Err(chain(e)));
+    let kernel = Kernel::read(&ctx.config, &probes, &ctx.families(), 0, false);
+    match &kernel {
+        Err(e) => item("kernel rules", Err(chain(e))),
+        Ok(k) => item("backend", Ok(k.backend_line())),
     }
     // The ledger, the rules and the running containers: read under a shared lock, creating
     // nothing.

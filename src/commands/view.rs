@@ -41,7 +41,7 @@ struct ShowDoc {
 pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = shared.load()?;
-    let live = read_kernel(ctx, &ledger, &loaded).and_then(|kernel| {
+    let live = read_kernel(ctx, &ledger, &loaded, false).and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
         ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Count);
         Ok(())
@@ -201,6 +201,9 @@ struct StatusFamily {
 #[derive(Serialize)]
 struct StatusDoc {
     backend: &'static str,
+    /// Why `backend = auto` uses per-IP rules (absent when it did not have to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_fallback: Option<String>,
     containers: Vec<StatusCt>,
     netfilter: Vec<StatusFamily>,
     sets_missing: usize,
@@ -217,6 +220,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     drop(shared);
     let kernel = match Kernel::read(
         &ctx.config,
+        &ctx.probes(false),
         &ctx.families(),
         ledger.expected_elements(),
         false,
@@ -284,6 +288,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     }
     let doc = StatusDoc {
         backend: kernel.backend_name(),
+        backend_fallback: kernel.why_rules.clone(),
         containers: cts,
         netfilter: fams,
         sets_missing: plan.sets.create.len(),
@@ -322,6 +327,9 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
             },
             f.stray_rules
         ))?;
+    }
+    if let Some(why) = &doc.backend_fallback {
+        ctx.say(format!("backend: per-IP rules (iptables), because {why}"))?;
     }
     if doc.backend == "ipset" {
         ctx.say(format!(
