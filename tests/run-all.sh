@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 source tests/deps.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# What the nodes install (target/dist/), which tests/oldkernel.rs and tests/packaging.rs
+# check; with VZACCT_DIST_REQUIRED=1 a missing artifact fails them instead of skipping.
+bash packaging/build.sh
+export VZACCT_DIST_REQUIRED=1
 cargo test --locked
 leftover=$(ip netns list | grep -c '^vzt-' || true)
 if [ "$leftover" -ne 0 ]; then
