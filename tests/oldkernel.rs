@@ -146,6 +146,11 @@ fn old(node: &Node, kernel: &str, bin: &Path, args: &[&str], env: &[(&str, &str)
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
     }
+    if kernel == "2.6.32" {
+        // uname says 2.6 too (UNAME26 personality, inherited across exec), for a C library
+        // that would check the kernel's version at start.
+        cmd.args(["setarch", "x86_64", "--uname-2.6"]);
+    }
     cmd.arg(launcher())
         .arg(kernel)
         .arg(bin)
