@@ -95,6 +95,7 @@ stage "$deb"
 install -D -m 0644 packaging/deb/copyright "$deb/usr/share/doc/vzacct/copyright"
 install -d -m 0755 "$deb/DEBIAN"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm "$deb/DEBIAN/"
+install -m 0644 packaging/deb/triggers "$deb/DEBIAN/"
 printf '/etc/vz/vzacct.conf\n' >"$deb/DEBIAN/conffiles"
 size=$(du -k -s --exclude=DEBIAN "$deb" | cut -f1)
 sed -e "s/@VERSION@/$version/" -e "s/@SIZE@/$size/" packaging/deb/control >"$deb/DEBIAN/control"

@@ -227,6 +227,10 @@ fn deb_contents_and_dependencies() {
         run("dpkg-deb", &["-I", deb, "conffiles"]),
         "/etc/vz/vzacct.conf\n"
     );
+    assert_eq!(
+        run("dpkg-deb", &["-I", deb, "triggers"]),
+        "interest-noawait /usr/lib/vzctl/scripts\ninterest-noawait /usr/lib/vzctl/vzctl/scripts\n"
+    );
     let size = |p: &str| std::fs::metadata(repo(p)).unwrap().len();
     let listing = run("dpkg-deb", &["-c", deb]);
     let entries: Vec<String> = listing
@@ -534,6 +538,19 @@ fn package_files(deb: bool) -> Vec<String> {
     v
 }
 
+/// `tree` with vzctl's scripts in `scripts` of `version`.
+fn with_scripts(tree: &Tree, scripts: &str, version: u32) -> Tree {
+    let mut tree = tree.clone();
+    for name in WRAPPED {
+        let script = vzctl_script(name, version);
+        tree.insert(
+            format!("{scripts}/{name}"),
+            format!("file 755 {} {:016x}", script.len(), fnv(script.as_bytes())),
+        );
+    }
+    tree
+}
+
 /// Paths added and changed between two snapshots (nothing may disappear).
 fn diff(before: &Tree, after: &Tree) -> (Vec<String>, Vec<String>) {
     for k in before.keys() {
@@ -687,23 +704,15 @@ fn rpm_installs_wraps_rewraps_after_vzctl_upgrade_and_removes_cleanly() {
         out.contains("restored    /usr/libexec/vzctl/scripts/vps-net_add"),
         "{out}"
     );
-    let mut expected = s0.clone();
-    for name in WRAPPED {
-        let script = vzctl_script(name, 2);
-        expected.insert(
-            format!("{scripts}/{name}"),
-            format!("file 755 {} {:016x}", script.len(), fnv(script.as_bytes())),
-        );
-    }
-    assert_eq!(snapshot(r), expected);
+    assert_eq!(snapshot(r), with_scripts(&s0, scripts, 2));
     assert_eq!(rpm_cmd(&["-qa"], false), "vzctl-core-2-1.noarch\n");
 }
 
 /// A fake Debian vzctl package: its vps-net_add and vps-net_del in `scripts`, and the
 /// directories that a node's base packages own (dpkg removes a directory no package lists
 /// any more).
-fn fake_vzctl_deb(dir: &Path, scripts: &str) -> PathBuf {
-    let stage = dir.join("vzctl");
+fn fake_vzctl_deb(dir: &Path, scripts: &str, version: u32) -> PathBuf {
+    let stage = dir.join(format!("vzctl-{version}"));
     for d in [
         "DEBIAN",
         scripts,
@@ -718,16 +727,18 @@ fn fake_vzctl_deb(dir: &Path, scripts: &str) -> PathBuf {
     }
     for name in WRAPPED {
         let p = stage.join(format!("{scripts}/{name}"));
-        std::fs::write(&p, vzctl_script(name, 1)).unwrap();
+        std::fs::write(&p, vzctl_script(name, version)).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(
         stage.join("DEBIAN/control"),
-        "Package: vzctl\nVersion: 1\nArchitecture: all\nMaintainer: test <root@localhost>\n\
-         Description: fake vzctl\n",
+        format!(
+            "Package: vzctl\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: test <root@localhost>\nDescription: fake vzctl\n"
+        ),
     )
     .unwrap();
-    let deb = dir.join("vzctl_1_all.deb");
+    let deb = dir.join(format!("vzctl_{version}_all.deb"));
     run(
         "dpkg-deb",
         &[
@@ -741,25 +752,34 @@ fn fake_vzctl_deb(dir: &Path, scripts: &str) -> PathBuf {
 }
 
 #[test]
-fn deb_installs_only_on_a_node_and_purges_cleanly() {
+fn deb_installs_only_on_a_node_rewraps_after_vzctl_upgrade_and_purges_cleanly() {
     let Some(deb) = dist::artifact(&deb_name()) else {
         return;
     };
-    let scripts = "usr/lib/vzctl/scripts";
+    // Debian's vzctl keeps its network scripts here.
+    let scripts = "usr/lib/vzctl/vzctl/scripts";
     let work = tempfile::tempdir().unwrap();
-    let vzctl = fake_vzctl_deb(work.path(), scripts);
+    let vzctl = fake_vzctl_deb(work.path(), scripts, 1);
     let root = scratch_root(&[
         "var/lib/dpkg/info",
         "var/lib/dpkg/updates",
         "var/lib/dpkg/triggers",
     ]);
     let r = root.path();
-    for f in ["var/lib/dpkg/status", "var/lib/dpkg/available"] {
-        std::fs::write(r.join(f), "").unwrap();
-    }
+    // vzacct's dependencies, as installed on a node (dpkg processes a package's triggers
+    // only when its dependencies are satisfied).
+    let installed = |p: &str, v: &str| {
+        format!(
+            "Package: {p}\nStatus: install ok installed\nMaintainer: test <root@localhost>\n\
+             Architecture: amd64\nVersion: {v}\nDescription: stands in for {p}\n"
+        )
+    };
+    let status = installed("libc6", "2.17-1") + "\n" + &installed("iptables", "1.4.21-1");
+    std::fs::write(r.join("var/lib/dpkg/status"), status).unwrap();
+    std::fs::write(r.join("var/lib/dpkg/available"), "").unwrap();
     let rs = format!("--root={}", r.display());
     let dpkg = |args: &[&str], node: bool| {
-        let mut full = vec![rs.as_str(), "--force-depends"];
+        let mut full = vec![rs.as_str()];
         full.extend_from_slice(args);
         pkg(r, "dpkg", &full, node)
     };
@@ -781,7 +801,7 @@ fn deb_installs_only_on_a_node_and_purges_cleanly() {
     // The same package again on a node: wrapped.
     let out = dpkg(&["-i", deb.to_str().unwrap()], true);
     assert!(
-        out.contains("wrapped     /usr/lib/vzctl/scripts/vps-net_add"),
+        out.contains("wrapped     /usr/lib/vzctl/vzctl/scripts/vps-net_add"),
         "{out}"
     );
     let (added, changed) = diff(&s1, &snapshot(r));
@@ -789,11 +809,27 @@ fn deb_installs_only_on_a_node_and_purges_cleanly() {
     assert_eq!(changed, WRAPPED.map(|n| format!("{scripts}/{n}")));
     check_wrapped(r, scripts, 1);
 
-    // Purge: the root as it was.
+    // A vzctl upgrade: the file trigger (DEBIAN/triggers) wraps its new scripts.
+    let s2 = snapshot(r);
+    let v2 = fake_vzctl_deb(work.path(), scripts, 2);
+    let out = dpkg(&["-i", v2.to_str().unwrap()], true);
+    assert!(
+        out.contains("re-wrapped  /usr/lib/vzctl/vzctl/scripts/vps-net_add (replaced by a vzctl upgrade; the new original is kept as /usr/lib/vzctl/vzctl/scripts/vps-net_add.vzacct-orig)"),
+        "the trigger did not re-wrap:\n{out}"
+    );
+    check_wrapped(r, scripts, 2);
+    let (added, changed) = diff(&s2, &snapshot(r));
+    assert_eq!(added, Vec::<String>::new());
+    assert_eq!(
+        changed,
+        WRAPPED.map(|n| format!("{scripts}/{n}.vzacct-orig"))
+    );
+
+    // Purge: the root as it was, with vzctl 2's scripts.
     let out = dpkg(&["--purge", "vzacct"], true);
     assert!(
-        out.contains("restored    /usr/lib/vzctl/scripts/vps-net_add"),
+        out.contains("restored    /usr/lib/vzctl/vzctl/scripts/vps-net_add"),
         "{out}"
     );
-    assert_eq!(snapshot(r), s0);
+    assert_eq!(snapshot(r), with_scripts(&s0, scripts, 2));
 }
