@@ -131,6 +131,11 @@ fn rpm_contents_and_dependencies() {
             format!("vzacct(x86-64) = {VERSION}-1"),
         ]
     );
+    // What rpm 4.11 checks and reads: a SHA-1 header digest and an MD5 of header and
+    // payload (rpm 4.18's SHA-256 ones are extra), SHA-256 file digests (algorithm 8).
+    let digests = q(&["--qf", "%{SHA1HEADER}|%{SIGMD5}|%{FILEDIGESTALGO}\n"]);
+    let d: Vec<&str> = digests.trim_end().split('|').collect();
+    assert_eq!((d[0].len(), d[1].len(), d[2]), (40, 32, "8"), "{digests}");
     // The payload itself, not only the header's word for it: an xz stream.
     assert_eq!(
         &payload(&std::fs::read(rpm).unwrap())[..6],
