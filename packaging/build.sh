@@ -29,11 +29,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null
 fi
+# cargo-zigbuild runs zig as `python3 -m ziglang` when no zig is on PATH.
 if ! python3 -m ziglang version >/dev/null 2>&1; then
   echo "build.sh: installing ziglang (pip)" >&2
   python3 -m pip install --quiet --root-user-action=ignore ziglang==0.17.1
 fi
-if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $zigbuild_version" ]; then
+# Asked of cargo, not PATH: cargo finds its subcommands in $CARGO_HOME/bin either way.
+if ! cargo install --list | grep -qx "cargo-zigbuild v$zigbuild_version:"; then
   echo "build.sh: installing cargo-zigbuild $zigbuild_version (about 2.5 minutes)" >&2
   cargo install --quiet --locked --version "$zigbuild_version" cargo-zigbuild
 fi
