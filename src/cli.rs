@@ -139,6 +139,10 @@ pub enum Command {
         /// With --purge: also delete the ledger (state_dir) and the daily CSV files.
         #[arg(long, requires = "purge")]
         purge_data: bool,
+        /// Leave the config file even when it is unmodified (the package's scriptlets: the
+        /// package manager owns it).
+        #[arg(long)]
+        keep_config: bool,
     },
     /// Rebuild a ledger whose node file (node.json) or buckets were lost: what is missing is
     /// made anew, every counter in the kernel is taken as a new starting point (so nothing
@@ -348,9 +352,10 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
             root,
             purge,
             purge_data,
+            keep_config,
         } => {
             let l = commands::node::layout(&ctx, root, &installed_config(&config_path)?)?;
-            commands::node::uninstall_cmd(&mut ctx, &l, *purge, *purge_data)
+            commands::node::uninstall_cmd(&mut ctx, &l, *purge, *purge_data, *keep_config)
         }
         Command::Check { root, json } => {
             let l = commands::node::layout(&ctx, root, &installed_config(&config_path)?)?;

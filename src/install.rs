@@ -417,14 +417,23 @@ pub fn install(layout: &Layout, report: &mut Report) -> Result<(), InstallError>
 /// Take every integration point away: our files are removed and every original moved back
 /// byte for byte. The ledger, the CSV files and a config the operator changed stay. As with
 /// [`install`], every change is recorded in `report` as it is made.
-pub fn uninstall(layout: &Layout, report: &mut Report) -> Result<(), InstallError> {
+/// `keep_config`: the config stays even when unmodified (a package manager owns it).
+pub fn uninstall(
+    layout: &Layout,
+    keep_config: bool,
+    report: &mut Report,
+) -> Result<(), InstallError> {
     let Report { done, problems } = report;
     for item in layout.items()? {
         let p = &item.path;
         let orig = item.original();
         match item.role {
             Role::Config => {
-                if fs::read_to_string(p).is_ok_and(|c| c == item.content) {
+                if keep_config {
+                    if exists(p) {
+                        done.push(format!("kept        {} (--keep-config)", p.display()));
+                    }
+                } else if fs::read_to_string(p).is_ok_and(|c| c == item.content) {
                     fs::remove_file(p).map_err(io("cannot remove", p))?;
                     done.push(format!("removed     {}", p.display()));
                 } else if exists(p) {

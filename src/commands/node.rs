@@ -72,9 +72,10 @@ pub fn uninstall_cmd(
     layout: &Layout,
     purge: bool,
     purge_data: bool,
+    keep_config: bool,
 ) -> Result<(), Error> {
     let mut report = install::Report::default();
-    let outcome = install::uninstall(layout, &mut report);
+    let outcome = install::uninstall(layout, keep_config, &mut report);
     tell(ctx, "uninstall", &report, outcome)?;
     if purge {
         purge_kernel(ctx)?;
