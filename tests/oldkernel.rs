@@ -43,7 +43,7 @@ fn glibc_floor_is_2_17() {
     assert_eq!(
         versions,
         [
-            "2.2.5", "2.3", "2.3.4", "2.6", "2.9", "2.12", "2.14", "2.15", "2.16", "2.17"
+            "2.2.5", "2.3", "2.3.4", "2.4", "2.6", "2.9", "2.12", "2.14", "2.15", "2.16", "2.17"
         ],
         "GLIBC_ symbol versions of {}",
         bin.display()
@@ -177,7 +177,7 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// add, a vzctl mount hook, real packets, dump and show, all under the old kernel's table.
+/// add, a vzctl net_add hook, real packets, dump and show, all under the old kernel's table.
 fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
     let Some(bin) = dist::artifact(binary) else {
         return;
@@ -197,9 +197,6 @@ fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
         &format!("[vzctl]\nhook_log = {}\n", log.display()),
     );
     std::fs::write(&node.config, config).unwrap();
-    let conf = node.path("conf/102.conf");
-    write(&conf, "IP_ADDRESS=\"10.0.0.2 2001:db8:1::2\"\n");
-    let conf = conf.display().to_string();
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let what = format!("{binary} {} on {kernel}", args.join(" "));
         ok(old(&node, kernel, &bin, args, env), &what)
@@ -226,17 +223,21 @@ fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
     };
     assert_eq!(
         run(
-            &["hook", "mount"],
-            &[("VEID", "102"), ("VE_CONFFILE", &conf)]
+            &["hook", "net-add"],
+            &[
+                ("VEID", "102"),
+                ("VE_STATE", "starting"),
+                ("IP_ADDR", "10.0.0.2 2001:db8:1::2")
+            ]
         ),
         format!(
-            "vzacct hook mount: accounting 10.0.0.2 2001:db8:1::2 (new: 10.0.0.2 2001:db8:1::2){quick}\n"
+            "vzacct hook net-add: VE_STATE=starting accounting 10.0.0.2 2001:db8:1::2 (new: 10.0.0.2 2001:db8:1::2){quick}\n"
         )
     );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         format!(
-            "{NOW} mount ct=102 ok: accounting 10.0.0.2 2001:db8:1::2 (new: 10.0.0.2 2001:db8:1::2){quick}\n"
+            "{NOW} net-add ct=102 ok: VE_STATE=starting accounting 10.0.0.2 2001:db8:1::2 (new: 10.0.0.2 2001:db8:1::2){quick}\n"
         )
     );
     let world = node.world();
@@ -284,6 +285,7 @@ fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
                 ct("102", "10.0.0.2", "2001:db8:1::2"),
             ],
             "netfilter": [family("ipv4"), family("ipv6")],
+            "set_elements_waiting_for_dump": 0,
             "sets_missing": 0,
             "stray_set_elements": 0,
         })
