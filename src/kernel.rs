@@ -85,6 +85,32 @@ impl Kernel {
         })
     }
 
+    /// What this read covered: the families whose tables were read, and whether the sets
+    /// were (a harvest forgets only within it).
+    pub fn coverage(&self) -> crate::ledger::Coverage {
+        crate::ledger::Coverage {
+            families: self.tables.iter().map(|(t, _)| t.family).collect(),
+            sets: self.sets.is_some(),
+        }
+    }
+
+    /// After the plan made from this read was applied: whether the counter of `seen` key
+    /// `key` is still in the kernel, for an IP its container accounts (`accounted`) or not.
+    /// Per-IP rules stay for accounted IPs of the families read when the rules backend is
+    /// in use; set elements for accounted IPs of those families when the sets are. What
+    /// this read did not cover was not planned, and stays.
+    pub fn survives(&self, key: &str, accounted: bool) -> bool {
+        let coverage = self.coverage();
+        if !coverage.covers(key) {
+            return true;
+        }
+        let family_in_use = key
+            .split(' ')
+            .find_map(|w| w.parse::<IpAddr>().ok())
+            .is_some_and(|ip| coverage.families.contains(&Family::of(&ip)));
+        accounted && family_in_use && (crate::ledger::is_set_key(key) == self.use_sets)
+    }
+
     /// Every counter of ours, rules and set elements alike.
     pub fn counted(&self) -> impl Iterator<Item = &Counted> {
         self.rules_counted

@@ -35,7 +35,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
-use crate::ruleset::{Accounted, Counted, Counters, Kind, Rule};
+use crate::ruleset::{Accounted, Counted, Counters, Family, Kind, Rule};
 
 pub const FORMAT: u32 = 1;
 
@@ -273,7 +273,7 @@ pub struct Harvest {
     pub restarted: usize,
     /// Whether this harvest was the first of a new boot.
     pub new_boot: bool,
-    /// Rules whose counters could not be traffic (more bytes than 65,535 per packet), taken
+    /// Rules whose counters could not be traffic (more bytes than 512 KiB per packet), taken
     /// as a new starting point without crediting anything.
     pub implausible: usize,
 }
@@ -281,17 +281,42 @@ pub struct Harvest {
 /// At most this many rows of zeros are written for days without any dump.
 pub const MAX_GAP_DAYS: u64 = 366;
 
-/// The largest IP packet (IPv4 total length, IPv6 payload length without jumbograms).
-pub const MAX_IP_PACKET: u64 = 65_535;
+/// The most bytes netfilter can count for one packet: a GSO/GRO super-packet passes the
+/// hooks as one, up to the kernel's GSO_MAX_SIZE of 512 KiB with BIG TCP (IPv4 and IPv6;
+/// 64 KiB without it). A delta claiming more per packet is not traffic.
+pub const MAX_COUNTED_PACKET: u64 = 512 * 1024;
 
-/// How to treat counters found on rules at the first harvest of a new boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NewBoot {
-    /// They counted since the rule was made in this boot: credit them (dump, add, ...).
-    Count,
-    /// They may have been restored from a saved ruleset with old counters before any
-    /// container ran (boot restore): take them as the baseline, credit nothing.
-    Baseline,
+/// What one kernel read covered: the address families whose tables were read (their
+/// per-IP rules), and whether the sets were (`ipset save` lists every family's). A counter
+/// outside it was not looked at, so a harvest keeps its last-seen value (it is still
+/// counting in the kernel, and is credited when it is read again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub families: Vec<Family>,
+    pub sets: bool,
+}
+
+impl Coverage {
+    /// Everything: both families, rules and sets.
+    pub fn all() -> Coverage {
+        Coverage {
+            families: vec![Family::V4, Family::V6],
+            sets: true,
+        }
+    }
+
+    /// Whether the counter of `seen` key `key` was read.
+    pub fn covers(&self, key: &str) -> bool {
+        if is_set_key(key) {
+            return self.sets;
+        }
+        seen_key_ip(key).is_some_and(|ip| self.families.contains(&Family::of(&ip)))
+    }
+}
+
+/// Whether a `seen` key is a set element's (else a per-IP rule's).
+pub fn is_set_key(key: &str) -> bool {
+    key.starts_with("set ")
 }
 
 /// The IP a `seen` key is about (rule keys and set-element keys alike hold it as a word).
@@ -407,17 +432,22 @@ impl Ledger {
     }
 
     /// Fold the kernel's counters into the ledger. Deltas are taken against the last-seen
-    /// value of each rule; a counter lower than last seen, a rule not seen before, or a new
-    /// boot means counting restarted from zero, so the counter itself is the delta. Of
-    /// duplicate copies of a rule only the last is followed (each copy counts the same
-    /// packets, and the last is the one planning keeps). Closes finished days first, so the
-    /// traffic counts for `today`, and returns the closed days' rows.
+    /// value of each rule; a counter lower than last seen, or a rule not seen before, means
+    /// counting restarted from zero, so the counter itself is the delta. At the first
+    /// harvest of a new boot (or of a ledger that never saw one) every counter found is
+    /// taken as a baseline and nothing is credited: a firewall service may have restored a
+    /// saved copy with old counters before any vzacct command ran. Of duplicate copies of a
+    /// rule only the last is followed (each copy counts the same packets, and the last is the
+    /// one planning keeps). Only what `coverage` says was read is forgotten or replaced: a
+    /// family switched off, or sets that were not read, keep their last-seen values. Closes
+    /// finished days first, so the traffic counts for `today`, and returns the closed days'
+    /// rows.
     pub fn harvest<'a>(
         &mut self,
         kernel: impl IntoIterator<Item = &'a Counted>,
+        coverage: &Coverage,
         boot_id: &str,
         today: NaiveDate,
-        new_boot_policy: NewBoot,
     ) -> (Harvest, Vec<Row>) {
         let mut report = Harvest::default();
         let new_boot = self.boot_id.as_deref() != Some(boot_id);
@@ -433,11 +463,12 @@ impl Ledger {
         // (the sort is stable) is the one followed.
         let mut all: Vec<&Counted> = kernel.into_iter().collect();
         all.sort_by(|a, b| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str())));
-        let credit_all = !(new_boot && new_boot_policy == NewBoot::Baseline);
-        // A container none of whose rules is in the kernel any more keeps no baselines.
+        let credit_all = !new_boot;
+        // A container none of whose read counters is in the kernel any more keeps no
+        // baselines for what was read.
         for (ctid, c) in &mut self.containers {
             if all.binary_search_by(|k| k.ctid.cmp(ctid)).is_err() {
-                c.seen.clear();
+                c.seen.retain(|k, _| !coverage.covers(k));
             }
         }
         for group in all.chunk_by(|a, b| a.ctid == b.ctid) {
@@ -457,10 +488,10 @@ impl Ledger {
                     }
                     None => now,
                 };
-                // No IP packet is longer than 65,535 bytes: a delta claiming more is not
+                // No packet netfilter counts is longer than 512 KiB: a delta claiming more is not
                 // traffic (counters written by someone else, e.g. a restored saved ruleset);
                 // counting starts from the value found, nothing is credited.
-                let plausible = delta.bytes <= delta.packets.saturating_mul(MAX_IP_PACKET);
+                let plausible = delta.bytes <= delta.packets.saturating_mul(MAX_COUNTED_PACKET);
                 if !plausible {
                     report.implausible += 1;
                 }
@@ -472,7 +503,8 @@ impl Ledger {
                 }
                 seen.insert(rule.key.clone(), now);
             }
-            c.seen = seen;
+            c.seen.retain(|k, _| !coverage.covers(k));
+            c.seen.extend(seen);
         }
         (report, rows)
     }
@@ -553,23 +585,32 @@ impl Ledger {
     /// After the kernel was made to match the ledger: the counters of IPs a container no
     /// longer accounts are gone, so their last-seen values are dropped (a later event may
     /// then start such an IP from zero without reading the kernel). Returns whether any was.
-    pub fn forget_removed(&mut self) -> bool {
+    /// `survives(key, accounted)`: whether the kernel still holds that counter after the
+    /// plan was applied, for an IP the container accounts or not (counters the read did not
+    /// cover are never planned away, and say so).
+    pub fn forget_removed(&mut self, survives: impl Fn(&str, bool) -> bool) -> bool {
         let mut any = false;
         for c in self.containers.values_mut() {
             let before = c.seen.len();
             let ips = &c.ips;
-            c.seen
-                .retain(|k, _| seen_key_ip(k).is_some_and(|ip| ips.contains(&ip)));
+            c.seen.retain(|k, _| {
+                let accounted = seen_key_ip(k).is_some_and(|ip| ips.contains(&ip));
+                survives(k, accounted)
+            });
             any |= c.seen.len() != before;
         }
         any
     }
 
-    /// Forget containers that carry nothing any more: not accounted, no open day, no totals
-    /// and no rule in the kernel.
+    /// Forget containers that carry nothing any more: not accounted, no open day, no totals,
+    /// no rule in the kernel, and no day ever closed into the CSV (its record keeps the
+    /// month so far, and keeps a clock set back from reopening a written day, also after a
+    /// `reset` zeroed its totals).
     pub fn prune(&mut self) {
         self.containers.retain(|_, c| {
             c.accounted()
+                || c.last_closed.is_some()
+                || c.month.is_some()
                 || c.today.is_some()
                 || !c.total.is_zero()
                 || !c.seen.is_empty()
@@ -605,8 +646,12 @@ mod tests {
         DateTime::parse_from_rfc3339("2026-11-29T12:00:00+00:00").unwrap()
     }
 
+    /// Container 101 accounting 10.0.0.1, in boot b1.
     fn ledger_101() -> Ledger {
-        let mut l = Ledger::default();
+        let mut l = Ledger {
+            boot_id: Some("b1".into()),
+            ..Ledger::default()
+        };
         l.assign(
             &"101".parse().unwrap(),
             "10.0.0.1".parse().unwrap(),
@@ -621,7 +666,7 @@ mod tests {
     }
 
     fn harvest(l: &mut Ledger, k: &Current, boot: &str, d: &str) -> (Harvest, Vec<Row>) {
-        l.harvest(&k.counted(), boot, day(d), NewBoot::Count)
+        l.harvest(&k.counted(), &Coverage::all(), boot, day(d))
     }
 
     #[test]
@@ -638,13 +683,13 @@ mod tests {
         // value keeps the IP held; then it is forgotten.
         l.unpark_all();
         assert!(l.containers[&ct].held_ips().contains(&ip));
-        assert!(l.forget_removed());
+        assert!(l.forget_removed(|_, accounted| accounted));
         assert!(l.containers[&ct].held_ips().is_empty());
-        assert!(!l.forget_removed());
+        assert!(!l.forget_removed(|_, accounted| accounted));
         // Accounted IPs keep theirs.
         l.assign(&ct, ip, now(), day("2026-11-29"));
         harvest(&mut l, &kernel(&[(FI, 5, 500)]), "b1", "2026-11-29");
-        assert!(!l.forget_removed());
+        assert!(!l.forget_removed(|_, accounted| accounted));
         assert_eq!(l.containers[&ct].seen.len(), 1);
     }
 
@@ -740,13 +785,111 @@ mod tests {
     }
 
     #[test]
-    fn a_new_boot_restarts_every_counter() {
+    fn the_first_harvest_of_a_boot_credits_nothing_it_finds() {
         let mut l = ledger_101();
         harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
-        // After a reboot the rule counts 1200 from zero: all of it is new traffic.
+        // After a reboot, whatever the first command finds (a dump or a hook before
+        // `restore`, say) may be a restored copy: a baseline, nothing credited...
         let (h, _) = harvest(&mut l, &kernel(&[(FI, 12, 1200)]), "b2", "2026-11-29");
         assert!(h.new_boot);
-        assert_eq!(total(&l, "101").in_bytes, 2200);
+        assert_eq!(h.counted, Figures::default());
+        assert_eq!(total(&l, "101").in_bytes, 1000);
+        // ...and from then on it counts.
+        harvest(&mut l, &kernel(&[(FI, 13, 1300)]), "b2", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, 1100);
+        // A ledger that never saw a boot takes what it finds as a baseline too.
+        let mut fresh = ledger_101();
+        fresh.boot_id = None;
+        harvest(&mut fresh, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
+        assert_eq!(total(&fresh, "101").in_bytes, 0);
+    }
+
+    /// IPv6 off and on again (or the sets not read): the counters not read keep their
+    /// last-seen values, so nothing they counted before is credited a second time.
+    #[test]
+    fn counters_not_read_keep_their_last_seen_values() {
+        const FI6: &str = "VZACCT-FORWARD -d 2001:db8::1/128 -m comment --comment \"ct:101\"";
+        let mut l = ledger_101();
+        l.assign(
+            &"101".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            now(),
+            day("2026-11-29"),
+        );
+        let v4_only = Coverage {
+            families: vec![Family::V4],
+            sets: true,
+        };
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 1, 100), (FI6, 2, 200)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(total(&l, "101").in_bytes, 300);
+        // ipv6 = no: only IPv4 is read, while the IPv6 rule keeps counting.
+        let k = kernel(&[(FI, 1, 100)]);
+        l.harvest(&k.counted(), &v4_only, "b1", day("2026-11-29"));
+        l.forget_removed(|k, accounted| !v4_only.covers(k) || accounted);
+        let k = kernel(&[(FI, 1, 100)]);
+        l.harvest(&k.counted(), &v4_only, "b1", day("2026-11-29"));
+        assert_eq!(total(&l, "101").in_bytes, 300);
+        // ipv6 = yes again: only what it counted meanwhile (50) is new.
+        harvest(
+            &mut l,
+            &kernel(&[(FI, 1, 100), (FI6, 3, 250)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!(total(&l, "101").in_bytes, 350);
+        // Set elements, when the sets were not read, alike.
+        let key = crate::ipset::element_key("vzacct-fi4", &"10.0.0.1".parse().unwrap());
+        let no_sets = Coverage {
+            families: vec![Family::V4, Family::V6],
+            sets: false,
+        };
+        assert!(!no_sets.covers(&key) && no_sets.covers("forward_in 10.0.0.1"));
+        assert!(Coverage::all().covers(&key) && !v4_only.covers("forward_in 2001:db8::1"));
+        // `ipset save` lists the sets of both families.
+        let key6 = crate::ipset::element_key("vzacct-fi6", &"2001:db8::1".parse().unwrap());
+        assert!(v4_only.covers(&key6));
+    }
+
+    /// A packet that went through netfilter as a GSO/GRO super-packet (BIG TCP) counts as
+    /// one, up to 512 KiB: real traffic, credited.
+    #[test]
+    fn big_tcp_super_packets_are_traffic() {
+        let mut l = ledger_101();
+        harvest(&mut l, &kernel(&[(FI, 0, 0)]), "b1", "2026-11-29");
+        let (h, _) = harvest(&mut l, &kernel(&[(FI, 2, 2 * 300_000)]), "b1", "2026-11-29");
+        assert_eq!((h.implausible, total(&l, "101").in_bytes), (0, 600_000));
+        let (h, _) = harvest(
+            &mut l,
+            &kernel(&[(FI, 3, 600_000 + 600_000)]),
+            "b1",
+            "2026-11-29",
+        );
+        assert_eq!((h.implausible, total(&l, "101").in_bytes), (1, 600_000));
+    }
+
+    /// `reset` of a stopped container keeps its record: its month so far and the last day
+    /// written to the CSV (a clock set back must not reopen it).
+    #[test]
+    fn reset_keeps_the_calendar() {
+        let mut l = ledger_101();
+        let ct: Ctid = "101".parse().unwrap();
+        harvest(&mut l, &kernel(&[(FI, 1, 100)]), "b1", "2026-11-29");
+        l.unassign(&ct, &"10.0.0.1".parse().unwrap());
+        // The next day: the rule is gone, the 29th is closed into the CSV.
+        let (_, rows) = harvest(&mut l, &kernel(&[]), "b1", "2026-11-30");
+        assert_eq!(rows.len(), 1);
+        l.containers.get_mut(&ct).unwrap().today = None;
+        assert!(l.reset(&ct, now()));
+        l.prune();
+        let c = &l.containers[&ct];
+        assert_eq!(c.last_closed, Some(day("2026-11-29")));
+        assert_eq!(c.month_so_far("2026-11").in_bytes, 100);
+        assert_eq!(c.total.in_bytes, 0);
     }
 
     #[test]
@@ -755,7 +898,7 @@ mod tests {
         harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
         // A firewall service restored our rule with old counters before any container ran.
         let k = kernel(&[(FI, 10, 1000)]);
-        l.harvest(&k.counted(), "b2", day("2026-11-29"), NewBoot::Baseline);
+        l.harvest(&k.counted(), &Coverage::all(), "b2", day("2026-11-29"));
         assert_eq!(total(&l, "101").in_bytes, 1000);
         harvest(&mut l, &kernel(&[(FI, 11, 1100)]), "b2", "2026-11-29");
         assert_eq!(total(&l, "101").in_bytes, 1100);

@@ -108,6 +108,7 @@ fn rpm_contents_and_dependencies() {
             "libc.so.6(GLIBC_2.2.5)(64bit)",
             "libc.so.6(GLIBC_2.3)(64bit)",
             "libc.so.6(GLIBC_2.3.4)(64bit)",
+            "libc.so.6(GLIBC_2.4)(64bit)",
             "libc.so.6(GLIBC_2.6)(64bit)",
             "libc.so.6(GLIBC_2.9)(64bit)",
             "libdl.so.2()(64bit)",

@@ -37,7 +37,7 @@ pub(crate) struct Accounted {
 
 /// Account `ips` for `ctid` in one locked transaction (an IP of another container moves).
 pub(crate) fn account(ctx: &mut Ctx, ctid: &Ctid, ips: &[IpAddr]) -> Result<Accounted, Error> {
-    let mut s = begin(ctx, NewBoot::Count)?;
+    let mut s = begin(ctx)?;
     let (now, today) = (ctx.now, ctx.today());
     let mut new = Vec::new();
     for ip in ips {
@@ -69,7 +69,7 @@ pub(crate) fn unaccount(
     ctid: &Ctid,
     ips: Option<&[IpAddr]>,
 ) -> Result<Unaccounted, Error> {
-    let mut s = begin(ctx, NewBoot::Count)?;
+    let mut s = begin(ctx)?;
     let ips: Vec<IpAddr> = match ips {
         Some(list) => list.to_vec(),
         None => s
@@ -215,7 +215,7 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
 
 /// `vzacct sync`: align with veinfo when it exists, then make the kernel match.
 pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
-    let mut s = begin(ctx, NewBoot::Count)?;
+    let mut s = begin(ctx)?;
     align_with_veinfo(ctx, &mut s)?;
     let done = commit(ctx, s, true)?;
     report(ctx, &done)
@@ -225,7 +225,7 @@ pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
 /// and write the Prometheus textfile if configured.
 pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
     let started = std::time::Instant::now();
-    let mut s = begin(ctx, NewBoot::Count)?;
+    let mut s = begin(ctx)?;
     align_with_veinfo(ctx, &mut s)?;
     let duration = started.elapsed();
     s.ledger.last_dump = Some(LastDump {
@@ -252,7 +252,7 @@ pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
 /// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the
 /// rules of every accounted container, and start the new boot's baselines.
 pub fn restore(ctx: &mut Ctx) -> Result<(), Error> {
-    let s = begin(ctx, NewBoot::Baseline)?;
+    let s = begin(ctx)?;
     let harvest = s.harvest.clone();
     let n = s.ledger.accounted().len();
     let done = commit(ctx, s, true)?;
@@ -263,7 +263,7 @@ pub fn restore(ctx: &mut Ctx) -> Result<(), Error> {
 
 /// `vzacct reset CTID`: a new billing period for one container; nothing else changes.
 pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
-    let mut s = begin(ctx, NewBoot::Count)?;
+    let mut s = begin(ctx)?;
     if !s.ledger.reset(ctid, ctx.now) {
         return Err(Error::Invalid(format!(
             "container {ctid} has no record in the ledger; nothing to reset"
@@ -318,7 +318,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     }
     let boot_id = ctx.boot_id()?;
     let (harvest, rows) =
-        ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Baseline);
+        ledger.harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today());
     ledger.unpark_all();
     kernel.compact();
     let kept = ledger.containers.len();

@@ -22,7 +22,7 @@ use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
 use crate::error::{Error, chain};
 use crate::kernel::{Kernel, KernelPlan};
-use crate::ledger::{Figures, Harvest, LastDump, Ledger, NewBoot, Row, month_of};
+use crate::ledger::{Figures, Harvest, LastDump, Ledger, Row, month_of};
 use crate::ledger_store::{Loaded, Scope};
 use crate::prometheus;
 use crate::ruleset::{Family, Kind, Op};
@@ -165,13 +165,13 @@ fn read_kernel(
 
 /// Lock, load, read the kernel once (a missing or broken iptables stops the command before
 /// anything changes) and harvest.
-fn begin(ctx: &Ctx, policy: NewBoot) -> Result<Session, Error> {
+fn begin(ctx: &Ctx) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
     let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     let boot_id = ctx.boot_id()?;
     let counted = kernel.counted();
-    let (harvest, rows) = ledger.harvest(counted, &boot_id, ctx.today(), policy);
+    let (harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
     ledger.stamp_since(ctx.now);
     ledger.unpark_all();
     kernel.compact();
@@ -207,7 +207,9 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
         s.kernel.apply(&ctx.config, &plan)?;
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
-        if s.ledger.forget_removed() {
+        if s.ledger
+            .forget_removed(|k, accounted| s.kernel.survives(k, accounted))
+        {
             s.loaded.save(&s.ledger, None)?;
         }
     }

@@ -132,7 +132,7 @@ pub fn uninstall_cmd(
 /// Take vzacct out of the kernel under the lock: a final harvest into the ledger (so
 /// nothing counted is lost), then every jump, chain, rule and set of ours removed.
 fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
-    let s = begin(ctx, NewBoot::Count)?;
+    let s = begin(ctx)?;
     let harvest = s.harvest.clone();
     let teardown = s.kernel.teardown();
     let Session {

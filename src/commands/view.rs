@@ -43,7 +43,7 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     let (mut ledger, loaded) = shared.load()?;
     let live = read_kernel(ctx, &ledger, &loaded, false).and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
-        ledger.harvest(kernel.counted(), &boot_id, ctx.today(), NewBoot::Count);
+        ledger.harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today());
         Ok(())
     });
     drop(shared);

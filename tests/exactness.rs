@@ -1,0 +1,158 @@
+//! Counted once, never twice: IPv6 accounting switched off and on again, a new boot whose
+//! first command is not `restore` while a firewall service restored old counters, and a
+//! `reset` of a stopped container followed by a clock stepped back. Real iptables (legacy
+//! and nft, per-IP rules and ipset), real packets, exact bytes.
+
+mod common;
+
+use common::*;
+use std::net::IpAddr;
+
+const CTS: &[(&str, &str, &str)] = &[("101", "10.0.0.1", "2001:db8:1::1")];
+const DAY1: &str = "2026-11-29T10:00:00Z";
+
+fn total(node: &Node, now: &str) -> F {
+    F::of(&ct_of(&node.show(now), "101")["total"])
+}
+
+/// world -> container 101 datagrams in one family ("in" for it).
+fn to_ct(node: &Node, v6: bool, payload: usize, n: usize) -> F {
+    let c = node.ct("101");
+    let (dst, src): (IpAddr, IpAddr) = if v6 {
+        (c.v6, WORLD_V6.parse().unwrap())
+    } else {
+        (c.v4, WORLD_V4.parse().unwrap())
+    };
+    send_udp(node.world(), src, &c.ns, dst, payload, n);
+    F::inb(n as u64 * udp_ip_len(dst, payload), n as u64)
+}
+
+fn set_config(node: &Node, from: &str, to: &str) {
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let new = cfg.replace(from, to);
+    assert_ne!(cfg, new, "{from:?} not in the config");
+    write(&node.config, new);
+}
+
+/// `ipv6 = no` for a while, then `ipv6 = yes` again: what the IPv6 counters counted before
+/// is not credited again, and what they counted meanwhile is credited once.
+fn ipv6_off_and_on_again(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.at(DAY1, &["add", "101", "10.0.0.1", "2001:db8:1::1"]);
+    let mut sent = to_ct(&node, false, 100, 2).add(to_ct(&node, true, 200, 3));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+    set_config(&node, "[netfilter]\n", "[netfilter]\nipv6 = no\n");
+    node.at(DAY1, &["dump"]);
+    // Sent while IPv6 accounting is off. Per-IP rules: ip6tables is not touched, the rules
+    // go on counting, and what they counted is credited once IPv6 is on again. Sets: the
+    // IPv6 sets were harvested and destroyed, nothing counts it.
+    let meanwhile = to_ct(&node, true, 300, 2);
+    let meanwhile = if v.ipset() { F::default() } else { meanwhile };
+    sent = sent.add(to_ct(&node, false, 50, 1));
+    node.at(DAY1, &["dump"]);
+    node.at(DAY1, &["sync"]);
+    assert_eq!(total(&node, DAY1), sent);
+    set_config(&node, "[netfilter]\nipv6 = no\n", "[netfilter]\n");
+    node.at(DAY1, &["dump"]);
+    sent = sent.add(meanwhile);
+    assert_eq!(total(&node, DAY1), sent);
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+}
+
+/// A reboot after which a firewall service restores a saved copy of our rules and sets with
+/// their counters, and the first vzacct command is a dump or a hook, not `restore`: the
+/// restored counters are a starting point, never credited again.
+fn a_new_boot_whose_first_command_is_not_restore(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.at(DAY1, &["add", "101", "10.0.0.1", "2001:db8:1::1"]);
+    let mut sent = to_ct(&node, false, 1000, 10);
+    node.at(DAY1, &["dump"]);
+    let saved = node.save(false);
+    let saved6 = node.save(true);
+    let sets = node.ns.must("ipset", &["save"]);
+    // The boot: empty tables, a new boot id, the firewall service's restore.
+    node.reboot("boot-2");
+    if v.ipset() {
+        node.ns
+            .must_with_input("ipset", &["restore", "-exist"], &sets);
+    }
+    node.ns
+        .must_with_input(&format!("{}-restore", v.iptables(false)), &["-c"], &saved);
+    node.ns
+        .must_with_input(&format!("{}-restore", v.iptables(true)), &["-c"], &saved6);
+    // First command of the boot: a dump (cron), not restore.
+    let out = node.at(DAY1, &["dump"]);
+    assert!(out.contains("first run of a new boot"), "{out}");
+    assert_eq!(total(&node, DAY1), sent);
+    sent = sent.add(to_ct(&node, false, 500, 3));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+    // The same with a hook first (net-add of a new address).
+    let saved = node.save(false);
+    let sets = node.ns.must("ipset", &["save"]);
+    node.reboot("boot-3");
+    if v.ipset() {
+        node.ns
+            .must_with_input("ipset", &["restore", "-exist"], &sets);
+    }
+    node.ns
+        .must_with_input(&format!("{}-restore", v.iptables(false)), &["-c"], &saved);
+    let out = node.vzacct_env(
+        &["hook", "net-add"],
+        &[
+            ("VZACCT_NOW", DAY1),
+            ("VEID", "101"),
+            ("VE_STATE", "running"),
+            ("IP_ADDR", "10.0.0.1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(total(&node, DAY1), sent);
+    sent = sent.add(to_ct(&node, false, 700, 2));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+}
+
+/// `reset` of a stopped container keeps its calendar: after the clock is stepped back, the
+/// container starts again on a day not yet written, and the CSV holds every byte.
+fn reset_of_a_stopped_container_and_a_clock_set_back(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let a = to_ct(&node, false, 100, 4);
+    node.at("2026-11-29T12:00:00Z", &["dump"]);
+    // Stopped on the 29th; the dump after midnight writes its last row and closes it.
+    node.at("2026-11-29T13:00:00Z", &["remove", "101"]);
+    node.at("2026-11-30T00:05:00Z", &["dump"]);
+    node.at("2026-11-30T00:07:00Z", &["reset", "101"]);
+    // The clock goes back to the 29th, already written to the CSV; the container starts.
+    node.at("2026-11-29T23:00:00Z", &["add", "101", "10.0.0.1"]);
+    let b = to_ct(&node, false, 200, 3);
+    node.at("2026-11-29T23:30:00Z", &["dump"]);
+    node.at("2026-12-01T00:05:00Z", &["dump"]);
+    let csv = std::fs::read_to_string(node.path("csv/101.csv")).unwrap();
+    let rows: Vec<(String, u64)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("2026-11-29".to_string(), a.0[0]),
+            ("2026-11-30".to_string(), b.0[0])
+        ],
+        "{csv}"
+    );
+    assert_eq!(total(&node, "2026-12-01T00:06:00Z"), b);
+}
+
+per_variant!(
+    ipv6_off_and_on_again,
+    a_new_boot_whose_first_command_is_not_restore,
+    reset_of_a_stopped_container_and_a_clock_set_back,
+);
