@@ -331,6 +331,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         now,
         boot_id_file,
         tz,
+        clock_fixed: std::env::var_os("VZACCT_NOW").is_some(),
         out,
         err,
     };

@@ -289,6 +289,7 @@ fn node_event(ctx: &mut Ctx, event: Event) -> Result<String, Error> {
         now: ctx.now,
         boot_id_file: ctx.boot_id_file.clone(),
         tz: ctx.tz.clone(),
+        clock_fixed: ctx.clock_fixed,
         out: &mut buf,
         err: &mut *ctx.err,
     };

@@ -141,10 +141,14 @@ pub fn escape_label(value: &str) -> String {
 }
 
 /// Replace the textfile at `path` atomically, mode 0644 whatever the umask: a fresh
-/// `<name>.tmp` beside it (never through a symlink; node_exporter ignores it, as it reads only
-/// `*.prom`), fsync, rename over the old file, fsync the directory. The directory must exist.
-/// On error the previous file is intact. Callers serialise writers (the state lock).
+/// `.<name>.<pid>.tmp` beside it (a name no other process uses; never through a symlink;
+/// node_exporter reads only `*.prom`), fsync, rename over the old file, fsync the directory.
+/// The directory must exist. On error the previous file is intact and the temp file gone.
+/// Callers write it while holding the state lock, so a dump's totals are never replaced by
+/// an older dump's.
 pub fn write(path: &Path, body: &str) -> Result<(), PrometheusError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let Some(name) = path.file_name() else {
         return Err(PrometheusError::NoFileName {
             path: path.to_path_buf(),
@@ -154,12 +158,38 @@ pub fn write(path: &Path, body: &str) -> Result<(), PrometheusError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    crate::store::write_atomic_mode(dir, &name.to_string_lossy(), body.as_bytes(), MODE).map_err(
-        |source| PrometheusError::Write {
-            path: path.to_path_buf(),
-            source,
-        },
-    )
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let err = |source| PrometheusError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A leftover of a killed process that had our pid is ours to replace.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(MODE))?;
+            f.write_all(body.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

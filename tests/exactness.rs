@@ -151,7 +151,53 @@ fn reset_of_a_stopped_container_and_a_clock_set_back(v: Variant) {
     assert_eq!(total(&node, "2026-12-01T00:06:00Z"), b);
 }
 
+/// Dumps that overlap never publish older totals last: the textfile is written under the
+/// lock, each from a temp name of its own, and always ends with the newest totals.
+fn overlapping_dumps_publish_the_newest_totals(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    let prom = node.path("metrics/vzacct.prom");
+    std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    set_config(
+        &node,
+        "[storage]\n",
+        &format!(
+            "[export]\nprometheus_textfile = {}\n[storage]\n",
+            prom.display()
+        ),
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let mut sent = F::default();
+    for round in 0..8 {
+        sent = sent.add(to_ct(&node, false, 100 + round, 1));
+        let dumps: Vec<_> = (0..3)
+            .map(|_| {
+                node.command(&["dump"], &[("VZACCT_NOW", DAY1)])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut d in dumps {
+            assert!(d.wait().unwrap().success());
+        }
+        let text = std::fs::read_to_string(&prom).unwrap();
+        let published: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("vzacct_bytes_total{ctid=\"101\",direction=\"in\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(published, sent.0[0], "round {round}");
+    }
+    let left: Vec<_> = std::fs::read_dir(prom.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["vzacct.prom"]);
+}
+
 per_variant!(
+    overlapping_dumps_publish_the_newest_totals,
     ipv6_off_and_on_again,
     a_new_boot_whose_first_command_is_not_restore,
     reset_of_a_stopped_container_and_a_clock_set_back,

@@ -51,7 +51,7 @@ pub(crate) fn account(ctx: &mut Ctx, ctid: &Ctid, ips: &[IpAddr]) -> Result<Acco
             new.push(*ip);
         }
     }
-    let done = commit(ctx, s, true)?;
+    let done = commit(ctx, &mut s, true)?;
     Ok(Accounted { new, done })
 }
 
@@ -81,7 +81,7 @@ pub(crate) fn unaccount(
     };
     let (removed, not_found): (Vec<IpAddr>, Vec<IpAddr>) =
         ips.iter().partition(|ip| s.ledger.unassign(ctid, ip));
-    let done = commit(ctx, s, true)?;
+    let done = commit(ctx, &mut s, true)?;
     Ok(Unaccounted {
         removed,
         not_found,
@@ -217,7 +217,7 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
 pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
     let mut s = begin(ctx)?;
     align_with_veinfo(ctx, &mut s)?;
-    let done = commit(ctx, s, true)?;
+    let done = commit(ctx, &mut s, true)?;
     report(ctx, &done)
 }
 
@@ -226,36 +226,37 @@ pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
 pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let mut s = begin(ctx)?;
+    // The time of the dump is when it holds the lock, not when it started waiting.
+    ctx.refresh_now();
     align_with_veinfo(ctx, &mut s)?;
-    let duration = started.elapsed();
     s.ledger.last_dump = Some(LastDump {
         at: ctx.now,
-        duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-    });
-    let metrics = ctx.config.prometheus_textfile.clone().map(|path| {
-        let info = prometheus::DumpInfo {
-            timestamp: ctx.now,
-            duration,
-        };
-        (path, prometheus::render(&s.ledger, &info))
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     });
     let harvest = s.harvest.clone();
-    let done = commit(ctx, s, true)?;
-    report_harvest(ctx, &harvest, done.rows_written)?;
-    report(ctx, &done)?;
-    if let Some((path, body)) = metrics {
-        prometheus::write(&path, &body)?;
+    let done = commit(ctx, &mut s, true)?;
+    // The textfile is written while the lock is held, so two overlapping dumps cannot
+    // publish older totals last, and its duration covers the whole dump: the CSV, the
+    // ledger and the kernel batches included.
+    if let Some(path) = &ctx.config.prometheus_textfile {
+        let info = prometheus::DumpInfo {
+            timestamp: ctx.now,
+            duration: started.elapsed(),
+        };
+        prometheus::write(path, &prometheus::render(&s.ledger, &info))?;
     }
-    Ok(())
+    drop(s);
+    report_harvest(ctx, &harvest, done.rows_written)?;
+    report(ctx, &done)
 }
 
 /// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the
 /// rules of every accounted container, and start the new boot's baselines.
 pub fn restore(ctx: &mut Ctx) -> Result<(), Error> {
-    let s = begin(ctx)?;
+    let mut s = begin(ctx)?;
     let harvest = s.harvest.clone();
     let n = s.ledger.accounted().len();
-    let done = commit(ctx, s, true)?;
+    let done = commit(ctx, &mut s, true)?;
     ctx.say(format!("{n} accounted container(s) restored"))?;
     report_harvest(ctx, &harvest, done.rows_written)?;
     report(ctx, &done)
@@ -269,7 +270,7 @@ pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
             "container {ctid} has no record in the ledger; nothing to reset"
         )));
     }
-    commit(ctx, s, false)?;
+    commit(ctx, &mut s, false)?;
     ctx.say(format!(
         "container {ctid}: totals reset at {}; daily history and CSV rows are unchanged",
         crate::clock::format(&ctx.now)
@@ -322,7 +323,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     ledger.unpark_all();
     kernel.compact();
     let kept = ledger.containers.len();
-    let session = Session {
+    let mut session = Session {
         locked,
         ledger,
         loaded,
@@ -330,7 +331,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
         harvest,
         rows,
     };
-    let done = commit(ctx, session, true)?;
+    let done = commit(ctx, &mut session, true)?;
     for (from, to) in &found.moved_aside {
         ctx.say(format!(
             "moved aside {} (it did not parse) to {}",

@@ -39,6 +39,8 @@ pub struct Ctx<'a> {
     pub boot_id_file: PathBuf,
     /// The zone of the node's calendar (`timezone` of the config); `now` is given in it.
     pub tz: crate::clock::Zone,
+    /// `now` was given (`VZACCT_NOW`): [`Ctx::refresh_now`] keeps it.
+    pub clock_fixed: bool,
     pub out: &'a mut dyn Write,
     pub err: &'a mut dyn Write,
 }
@@ -58,6 +60,13 @@ impl Ctx<'_> {
             vec![Family::V4, Family::V6]
         } else {
             vec![Family::V4]
+        }
+    }
+
+    /// Take the time again (after a lock wait, say), unless it was given.
+    pub fn refresh_now(&mut self) {
+        if !self.clock_fixed {
+            self.now = self.tz.at(chrono::Utc::now());
         }
     }
 
@@ -195,7 +204,7 @@ pub(crate) struct Committed {
 /// it. The ledger is written before the kernel changes: if they are never applied, the rules
 /// or set elements they would have removed are still in the ledger's baselines and the next
 /// run harvests them exactly.
-fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
+fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     let plan = s
         .kernel
         .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
