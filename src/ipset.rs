@@ -240,6 +240,8 @@ pub struct SetPlan {
     pub add: Vec<(Kind, IpAddr, Ctid)>,
     pub del: Vec<(Kind, IpAddr)>,
     pub destroy: Vec<String>,
+    /// Elements given to another container in place (among `add`): (kind, IP, from).
+    pub moved: Vec<(Kind, IpAddr, Ctid)>,
 }
 
 impl SetPlan {
@@ -281,7 +283,7 @@ impl SetPlan {
 
 /// Compare the wanted elements (every accounted IP of `families` in each of its four sets,
 /// or none when `use_sets` is false) with the sets found. An element of another container
-/// is replaced (its counters were harvested first); a set without counters is recreated.
+/// is given to its new owner in place, counters kept; a set without counters is recreated.
 pub fn plan(
     wanted: &BTreeMap<Ctid, BTreeSet<IpAddr>>,
     families: &[Family],
@@ -315,9 +317,13 @@ pub fn plan(
     for (kind, ip, owner) in current.all() {
         have.insert((kind, ip), owner);
     }
+    // An element goes when its IP is no longer wanted, or when it names no container (its
+    // past is unknown). An element of another container stays: the `add` below only puts the
+    // new owner in its comment (`restore -exist` keeps its counters), so it never stops
+    // counting; the ledger charges its deltas to the new owner from the move's read on.
     let mut del: Vec<(Kind, IpAddr)> = Vec::new();
     for (key, owner) in &have {
-        if want.get(&key.1).map(|c| Some(*c)) != Some(*owner) && use_sets {
+        if use_sets && (!want.contains_key(&key.1) || owner.is_none()) {
             del.push(*key);
         }
     }
@@ -326,14 +332,21 @@ pub fn plan(
     let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
     for (ip, ctid) in &want {
         for kind in Kind::ALL {
-            if have.get(&(kind, *ip)) != Some(&Some(*ctid))
-                || created.contains(&(kind, Family::of(ip)))
-            {
+            let fresh = created.contains(&(kind, Family::of(ip)));
+            let had = have.get(&(kind, *ip));
+            if had != Some(&Some(*ctid)) || fresh {
                 add.push((kind, *ip, (*ctid).clone()));
+            }
+            if let Some(Some(from)) = had
+                && *from != *ctid
+                && !fresh
+            {
+                p.moved.push((kind, *ip, (*from).clone()));
             }
         }
     }
     add.sort();
+    p.moved.sort();
     p.add = add;
     p
 }
@@ -384,7 +397,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
     }
 
     #[test]
-    fn plans_creates_adds_moves_and_deletes() {
+    fn plans_creates_adds_and_moves_in_place() {
         let s = parse_save(SAVE).unwrap();
         let mut wanted = BTreeMap::new();
         wanted.insert(
@@ -398,10 +411,20 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         let p = plan(&wanted, &[Family::V4], true, &s);
         assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
         assert!(p.destroy.is_empty());
-        assert_eq!(p.del, [(Kind::ForwardIn, "10.0.0.9".parse().unwrap())]);
+        // 10.0.0.9 moves from 109 to 102 in place: no del, only its comment changes (with
+        // `restore -exist` an add of an existing element keeps its counters).
+        assert!(p.del.is_empty(), "{:?}", p.del);
+        assert_eq!(
+            p.moved,
+            [(
+                Kind::ForwardIn,
+                "10.0.0.9".parse().unwrap(),
+                "109".parse().unwrap()
+            )]
+        );
         let batch = p.render();
         assert!(batch.starts_with("create vzacct-li4 hash:ip family inet hashsize 65536 maxelem 1048576 counters comment\n"), "{batch}");
-        assert!(batch.contains("del vzacct-fi4 10.0.0.9\n"));
+        assert!(!batch.contains("del "), "{batch}");
         assert!(batch.contains("add vzacct-fi4 10.0.0.9 comment \"ct:102\"\n"));
         assert!(
             !batch.contains("add vzacct-fi4 10.0.0.1 "),

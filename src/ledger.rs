@@ -462,6 +462,39 @@ impl Ledger {
         // Every rule (or set element) by container and key; of duplicate copies the last
         // (the sort is stable) is the one followed.
         let mut all: Vec<&Counted> = kernel.into_iter().collect();
+        // A set element whose comment still names an earlier owner (the batch that gave it
+        // to the new one was not applied) is charged to the container holding its baseline.
+        let holder: std::collections::HashMap<&str, &Ctid> = self
+            .containers
+            .iter()
+            .flat_map(|(id, c)| {
+                c.seen
+                    .keys()
+                    .filter(|k| is_set_key(k))
+                    .map(move |k| (k.as_str(), id))
+            })
+            .collect();
+        let reattributed: Vec<Counted> = all
+            .iter()
+            .filter(|c| is_set_key(&c.key))
+            .filter_map(|c| {
+                let owner = *holder.get(c.key.as_str())?;
+                let own_baseline = self
+                    .containers
+                    .get(&c.ctid)
+                    .is_some_and(|x| x.seen.contains_key(c.key.as_str()));
+                (owner != &c.ctid && !own_baseline).then(|| Counted {
+                    ctid: owner.clone(),
+                    ..(*c).clone()
+                })
+            })
+            .collect();
+        if !reattributed.is_empty() {
+            let moved: std::collections::HashSet<&str> =
+                reattributed.iter().map(|c| c.key.as_str()).collect();
+            all.retain(|c| !moved.contains(c.key.as_str()));
+            all.extend(reattributed.iter());
+        }
         all.sort_by(|a, b| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str())));
         let credit_all = !new_boot;
         // A container none of whose read counters is in the kernel any more keeps no
@@ -574,6 +607,24 @@ impl Ledger {
         for c in self.containers.values_mut() {
             c.total_since.get_or_insert(now);
         }
+    }
+
+    /// A set element given to another container in place (the plan only changes its
+    /// comment, its counters go on): its last-seen value moves with it, so what it counts
+    /// from the read on is charged to `to`.
+    pub fn transfer_seen(&mut self, key: &str, from: &Ctid, to: &Ctid) {
+        let Some(v) = self
+            .containers
+            .get_mut(from)
+            .and_then(|c| c.seen.remove(key))
+        else {
+            return;
+        };
+        self.containers
+            .entry(to.clone())
+            .or_default()
+            .seen
+            .insert(CompactString::from(key), v);
     }
 
     pub fn unpark_all(&mut self) {

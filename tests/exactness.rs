@@ -196,6 +196,106 @@ fn overlapping_dumps_publish_the_newest_totals(v: Variant) {
     assert_eq!(left, ["vzacct.prom"]);
 }
 
+/// Send UDP datagrams from `src` in namespace `ns` to `dst` until `stop` is set; returns
+/// how many were sent.
+fn blast(
+    ns: &str,
+    src: IpAddr,
+    dst: IpAddr,
+    payload: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        let to = std::net::SocketAddr::new(dst, 9);
+        let data = vec![0x42u8; payload];
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            sock.send_to(&data, to).unwrap();
+            n += 1;
+            if n % 64 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        n
+    })
+}
+
+/// An IP moved between two containers six times while traffic to it never stops: with
+/// the sets, an element changes owner in place and never stops counting, so the two
+/// containers' totals add up exactly to what a reference counter in another table saw.
+fn an_ip_moved_six_times_under_steady_traffic(v: Variant) {
+    let node = Node::with_topology(
+        v,
+        &[
+            ("101", "10.0.0.1", "2001:db8:1::1"),
+            ("102", "10.0.0.2", "2001:db8:1::2"),
+        ],
+    );
+    // The reference: a rule of the mangle table, which vzacct never touches.
+    node.ns.must(
+        &v.iptables(false),
+        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = blast(
+        &node.world().name,
+        WORLD_V4.parse().unwrap(),
+        "10.0.0.1".parse().unwrap(),
+        200,
+        stop.clone(),
+    );
+    for i in 0..6 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let to = if i % 2 == 0 { "102" } else { "101" };
+        node.at(DAY1, &["add", to, "10.0.0.1"]);
+        if i == 2 {
+            node.at(DAY1, &["dump"]);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    node.at(DAY1, &["dump"]);
+    let reference = node.ns.must(
+        &format!("{}-save", v.iptables(false)),
+        &["-c", "-t", "mangle"],
+    );
+    let line = reference
+        .lines()
+        .find(|l| l.ends_with("-A FORWARD -d 10.0.0.1/32"))
+        .unwrap();
+    let bytes: u64 = line[1..line.find(']').unwrap()]
+        .split_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let show = node.show(DAY1);
+    let charged: u64 = ["101", "102"]
+        .iter()
+        .map(|c| ct_of(&show, c)["total"]["in_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(sent > 100, "only {sent} datagrams sent");
+    assert_eq!(charged, bytes, "{sent} datagrams sent");
+}
+
+mod sets_only {
+    #[test]
+    fn legacy_ipset() {
+        super::an_ip_moved_six_times_under_steady_traffic(super::Variant::LegacyIpset)
+    }
+    #[test]
+    fn nft_ipset() {
+        super::an_ip_moved_six_times_under_steady_traffic(super::Variant::NftIpset)
+    }
+}
+
 per_variant!(
     overlapping_dumps_publish_the_newest_totals,
     ipv6_off_and_on_again,

@@ -208,6 +208,16 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     let plan = s
         .kernel
         .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
+    // Elements given to another container in place take their last-seen values along.
+    for (kind, ip, from) in &plan.sets.moved {
+        if let Some(to) = s.ledger.owner(ip).cloned() {
+            let key = crate::ipset::element_key(
+                &crate::ipset::set_name(*kind, crate::ruleset::Family::of(ip)),
+                ip,
+            );
+            s.ledger.transfer_seen(&key, from, &to);
+        }
+    }
     s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
