@@ -273,6 +273,9 @@ pub struct Harvest {
     pub restarted: usize,
     /// Whether this harvest was the first of a new boot.
     pub new_boot: bool,
+    /// Counters with no last-seen value that vzacct did not create: taken as a starting
+    /// point, nothing credited.
+    pub unknown: usize,
     /// Rules whose counters could not be traffic (more bytes than 512 KiB per packet), taken
     /// as a new starting point without crediting anything.
     pub implausible: usize,
@@ -519,7 +522,12 @@ impl Ledger {
                         report.restarted += 1;
                         now
                     }
-                    None => now,
+                    // Not created by vzacct since the last read (that would have a zero
+                    // baseline): its past is unknown, so what it holds is a starting point.
+                    None => {
+                        report.unknown += 1;
+                        Counters::default()
+                    }
                 };
                 // No packet netfilter counts is longer than 512 KiB: a delta claiming more is not
                 // traffic (counters written by someone else, e.g. a restored saved ruleset);
@@ -607,6 +615,17 @@ impl Ledger {
         for c in self.containers.values_mut() {
             c.total_since.get_or_insert(now);
         }
+    }
+
+    /// A counter about to be created from zero for `ctid`: zero is its last-seen value
+    /// (unless it has one already: then it counts as restarted).
+    pub fn baseline_zero(&mut self, ctid: &Ctid, key: CompactString) {
+        self.containers
+            .entry(ctid.clone())
+            .or_default()
+            .seen
+            .entry(key)
+            .or_default();
     }
 
     /// A set element given to another container in place (the plan only changes its
@@ -709,7 +728,23 @@ mod tests {
             now(),
             day("2026-11-29"),
         );
+        created(&mut l, "101", "10.0.0.1");
         l
+    }
+
+    /// vzacct created the four rules of `ip` for `ct`: zero baselines.
+    fn created(l: &mut Ledger, ct: &str, ip: &str) {
+        for key in ["forward_in", "forward_out", "local_in", "local_out"] {
+            let iface = if key.starts_with("local") {
+                " venet0"
+            } else {
+                ""
+            };
+            l.baseline_zero(
+                &ct.parse().unwrap(),
+                CompactString::from(format!("{key} {ip}{iface}")),
+            );
+        }
     }
 
     fn total(l: &Ledger, ct: &str) -> Figures {
@@ -786,8 +821,16 @@ mod tests {
         let mut l = ledger_101();
         harvest(&mut l, &kernel(&[(FI, 10, 1000)]), "b1", "2026-11-29");
         harvest(&mut l, &kernel(&[]), "b1", "2026-11-29");
+        // The dump recreates it from zero...
+        created(&mut l, "101", "10.0.0.1");
         harvest(&mut l, &kernel(&[(FI, 1, 1500)]), "b1", "2026-11-29");
         assert_eq!(total(&l, "101").in_bytes, 2500);
+        // ...while one that someone else put back has an unknown past: a starting point.
+        harvest(&mut l, &kernel(&[]), "b1", "2026-11-29");
+        let (h, _) = harvest(&mut l, &kernel(&[(FI, 9, 9000)]), "b1", "2026-11-29");
+        assert_eq!((h.unknown, total(&l, "101").in_bytes), (1, 2500));
+        harvest(&mut l, &kernel(&[(FI, 10, 9100)]), "b1", "2026-11-29");
+        assert_eq!(total(&l, "101").in_bytes, 2600);
     }
 
     #[test]
@@ -867,6 +910,7 @@ mod tests {
             now(),
             day("2026-11-29"),
         );
+        created(&mut l, "101", "2001:db8::1");
         let v4_only = Coverage {
             families: vec![Family::V4],
             sets: true,
@@ -985,6 +1029,7 @@ mod tests {
             day("2026-11-29"),
         );
         assert_eq!(prev.unwrap().as_str(), "101");
+        created(&mut l, "102", "10.0.0.1");
         // The old rule's last counts still go to 101, the new rule's to 102.
         let fi102 = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:102\"";
         harvest(
@@ -1067,6 +1112,7 @@ mod tests {
             now(),
             day("2026-11-30"),
         );
+        created(&mut l, "101", "10.0.0.1");
         harvest(&mut l, &kernel(&[(FI, 3, 300)]), "b1", "2026-11-30");
         let c = &l.containers[&"101".parse::<Ctid>().unwrap()];
         assert_eq!(c.today.as_ref().unwrap().date, day("2026-12-01"));

@@ -218,6 +218,25 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
             s.ledger.transfer_seen(&key, from, &to);
         }
     }
+    // What this batch creates starts from zero: that is its baseline. A counter the ledger
+    // has no last-seen value for is otherwise taken as a baseline at the next read, since
+    // its past is unknown (a rule of a container whose record was lost, say).
+    for (_, p) in &plan.rules {
+        for op in &p.ops {
+            if let Op::Append(crate::ruleset::Wanted::Count(rule)) = op {
+                s.ledger
+                    .baseline_zero(&rule.ctid, crate::ledger::seen_key(rule));
+            }
+        }
+    }
+    for (kind, ip, ctid) in &plan.sets.add {
+        let moved = plan.sets.moved.iter().any(|(k, i, _)| k == kind && i == ip);
+        if !moved {
+            let set = crate::ipset::set_name(*kind, crate::ruleset::Family::of(ip));
+            s.ledger
+                .baseline_zero(ctid, crate::ipset::element_key(&set, ip));
+        }
+    }
     s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
@@ -264,13 +283,21 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
 fn report_harvest(ctx: &mut Ctx, h: &Harvest, rows: usize) -> Result<(), Error> {
     let f = &h.counted;
     ctx.say(format!(
-        "harvested {} bytes in / {} bytes out ({} / {} packets){}{}{}",
+        "harvested {} bytes in / {} bytes out ({} / {} packets){}{}{}{}",
         f.in_bytes,
         f.out_bytes,
         f.in_packets,
         f.out_packets,
         if h.restarted > 0 {
             format!("; {} counter(s) had restarted from zero", h.restarted)
+        } else {
+            String::new()
+        },
+        if h.unknown > 0 {
+            format!(
+                "; {} counter(s) vzacct did not create and had not seen (unknown past): taken as a starting point",
+                h.unknown
+            )
         } else {
             String::new()
         },
