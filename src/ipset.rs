@@ -35,6 +35,18 @@ pub fn set_name(kind: Kind, family: Family) -> String {
     format!("{PREFIX}{k}{f}")
 }
 
+/// The name a set's old contents take while frozen (`vzacct-zfi4`): swapped out of use, so
+/// they count no more, read for their final values, then destroyed.
+pub fn frozen_name(kind: Kind, family: Family) -> String {
+    format!("{PREFIX}z{}", &set_name(kind, family)[PREFIX.len()..])
+}
+
+/// Which kind and family a frozen set's name stands for.
+pub fn parse_frozen_name(name: &str) -> Option<(Kind, Family)> {
+    let rest = name.strip_prefix(PREFIX)?.strip_prefix('z')?;
+    parse_set_name(&format!("{PREFIX}{rest}"))
+}
+
 /// Which kind and family a set name of ours stands for.
 pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
     let rest = name.strip_prefix(PREFIX)?;
@@ -66,6 +78,10 @@ pub struct Sets {
     pub untagged: Vec<(Kind, IpAddr)>,
     /// The tagged elements once their counters are harvested ([`Sets::compact`]).
     pub placed: Vec<(Kind, IpAddr, Ctid)>,
+    /// Frozen sets left by a command that was killed before it destroyed them.
+    pub frozen_present: Vec<String>,
+    /// Their elements' final counters, keyed as the live set's elements.
+    pub frozen: Vec<Counted>,
 }
 
 impl Sets {
@@ -139,52 +155,29 @@ impl SaveParser {
         };
         let mut words = line.split_ascii_whitespace();
         match (words.next(), words.next()) {
+            (Some("create"), Some(name)) if parse_frozen_name(name).is_some() => {
+                sets.frozen_present.push(name.to_string());
+            }
+            (Some("add"), Some(name)) if parse_frozen_name(name).is_some() => {
+                let (kind, family) = parse_frozen_name(name).ok_or_else(|| err("bad set name"))?;
+                if let Some(e) = element(words, kind, family, &err)? {
+                    sets.frozen.push(e);
+                }
+            }
             (Some("create"), Some(name)) if parse_set_name(name).is_some() => {
                 let rest: Vec<&str> = words.collect();
                 let usable = rest.contains(&"counters") && rest.contains(&"comment");
                 sets.present.insert(name.to_string(), usable);
             }
             (Some("add"), Some(name)) if parse_set_name(name).is_some() => {
-                let ip: IpAddr = words
+                let (kind, family) = parse_set_name(name).ok_or_else(|| err("bad set name"))?;
+                let mut w = words.clone();
+                let ip: IpAddr = w
                     .next()
                     .and_then(|w| w.parse().ok())
                     .ok_or_else(|| err("bad element address"))?;
-                let (kind, family) = parse_set_name(name).ok_or_else(|| err("bad set name"))?;
-                if Family::of(&ip) != family {
-                    return Err(err("address of the other family"));
-                }
-                let mut counters = Counters::default();
-                let mut ctid = None;
-                while let Some(w) = words.next() {
-                    match w {
-                        "packets" => {
-                            counters.packets = words
-                                .next()
-                                .and_then(|v| v.parse().ok())
-                                .ok_or_else(|| err("bad packet counter"))?
-                        }
-                        "bytes" => {
-                            counters.bytes = words
-                                .next()
-                                .and_then(|v| v.parse().ok())
-                                .ok_or_else(|| err("bad byte counter"))?
-                        }
-                        "comment" => {
-                            let c = words.next().unwrap_or("").trim_matches('"');
-                            ctid = c.strip_prefix(COMMENT_PREFIX).and_then(|c| c.parse().ok());
-                        }
-                        _ => {}
-                    }
-                }
-                match ctid {
-                    Some(ctid) => sets.elements.push(Counted {
-                        ctid,
-                        ip,
-                        kind,
-                        iface: CompactString::default(),
-                        key: element_key(name, &ip),
-                        counters,
-                    }),
+                match element(words, kind, family, &err)? {
+                    Some(e) => sets.elements.push(e),
                     None => sets.untagged.push((kind, ip)),
                 }
             }
@@ -196,6 +189,55 @@ impl SaveParser {
     pub fn finish(self) -> Sets {
         self.sets
     }
+}
+
+/// The rest of an `add SET IP [packets N] [bytes N] [comment "ct:X"]` line of the set of
+/// `kind` and `family`: the element as counted traffic, keyed as the live set's element, or
+/// `None` when no container's comment names it.
+fn element<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+    kind: Kind,
+    family: Family,
+    err: &dyn Fn(&'static str) -> ParseError,
+) -> Result<Option<Counted>, ParseError> {
+    let ip: IpAddr = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| err("bad element address"))?;
+    if Family::of(&ip) != family {
+        return Err(err("address of the other family"));
+    }
+    let mut counters = Counters::default();
+    let mut ctid = None;
+    while let Some(w) = words.next() {
+        match w {
+            "packets" => {
+                counters.packets = words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| err("bad packet counter"))?
+            }
+            "bytes" => {
+                counters.bytes = words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| err("bad byte counter"))?
+            }
+            "comment" => {
+                let c = words.next().unwrap_or("").trim_matches('"');
+                ctid = c.strip_prefix(COMMENT_PREFIX).and_then(|c| c.parse().ok());
+            }
+            _ => {}
+        }
+    }
+    Ok(ctid.map(|ctid| Counted {
+        ctid,
+        ip,
+        kind,
+        iface: CompactString::default(),
+        key: element_key(&set_name(kind, family), &ip),
+        counters,
+    }))
 }
 
 /// The identity of a set element within its container's `seen` map.
@@ -242,32 +284,92 @@ pub struct SetPlan {
     pub destroy: Vec<String>,
     /// Elements given to another container in place (among `add`): (kind, IP, from).
     pub moved: Vec<(Kind, IpAddr, Ctid)>,
+    /// Sets that lose elements: instead of deleting them (whatever they counted between
+    /// the read and the delete would be lost), the set's wanted contents are built in a new
+    /// set that is swapped in; the old contents, frozen under [`frozen_name`], are read for
+    /// their final values and destroyed.
+    pub freeze: Vec<(Kind, Family)>,
+    /// The wanted contents of the frozen sets: (kind, IP, owner, whether it exists now and
+    /// so carries its counters over).
+    pub refill: Vec<(Kind, IpAddr, Ctid, bool)>,
+    /// Frozen sets left by a killed command (their counts were taken at the read).
+    pub leftover: Vec<String>,
 }
 
 impl SetPlan {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.add.is_empty() && self.del.is_empty()
+        self.create.is_empty()
+            && self.add.is_empty()
+            && self.del.is_empty()
+            && self.leftover.is_empty()
     }
 
-    /// Creations, deletions and additions (run before the iptables batch).
+    /// The names of the sets frozen by this plan.
+    pub fn frozen_names(&self) -> Vec<String> {
+        self.freeze
+            .iter()
+            .map(|(k, f)| frozen_name(*k, *f))
+            .collect()
+    }
+
+    /// Creations, deletions and additions (run before the iptables batch), with no set
+    /// frozen: for a plan without [`SetPlan::freeze`], or for tests.
     pub fn render(&self) -> String {
+        self.render_with(&|_, _, _| None)
+    }
+
+    /// Creations, additions, and the frozen sets' swaps (run before the iptables batch).
+    /// `counters(kind, ip, owner)`: the last-seen counters of an element that carries over
+    /// into a swapped-in set (the ledger's, taken at this command's read).
+    pub fn render_with(
+        &self,
+        counters: &dyn Fn(Kind, IpAddr, &Ctid) -> Option<Counters>,
+    ) -> String {
         let mut out = String::new();
-        for name in &self.create {
-            let family = match parse_set_name(name) {
-                Some((_, Family::V6)) => "inet6",
-                _ => "inet",
+        for name in &self.leftover {
+            let _ = writeln!(out, "destroy {name}");
+        }
+        let create = |out: &mut String, name: &str, family: Family| {
+            let family = match family {
+                Family::V6 => "inet6",
+                Family::V4 => "inet",
             };
             let _ = writeln!(
                 out,
                 "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
             );
+        };
+        for name in &self.create {
+            let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
+            create(&mut out, name, family);
         }
-        for (kind, ip) in &self.del {
+        let frozen = |kind: Kind, ip: &IpAddr| self.freeze.contains(&(kind, Family::of(ip)));
+        for (kind, ip) in self.del.iter().filter(|(k, ip)| !frozen(*k, ip)) {
             let _ = writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)));
         }
-        for (kind, ip, ctid) in &self.add {
+        for (kind, ip, ctid) in self.add.iter().filter(|(k, ip, _)| !frozen(*k, ip)) {
             let set = set_name(*kind, Family::of(ip));
             let _ = writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"");
+        }
+        for (kind, family) in &self.freeze {
+            let z = frozen_name(*kind, *family);
+            create(&mut out, &z, *family);
+            for (k, ip, ctid, existing) in &self.refill {
+                if k != kind || Family::of(ip) != *family {
+                    continue;
+                }
+                let c = if *existing {
+                    counters(*k, *ip, ctid).unwrap_or_default()
+                } else {
+                    Counters::default()
+                };
+                let _ = writeln!(
+                    out,
+                    "add {z} {ip} packets {} bytes {} comment \"{COMMENT_PREFIX}{ctid}\"",
+                    c.packets, c.bytes
+                );
+            }
+            let _ = writeln!(out, "swap {} {z}", set_name(*kind, *family));
         }
         out
     }
@@ -348,6 +450,21 @@ pub fn plan(
     add.sort();
     p.moved.sort();
     p.add = add;
+    if use_sets {
+        let freeze: BTreeSet<(Kind, Family)> =
+            p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
+        for (ip, ctid) in &want {
+            for kind in Kind::ALL {
+                if freeze.contains(&(kind, Family::of(ip))) {
+                    let existing = matches!(have.get(&(kind, *ip)), Some(Some(_)));
+                    p.refill.push((kind, *ip, (*ctid).clone(), existing));
+                }
+            }
+        }
+        p.refill.sort();
+        p.freeze = freeze.into_iter().collect();
+    }
+    p.leftover = current.frozen_present.clone();
     p
 }
 
@@ -394,6 +511,60 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         assert_eq!(s.elements[0].ctid.as_str(), "101");
         assert_eq!(s.elements[0].key, "set vzacct-fi4 10.0.0.1");
         assert_eq!(s.elements[0].kind, Kind::ForwardIn);
+    }
+
+    /// A set that loses an element is rebuilt and swapped in, the elements that stay
+    /// carrying the counters read; the old contents, frozen, are read back as the live
+    /// set's elements, and a frozen set left by a killed command is destroyed first.
+    #[test]
+    fn a_set_that_loses_elements_is_swapped_and_frozen() {
+        let save = "create vzacct-fi4 hash:ip family inet hashsize 1024 maxelem 65536 counters comment\n\
+                    add vzacct-fi4 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n\
+                    add vzacct-fi4 10.0.0.2 packets 1 bytes 100 comment \"ct:102\"\n\
+                    create vzacct-zfo4 hash:ip family inet hashsize 1024 maxelem 65536 counters comment\n\
+                    add vzacct-zfo4 10.0.0.7 packets 2 bytes 200 comment \"ct:107\"\n";
+        let s = parse_save(save).unwrap();
+        assert_eq!(s.frozen_present, ["vzacct-zfo4"]);
+        assert_eq!(s.frozen.len(), 1);
+        assert_eq!(s.frozen[0].key, "set vzacct-fo4 10.0.0.7");
+        assert_eq!(s.frozen[0].counters.bytes, 200);
+        assert_eq!(
+            parse_frozen_name(&frozen_name(Kind::LocalOut, Family::V6)),
+            Some((Kind::LocalOut, Family::V6))
+        );
+        let mut wanted = BTreeMap::new();
+        wanted.insert(
+            "101".parse::<Ctid>().unwrap(),
+            ["10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
+        );
+        let p = plan(&wanted, &[Family::V4], true, &s);
+        assert_eq!(p.freeze, [(Kind::ForwardIn, Family::V4)]);
+        assert_eq!(p.leftover, ["vzacct-zfo4"]);
+        let batch = p.render_with(&|kind, ip, ctid| {
+            assert_eq!(
+                (kind, ip.to_string(), ctid.as_str()),
+                (Kind::ForwardIn, "10.0.0.1".into(), "101")
+            );
+            Some(Counters {
+                packets: 3,
+                bytes: 384,
+            })
+        });
+        let fi: Vec<&str> = batch
+            .lines()
+            .filter(|l| l.contains("fi4") || l.starts_with("destroy"))
+            .collect();
+        assert_eq!(
+            fi,
+            [
+                "destroy vzacct-zfo4",
+                "create vzacct-zfi4 hash:ip family inet hashsize 65536 maxelem 1048576 counters comment",
+                "add vzacct-zfi4 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"",
+                "add vzacct-zfi4 10.0.0.3 packets 0 bytes 0 comment \"ct:101\"",
+                "swap vzacct-fi4 vzacct-zfi4",
+            ]
+        );
+        assert_eq!(p.frozen_names(), ["vzacct-zfi4"]);
     }
 
     #[test]

@@ -213,15 +213,41 @@ impl Kernel {
         }
     }
 
-    /// Apply: sets created and filled first (rules may refer to them), then one
-    /// iptables-restore batch per family, then sets no longer used are destroyed.
-    pub fn apply(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {
+    /// Apply: sets created and filled first (rules may refer to them), and the sets that
+    /// lose elements swapped with their wanted contents (`set_batch`, from
+    /// [`SetPlan::render_with`]); then one iptables-restore batch per family. Returns the
+    /// final counters of the frozen old contents: the caller credits them and then calls
+    /// [`Kernel::finish`].
+    pub fn apply(
+        &self,
+        config: &Config,
+        plan: &KernelPlan,
+        set_batch: &str,
+    ) -> Result<Vec<crate::ruleset::Counted>, Error> {
         let ipset = Ipset::new(config);
-        ipset.apply(&plan.sets.render())?;
+        ipset.apply(set_batch)?;
         for ((t, _), (_, p)) in self.tables.iter().zip(&plan.rules) {
             t.apply(p)?;
         }
-        ipset.apply(&plan.sets.render_destroy())?;
+        // Sets the iptables batch stopped using count no more: their final values too.
+        let mut stopped = plan.sets.frozen_names();
+        if self.sets.is_some() {
+            stopped.extend(plan.sets.destroy.iter().cloned());
+        }
+        if stopped.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(ipset.read_frozen(&stopped)?)
+    }
+
+    /// After the frozen counts are in the ledger: destroy the frozen sets and the sets no
+    /// longer used (after the iptables batch removed the rules that use them).
+    pub fn finish(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {
+        let mut batch = plan.sets.render_destroy();
+        for name in plan.sets.frozen_names() {
+            batch.push_str(&format!("destroy {name}\n"));
+        }
+        Ipset::new(config).apply(&batch)?;
         Ok(())
     }
 }

@@ -230,6 +230,28 @@ impl Ipset {
         Ok(parser.finish())
     }
 
+    /// The final counters of the sets `names`, which no rule uses any more (frozen old
+    /// contents, or sets about to be destroyed): one `ipset save NAME` each, keyed as the
+    /// live sets' elements.
+    pub fn read_frozen(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<crate::ruleset::Counted>, IpsetError> {
+        let mut parser = crate::ipset::SaveParser::default();
+        for name in names {
+            process::run_lines(&self.program, &["save", name], |line| parser.line(line))
+                .map_err(IpsetError::Read)?
+                .map_err(|source| IpsetError::Parse {
+                    program: self.program.clone(),
+                    source,
+                })?;
+        }
+        let sets = parser.finish();
+        let mut all = sets.frozen;
+        all.extend(sets.elements);
+        Ok(all)
+    }
+
     /// Apply one `ipset restore` batch; nothing is run for an empty one.
     pub fn apply(&self, batch: &str) -> Result<(), IpsetError> {
         if batch.is_empty() {

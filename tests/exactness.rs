@@ -285,14 +285,169 @@ fn an_ip_moved_six_times_under_steady_traffic(v: Variant) {
     assert_eq!(charged, bytes, "{sent} datagrams sent");
 }
 
+/// The byte counter of the mangle FORWARD rule that ends with `spec`.
+fn mangle_bytes(node: &Node, v: Variant, spec: &str) -> u64 {
+    let save = node.ns.must(
+        &format!("{}-save", v.iptables(false)),
+        &["-c", "-t", "mangle"],
+    );
+    let line = save
+        .lines()
+        .find(|l| l.ends_with(spec))
+        .unwrap_or_else(|| panic!("{spec} not in {save}"));
+    line[1..line.find(']').unwrap()]
+        .split_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}
+
+fn in_bytes(node: &Node, ctid: &str) -> u64 {
+    ct_of(&node.show(DAY1), ctid)["total"]["in_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `remove` under steady traffic: the set that loses the element is swapped with its
+/// wanted contents, and the old contents, frozen, give their final values. Each container's
+/// total equals a mangle rule that counts its address while it is in vzacct's set, to the
+/// byte: the removed one up to the swap, the other one throughout.
+fn remove_under_steady_traffic(v: Variant) {
+    let node = Node::with_topology(
+        v,
+        &[
+            ("101", "10.0.0.1", "2001:db8:1::1"),
+            ("102", "10.0.0.2", "2001:db8:1::2"),
+        ],
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    node.at(DAY1, &["add", "102", "10.0.0.2"]);
+    for ip in ["10.0.0.1", "10.0.0.2"] {
+        node.ns.must(
+            &v.iptables(false),
+            &[
+                "-w",
+                "-t",
+                "mangle",
+                "-A",
+                "FORWARD",
+                "-d",
+                ip,
+                "-m",
+                "set",
+                "--match-set",
+                "vzacct-fi4",
+                "dst",
+                // Matching a set updates its element counters, unless told not to.
+                "!",
+                "--update-counters",
+            ],
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = ["10.0.0.1", "10.0.0.2"]
+        .iter()
+        .map(|ip| {
+            blast(
+                &node.world().name,
+                WORLD_V4.parse().unwrap(),
+                ip.parse().unwrap(),
+                300,
+                stop.clone(),
+            )
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    node.at(DAY1, &["dump"]);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let out = node.at(DAY1, &["remove", "102"]);
+    assert!(
+        out.contains("counted by set elements until the batch stopped them"),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    node.at(DAY1, &["dump"]);
+    let set = "-m set --match-set vzacct-fi4 dst ! --update-counters";
+    assert_eq!(
+        in_bytes(&node, "102"),
+        mangle_bytes(&node, v, &format!("-d 10.0.0.2/32 {set}")),
+        "{sent} datagrams"
+    );
+    assert_eq!(
+        in_bytes(&node, "101"),
+        mangle_bytes(&node, v, &format!("-d 10.0.0.1/32 {set}")),
+        "{sent} datagrams"
+    );
+    assert_eq!(node.entries("102", false), 0);
+}
+
+/// A switch from the sets to per-IP rules under steady traffic: the batch that puts the
+/// rules in also stops the sets, whose final values are then read and credited.
+fn switch_to_rules_under_steady_traffic(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.ns.must(
+        &v.iptables(false),
+        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = blast(
+        &node.world().name,
+        WORLD_V4.parse().unwrap(),
+        "10.0.0.1".parse().unwrap(),
+        250,
+        stop.clone(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    set_config(&node, "backend = ipset\n", "backend = iptables\n");
+    node.at(DAY1, &["sync"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(
+        in_bytes(&node, "101"),
+        mangle_bytes(&node, v, "-d 10.0.0.1/32"),
+        "{sent} datagrams"
+    );
+    assert!(
+        node.ns
+            .must("ipset", &["list", "-n"])
+            .lines()
+            .all(|l| !l.starts_with("vzacct-"))
+    );
+}
+
 mod sets_only {
+    use super::Variant::{LegacyIpset, NftIpset};
     #[test]
-    fn legacy_ipset() {
-        super::an_ip_moved_six_times_under_steady_traffic(super::Variant::LegacyIpset)
+    fn legacy_ipset_move() {
+        super::an_ip_moved_six_times_under_steady_traffic(LegacyIpset)
     }
     #[test]
-    fn nft_ipset() {
-        super::an_ip_moved_six_times_under_steady_traffic(super::Variant::NftIpset)
+    fn nft_ipset_move() {
+        super::an_ip_moved_six_times_under_steady_traffic(NftIpset)
+    }
+    #[test]
+    fn legacy_ipset_remove() {
+        super::remove_under_steady_traffic(LegacyIpset)
+    }
+    #[test]
+    fn nft_ipset_remove() {
+        super::remove_under_steady_traffic(NftIpset)
+    }
+    #[test]
+    fn legacy_ipset_switch() {
+        super::switch_to_rules_under_steady_traffic(LegacyIpset)
+    }
+    #[test]
+    fn nft_ipset_switch() {
+        super::switch_to_rules_under_steady_traffic(NftIpset)
     }
 }
 

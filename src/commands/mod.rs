@@ -179,6 +179,14 @@ fn begin(ctx: &Ctx) -> Result<Session, Error> {
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
     let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     let boot_id = ctx.boot_id()?;
+    // Frozen sets a killed command left: their final counts, against the same last-seen
+    // values as the live sets' (before the harvest moves those on). Same boot only: after
+    // a reboot they are somebody's restored copy.
+    if let Some(sets) = &kernel.sets
+        && ledger.boot_id.as_deref() == Some(boot_id.as_str())
+    {
+        ledger.credit_frozen(&sets.frozen, ctx.today());
+    }
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
     ledger.stamp_since(ctx.now);
@@ -198,6 +206,9 @@ fn begin(ctx: &Ctx) -> Result<Session, Error> {
 pub(crate) struct Committed {
     plan: KernelPlan,
     rows_written: usize,
+    /// What counters that stopped counting in the batch (frozen or destroyed sets) had
+    /// counted since the read.
+    stopped: Figures,
 }
 
 /// Append the closed days' rows, write the ledger, then (if `apply`) make the kernel match
@@ -237,24 +248,50 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
                 .baseline_zero(ctid, crate::ipset::element_key(&set, ip));
         }
     }
+    // A set that loses elements is swapped with its wanted contents, which start from the
+    // counters just read (the ledger's last-seen values).
+    let set_batch = {
+        let ledger = &s.ledger;
+        plan.sets.render_with(&|kind, ip, ctid| {
+            let set = crate::ipset::set_name(kind, crate::ruleset::Family::of(&ip));
+            let key = crate::ipset::element_key(&set, &ip);
+            ledger.containers.get(ctid)?.seen.get(key.as_str()).copied()
+        })
+    };
     s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
     s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
+    let mut stopped = Figures::default();
     if apply {
-        s.kernel.apply(&ctx.config, &plan)?;
+        // Set elements that no longer count (frozen, or in sets the batch stopped using):
+        // what they counted between this command's read and the batch is credited now.
+        let frozen = s.kernel.apply(&ctx.config, &plan, &set_batch)?;
+        stopped = s.ledger.credit_frozen(&frozen, ctx.today());
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
-        if s.ledger
-            .forget_removed(|k, accounted| s.kernel.survives(k, accounted))
-        {
+        let forgot = s
+            .ledger
+            .forget_removed(|k, accounted| s.kernel.survives(k, accounted));
+        if forgot || !frozen.is_empty() {
             s.loaded.save(&s.ledger, None)?;
         }
+        s.kernel.finish(&ctx.config, &plan)?;
     }
-    Ok(Committed { plan, rows_written })
+    Ok(Committed {
+        plan,
+        rows_written,
+        stopped,
+    })
 }
 
 pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
+    if c.stopped.in_packets + c.stopped.out_packets > 0 {
+        ctx.say(format!(
+            "counted by set elements until the batch stopped them: {} bytes in / {} bytes out (credited)",
+            c.stopped.in_bytes, c.stopped.out_bytes
+        ))?;
+    }
     let sets = &c.plan.sets;
     if !sets.is_empty() || !sets.destroy.is_empty() {
         ctx.say(format!(

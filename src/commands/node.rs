@@ -146,7 +146,14 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     let rows_written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     ledger.prune();
     loaded.save(&ledger, Some(kernel.backend_name()))?;
-    kernel.apply(&ctx.config, &teardown)?;
+    // The iptables batch stops every set from counting; their final values are then read,
+    // credited, and the sets destroyed.
+    let frozen = kernel.apply(&ctx.config, &teardown, &teardown.sets.render())?;
+    ledger.credit_frozen(&frozen, ctx.today());
+    if !frozen.is_empty() {
+        loaded.save(&ledger, None)?;
+    }
+    kernel.finish(&ctx.config, &teardown)?;
     drop(locked);
     report_harvest(ctx, &harvest, rows_written)?;
     for (family, p) in &teardown.rules {
