@@ -20,10 +20,10 @@ use crate::config::Config;
 use crate::csvlog;
 use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
+use crate::db::{Loaded, Scope};
 use crate::error::{Error, chain};
 use crate::kernel::{Kernel, KernelPlan};
 use crate::ledger::{Figures, Harvest, LastDump, Ledger, NewBoot, Row, month_of};
-use crate::ledger_store::{Loaded, Scope};
 use crate::prometheus;
 use crate::ruleset::{Family, Kind, Op};
 use crate::store::{self, Locked};
@@ -202,13 +202,14 @@ fn commit(ctx: &Ctx, mut s: Session, apply: bool) -> Result<Committed, Error> {
     s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
-    s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
+    s.loaded
+        .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     if apply {
         s.kernel.apply(&ctx.config, &plan)?;
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
         if s.ledger.forget_removed() {
-            s.loaded.save(&s.ledger, None)?;
+            s.loaded.save(&s.ledger, None, &[])?;
         }
     }
     Ok(Committed { plan, rows_written })

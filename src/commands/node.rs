@@ -145,7 +145,7 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     } = s;
     let rows_written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     ledger.prune();
-    loaded.save(&ledger, Some(kernel.backend_name()))?;
+    loaded.save(&ledger, Some(kernel.backend_name()), &rows)?;
     kernel.apply(&ctx.config, &teardown)?;
     drop(locked);
     report_harvest(ctx, &harvest, rows_written)?;
