@@ -30,13 +30,13 @@
 
 pub mod legacy;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate};
+use chrono::DateTime;
 use compact_str::CompactString;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -288,14 +288,7 @@ fn create(state_dir: &Path, ledger: Option<(&Ledger, Option<&str>)>) -> Result<(
     .map_err(|e| db_error(None, &tmp, e))?;
     conn.execute_batch("PRAGMA synchronous = FULL;")
         .map_err(|e| db_error(Some(&conn), &tmp, e))?;
-    let mut loaded = Loaded {
-        path: tmp.clone(),
-        conn: Some(conn),
-        scope: None,
-        prints: HashMap::new(),
-        node_known: false,
-        backend: None,
-    };
+    let mut loaded = Loaded::new(tmp.clone(), Some(conn), None);
     {
         let conn = loaded.conn.as_mut().expect("just opened");
         let tx = conn.transaction().map_err(|e| db_error(None, &tmp, e))?;
@@ -360,17 +353,11 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StateError> {
 pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateError> {
     let path = state_dir.join(FILE);
     let conn = open_rw(state_dir)?;
-    let mut loaded = Loaded {
-        path,
-        conn: Some(conn),
-        scope: match scope {
-            Scope::All => None,
-            Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
-        },
-        prints: HashMap::new(),
-        node_known: false,
-        backend: None,
+    let scope = match scope {
+        Scope::All => None,
+        Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
     };
+    let mut loaded = Loaded::new(path, Some(conn), scope);
     let ledger = loaded.read(false)?;
     Ok((ledger, loaded))
 }
@@ -386,14 +373,7 @@ pub fn needs_conversion(state_dir: &Path) -> bool {
 /// empty ledger.
 pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
     let path = state_dir.join(FILE);
-    let mut loaded = Loaded {
-        path: path.clone(),
-        conn: None,
-        scope: None,
-        prints: HashMap::new(),
-        node_known: false,
-        backend: None,
-    };
+    let mut loaded = Loaded::new(path.clone(), None, None);
     if !path.exists() {
         if legacy::present(state_dir) {
             return Err(StateError::Unfinished {
@@ -462,14 +442,7 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
                     source: crate::ledger::FormatError::Json(format!("integrity check: {ok}")),
                 });
             }
-            let mut loaded = Loaded {
-                path: path.clone(),
-                conn: Some(conn),
-                scope: None,
-                prints: HashMap::new(),
-                node_known: false,
-                backend: None,
-            };
+            let mut loaded = Loaded::new(path.clone(), Some(conn), None);
             let ledger = loaded.read(true)?;
             Ok((ledger, loaded))
         });
@@ -584,10 +557,6 @@ fn figures_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Figures> {
     })
 }
 
-fn fig_params(f: &Figures) -> [i64; 8] {
-    f.fields().map(to_i64)
-}
-
 fn conv<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
 }
@@ -596,9 +565,40 @@ fn parse_col<T: std::str::FromStr>(r: &rusqlite::Row, i: usize) -> rusqlite::Res
 where
     T::Err: std::fmt::Display,
 {
-    let s: String = r.get(i)?;
+    let s = r.get_ref(i)?.as_str()?;
     s.parse::<T>()
         .map_err(|e| conv(i, std::io::Error::other(format!("{s:?}: {e}"))))
+}
+
+/// Fold the rows of `sql` (first column the CTID, in CTID order) into their containers,
+/// looking each container up once per run of rows.
+fn fold_rows(
+    conn: &Connection,
+    sql: &str,
+    id: Option<&str>,
+    cts: &mut BTreeMap<Ctid, Container>,
+    mut f: impl FnMut(&mut Container, &rusqlite::Row) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut st = conn.prepare_cached(sql)?;
+    let mut rows = match id {
+        None => st.query([])?,
+        Some(id) => st.query([id])?,
+    };
+    let mut cur_id = String::new();
+    let mut cur: Option<&mut Container> = None;
+    while let Some(r) = rows.next()? {
+        let text = r.get_ref(0)?.as_str()?;
+        if cur.is_none() || text != cur_id {
+            let ctid: Ctid = parse_col(r, 0)?;
+            cur_id.clear();
+            cur_id.push_str(text);
+            cur = Some(cts.entry(ctid).or_default());
+        }
+        if let Some(c) = cur.as_deref_mut() {
+            f(c, r)?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_opt<T: std::str::FromStr>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<T>>
@@ -628,6 +628,17 @@ fn time_text(t: &DateTime<chrono::FixedOffset>) -> String {
 }
 
 impl Loaded {
+    fn new(path: PathBuf, conn: Option<Connection>, scope: Option<BTreeSet<Ctid>>) -> Loaded {
+        Loaded {
+            path,
+            conn,
+            scope,
+            prints: HashMap::new(),
+            node_known: false,
+            backend: None,
+        }
+    }
+
     fn conn(&self) -> Result<&Connection, StateError> {
         self.conn.as_ref().ok_or_else(|| StateError::Write {
             path: self.path.clone(),
@@ -697,118 +708,78 @@ impl Loaded {
         };
         let cts = &mut ledger.containers;
         for id in ids {
-            let (cond, p): (&str, Vec<&str>) = match id {
-                None => ("", vec![]),
-                Some(id) => (" WHERE ctid = ?1", vec![id]),
+            let q = |sql: String| match id {
+                None => format!("{sql} ORDER BY ctid"),
+                Some(_) => format!("{sql} WHERE ctid = ?1"),
             };
-            let p = rusqlite::params_from_iter(p);
-            let q = |sql: &str| format!("{sql}{cond}");
-            let mut st = conn
-                .prepare_cached(&q(&format!(
-                    "SELECT ctid, total_since, last_closed, month, {}, {} FROM containers",
-                    figs("month_", ""),
-                    figs("total_", "")
-                )))
-                .map_err(err)?;
-            let mut rows = st.query(p.clone()).map_err(err)?;
-            while let Some(r) = rows.next().map_err(err)? {
-                let read = || -> rusqlite::Result<(Ctid, Container)> {
-                    let month: Option<String> = r.get(3)?;
-                    Ok((
-                        parse_col(r, 0)?,
-                        Container {
-                            total_since: parse_time(r, 1)?,
-                            last_closed: parse_opt(r, 2)?,
-                            month: match month {
-                                Some(month) => Some(Month {
-                                    month,
-                                    figures: figures_at(r, 4)?,
-                                }),
-                                None => None,
-                            },
-                            total: figures_at(r, 12)?,
-                            ..Container::default()
-                        },
-                    ))
+            let sql = q(format!(
+                "SELECT ctid, total_since, last_closed, month, {}, {} FROM containers",
+                figs("month_", ""),
+                figs("total_", "")
+            ));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.total_since = parse_time(r, 1)?;
+                c.last_closed = parse_opt(r, 2)?;
+                c.month = match r.get::<_, Option<String>>(3)? {
+                    Some(month) => Some(Month {
+                        month,
+                        figures: figures_at(r, 4)?,
+                    }),
+                    None => None,
                 };
-                let (id, c) = read().map_err(err)?;
-                cts.insert(id, c);
-            }
-            for (table, parked) in [("ips", false), ("parked", true)] {
-                let mut st = conn
-                    .prepare_cached(&q(&format!("SELECT ctid, ip FROM {table}")))
-                    .map_err(err)?;
-                let mut rows = st.query(p.clone()).map_err(err)?;
-                while let Some(r) = rows.next().map_err(err)? {
-                    let id: Ctid = parse_col(r, 0).map_err(err)?;
-                    let ip: IpAddr = parse_col(r, 1).map_err(err)?;
-                    let c = cts.entry(id).or_default();
-                    if parked {
-                        c.parked.insert(ip);
-                    } else {
-                        c.ips.insert(ip);
-                    }
+                c.total = figures_at(r, 12)?;
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q("SELECT ctid, ip FROM ips".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.ips.insert(parse_col(r, 1)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q("SELECT ctid, ip FROM parked".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.parked.insert(parse_col(r, 1)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql =
+                q("SELECT ctid, backend, kind, ip, element, packets, bytes FROM counters".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                let ip: IpAddr = parse_col(r, 3)?;
+                let backend = r.get_ref(1)?.as_str()?;
+                let kind = r.get_ref(2)?.as_str()?;
+                if !matches!(backend, "rule" | "set") || kind_of(kind).is_none() {
+                    let e = format!("counter {backend} {kind}");
+                    return Err(conv(1, std::io::Error::other(e)));
                 }
-            }
-            let mut st = conn
-                .prepare_cached(&q(
-                    "SELECT ctid, backend, kind, ip, element, packets, bytes FROM counters",
-                ))
-                .map_err(err)?;
-            let mut rows = st.query(p.clone()).map_err(err)?;
-            while let Some(r) = rows.next().map_err(err)? {
-                let read = || -> rusqlite::Result<(Ctid, CompactString, Counters)> {
-                    let ip: IpAddr = parse_col(r, 3)?;
-                    let backend: String = r.get(1)?;
-                    let kind: String = r.get(2)?;
-                    let element: String = r.get(4)?;
-                    let key = join_key(&backend, &kind, &ip, &element);
-                    if split_key(&key).is_none() {
-                        return Err(conv(1, std::io::Error::other(format!("counter {key:?}"))));
-                    }
-                    Ok((
-                        parse_col(r, 0)?,
-                        key,
-                        Counters {
-                            packets: to_u64(r.get(5)?),
-                            bytes: to_u64(r.get(6)?),
-                        },
-                    ))
+                let key = join_key(backend, kind, &ip, r.get_ref(4)?.as_str()?);
+                let v = Counters {
+                    packets: to_u64(r.get(5)?),
+                    bytes: to_u64(r.get(6)?),
                 };
-                let (id, key, v) = read().map_err(err)?;
-                cts.entry(id).or_default().seen.insert(key, v);
-            }
-            let mut st = conn
-                .prepare_cached(&q(&format!("SELECT ctid, ip, {} FROM by_ip", figs("", ""))))
-                .map_err(err)?;
-            let mut rows = st.query(p.clone()).map_err(err)?;
-            while let Some(r) = rows.next().map_err(err)? {
-                let read = || -> rusqlite::Result<(Ctid, IpAddr, Figures)> {
-                    Ok((parse_col(r, 0)?, parse_col(r, 1)?, figures_at(r, 2)?))
-                };
-                let (id, ip, f) = read().map_err(err)?;
-                cts.entry(id).or_default().by_ip.insert(ip, f);
-            }
-            let mut st = conn
-                .prepare_cached(&q(&format!(
-                    "SELECT ctid, date, {} FROM open_days",
-                    figs("", "")
-                )))
-                .map_err(err)?;
-            let mut rows = st.query(p).map_err(err)?;
-            while let Some(r) = rows.next().map_err(err)? {
-                let read = || -> rusqlite::Result<(Ctid, Day)> {
-                    Ok((
-                        parse_col(r, 0)?,
-                        Day {
-                            date: parse_col(r, 1)?,
-                            figures: figures_at(r, 2)?,
-                        },
-                    ))
-                };
-                let (id, d) = read().map_err(err)?;
-                cts.entry(id).or_default().today = Some(d);
-            }
+                c.seen.insert(key, v);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q(format!("SELECT ctid, ip, {} FROM by_ip", figs("", "")));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.by_ip.insert(parse_col(r, 1)?, figures_at(r, 2)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q(format!(
+                "SELECT ctid, date, {} FROM open_days",
+                figs("", "")
+            ));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.today = Some(Day {
+                    date: parse_col(r, 1)?,
+                    figures: figures_at(r, 2)?,
+                });
+                Ok(())
+            })
+            .map_err(err)?;
         }
         self.node_known = node_known;
         self.backend = node_backend;
@@ -905,30 +876,10 @@ impl Loaded {
                     changed.push((id.clone(), None));
                 }
             }
-            let mut st = tx.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO days (ctid, date, {}) VALUES (?1, ?2, {})",
-                figs("", ""),
-                (3..=10)
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))?;
-            for r in closed {
-                let f = fig_params(&r.figures);
-                st.execute(params![
-                    r.ctid.as_str(),
-                    r.date.to_string(),
-                    f[0],
-                    f[1],
-                    f[2],
-                    f[3],
-                    f[4],
-                    f[5],
-                    f[6],
-                    f[7]
-                ])?;
-            }
-            drop(st);
+            let days = closed
+                .iter()
+                .map(|r| with_figures(vec![text(&r.ctid), text(r.date)], &r.figures));
+            insert(&tx, "days", &format!("ctid, date, {}", figs("", "")), days)?;
             if let Some(newest) = closed.iter().map(|r| r.date).max() {
                 let cutoff = newest - chrono::Days::new(HISTORY_DAYS);
                 tx.prepare_cached("DELETE FROM days WHERE date < ?1")?
@@ -949,6 +900,33 @@ impl Loaded {
     }
 }
 
+type Value = rusqlite::types::Value;
+
+fn text(s: impl ToString) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn with_figures(mut row: Vec<Value>, f: &Figures) -> Vec<Value> {
+    row.extend(f.fields().map(|x| Value::Integer(to_i64(x))));
+    row
+}
+
+/// Insert `rows` into `table` (`cols` comma-separated), replacing rows of the same key.
+fn insert(
+    tx: &rusqlite::Transaction,
+    table: &str,
+    cols: &str,
+    rows: impl IntoIterator<Item = Vec<Value>>,
+) -> rusqlite::Result<()> {
+    let marks = vec!["?"; cols.split(',').count()].join(", ");
+    let sql = format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})");
+    let mut st = tx.prepare_cached(&sql)?;
+    for r in rows {
+        st.execute(rusqlite::params_from_iter(r))?;
+    }
+    Ok(())
+}
+
 /// Write the parts of one container that differ from `old` (all of them when new).
 fn write_container(
     tx: &rusqlite::Transaction,
@@ -958,148 +936,111 @@ fn write_container(
     new: &Prints,
 ) -> rusqlite::Result<()> {
     let ct = id.as_str();
-    let differs = |f: fn(&Prints) -> u64| old.is_none_or(|o| f(o) != f(new));
-    let clear = |table: &str| -> rusqlite::Result<()> {
+    // Each part: its fingerprint, its table and columns, its rows.
+    type Rows<'a> = Box<dyn Iterator<Item = Vec<Value>> + 'a>;
+    type Part<'a> = (fn(&Prints) -> u64, &'static str, String, Rows<'a>);
+    let f8 = figs("", "");
+    let parts: [Part; 7] = [
+        (
+            |p| p.row,
+            "containers",
+            format!(
+                "ctid, total_since, last_closed, month, {}, {}",
+                figs("month_", ""),
+                figs("total_", "")
+            ),
+            Box::new(std::iter::once({
+                let m = c.month.as_ref();
+                let row = vec![
+                    text(ct),
+                    c.total_since.as_ref().map(time_text).into(),
+                    c.last_closed.map(|d| d.to_string()).into(),
+                    m.map(|m| m.month.clone()).into(),
+                ];
+                with_figures(
+                    with_figures(row, &m.map(|m| m.figures).unwrap_or_default()),
+                    &c.total,
+                )
+            })),
+        ),
+        (
+            |p| p.ips,
+            "ips",
+            "ctid, ip".into(),
+            Box::new(c.ips.iter().map(|ip| vec![text(ct), text(ip)])),
+        ),
+        (
+            |p| p.parked,
+            "parked",
+            "ctid, ip".into(),
+            Box::new(c.parked.iter().map(|ip| vec![text(ct), text(ip)])),
+        ),
+        (
+            |p| p.seen,
+            "counters",
+            "ctid, backend, family, kind, ip, element, packets, bytes".into(),
+            Box::new(c.seen.iter().filter_map(|(key, v)| {
+                let (backend, family, kind, ip, element) = split_key(key)?;
+                Some(vec![
+                    text(ct),
+                    text(backend),
+                    Value::Integer(family.into()),
+                    text(kind),
+                    text(ip),
+                    text(element),
+                    Value::Integer(to_i64(v.packets)),
+                    Value::Integer(to_i64(v.bytes)),
+                ])
+            })),
+        ),
+        (
+            |p| p.by_ip,
+            "by_ip",
+            format!("ctid, ip, {f8}"),
+            Box::new(
+                c.by_ip
+                    .iter()
+                    .map(|(ip, f)| with_figures(vec![text(ct), text(ip)], f)),
+            ),
+        ),
+        (
+            |p| p.today,
+            "open_days",
+            format!("ctid, date, {f8}"),
+            Box::new(
+                c.today
+                    .iter()
+                    .map(|d| with_figures(vec![text(ct), text(d.date)], &d.figures)),
+            ),
+        ),
+        (
+            |p| p.held,
+            "holders",
+            "ip, ctid".into(),
+            Box::new(c.held_ips().into_iter().map(|ip| vec![text(ip), text(ct)])),
+        ),
+    ];
+    if let Some(bad) = c.seen.keys().find(|k| split_key(k).is_none()) {
+        let e = std::io::Error::other(format!("internal: counter key {bad:?}"));
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+    }
+    for (print, table, cols, rows) in parts {
+        if old.is_some_and(|o| print(o) == print(new)) {
+            continue;
+        }
         if old.is_some() {
             tx.prepare_cached(&format!("DELETE FROM {table} WHERE ctid = ?1"))?
                 .execute([ct])?;
         }
-        Ok(())
-    };
-    if differs(|p| p.row) {
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO containers (ctid, total_since, last_closed, month, {}, {})
-             VALUES ({})",
-            figs("month_", ""),
-            figs("total_", ""),
-            (1..=20)
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))?;
-        let m = c.month.as_ref();
-        let mf = fig_params(&m.map(|m| m.figures).unwrap_or_default());
-        let tf = fig_params(&c.total);
-        let mut v: Vec<rusqlite::types::Value> = vec![
-            ct.to_string().into(),
-            c.total_since.as_ref().map(time_text).into(),
-            c.last_closed.map(|d| d.to_string()).into(),
-            m.map(|m| m.month.clone()).into(),
-        ];
-        v.extend(mf.iter().chain(tf.iter()).map(|x| (*x).into()));
-        st.execute(rusqlite::params_from_iter(v))?;
-    }
-    for (table, part, set) in [
-        ("ips", (|p: &Prints| p.ips) as fn(&Prints) -> u64, &c.ips),
-        ("parked", |p: &Prints| p.parked, &c.parked),
-    ] {
-        if differs(part) {
-            clear(table)?;
-            let mut st =
-                tx.prepare_cached(&format!("INSERT INTO {table} (ctid, ip) VALUES (?1, ?2)"))?;
-            for ip in set {
-                st.execute([ct, &ip.to_string()])?;
-            }
-        }
-    }
-    if differs(|p| p.seen) {
-        clear("counters")?;
-        let mut st = tx.prepare_cached(
-            "INSERT OR REPLACE INTO counters (ctid, backend, family, kind, ip, element, packets, bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        for (key, v) in &c.seen {
-            let Some((backend, family, kind, ip, element)) = split_key(key) else {
-                return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
-                    std::io::Error::other(format!("internal: counter key {key:?}")),
-                )));
-            };
-            st.execute(params![
-                ct,
-                backend,
-                family,
-                kind,
-                ip.to_string(),
-                element,
-                to_i64(v.packets),
-                to_i64(v.bytes)
-            ])?;
-        }
-    }
-    if differs(|p| p.by_ip) {
-        clear("by_ip")?;
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO by_ip (ctid, ip, {}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            figs("", "")
-        ))?;
-        for (ip, f) in &c.by_ip {
-            let f = fig_params(f);
-            st.execute(params![
-                ct,
-                ip.to_string(),
-                f[0],
-                f[1],
-                f[2],
-                f[3],
-                f[4],
-                f[5],
-                f[6],
-                f[7]
-            ])?;
-        }
-    }
-    if differs(|p| p.today) {
-        clear("open_days")?;
-        if let Some(d) = &c.today {
-            let f = fig_params(&d.figures);
-            tx.prepare_cached(&format!(
-                "INSERT INTO open_days (ctid, date, {}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                figs("", "")
-            ))?
-            .execute(params![
-                ct,
-                d.date.to_string(),
-                f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
-            ])?;
-        }
-    }
-    if differs(|p| p.held) {
-        clear("holders")?;
-        let mut st =
-            tx.prepare_cached("INSERT OR IGNORE INTO holders (ip, ctid) VALUES (?1, ?2)")?;
-        for ip in c.held_ips() {
-            st.execute([&ip.to_string(), ct])?;
-        }
+        insert(tx, table, &cols, rows)?;
     }
     Ok(())
-}
-
-/// The dates of one container's closed days as stored, newest first (for tests and
-/// reports).
-pub fn closed_days(loaded: &Loaded, ctid: &Ctid) -> Result<Vec<(NaiveDate, Figures)>, StateError> {
-    let conn = loaded.conn()?;
-    let err = |e| db_error(Some(conn), &loaded.path, e);
-    let mut st = conn
-        .prepare_cached(&format!(
-            "SELECT date, {} FROM days WHERE ctid = ?1 ORDER BY date DESC",
-            figs("", "")
-        ))
-        .map_err(err)?;
-    let mut rows = st.query([ctid.as_str()]).map_err(err)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(err)? {
-        let read = || -> rusqlite::Result<(NaiveDate, Figures)> {
-            Ok((parse_col(r, 0)?, figures_at(r, 1)?))
-        };
-        out.push(read().map_err(err)?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
+    use chrono::{DateTime, NaiveDate};
 
     fn id(s: &str) -> Ctid {
         s.parse().unwrap()
@@ -1203,10 +1144,16 @@ mod tests {
         let (back, loaded) = load(dir.path(), &Scope::All).unwrap();
         assert_eq!(back, l);
         assert_eq!(loaded.backend.as_deref(), Some("ipset"));
-        assert_eq!(
-            closed_days(&loaded, &id("101")).unwrap(),
-            [(day(28), rows[0].figures)]
-        );
+        let day28: (String, i64) = loaded
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT date, in_bytes FROM all_days WHERE ctid = '101' AND open = 0",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(day28, ("2026-11-28".to_string(), 5));
         let (view, _) = load_view(dir.path()).unwrap();
         assert_eq!(view, l);
         // One container's event.
