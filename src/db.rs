@@ -250,8 +250,10 @@ fn fsync_dir(dir: &Path) -> Result<(), StateError> {
 }
 
 fn set_pragmas(conn: &Connection, path: &Path) -> Result<(), StateError> {
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-        .map_err(|e| db_error(Some(conn), path, e))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -512;",
+    )
+    .map_err(|e| db_error(Some(conn), path, e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| db_error(Some(conn), path, e))
 }
@@ -358,7 +360,7 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
         Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
     };
     let mut loaded = Loaded::new(path, Some(conn), scope);
-    let ledger = loaded.read(false)?;
+    let ledger = loaded.read(false, true)?;
     Ok((ledger, loaded))
 }
 
@@ -394,8 +396,11 @@ pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
     );
     let conn = Connection::open_with_flags(&uri, flags).map_err(|e| db_error(None, &path, e))?;
     check_version(&conn, &path)?;
+    conn.execute_batch("PRAGMA cache_size = -512;")
+        .map_err(|e| db_error(Some(&conn), &path, e))?;
     loaded.conn = Some(conn);
-    let ledger = loaded.read(false)?;
+    // A view writes nothing: no fingerprints.
+    let ledger = loaded.read(false, false)?;
     Ok((ledger, loaded))
 }
 
@@ -443,7 +448,7 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
                 });
             }
             let mut loaded = Loaded::new(path.clone(), Some(conn), None);
-            let ledger = loaded.read(true)?;
+            let ledger = loaded.read(true, true)?;
             Ok((ledger, loaded))
         });
         match checked {
@@ -652,8 +657,8 @@ impl Loaded {
     }
 
     /// Read the scope; containers without the node's row are corrupt unless
-    /// `allow_no_node` (repair).
-    fn read(&mut self, allow_no_node: bool) -> Result<Ledger, StateError> {
+    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed.
+    fn read(&mut self, allow_no_node: bool, track: bool) -> Result<Ledger, StateError> {
         let path = self.path.clone();
         let conn = self.conn.as_ref().ok_or_else(|| StateError::Write {
             path: path.clone(),
@@ -786,6 +791,7 @@ impl Loaded {
         self.prints = ledger
             .containers
             .iter()
+            .filter(|_| track)
             .map(|(id, c)| (id.clone(), Prints::of(c)))
             .collect();
         Ok(ledger)
