@@ -217,13 +217,16 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
     }
     // A ledger of an earlier release is converted first, as any command does, when the
     // state dir can be written; a view of a read-only one says what is missing instead.
-    if db::needs_conversion(dir) {
+    // Old files left by a conversion killed after the database was in place are moved
+    // aside the same way, if the state dir allows it (the database is the ledger anyway).
+    let must = db::needs_conversion(dir);
+    if must || db::legacy::present(dir) {
         let converted = lock(dir, wait).and_then(|l| {
             db::load(dir, &Scope::All)?;
             drop(l);
             Ok(())
         });
-        if let Err(e) = converted {
+        if let Err(e) = converted.or_else(|e| if must { Err(e) } else { Ok(()) }) {
             return Err(match e {
                 StateError::LockTimeout { .. } | StateError::Corrupt { .. } => e,
                 _ => StateError::Unfinished {
