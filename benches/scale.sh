@@ -26,7 +26,7 @@
 #                          sets with per-element counters (needs nft, package nftables)
 #   --- 2..6 ---
 #   N=10000                containers (2 IPv4 each) for hooks, dump, show, bring-up, memory
-#   HOOK_RUNS=20           hook mount + umount pairs per backend
+#   HOOK_RUNS=20           hook net-add + umount pairs per backend
 #   CMD_RUNS=9             runs of dump, show --json, sync-from-empty, restore
 #   MEM_RUNS=3             runs per command under /usr/bin/time -f %M
 #   MEM_SMALL=1000         also the peak RSS of dump at this many containers, to show how it
@@ -146,11 +146,15 @@ us_of() { local t=${1/./}; echo $((10#$t)); } # EPOCHREALTIME -> microseconds
 # Run a command in the current namespace with a clean environment (PATH plus the given
 # VAR=value words), timed inside the namespace (so `ip netns exec` is not counted). Prints
 # microseconds; on failure shows the output and stops. Output goes to $WORK/out.
+env_words() { # "VAR=x VAR2=a+b": the words, each "+" standing for a space (IP_ADDR lists)
+  local w
+  EW=()
+  for w in $1; do EW+=("${w//+/ }"); done
+}
 timed() { # "VAR=x VAR2=y" CMD...
-  local envs=$1
+  env_words "$1"
   shift
-  # shellcheck disable=SC2086
-  in_ns env -i PATH="$PATH" $envs bash -c '
+  in_ns env -i PATH="$PATH" "${EW[@]}" bash -c '
     o=$1; shift
     s=$EPOCHREALTIME
     "$@" >"$o" 2>&1 || { rc=$?; cat "$o" >&2; exit "$rc"; }
@@ -159,10 +163,9 @@ timed() { # "VAR=x VAR2=y" CMD...
 }
 # Peak RSS in KiB of a command (and, as wait4 reports it, its largest child).
 peak_kib() { # "VAR=x" CMD...
-  local envs=$1
+  env_words "$1"
   shift
-  # shellcheck disable=SC2086
-  in_ns env -i PATH="$PATH" $envs /usr/bin/time -f %M -o "$WORK/mem" "$@" >"$WORK/out" 2>&1 ||
+  in_ns env -i PATH="$PATH" "${EW[@]}" /usr/bin/time -f %M -o "$WORK/mem" "$@" >"$WORK/out" 2>&1 ||
     { cat "$WORK/out" >&2; die "failed in $NS: $*"; }
   tail -1 "$WORK/mem"
 }
@@ -469,6 +472,9 @@ ct_bucket_file() { # CTID: its ledger bucket file (FNV-1a hash of the text, modu
   done
   printf 'ct-%02x.json' $((h % 64))
 }
+hook_ips() { # I: the two IPs of hook container I, as vzctl's IP_ADDR ("a b"; "+" for the space, see env_words)
+  printf '10.3.%d.%d+10.4.%d.%d' $(($1 / 250)) $(($1 % 250 + 1)) $(($1 / 250)) $(($1 % 250 + 1))
+}
 hook_conf() { # CTID I: a vzctl config with two IPs
   local i=$2
   printf 'IP_ADDRESS="10.3.%d.%d 10.4.%d.%d"\n' $((i / 250)) $((i % 250 + 1)) $((i / 250)) $((i % 250 + 1)) \
@@ -483,10 +489,10 @@ if part hook; then
     for i in $(seq "$HOOK_RUNS"); do
       ctid=$((900000 + i))
       hook_conf "$ctid" "$i"
-      m+=("$(timed "VEID=$ctid VE_CONFFILE=$DIR/conf/$ctid.conf" "$VZACCT" --config "$DIR/vzacct.conf" hook mount)")
-      grep -q "hook mount: accounting" "$WORK/out" || { cat "$WORK/out" >&2; die "hook mount did not account"; }
+      m+=("$(timed "VEID=$ctid VE_STATE=starting IP_ADDR=$(hook_ips "$i")" "$VZACCT" --config "$DIR/vzacct.conf" hook net-add)")
+      grep -q "hook net-add: VE_STATE=starting accounting" "$WORK/out" || { cat "$WORK/out" >&2; die "hook net-add did not account"; }
       grep -q "full run" "$WORK/out" && full=$((full + 1))
-      [ "$i" -eq 1 ] && expect "after hook mount ($b)" "$(count_ours "$b" "$VARIANT")" $((want + 8))
+      [ "$i" -eq 1 ] && expect "after hook net-add ($b)" "$(count_ours "$b" "$VARIANT")" $((want + 8))
       u+=("$(timed "VEID=$ctid" "$VZACCT" --config "$DIR/vzacct.conf" hook umount)")
       grep -q "hook umount: stopped accounting" "$WORK/out" || { cat "$WORK/out" >&2; die "hook umount did not stop"; }
       grep -q "full run" "$WORK/out" && full=$((full + 1))
@@ -499,8 +505,9 @@ if part hook; then
     R[full,$b]=$full
     R[mount,$b]=$(ms "${m[@]}") R[mount_r,$b]=$(minmax 1000 0 "${m[@]}")
     R[umount,$b]=$(ms "${u[@]}") R[umount_r,$b]=$(minmax 1000 0 "${u[@]}")
-    R[ledger,$b]=$(du -sb "$DIR/state/ledger" | cut -f1)
-    R[bucket,$b]=$(du -b "$DIR/state/ledger/$(ct_bucket_file 900001)" | cut -f1)
+    # The ledger: an SQLite database (ledger.sqlite), or before it a directory of buckets.
+    R[ledger,$b]=$( (du -sbc "$DIR/state/ledger" "$DIR/state"/ledger.sqlite* 2>/dev/null || true) | tail -1 | cut -f1)
+    R[bucket,$b]=$( (du -b "$DIR/state/ledger/$(ct_bucket_file 900001)" 2>/dev/null || echo "- (one database)") | cut -f1)
     log "hooks ($b): mount ${R[mount,$b]} ms (${m[*]} us), umount ${R[umount,$b]} ms (${u[*]} us)"
     node_down
   done
@@ -577,7 +584,7 @@ if part mem; then
       K[dump]+="$(peak_kib "" "$VZACCT" --config "$cfg" dump) "
       K[show]+="$(peak_kib "" "$VZACCT" --config "$cfg" show --json) "
       K[status]+="$(peak_kib "" "$VZACCT" --config "$cfg" status) "
-      K[mount]+="$(peak_kib "VEID=$ctid VE_CONFFILE=$DIR/conf/$ctid.conf" "$VZACCT" --config "$cfg" hook mount) "
+      K[mount]+="$(peak_kib "VEID=$ctid VE_STATE=starting IP_ADDR=$(hook_ips "$((100 + i))")" "$VZACCT" --config "$cfg" hook net-add) "
       K[umount]+="$(peak_kib "VEID=$ctid" "$VZACCT" --config "$cfg" hook umount) "
       K[add]+="$(peak_kib "" "$VZACCT" --config "$cfg" add "$ctid" "10.5.0.$i" "10.6.0.$i") "
       K[remove]+="$(peak_kib "" "$VZACCT" --config "$cfg" remove "$ctid") "
@@ -734,7 +741,7 @@ if part breakdown; then
       bd dump "" dump
       bd show "" show --json
       bd status "" status
-      bd mount "VEID=$ctid VE_CONFFILE=$DIR/conf/$ctid.conf" hook mount
+      bd mount "VEID=$ctid VE_STATE=starting IP_ADDR=$(hook_ips "$i")" hook net-add
       bd umount "VEID=$ctid" hook umount
       bd add "" add "$ctid" "10.7.0.$i" "10.8.0.$i"
       vz "$DIR/vzacct.conf" remove "$ctid"
@@ -905,10 +912,10 @@ fi
 if part hook; then
   echo "### 2. Hook latency, $(fmt_int "$N") containers accounted"
   echo
-  echo "\`vzacct hook mount\` (VEID = a new CTID, VE_CONFFILE with two IPs) then \`vzacct hook umount\` of it, $HOOK_RUNS pairs, median ms (min-max); timed inside the namespace with vzctl's clean environment."
+  echo "\`vzacct hook net-add\` (VEID = a new CTID, VE_STATE=starting, IP_ADDR with two IPs) then \`vzacct hook umount\` of it, $HOOK_RUNS pairs, median ms (min-max); timed inside the namespace with vzctl's clean environment."
   echo
   bhead "median ms (min-max)"
-  line="| \`hook mount\` |"; for b in $BACKENDS; do line+=" ${R[mount,$b]} (${R[mount_r,$b]}) |"; done; echo "$line"
+  line="| \`hook net-add\` |"; for b in $BACKENDS; do line+=" ${R[mount,$b]} (${R[mount_r,$b]}) |"; done; echo "$line"
   line="| \`hook umount\` |"; for b in $BACKENDS; do line+=" ${R[umount,$b]} (${R[umount_r,$b]}) |"; done; echo "$line"
   echo "| hooks that needed the full run (of $((2 * HOOK_RUNS))) |$(bcols full)"
   echo "| ledger directory afterwards, bytes |$(bcols ledger)"
@@ -944,7 +951,7 @@ if part mem; then
   echo
   bhead "peak RSS MiB"
   for c in $MEM_CMDS; do
-    case $c in show) label="show --json" ;; mount | umount) label="hook $c" ;; add) label="add (2 IPs)" ;; remove) label="remove" ;; *) label=$c ;; esac
+    case $c in show) label="show --json" ;; mount) label="hook net-add" ;; umount) label="hook $c" ;; add) label="add (2 IPs)" ;; remove) label="remove" ;; *) label=$c ;; esac
     line="| \`$label\` |"; for b in $BACKENDS; do line+=" ${R[mem,$c,$b]} (${R[memmax,$c,$b]}) |"; done; echo "$line"
   done
   echo "| \`ipset save\` alone on that node |$(bcols mem,ipsetsave)"
@@ -975,7 +982,7 @@ if part breakdown; then
     echo "| backend = $b | total | iptables-save | iptables-restore | ipset save | ipset restore | vzacct itself | child calls |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for c in $BD_CMDS; do
-      case $c in show) label="show --json" ;; mount | umount) label="hook $c" ;; sync) label="sync from empty" ;; restore) label="restore at boot" ;; add) label="add (2 IPs)" ;; *) label=$c ;; esac
+      case $c in show) label="show --json" ;; mount) label="hook net-add" ;; umount) label="hook $c" ;; sync) label="sync from empty" ;; restore) label="restore at boot" ;; add) label="add (2 IPs)" ;; *) label=$c ;; esac
       line="| \`$label\` |"
       for k in total "iptables-$VARIANT-save" "iptables-$VARIANT-restore" ipset-save ipset-restore rest calls; do
         line+=" ${R[bd,$c,$k,$b]} |"
@@ -1025,7 +1032,7 @@ if part fwd && [[ " $FWD_SIZES " == *" 10000 "* ]]; then
 fi
 for b in $BACKENDS; do
   if part hook; then
-    echo "- hook mount median < 50 ms (backend = $b): ${R[mount,$b]} ms $(met "${R[mount,$b]}" 50 "<"); umount ${R[umount,$b]} ms $(met "${R[umount,$b]}" 50 "<")"
+    echo "- hook net-add median < 50 ms (backend = $b): ${R[mount,$b]} ms $(met "${R[mount,$b]}" 50 "<"); umount ${R[umount,$b]} ms $(met "${R[umount,$b]}" 50 "<")"
   fi
   if part dump; then
     echo "- dump < 1 s (backend = $b): ${R[dump,$b]} ms $(met "${R[dump,$b]}" 1000 "<"); show --json < 0.5 s: ${R[show,$b]} ms $(met "${R[show,$b]}" 500 "<")"

@@ -3,8 +3,8 @@
 //! CSV rows, and totals survive reboots, firewall restarts and IP changes. Pure: no I/O.
 //!
 //! The record below is the format 1 single file (`<state_dir>/ledger.json`), still read
-//! when a node is converted; format 2 keeps the same container records, split into bucket
-//! files by [`crate::ledger_store`] so one container's event reads and writes only its own.
+//! when a node is converted; format 2 kept the same container records in bucket files; both
+//! are converted into the database of [`crate::db`], which stores the same fields as rows.
 //! ```text
 //! {
 //!   "format": 1,

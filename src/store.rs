@@ -1,15 +1,12 @@
 //! The state dir and the one lock that serialises every read-modify-write of the ledger and
-//! the rules; files in it are replaced atomically so a crash leaves the old or the new
+//! the rules; small files in it are replaced atomically so a crash leaves the old or the new
 //! version, never a torn one.
 //!
 //! Layout of `<state_dir>` (created 0700):
 //! - `lock`: empty file; an exclusive fs2 lock on it is held for a command's whole
-//!   read-modify-write.
-//! - `ledger/`: the ledger, see [`crate::ledger_store`]. Each file is written to
-//!   `<name>.tmp` (created fresh, mode 0600, never through a symlink), fsynced and renamed
-//!   over the old one; a write of several files goes through the redo log `ledger/pending`
-//!   first ([`commit_files`]). A file that does not parse is an error naming it; it is never
-//!   overwritten.
+//!   read-modify-write (kernel read, plan, apply), a shared one by a view.
+//! - `ledger.sqlite` (and SQLite's `-wal`/`-shm` beside it): the ledger, see [`crate::db`].
+//! - `ledger.migrated-<date>/`: a ledger of an earlier release, kept after its conversion.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -17,8 +14,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::db::{self, Loaded, Scope};
 use crate::ledger::{self, Ledger};
-use crate::ledger_store;
 
 const LOCK: &str = "lock";
 
@@ -37,8 +34,9 @@ pub enum StateError {
     )]
     Unsafe { path: PathBuf, reason: String },
     #[error(
-        "the ledger in {path} has an unfinished write (a command was killed while writing); \
-         any changing command (`vzacct dump`) finishes it"
+        "the ledger in {path} is in the format of an earlier release and this view cannot \
+         convert it (the state directory is read-only, or busy); any changing command \
+         (`vzacct dump`) converts it"
     )]
     Unfinished { path: PathBuf },
     #[error("cannot open lock file {path}")]
@@ -62,8 +60,8 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error(
-        "ledger {path} is corrupt and was left untouched; restore it from a backup, or move it \
-         aside and run `vzacct sync` to start a new one (its counters are then lost)"
+        "ledger {path} is corrupt and was left untouched; restore it from a backup, or run \
+         `vzacct repair` to move it aside and start again from the kernel's counters"
     )]
     Corrupt {
         path: PathBuf,
@@ -75,10 +73,7 @@ pub enum StateError {
          move it aside and run `vzacct dump` (the ledger files are then as before that write)"
     )]
     BadRedoLog { path: PathBuf },
-    #[error(
-        "cannot write ledger {path}; nothing of this command is applied to the kernel (if \
-         its redo log was written, the next vzacct command finishes the ledger write)"
-    )]
+    #[error("cannot write ledger {path}; nothing of this command is applied to the kernel")]
     Write {
         path: PathBuf,
         #[source]
@@ -190,18 +185,15 @@ impl Locked {
         &self.dir
     }
 
-    /// Load the whole ledger (see [`crate::ledger_store`]); a missing one is empty, a
-    /// corrupt file an error naming it.
+    /// Load the whole ledger; a missing one is empty, a corrupt one an error naming it.
     pub fn load(&self) -> Result<Ledger, StateError> {
-        Ok(self.load_scope(&ledger_store::Scope::All)?.0)
+        Ok(self.load_scope(&Scope::All)?.0)
     }
 
-    /// Load part or all of the ledger, with what is needed to write back what changed.
-    pub fn load_scope(
-        &self,
-        scope: &ledger_store::Scope,
-    ) -> Result<(Ledger, ledger_store::Loaded), StateError> {
-        ledger_store::load(&self.dir, scope)
+    /// Load part or all of the ledger, with what is needed to write back what changed
+    /// (converting a ledger of an earlier release first).
+    pub fn load_scope(&self, scope: &Scope) -> Result<(Ledger, Loaded), StateError> {
+        db::load(&self.dir, scope)
     }
 }
 
@@ -223,19 +215,23 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
             reason,
         });
     }
-    // A write killed half-way is finished first, as any command does, when the state dir
-    // can be written; a view of a read-only one says what is missing instead.
-    let ledger = dir.join(ledger_store::DIR);
-    if ledger.join(PENDING).exists() {
-        let finished = lock(dir, wait).and_then(|l| {
-            replay_pending(&ledger)?;
+    // A ledger of an earlier release is converted first, as any command does, when the
+    // state dir can be written; a view of a read-only one says what is missing instead.
+    // Old files left by a conversion killed after the database was in place are moved
+    // aside the same way, if the state dir allows it (the database is the ledger anyway).
+    let must = db::needs_conversion(dir);
+    if must || db::legacy::present(dir) {
+        let converted = lock(dir, wait).and_then(|l| {
+            db::load(dir, &Scope::All)?;
             drop(l);
             Ok(())
         });
-        if let Err(e) = finished {
+        if let Err(e) = converted.or_else(|e| if must { Err(e) } else { Ok(()) }) {
             return Err(match e {
-                StateError::LockTimeout { .. } => e,
-                _ => StateError::Unfinished { path: ledger },
+                StateError::LockTimeout { .. } | StateError::Corrupt { .. } => e,
+                _ => StateError::Unfinished {
+                    path: dir.to_path_buf(),
+                },
             });
         }
     }
@@ -262,10 +258,9 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
 }
 
 impl Shared {
-    /// The whole ledger as it is on disk, without writing anything (an unfinished write
-    /// is an error saying how to finish it).
-    pub fn load(&self) -> Result<(Ledger, ledger_store::Loaded), StateError> {
-        ledger_store::load_view(&self.dir)
+    /// The whole ledger as it is on disk, without writing or creating anything.
+    pub fn load(&self) -> Result<(Ledger, Loaded), StateError> {
+        db::load_view(&self.dir)
     }
 }
 
@@ -291,171 +286,6 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     replace_file(dir, name, bytes, mode)?;
     File::open(dir)?.sync_all()
-}
-
-/// One change of a [`commit_files`] transaction: a file of `dir` written or removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileChange {
-    Write(String, Vec<u8>),
-    Remove(String),
-}
-
-impl FileChange {
-    fn name(&self) -> &str {
-        match self {
-            FileChange::Write(n, _) | FileChange::Remove(n) => n,
-        }
-    }
-}
-
-/// The redo log of a [`commit_files`] that changes more than one file.
-pub const PENDING: &str = "pending";
-const PENDING_MAGIC: &str = "vzacct redo log 1\n";
-
-/// Change several files of `dir` as one: all of them or none, whatever instant a crash
-/// comes. The whole change is first written to the redo log `pending` (atomically), then
-/// carried out, synced, and the log removed; [`replay_pending`] finishes an interrupted one.
-/// A single change needs no log.
-pub fn commit_files(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
-    match changes {
-        [] => Ok(()),
-        [FileChange::Write(name, bytes)] => write_atomic(dir, name, bytes),
-        _ => {
-            replace_file_with(dir, PENDING, 0o600, |w| write_pending(w, changes))?;
-            File::open(dir)?.sync_all()?;
-            carry_out(dir, changes)
-        }
-    }
-}
-
-/// Finish the transaction a killed [`commit_files`] left in `dir`, if any. A redo log that
-/// does not parse is an error naming it; it is left for the operator.
-pub fn replay_pending(dir: &Path) -> Result<(), StateError> {
-    let path = dir.join(PENDING);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(StateError::Read { path, source }),
-    };
-    let changes =
-        parse_pending(&bytes).ok_or_else(|| StateError::BadRedoLog { path: path.clone() })?;
-    carry_out(dir, &changes).map_err(|source| StateError::Write { path, source })
-}
-
-fn carry_out(dir: &Path, changes: &[FileChange]) -> std::io::Result<()> {
-    // Every new file goes to its temp name first; all are synced together, then renamed
-    // over the old ones.
-    let mut temps = Vec::new();
-    let written = changes.iter().try_for_each(|c| {
-        if let FileChange::Write(name, bytes) = c {
-            temps.push((write_temp(dir, name, 0o600, |w| w.write_all(bytes))?, name));
-        }
-        Ok(())
-    });
-    let synced = written.and_then(|()| {
-        let files: Vec<&File> = temps.iter().map(|((_, f), _)| f).collect();
-        sync_files(&files)
-    });
-    if let Err(e) = synced {
-        for ((tmp, _), _) in &temps {
-            let _ = std::fs::remove_file(tmp);
-        }
-        return Err(e);
-    }
-    for ((tmp, _), name) in &temps {
-        std::fs::rename(tmp, dir.join(name))?;
-    }
-    for c in changes {
-        if let FileChange::Remove(name) = c {
-            match std::fs::remove_file(dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-    }
-    File::open(dir)?.sync_all()?;
-    std::fs::remove_file(dir.join(PENDING))?;
-    File::open(dir)?.sync_all()
-}
-
-/// Make the temp files durable. For more than a few, writeback of all of them is started
-/// first and then each is fsynced, so the disk works on them together: a dump or bring-up
-/// writes hundreds of bucket files (513 files: ~78 ms one fsync after another, ~33 ms so).
-/// Only our files are flushed, unlike `syncfs`, which would wait for every other dirty
-/// page of the file system too.
-fn sync_files(files: &[&File]) -> std::io::Result<()> {
-    if files.len() > 8 {
-        for f in files {
-            use std::os::fd::AsRawFd;
-            // SAFETY: sync_file_range only reads its integer arguments, and the descriptor
-            // stays open for the lifetime of `f`. Its result is ignored on purpose: it only
-            // starts writeback early, and the fsync below reports any failure.
-            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        }
-    }
-    files.iter().try_for_each(|f| f.sync_all())
-}
-
-fn write_pending(out: &mut dyn Write, changes: &[FileChange]) -> std::io::Result<()> {
-    out.write_all(PENDING_MAGIC.as_bytes())?;
-    for c in changes {
-        match c {
-            FileChange::Write(name, bytes) => {
-                writeln!(out, "W {name} {}", bytes.len())?;
-                out.write_all(bytes)?;
-                out.write_all(b"\n")?;
-            }
-            FileChange::Remove(name) => writeln!(out, "R {name}")?,
-        }
-    }
-    out.write_all(b"END\n")
-}
-
-#[cfg(test)]
-fn render_pending(changes: &[FileChange]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = write_pending(&mut out, changes);
-    out
-}
-
-/// A plain file name of ours: no path separator, no dot file, nothing to escape.
-fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn parse_pending(bytes: &[u8]) -> Option<Vec<FileChange>> {
-    let mut rest = bytes.strip_prefix(PENDING_MAGIC.as_bytes())?;
-    let mut changes = Vec::new();
-    loop {
-        let nl = rest.iter().position(|b| *b == b'\n')?;
-        let line = std::str::from_utf8(&rest[..nl]).ok()?;
-        rest = &rest[nl + 1..];
-        let mut words = line.split(' ');
-        match (words.next()?, words.next(), words.next(), words.next()) {
-            ("END", None, None, None) => return rest.is_empty().then_some(changes),
-            ("R", Some(name), None, None) if safe_name(name) => {
-                changes.push(FileChange::Remove(name.to_string()))
-            }
-            ("W", Some(name), Some(len), None) if safe_name(name) => {
-                let len: usize = len.parse().ok()?;
-                let body = rest.get(..len)?;
-                if rest.get(len) != Some(&b'\n') {
-                    return None;
-                }
-                changes.push(FileChange::Write(name.to_string(), body.to_vec()));
-                rest = &rest[len + 1..];
-            }
-            _ => return None,
-        }
-        if changes.last().is_some_and(|c| c.name() == PENDING) {
-            return None;
-        }
-    }
 }
 
 /// Write `dir/name` through a fresh temp file (fsynced) renamed over it; the caller syncs
@@ -548,110 +378,5 @@ mod tests {
         write_atomic(dir.path(), "f", b"new").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"new");
-    }
-
-    fn changes() -> Vec<FileChange> {
-        vec![
-            FileChange::Write("a.json".into(), b"A\nwith newline\n".to_vec()),
-            FileChange::Remove("gone.json".into()),
-            FileChange::Write("b.json".into(), Vec::new()),
-        ]
-    }
-
-    #[test]
-    fn redo_log_round_trip_and_rejects() {
-        let text = render_pending(&changes());
-        assert_eq!(
-            String::from_utf8(text.clone()).unwrap(),
-            "vzacct redo log 1\nW a.json 15\nA\nwith newline\n\nR gone.json\nW b.json 0\n\nEND\n"
-        );
-        assert_eq!(parse_pending(&text), Some(changes()));
-        // Torn anywhere, or a name that is a path: not a redo log.
-        for cut in 0..text.len() {
-            assert_eq!(parse_pending(&text[..cut]), None, "cut at {cut}");
-        }
-        for bad in [
-            "vzacct redo log 1\nR ../x\nEND\n",
-            "vzacct redo log 1\nR a/b\nEND\n",
-            "vzacct redo log 1\nW pending 0\n\nEND\n",
-            "vzacct redo log 1\nW a 99999999999999999999\nEND\n",
-            "vzacct redo log 1\nEND\nextra",
-        ] {
-            assert_eq!(parse_pending(bad.as_bytes()), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn an_interrupted_commit_is_finished() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("gone.json"), b"old").unwrap();
-        std::fs::write(dir.path().join("a.json"), b"old a").unwrap();
-        // The log was written, then the process died before carrying it out.
-        write_atomic(dir.path(), PENDING, &render_pending(&changes())).unwrap();
-        replay_pending(dir.path()).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("a.json")).unwrap(),
-            b"A\nwith newline\n"
-        );
-        assert_eq!(std::fs::read(dir.path().join("b.json")).unwrap(), b"");
-        assert!(!dir.path().join("gone.json").exists());
-        assert!(!dir.path().join(PENDING).exists());
-        // Nothing to do the second time.
-        replay_pending(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn a_bad_redo_log_is_named_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.json"), b"old a").unwrap();
-        std::fs::write(
-            dir.path().join(PENDING),
-            b"vzacct redo log 1\nW a.json 3\nxy",
-        )
-        .unwrap();
-        let e = replay_pending(dir.path()).unwrap_err();
-        assert!(matches!(e, StateError::BadRedoLog { .. }), "{e}");
-        assert!(e.to_string().contains("pending"), "{e}");
-        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"old a");
-        assert!(dir.path().join(PENDING).exists());
-    }
-
-    #[test]
-    fn a_large_commit_is_synced_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let changes: Vec<FileChange> = (0..40)
-            .map(|i| FileChange::Write(format!("f{i}"), format!("{i}\n").into_bytes()))
-            .collect();
-        commit_files(dir.path(), &changes).unwrap();
-        for i in 0..40 {
-            assert_eq!(
-                std::fs::read_to_string(dir.path().join(format!("f{i}"))).unwrap(),
-                format!("{i}\n")
-            );
-        }
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            40,
-            "no temp or log left"
-        );
-    }
-
-    #[test]
-    fn commit_files_writes_all_and_leaves_no_log() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("gone.json"), b"old").unwrap();
-        commit_files(dir.path(), &changes()).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("a.json")).unwrap(),
-            b"A\nwith newline\n"
-        );
-        assert!(!dir.path().join("gone.json").exists());
-        assert!(!dir.path().join(PENDING).exists());
-        let mut names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a.json", "b.json"]);
     }
 }

@@ -43,8 +43,8 @@ use proptest::test_runner::FileFailurePersistence;
 
 use vzacct::config;
 use vzacct::ctconf;
+use vzacct::db::legacy as ledger_store;
 use vzacct::ledger::Ledger;
-use vzacct::ledger_store;
 use vzacct::ruleset;
 use vzacct::veinfo;
 

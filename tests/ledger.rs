@@ -385,7 +385,7 @@ fn sigkill_at_random_points(v: Variant) {
 fn corrupt_ledger_is_kept(v: Variant) {
     let node = Node::new(v);
     node.at(DAY1, &["add", "101", "10.0.0.1"]);
-    let path = node.path("state/ledger").join(ct_bucket_file("101"));
+    let path = node.path("state/ledger.sqlite");
     let good = std::fs::read(&path).unwrap();
     for bad in [&good[..good.len() / 2], b"\x00\x01garbage", b""] {
         std::fs::write(&path, bad).unwrap();

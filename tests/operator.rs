@@ -819,24 +819,30 @@ fn small_items() {
     );
 }
 
-/// A lost node file: commands refuse, `repair` rebuilds it, takes every counter as a new
+/// A lost node record: commands refuse, `repair` rebuilds it, takes every counter as a new
 /// starting point and says exactly how much the kernel counted since the last dump; from
-/// then on every byte is counted once.
+/// then on every byte is counted once. A database that is not one any more is moved aside
+/// and rebuilt from the kernel's counters.
 fn repair_after_a_lost_node_file(v: Variant) {
     let node = Node::with_topology(v, CTS);
     node.ok(&["add", "101", "10.0.0.1", "2001:db8:1::1"]);
     let a = traffic(&node, 100, 2);
     node.ok(&["dump"]);
     let b = traffic(&node, 250, 3);
-    std::fs::remove_file(node.path("state/ledger/node.json")).unwrap();
+    let db = node.path("state/ledger.sqlite");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM node", [])
+        .unwrap();
     let out = node.vzacct(&["dump"]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
     let out = node.vzacct(&["repair"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
         text.contains(
-            "node file rebuilt: the boot id, the backend and the last dump time were lost"
+            "node record rebuilt: the boot id, the backend and the last dump time were lost"
         ),
         "{text}"
     );
@@ -851,14 +857,13 @@ fn repair_after_a_lost_node_file(v: Variant) {
     let c = traffic(&node, 80, 4);
     node.ok(&["dump"]);
     assert_eq!(total(&node, "101"), a.add(c));
-    // A corrupt bucket is moved aside; its container starts again from the kernel's
-    // counters, nothing counted twice.
-    let bucket = node.path(&format!("state/ledger/{}", ct_bucket_file("101")));
-    write(&bucket, "{ not json");
+    // A database that is not one any more is moved aside; its containers start again from
+    // the kernel's counters, nothing counted twice.
+    write(&db, "{ not a database");
     assert_eq!(node.vzacct(&["dump"]).status.code(), Some(1));
     let text = node.ok(&["repair"]);
     assert!(
-        text.contains("moved aside ") && text.contains(".corrupt-"),
+        text.contains("moved aside ") && text.contains("ledger.sqlite.corrupt-"),
         "{text}"
     );
     assert!(

@@ -281,8 +281,7 @@ pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
 /// counter as a new starting point, and say how much may have gone uncounted.
 pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (mut ledger, loaded, found) =
-        crate::ledger_store::salvage(locked.dir(), ctx.now.timestamp())?;
+    let (mut ledger, loaded, found) = crate::db::salvage(locked.dir(), ctx.now.timestamp())?;
     let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
@@ -340,7 +339,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
         ))?;
     }
     if found.node_lost {
-        ctx.say("node file rebuilt: the boot id, the backend and the last dump time were lost")?;
+        ctx.say("node record rebuilt: the boot id, the backend and the last dump time were lost")?;
     }
     if !recovered.is_empty() {
         ctx.say(format!(

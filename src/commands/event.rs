@@ -1,5 +1,5 @@
 //! One container's vzctl event without reading the whole node: with the ipset backend, a
-//! hook reads and writes only its container's ledger bucket and index entries, checks the
+//! hook reads and writes only its container's ledger rows and holder entries, checks the
 //! few fixed rules, and adds its set elements without reading any set. Whatever needs the
 //! whole node (an IP another container holds, the first event of a boot, rules to repair,
 //! the iptables backend, a ledger not yet converted) is left to the full pipeline, which
@@ -48,8 +48,8 @@ fn open(ctx: &Ctx, ctid: &Ctid) -> Result<Result<Part, String>, Error> {
     }
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
-    if !loaded.node_file {
-        return Ok(Err("the ledger has no format 2 node file yet".into()));
+    if !loaded.node_known {
+        return Ok(Err("no full run has written the ledger yet".into()));
     }
     if loaded.backend.as_deref() != Some("ipset") {
         return Ok(Err("the last full run did not use the ipset backend".into()));
@@ -68,7 +68,7 @@ fn open(ctx: &Ctx, ctid: &Ctid) -> Result<Result<Part, String>, Error> {
 fn commit_part(ctx: &Ctx, p: &mut Part) -> Result<usize, Error> {
     let rows = p.ledger.close_days(ctx.today());
     let written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
-    p.loaded.save(&p.ledger, None)?;
+    p.loaded.save(&p.ledger, None, &rows)?;
     Ok(written)
 }
 

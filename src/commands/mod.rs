@@ -20,10 +20,10 @@ use crate::config::Config;
 use crate::csvlog;
 use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
+use crate::db::{Loaded, Scope};
 use crate::error::{Error, chain};
 use crate::kernel::{Kernel, KernelPlan};
 use crate::ledger::{Figures, Harvest, LastDump, Ledger, Row, month_of};
-use crate::ledger_store::{Loaded, Scope};
 use crate::prometheus;
 use crate::ruleset::{Family, Kind, Op};
 use crate::store::{self, Locked};
@@ -261,7 +261,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     s.kernel.drop_elements();
     let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
-    s.loaded.save(&s.ledger, Some(s.kernel.backend_name()))?;
+    s.loaded
+        .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     let mut stopped = Figures::default();
     if apply {
         // Set elements that no longer count (frozen, or in sets the batch stopped using):
@@ -274,7 +275,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
             .ledger
             .forget_removed(|k, accounted| s.kernel.survives(k, accounted));
         if forgot || !frozen.is_empty() {
-            s.loaded.save(&s.ledger, None)?;
+            s.loaded.save(&s.ledger, None, &[])?;
         }
         s.kernel.finish(&ctx.config, &plan)?;
     }

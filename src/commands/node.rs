@@ -145,13 +145,13 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     } = s;
     let rows_written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     ledger.prune();
-    loaded.save(&ledger, Some(kernel.backend_name()))?;
+    loaded.save(&ledger, Some(kernel.backend_name()), &rows)?;
     // The iptables batch stops every set from counting; their final values are then read,
     // credited, and the sets destroyed.
     let frozen = kernel.apply(&ctx.config, &teardown, &teardown.sets.render())?;
     ledger.credit_frozen(&frozen, ctx.today());
     if !frozen.is_empty() {
-        loaded.save(&ledger, None)?;
+        loaded.save(&ledger, None, &[])?;
     }
     kernel.finish(&ctx.config, &teardown)?;
     drop(locked);

@@ -383,7 +383,11 @@ impl Node {
         if !env.iter().any(|(k, _)| *k == "TZ") {
             cmd.arg("TZ=UTC");
         }
-        cmd.arg(env!("CARGO_BIN_EXE_vzacct"))
+        // VZACCT_TEST_BIN: another build (tests/fixtures/ledger/regenerate.sh runs the
+        // previous release).
+        let bin = std::env::var_os("VZACCT_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_vzacct").into());
+        cmd.arg(bin)
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -691,55 +695,67 @@ pub fn in_bytes(doc: &serde_json::Value, ctid: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Every file of the ledger directory `<state>/ledger`, by name (empty when there is none).
+/// The persisted ledger in pieces, to see what a command changed: `node` (boot id, backend,
+/// last dump), `ct:<ctid>` (one container's record as JSON) and `ip:<ip>` (the containers
+/// holding that IP), read without writing anything (empty when there is no ledger).
 pub fn ledger_files(state: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
-        return Default::default();
-    };
-    dir.map(|e| {
-        let e = e.unwrap();
-        (
-            e.file_name().into_string().unwrap(),
-            std::fs::read(e.path()).unwrap(),
-        )
-    })
-    .collect()
+    let mut out = std::collections::BTreeMap::new();
+    if !state.join(vzacct::db::FILE).exists() {
+        return out;
+    }
+    let (ledger, loaded) = vzacct::db::load_view(state).expect("ledger reads");
+    out.insert(
+        "node".to_string(),
+        serde_json::to_vec(&serde_json::json!({
+            "boot_id": ledger.boot_id,
+            "backend": loaded.backend,
+            "last_dump": ledger.last_dump,
+        }))
+        .unwrap(),
+    );
+    for (id, c) in &ledger.containers {
+        out.insert(format!("ct:{id}"), serde_json::to_vec(c).unwrap());
+    }
+    // As the views open it: read-only, and immutable when no write-ahead log is left.
+    let wal = state.join(format!("{}-wal", vzacct::db::FILE));
+    let immutable = std::fs::metadata(wal).map_or(true, |m| m.len() == 0);
+    let db = rusqlite::Connection::open_with_flags(
+        format!(
+            "file:{}?mode=ro{}",
+            state.join(vzacct::db::FILE).display(),
+            if immutable { "&immutable=1" } else { "" }
+        ),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let mut st = db
+        .prepare("SELECT ip, group_concat(ctid, ' ') FROM (SELECT * FROM holders ORDER BY ip, ctid) GROUP BY ip")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap();
+    for r in rows {
+        let (ip, cts) = r.unwrap();
+        out.insert(format!("ip:{ip}"), cts.into_bytes());
+    }
+    out
 }
 
-/// The persisted ledger as one document: the node file's fields plus every container of
-/// every bucket under `"containers"`.
+/// The persisted ledger as one document, in the form of the format 1 file: `boot_id`,
+/// `last_dump`, `backend` and every container under `"containers"`.
 pub fn ledger_json(state: &Path) -> serde_json::Value {
-    let files = ledger_files(state);
-    let mut doc: serde_json::Value =
-        serde_json::from_slice(files.get("node.json").expect("ledger/node.json")).unwrap();
-    let mut cts = serde_json::Map::new();
-    for (name, bytes) in &files {
-        if name.starts_with("ct-") {
-            let b: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-            for (k, v) in b["containers"].as_object().unwrap() {
-                cts.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    doc["containers"] = serde_json::Value::Object(cts);
+    let (ledger, loaded) = vzacct::db::load_view(state).expect("ledger reads");
+    let mut doc = serde_json::to_value(&ledger).unwrap();
+    doc["backend"] = serde_json::json!(loaded.backend);
     doc
 }
 
-/// The name of the bucket file of a container (see src/ledger_store.rs).
+/// The piece of [`ledger_files`] holding a container's record.
 pub fn ct_bucket_file(ctid: &str) -> String {
-    format!("ct-{:02x}.json", fnv_low_byte(ctid))
+    format!("ct:{ctid}")
 }
 
-/// The name of the index bucket file of an IP (see src/ledger_store.rs).
+/// The piece of [`ledger_files`] holding an IP's holders.
 pub fn ip_bucket_file(ip: &str) -> String {
-    format!("ip-{:02x}.json", fnv_low_byte(ip))
-}
-
-fn fnv_low_byte(text: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % 64
+    format!("ip:{ip}")
 }

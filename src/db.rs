@@ -1,0 +1,1223 @@
+//! The ledger on disk: one SQLite database, `<state_dir>/ledger.sqlite` (WAL mode,
+//! `synchronous=FULL`, file 0600), so that a command's write lands whole or not at all and
+//! an event about one container reads and writes only that container's rows. The caller
+//! holds the state dir's lock ([`crate::store`]); every write is one transaction.
+//!
+//! Schema, version 1 (`PRAGMA user_version`). Figures are the eight counters of
+//! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
+//! local_in_bytes local_out_bytes local_in_packets local_out_packets` (written `<figures>`
+//! below; in `containers` prefixed `total_` and `month_`). Counters are 64-bit unsigned in
+//! the ledger and stored as SQLite's signed integers: a value above 2^63-1 (8 EiB, never
+//! seen in practice) reads back as negative in `sqlite3`. Times are RFC 3339 text, days
+//! `YYYY-MM-DD`, months `YYYY-MM`.
+//! ```text
+//! node        (id = 1, boot_id, backend, last_dump_at, last_dump_ms)      one row, written by every full run
+//! containers  (ctid PRIMARY KEY, total_since, last_closed, month, month_<figures>, total_<figures>)
+//! ips         (ctid, ip)      the IPs a container accounts now
+//! parked      (ctid, ip)      IPs a hook stopped accounting, elements left for the next full run
+//! counters    (ctid, backend 'rule'|'set', family 4|6, kind forward_in|forward_out|local_in|local_out,
+//!              ip, element: the interface of a rule ('' for none) or the set name, packets, bytes)
+//!             the last-seen value of each kernel counter (valid within node.boot_id)
+//! by_ip       (ctid, ip, <figures>)          totals since total_since, per address
+//! open_days   (ctid PRIMARY KEY, date, <figures>)   the open day
+//! days        (ctid, date, <figures>)        closed days (the CSV's rows), kept HISTORY_DAYS
+//! holders     (ip, ctid) UNIQUE               containers accounting an IP or holding a counter for it
+//! all_days    view: days plus open_days, with a column `open` (1 for the open day)
+//! ```
+//! A missing database is an empty ledger; a node still on a format of an earlier release
+//! (the `ledger/` directory, or `ledger.json`) is converted by the first command that may
+//! write ([`legacy`]).
+
+pub mod legacy;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use chrono::DateTime;
+use compact_str::CompactString;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::ctid::Ctid;
+use crate::ledger::{Container, Day, Figures, LastDump, Ledger, Month, Row};
+use crate::ruleset::{Counters, Family, Kind};
+use crate::store::StateError;
+
+/// The database file in the state dir.
+pub const FILE: &str = "ledger.sqlite";
+/// The schema version this vzacct reads and writes.
+pub const VERSION: i32 = 1;
+/// Closed days older than this are dropped from `days` (the CSV keeps every row).
+pub const HISTORY_DAYS: u64 = 800;
+
+const FIGS: [&str; 8] = [
+    "in_bytes",
+    "out_bytes",
+    "in_packets",
+    "out_packets",
+    "local_in_bytes",
+    "local_out_bytes",
+    "local_in_packets",
+    "local_out_packets",
+];
+
+fn figs(prefix: &str, ty: &str) -> String {
+    FIGS.map(|f| format!("{prefix}{f}{ty}")).join(", ")
+}
+
+fn schema() -> String {
+    let f = figs("", " INTEGER NOT NULL DEFAULT 0");
+    format!(
+        "CREATE TABLE node (id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT, backend TEXT,
+           last_dump_at TEXT, last_dump_ms INTEGER);
+         CREATE TABLE containers (ctid TEXT PRIMARY KEY, total_since TEXT, last_closed TEXT,
+           month TEXT, {}, {}) WITHOUT ROWID;
+         CREATE TABLE ips (ctid TEXT NOT NULL, ip TEXT NOT NULL, PRIMARY KEY (ctid, ip))
+           WITHOUT ROWID;
+         CREATE TABLE parked (ctid TEXT NOT NULL, ip TEXT NOT NULL, PRIMARY KEY (ctid, ip))
+           WITHOUT ROWID;
+         CREATE TABLE counters (ctid TEXT NOT NULL, backend TEXT NOT NULL
+             CHECK (backend IN ('rule', 'set')), family INTEGER NOT NULL CHECK (family IN (4, 6)),
+           kind TEXT NOT NULL, ip TEXT NOT NULL, element TEXT NOT NULL,
+           packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+           PRIMARY KEY (ctid, backend, kind, ip, element)) WITHOUT ROWID;
+         CREATE TABLE by_ip (ctid TEXT NOT NULL, ip TEXT NOT NULL, {f},
+           PRIMARY KEY (ctid, ip)) WITHOUT ROWID;
+         CREATE TABLE open_days (ctid TEXT PRIMARY KEY, date TEXT NOT NULL, {f}) WITHOUT ROWID;
+         CREATE TABLE days (ctid TEXT NOT NULL, date TEXT NOT NULL, {f},
+           PRIMARY KEY (ctid, date)) WITHOUT ROWID;
+         CREATE INDEX days_by_date ON days (date);
+         CREATE TABLE holders (ip TEXT NOT NULL, ctid TEXT NOT NULL);
+         CREATE UNIQUE INDEX holders_ip_ctid ON holders (ip, ctid);
+         CREATE INDEX holders_ctid ON holders (ctid);
+         CREATE VIEW all_days AS
+           SELECT ctid, date, 0 AS open, {fl} FROM days
+           UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;
+         PRAGMA user_version = {VERSION};",
+        figs("month_", " INTEGER NOT NULL DEFAULT 0"),
+        figs("total_", " INTEGER NOT NULL DEFAULT 0"),
+        fl = figs("", ""),
+    )
+}
+
+/// Which part of the ledger a command reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every container: full runs (sync, dump, restore, reports).
+    All,
+    /// These containers: one container's event.
+    Containers(Vec<Ctid>),
+}
+
+/// Fingerprints of the parts of a container as stored, to write back only what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Prints {
+    row: u64,
+    ips: u64,
+    parked: u64,
+    seen: u64,
+    by_ip: u64,
+    today: u64,
+    held: u64,
+}
+
+fn print_of(f: impl FnOnce(&mut std::collections::hash_map::DefaultHasher)) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    f(&mut h);
+    h.finish()
+}
+
+impl Prints {
+    fn of(c: &Container) -> Prints {
+        Prints {
+            row: print_of(|h| {
+                c.total_since.hash(h);
+                c.total.fields().hash(h);
+                c.month
+                    .as_ref()
+                    .map(|m| (&m.month, m.figures.fields()))
+                    .hash(h);
+                c.last_closed.hash(h);
+            }),
+            ips: print_of(|h| c.ips.hash(h)),
+            parked: print_of(|h| c.parked.hash(h)),
+            seen: print_of(|h| {
+                for (k, v) in &c.seen {
+                    (k, v.packets, v.bytes).hash(h);
+                }
+            }),
+            by_ip: print_of(|h| {
+                for (ip, f) in &c.by_ip {
+                    (ip, f.fields()).hash(h);
+                }
+            }),
+            today: print_of(|h| {
+                c.today
+                    .as_ref()
+                    .map(|d| (d.date, d.figures.fields()))
+                    .hash(h);
+            }),
+            held: print_of(|h| c.held_ips().hash(h)),
+        }
+    }
+}
+
+/// A ledger as read, with what is needed to write back only what changed.
+#[derive(Debug)]
+pub struct Loaded {
+    path: PathBuf,
+    /// `None`: nothing on disk yet and nothing may be written (a view of a new node).
+    conn: Option<Connection>,
+    /// The containers read; `None`: all of them.
+    scope: Option<BTreeSet<Ctid>>,
+    /// The containers as stored.
+    prints: HashMap<Ctid, Prints>,
+    /// A full run has written the node's row (boot id, backend).
+    pub node_known: bool,
+    /// The backend the last full run used.
+    pub backend: Option<String>,
+}
+
+/// What [`salvage`] found and did.
+#[derive(Debug, Default)]
+pub struct Salvaged {
+    /// Files that could not be used, each moved aside to the path given.
+    pub moved_aside: Vec<(PathBuf, PathBuf)>,
+    /// The node's row was missing or lost: the boot id, backend and last dump are lost.
+    pub node_lost: bool,
+    /// The last dump, when the node's row survived.
+    pub last_dump: Option<LastDump>,
+}
+
+fn bad(path: &Path, e: rusqlite::Error) -> StateError {
+    StateError::Corrupt {
+        path: path.to_path_buf(),
+        source: crate::ledger::FormatError::Json(
+            e.to_string()
+                .chars()
+                .flat_map(char::escape_debug)
+                .take(300)
+                .collect(),
+        ),
+    }
+}
+
+/// A database error: corruption is named as such; anything else is a failed read or write,
+/// with the operating system's reason when SQLite has one.
+fn db_error(conn: Option<&Connection>, path: &Path, e: rusqlite::Error) -> StateError {
+    use rusqlite::ErrorCode as C;
+    let code = e.sqlite_error_code();
+    if matches!(code, Some(C::DatabaseCorrupt | C::NotADatabase))
+        || matches!(
+            e,
+            rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+        )
+    {
+        return bad(path, e);
+    }
+    // SAFETY: the handle is valid for the lifetime of `conn`; the call only reads the
+    // error number SQLite kept.
+    let errno = conn.map_or(0, |c| unsafe {
+        rusqlite::ffi::sqlite3_system_errno(c.handle())
+    });
+    let os = match (errno, code) {
+        (0, Some(C::DiskFull)) => Some(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+        (0, Some(C::ReadOnly)) => Some(std::io::Error::from_raw_os_error(libc::EROFS)),
+        (0, _) => None,
+        (n, _) => Some(std::io::Error::from_raw_os_error(n)),
+    };
+    let text = match os {
+        Some(os) => format!("{e}: {os}"),
+        None => e.to_string(),
+    };
+    StateError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(text),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| StateError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+fn set_pragmas(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -512;",
+    )
+    .map_err(|e| db_error(Some(conn), path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| db_error(Some(conn), path, e))
+}
+
+/// Create a database with the schema (and `ledger`, if given) under a temporary name, then
+/// rename it into place: a crash leaves no database (and any older ledger intact) or a
+/// complete one.
+fn create(state_dir: &Path, ledger: Option<(&Ledger, Option<&str>)>) -> Result<(), StateError> {
+    let path = state_dir.join(FILE);
+    let tmp = state_dir.join(format!("{FILE}.new"));
+    for leftover in ["", "-wal", "-shm", "-journal"] {
+        let p = PathBuf::from(format!("{}{leftover}", tmp.display()));
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StateError::Write { path: p, source: e });
+            }
+            _ => {}
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(|source| StateError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+    let conn = Connection::open_with_flags(
+        &tmp,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| db_error(None, &tmp, e))?;
+    conn.execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(|e| db_error(Some(&conn), &tmp, e))?;
+    let mut loaded = Loaded::new(tmp.clone(), Some(conn), None);
+    {
+        let conn = loaded.conn.as_mut().expect("just opened");
+        let tx = conn.transaction().map_err(|e| db_error(None, &tmp, e))?;
+        tx.execute_batch(&schema())
+            .map_err(|e| db_error(None, &tmp, e))?;
+        tx.commit().map_err(|e| db_error(None, &tmp, e))?;
+    }
+    if let Some((l, backend)) = ledger {
+        loaded.save(l, backend, &[])?;
+    }
+    let conn = loaded.conn.take().expect("open");
+    conn.execute_batch("PRAGMA journal_mode = WAL;")
+        .map_err(|e| db_error(Some(&conn), &tmp, e))?;
+    conn.close().map_err(|(c, e)| db_error(Some(&c), &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|source| StateError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    fsync_dir(state_dir)
+}
+
+/// Open the database for a command that may write (the caller holds the exclusive lock):
+/// converting a ledger of an earlier release, or creating an empty one, first.
+fn open_rw(state_dir: &Path) -> Result<Connection, StateError> {
+    let path = state_dir.join(FILE);
+    if !path.exists() {
+        match legacy::read(state_dir)? {
+            Some(old) => create(state_dir, Some((&old.ledger, old.backend.as_deref())))?,
+            None => create(state_dir, None)?,
+        }
+    }
+    // A conversion killed after the database was in place: the old files go aside now.
+    if legacy::present(state_dir) {
+        legacy::move_aside(state_dir)?;
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| db_error(None, &path, e))?;
+    check_version(&conn, &path)?;
+    set_pragmas(&conn, &path)?;
+    Ok(conn)
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let v: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| db_error(Some(conn), path, e))?;
+    if v != VERSION {
+        return Err(StateError::Corrupt {
+            path: path.to_path_buf(),
+            source: crate::ledger::FormatError::Json(format!(
+                "schema version {v}, this vzacct understands version {VERSION}"
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Read `scope` of the ledger (the caller holds the exclusive lock).
+pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateError> {
+    let path = state_dir.join(FILE);
+    let conn = open_rw(state_dir)?;
+    let scope = match scope {
+        Scope::All => None,
+        Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
+    };
+    let mut loaded = Loaded::new(path, Some(conn), scope);
+    let ledger = loaded.read(false, true)?;
+    Ok((ledger, loaded))
+}
+
+/// Whether the state dir holds only a ledger of an earlier release, not converted yet.
+pub fn needs_conversion(state_dir: &Path) -> bool {
+    !state_dir.join(FILE).exists() && legacy::present(state_dir)
+}
+
+/// Read the whole ledger for a view, writing and creating nothing (the caller holds the
+/// shared lock): the database is opened read-only, and when no write-ahead log is left
+/// over it is read as immutable, so a read-only state dir works. A missing database is an
+/// empty ledger.
+pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
+    let path = state_dir.join(FILE);
+    let mut loaded = Loaded::new(path.clone(), None, None);
+    if !path.exists() {
+        if legacy::present(state_dir) {
+            return Err(StateError::Unfinished {
+                path: state_dir.to_path_buf(),
+            });
+        }
+        return Ok((Ledger::default(), loaded));
+    }
+    let wal = state_dir.join(format!("{FILE}-wal"));
+    let wal_left = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let uri = format!(
+        "file:{}?mode=ro{}",
+        uri_path(&path),
+        if wal_left { "" } else { "&immutable=1" }
+    );
+    let conn = Connection::open_with_flags(&uri, flags).map_err(|e| db_error(None, &path, e))?;
+    check_version(&conn, &path)?;
+    conn.execute_batch("PRAGMA cache_size = -512;")
+        .map_err(|e| db_error(Some(&conn), &path, e))?;
+    loaded.conn = Some(conn);
+    // A view writes nothing: no fingerprints.
+    let ledger = loaded.read(false, false)?;
+    Ok((ledger, loaded))
+}
+
+/// A path for an SQLite URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `vzacct repair`: open what of the ledger can be used (the caller holds the lock). A
+/// database that cannot be opened, fails `PRAGMA integrity_check` or does not read is
+/// moved aside to `<name>.corrupt-<unix time>` (with its write-ahead log) and a new one is
+/// made. The boot id is dropped, so the caller's harvest sees a new boot and takes every
+/// kernel counter as a baseline.
+pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged), StateError> {
+    let path = state_dir.join(FILE);
+    let mut found = Salvaged::default();
+    if !path.exists() && legacy::present(state_dir) {
+        match legacy::read(state_dir) {
+            Err(StateError::Corrupt { .. } | StateError::BadRedoLog { .. }) => {
+                let to = legacy::move_aside(state_dir)?;
+                found.moved_aside.push((state_dir.join(legacy::DIR), to));
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+    }
+    if path.exists() {
+        let checked = open_rw(state_dir).and_then(|conn| {
+            let ok: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(|e| db_error(Some(&conn), &path, e))?;
+            if ok != "ok" {
+                return Err(StateError::Corrupt {
+                    path: path.clone(),
+                    source: crate::ledger::FormatError::Json(format!("integrity check: {ok}")),
+                });
+            }
+            let mut loaded = Loaded::new(path.clone(), Some(conn), None);
+            let ledger = loaded.read(true, true)?;
+            Ok((ledger, loaded))
+        });
+        match checked {
+            Ok((mut ledger, loaded)) => {
+                found.node_lost = !loaded.node_known;
+                found.last_dump = ledger.last_dump.clone();
+                ledger.boot_id = None;
+                return Ok((ledger, loaded, found));
+            }
+            Err(StateError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", path.display()));
+            if !from.exists() {
+                continue;
+            }
+            let to = PathBuf::from(format!("{}.corrupt-{stamp}", from.display()));
+            std::fs::rename(&from, &to).map_err(|source| StateError::Write {
+                path: from.clone(),
+                source,
+            })?;
+            found.moved_aside.push((from, to));
+        }
+        fsync_dir(state_dir)?;
+    }
+    found.node_lost = true;
+    let (ledger, loaded) = load(state_dir, &Scope::All)?;
+    Ok((ledger, loaded, found))
+}
+
+/// The `seen` key of a counter as stored: (backend, family, kind, ip, element).
+type KeyCols<'a> = (&'static str, u8, &'static str, IpAddr, &'a str);
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::ForwardIn => "forward_in",
+        Kind::ForwardOut => "forward_out",
+        Kind::LocalIn => "local_in",
+        Kind::LocalOut => "local_out",
+    }
+}
+
+fn kind_of(name: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| kind_name(*k) == name)
+}
+
+fn family_number(ip: &IpAddr) -> u8 {
+    match Family::of(ip) {
+        Family::V4 => 4,
+        Family::V6 => 6,
+    }
+}
+
+/// Pure: the typed identity of a `seen` key (`"forward_in 10.0.0.1"`, `"local_in
+/// 10.0.0.1 venet0"`, `"set vzacct-fi4 10.0.0.1"`).
+pub fn split_key(key: &str) -> Option<KeyCols<'_>> {
+    let mut w = key.split(' ');
+    let first = w.next()?;
+    if first == "set" {
+        let set = w.next()?;
+        let ip: IpAddr = w.next()?.parse().ok()?;
+        let (kind, family) = crate::ipset::parse_set_name(set)?;
+        if w.next().is_some() || Family::of(&ip) != family {
+            return None;
+        }
+        return Some(("set", family_number(&ip), kind_name(kind), ip, set));
+    }
+    let kind = kind_of(first)?;
+    let ip: IpAddr = w.next()?.parse().ok()?;
+    let iface = w.next().unwrap_or("");
+    if w.next().is_some() || (iface.is_empty() && key.ends_with(' ')) {
+        return None;
+    }
+    Some(("rule", family_number(&ip), kind_name(kind), ip, iface))
+}
+
+/// Pure: the `seen` key of a stored counter identity; the inverse of [`split_key`].
+pub fn join_key(backend: &str, kind: &str, ip: &IpAddr, element: &str) -> CompactString {
+    if backend == "set" {
+        compact_str::format_compact!("set {element} {ip}")
+    } else if element.is_empty() {
+        compact_str::format_compact!("{kind} {ip}")
+    } else {
+        compact_str::format_compact!("{kind} {ip} {element}")
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+fn to_u64(v: i64) -> u64 {
+    v as u64
+}
+
+fn figures_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Figures> {
+    let mut v = [0u64; 8];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = to_u64(r.get(first + i)?);
+    }
+    Ok(Figures {
+        in_bytes: v[0],
+        out_bytes: v[1],
+        in_packets: v[2],
+        out_packets: v[3],
+        local_in_bytes: v[4],
+        local_out_bytes: v[5],
+        local_in_packets: v[6],
+        local_out_packets: v[7],
+    })
+}
+
+fn conv<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn parse_col<T: std::str::FromStr>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let s = r.get_ref(i)?.as_str()?;
+    s.parse::<T>()
+        .map_err(|e| conv(i, std::io::Error::other(format!("{s:?}: {e}"))))
+}
+
+/// Fold the rows of `sql` (first column the CTID, in CTID order) into their containers,
+/// looking each container up once per run of rows.
+fn fold_rows(
+    conn: &Connection,
+    sql: &str,
+    id: Option<&str>,
+    cts: &mut BTreeMap<Ctid, Container>,
+    mut f: impl FnMut(&mut Container, &rusqlite::Row) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut st = conn.prepare_cached(sql)?;
+    let mut rows = match id {
+        None => st.query([])?,
+        Some(id) => st.query([id])?,
+    };
+    let mut cur_id = String::new();
+    let mut cur: Option<&mut Container> = None;
+    while let Some(r) = rows.next()? {
+        let text = r.get_ref(0)?.as_str()?;
+        if cur.is_none() || text != cur_id {
+            let ctid: Ctid = parse_col(r, 0)?;
+            cur_id.clear();
+            cur_id.push_str(text);
+            cur = Some(cts.entry(ctid).or_default());
+        }
+        if let Some(c) = cur.as_deref_mut() {
+            f(c, r)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_opt<T: std::str::FromStr>(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match r.get::<_, Option<String>>(i)? {
+        None => Ok(None),
+        Some(_) => parse_col(r, i).map(Some),
+    }
+}
+
+fn parse_time(
+    r: &rusqlite::Row,
+    i: usize,
+) -> rusqlite::Result<Option<DateTime<chrono::FixedOffset>>> {
+    match r.get::<_, Option<String>>(i)? {
+        None => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(Some)
+            .map_err(|e| conv(i, e)),
+    }
+}
+
+fn time_text(t: &DateTime<chrono::FixedOffset>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+impl Loaded {
+    fn new(path: PathBuf, conn: Option<Connection>, scope: Option<BTreeSet<Ctid>>) -> Loaded {
+        Loaded {
+            path,
+            conn,
+            scope,
+            prints: HashMap::new(),
+            node_known: false,
+            backend: None,
+        }
+    }
+
+    fn conn(&self) -> Result<&Connection, StateError> {
+        self.conn.as_ref().ok_or_else(|| StateError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other("internal: no database open"),
+        })
+    }
+
+    /// Whether this is a partial read (one container's event).
+    pub fn partial(&self) -> bool {
+        self.scope.is_some()
+    }
+
+    /// Read the scope; containers without the node's row are corrupt unless
+    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed.
+    fn read(&mut self, allow_no_node: bool, track: bool) -> Result<Ledger, StateError> {
+        let path = self.path.clone();
+        let conn = self.conn.as_ref().ok_or_else(|| StateError::Write {
+            path: path.clone(),
+            source: std::io::Error::other("internal: no database open"),
+        })?;
+        let mut ledger = Ledger::default();
+        let err = |e| db_error(Some(conn), &path, e);
+        let node = conn
+            .query_row(
+                "SELECT boot_id, backend, last_dump_at, last_dump_ms FROM node WHERE id = 1",
+                [],
+                |r| {
+                    let at = parse_time(r, 2)?;
+                    let ms: Option<i64> = r.get(3)?;
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        at.map(|at| LastDump {
+                            at,
+                            duration_ms: to_u64(ms.unwrap_or(0)),
+                        }),
+                    ))
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let (mut node_known, mut node_backend) = (false, None);
+        if let Some((boot_id, backend, last_dump)) = node {
+            node_known = true;
+            node_backend = backend;
+            ledger.boot_id = boot_id;
+            ledger.last_dump = last_dump;
+        } else if !allow_no_node {
+            // Its boot id is lost: going on would take every kernel counter for new
+            // (counted twice).
+            let any: bool = conn
+                .query_row("SELECT EXISTS (SELECT 1 FROM containers)", [], |r| r.get(0))
+                .map_err(err)?;
+            if any {
+                return Err(StateError::Corrupt {
+                    path,
+                    source: crate::ledger::FormatError::Json(
+                        "the node's row (boot id, backend) is missing while containers exist"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        let ids: Vec<Option<&str>> = match &self.scope {
+            None => vec![None],
+            Some(s) => s.iter().map(|c| Some(c.as_str())).collect(),
+        };
+        let cts = &mut ledger.containers;
+        for id in ids {
+            let q = |sql: String| match id {
+                None => format!("{sql} ORDER BY ctid"),
+                Some(_) => format!("{sql} WHERE ctid = ?1"),
+            };
+            let sql = q(format!(
+                "SELECT ctid, total_since, last_closed, month, {}, {} FROM containers",
+                figs("month_", ""),
+                figs("total_", "")
+            ));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.total_since = parse_time(r, 1)?;
+                c.last_closed = parse_opt(r, 2)?;
+                c.month = match r.get::<_, Option<String>>(3)? {
+                    Some(month) => Some(Month {
+                        month,
+                        figures: figures_at(r, 4)?,
+                    }),
+                    None => None,
+                };
+                c.total = figures_at(r, 12)?;
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q("SELECT ctid, ip FROM ips".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.ips.insert(parse_col(r, 1)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q("SELECT ctid, ip FROM parked".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.parked.insert(parse_col(r, 1)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql =
+                q("SELECT ctid, backend, kind, ip, element, packets, bytes FROM counters".into());
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                let ip: IpAddr = parse_col(r, 3)?;
+                let backend = r.get_ref(1)?.as_str()?;
+                let kind = r.get_ref(2)?.as_str()?;
+                if !matches!(backend, "rule" | "set") || kind_of(kind).is_none() {
+                    let e = format!("counter {backend} {kind}");
+                    return Err(conv(1, std::io::Error::other(e)));
+                }
+                let key = join_key(backend, kind, &ip, r.get_ref(4)?.as_str()?);
+                let v = Counters {
+                    packets: to_u64(r.get(5)?),
+                    bytes: to_u64(r.get(6)?),
+                };
+                c.seen.insert(key, v);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q(format!("SELECT ctid, ip, {} FROM by_ip", figs("", "")));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.by_ip.insert(parse_col(r, 1)?, figures_at(r, 2)?);
+                Ok(())
+            })
+            .map_err(err)?;
+            let sql = q(format!(
+                "SELECT ctid, date, {} FROM open_days",
+                figs("", "")
+            ));
+            fold_rows(conn, &sql, id, cts, |c, r| {
+                c.today = Some(Day {
+                    date: parse_col(r, 1)?,
+                    figures: figures_at(r, 2)?,
+                });
+                Ok(())
+            })
+            .map_err(err)?;
+        }
+        self.node_known = node_known;
+        self.backend = node_backend;
+        self.prints = ledger
+            .containers
+            .iter()
+            .filter(|_| track)
+            .map(|(id, c)| (id.clone(), Prints::of(c)))
+            .collect();
+        Ok(ledger)
+    }
+
+    /// The containers holding a counter for each of `ips`, as stored.
+    pub fn holders(&mut self, ips: &[IpAddr]) -> Result<Vec<BTreeSet<Ctid>>, StateError> {
+        let conn = self.conn()?;
+        let err = |e| db_error(Some(conn), &self.path, e);
+        let mut st = conn
+            .prepare_cached("SELECT ctid FROM holders WHERE ip = ?1")
+            .map_err(err)?;
+        let mut out = Vec::new();
+        for ip in ips {
+            let mut set = BTreeSet::new();
+            let mut rows = st.query([ip.to_string()]).map_err(err)?;
+            while let Some(r) = rows.next().map_err(err)? {
+                set.insert(parse_col(r, 0).map_err(err)?);
+            }
+            out.push(set);
+        }
+        Ok(out)
+    }
+
+    /// Write back, in one transaction, what changed since the read: the node's row, the
+    /// rows of every container read whose record differs, and `closed` days. `backend` is
+    /// the backend a full run used (`None` keeps the one recorded).
+    pub fn save(
+        &mut self,
+        ledger: &Ledger,
+        backend: Option<&str>,
+        closed: &[Row],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        if let Some(scope) = &self.scope
+            && let Some(id) = ledger.containers.keys().find(|id| !scope.contains(*id))
+        {
+            return Err(StateError::Write {
+                path,
+                source: std::io::Error::other(format!(
+                    "internal: container {id} was not read by this command"
+                )),
+            });
+        }
+        let backend = backend.map(str::to_string).or_else(|| self.backend.clone());
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(StateError::Write {
+                path,
+                source: std::io::Error::other("internal: no database open"),
+            });
+        };
+        let mut changed: Vec<(Ctid, Option<Prints>)> = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO node (id, boot_id, backend, last_dump_at, last_dump_ms)
+                 VALUES (1, ?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                ledger.boot_id,
+                backend,
+                ledger.last_dump.as_ref().map(|d| time_text(&d.at)),
+                ledger.last_dump.as_ref().map(|d| to_i64(d.duration_ms)),
+            ])?;
+            for (id, c) in &ledger.containers {
+                let new = Prints::of(c);
+                let old = self.prints.get(id);
+                if old == Some(&new) {
+                    continue;
+                }
+                write_container(&tx, id, c, old, &new)?;
+                changed.push((id.clone(), Some(new)));
+            }
+            for id in self.prints.keys() {
+                if !ledger.containers.contains_key(id) {
+                    for table in [
+                        "containers",
+                        "ips",
+                        "parked",
+                        "counters",
+                        "by_ip",
+                        "open_days",
+                        "holders",
+                    ] {
+                        tx.prepare_cached(&format!("DELETE FROM {table} WHERE ctid = ?1"))?
+                            .execute([id.as_str()])?;
+                    }
+                    changed.push((id.clone(), None));
+                }
+            }
+            let days = closed
+                .iter()
+                .map(|r| with_figures(vec![text(&r.ctid), text(r.date)], &r.figures));
+            insert(&tx, "days", &format!("ctid, date, {}", figs("", "")), days)?;
+            if let Some(newest) = closed.iter().map(|r| r.date).max() {
+                let cutoff = newest - chrono::Days::new(HISTORY_DAYS);
+                tx.prepare_cached("DELETE FROM days WHERE date < ?1")?
+                    .execute([cutoff.to_string()])?;
+            }
+            tx.commit()
+        })();
+        result.map_err(|e| db_error(self.conn.as_ref(), &path, e))?;
+        self.node_known = true;
+        self.backend = backend;
+        for (id, p) in changed {
+            match p {
+                Some(p) => self.prints.insert(id, p),
+                None => self.prints.remove(&id),
+            };
+        }
+        Ok(())
+    }
+}
+
+type Value = rusqlite::types::Value;
+
+fn text(s: impl ToString) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn with_figures(mut row: Vec<Value>, f: &Figures) -> Vec<Value> {
+    row.extend(f.fields().map(|x| Value::Integer(to_i64(x))));
+    row
+}
+
+/// Insert `rows` into `table` (`cols` comma-separated), replacing rows of the same key.
+fn insert(
+    tx: &rusqlite::Transaction,
+    table: &str,
+    cols: &str,
+    rows: impl IntoIterator<Item = Vec<Value>>,
+) -> rusqlite::Result<()> {
+    let marks = vec!["?"; cols.split(',').count()].join(", ");
+    let sql = format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})");
+    let mut st = tx.prepare_cached(&sql)?;
+    for r in rows {
+        st.execute(rusqlite::params_from_iter(r))?;
+    }
+    Ok(())
+}
+
+/// Write the parts of one container that differ from `old` (all of them when new).
+fn write_container(
+    tx: &rusqlite::Transaction,
+    id: &Ctid,
+    c: &Container,
+    old: Option<&Prints>,
+    new: &Prints,
+) -> rusqlite::Result<()> {
+    let ct = id.as_str();
+    // Each part: its fingerprint, its table and columns, its rows.
+    type Rows<'a> = Box<dyn Iterator<Item = Vec<Value>> + 'a>;
+    type Part<'a> = (fn(&Prints) -> u64, &'static str, String, Rows<'a>);
+    let f8 = figs("", "");
+    let parts: [Part; 7] = [
+        (
+            |p| p.row,
+            "containers",
+            format!(
+                "ctid, total_since, last_closed, month, {}, {}",
+                figs("month_", ""),
+                figs("total_", "")
+            ),
+            Box::new(std::iter::once({
+                let m = c.month.as_ref();
+                let row = vec![
+                    text(ct),
+                    c.total_since.as_ref().map(time_text).into(),
+                    c.last_closed.map(|d| d.to_string()).into(),
+                    m.map(|m| m.month.clone()).into(),
+                ];
+                with_figures(
+                    with_figures(row, &m.map(|m| m.figures).unwrap_or_default()),
+                    &c.total,
+                )
+            })),
+        ),
+        (
+            |p| p.ips,
+            "ips",
+            "ctid, ip".into(),
+            Box::new(c.ips.iter().map(|ip| vec![text(ct), text(ip)])),
+        ),
+        (
+            |p| p.parked,
+            "parked",
+            "ctid, ip".into(),
+            Box::new(c.parked.iter().map(|ip| vec![text(ct), text(ip)])),
+        ),
+        (
+            |p| p.seen,
+            "counters",
+            "ctid, backend, family, kind, ip, element, packets, bytes".into(),
+            Box::new(c.seen.iter().filter_map(|(key, v)| {
+                let (backend, family, kind, ip, element) = split_key(key)?;
+                Some(vec![
+                    text(ct),
+                    text(backend),
+                    Value::Integer(family.into()),
+                    text(kind),
+                    text(ip),
+                    text(element),
+                    Value::Integer(to_i64(v.packets)),
+                    Value::Integer(to_i64(v.bytes)),
+                ])
+            })),
+        ),
+        (
+            |p| p.by_ip,
+            "by_ip",
+            format!("ctid, ip, {f8}"),
+            Box::new(
+                c.by_ip
+                    .iter()
+                    .map(|(ip, f)| with_figures(vec![text(ct), text(ip)], f)),
+            ),
+        ),
+        (
+            |p| p.today,
+            "open_days",
+            format!("ctid, date, {f8}"),
+            Box::new(
+                c.today
+                    .iter()
+                    .map(|d| with_figures(vec![text(ct), text(d.date)], &d.figures)),
+            ),
+        ),
+        (
+            |p| p.held,
+            "holders",
+            "ip, ctid".into(),
+            Box::new(c.held_ips().into_iter().map(|ip| vec![text(ip), text(ct)])),
+        ),
+    ];
+    if let Some(bad) = c.seen.keys().find(|k| split_key(k).is_none()) {
+        let e = std::io::Error::other(format!("internal: counter key {bad:?}"));
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+    }
+    for (print, table, cols, rows) in parts {
+        if old.is_some_and(|o| print(o) == print(new)) {
+            continue;
+        }
+        if old.is_some() {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE ctid = ?1"))?
+                .execute([ct])?;
+        }
+        insert(tx, table, &cols, rows)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, NaiveDate};
+
+    fn id(s: &str) -> Ctid {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn node() -> Ledger {
+        let now = DateTime::parse_from_rfc3339("2026-11-29T12:00:00+00:00").unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        let mut l = Ledger {
+            boot_id: Some("b1".into()),
+            last_dump: Some(LastDump {
+                at: now,
+                duration_ms: 12,
+            }),
+            ..Ledger::default()
+        };
+        for (ct, a) in [
+            ("101", "10.0.0.1"),
+            ("102", "10.0.0.2"),
+            ("103", "2001:db8::3"),
+        ] {
+            l.assign(&id(ct), ip(a), now, today);
+        }
+        let c = l.containers.get_mut(&id("101")).unwrap();
+        c.seen.insert(
+            "forward_in 10.0.0.1".into(),
+            Counters {
+                packets: 1,
+                bytes: u64::MAX,
+            },
+        );
+        c.seen.insert(
+            "local_in 10.0.0.1 venet0".into(),
+            Counters {
+                packets: 2,
+                bytes: 3,
+            },
+        );
+        c.seen
+            .insert("set vzacct-fi4 10.0.0.9".into(), Counters::default());
+        c.parked.insert(ip("10.0.0.8"));
+        c.total.in_bytes = u64::MAX - 1;
+        c.by_ip.insert(ip("10.0.0.1"), c.total);
+        c.month = Some(Month {
+            month: "2026-11".into(),
+            figures: Figures {
+                out_packets: 7,
+                ..Figures::default()
+            },
+        });
+        c.last_closed = Some(NaiveDate::from_ymd_opt(2026, 11, 28).unwrap());
+        l
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for k in [
+            "forward_in 10.0.0.1",
+            "forward_out 2001:db8::1",
+            "local_in 10.0.0.1 venet0",
+            "local_out 10.0.0.1 venet0",
+            "set vzacct-fi4 10.0.0.1",
+            "set vzacct-lo6 2001:db8::1",
+        ] {
+            let (b, _, kind, ip, el) = split_key(k).unwrap();
+            assert_eq!(join_key(b, kind, &ip, el), k);
+        }
+        for k in [
+            "",
+            "set",
+            "set vzacct-fi6 10.0.0.1",
+            "x 10.0.0.1",
+            "forward_in 10.0.0.1 a b",
+            "forward_in 10.0.0.1 ",
+        ] {
+            assert_eq!(split_key(k), None, "{k}");
+        }
+    }
+
+    #[test]
+    fn round_trip_and_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = node();
+        let (empty, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(empty, Ledger::default());
+        assert!(!loaded.node_known);
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let rows = vec![Row {
+            date: day(28),
+            ctid: id("101"),
+            figures: Figures {
+                in_bytes: 5,
+                ..Figures::default()
+            },
+        }];
+        loaded.save(&l, Some("ipset"), &rows).unwrap();
+        let (back, loaded) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(loaded.backend.as_deref(), Some("ipset"));
+        let day28: (String, i64) = loaded
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT date, in_bytes FROM all_days WHERE ctid = '101' AND open = 0",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(day28, ("2026-11-28".to_string(), 5));
+        let (view, _) = load_view(dir.path()).unwrap();
+        assert_eq!(view, l);
+        // One container's event.
+        let (mut part, mut loaded) = load(dir.path(), &Scope::Containers(vec![id("102")])).unwrap();
+        assert_eq!(part.containers.keys().collect::<Vec<_>>(), [&id("102")]);
+        assert_eq!(
+            loaded
+                .holders(&[ip("10.0.0.1"), ip("10.0.0.8"), ip("10.0.0.7")])
+                .unwrap(),
+            [[id("101")].into(), [id("101")].into(), BTreeSet::new()]
+        );
+        part.unassign(&id("102"), &ip("10.0.0.2"));
+        part.containers
+            .get_mut(&id("102"))
+            .unwrap()
+            .parked
+            .insert(ip("10.0.0.2"));
+        loaded.save(&part, None, &[]).unwrap();
+        let (full, loaded) = load(dir.path(), &Scope::All).unwrap();
+        let mut want = l.clone();
+        want.containers
+            .insert(id("102"), part.containers[&id("102")].clone());
+        assert_eq!(full, want);
+        assert_eq!(loaded.backend.as_deref(), Some("ipset"), "kept");
+        // A container outside the scope read is refused.
+        let (mut part, mut loaded) = load(dir.path(), &Scope::Containers(vec![id("102")])).unwrap();
+        part.containers.insert(id("104"), Container::default());
+        assert!(loaded.save(&part, None, &[]).is_err());
+        // Removing a container removes its rows.
+        let (mut all, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        all.containers.remove(&id("103"));
+        loaded.save(&all, None, &[]).unwrap();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(
+            loaded.holders(&[ip("2001:db8::3")]).unwrap(),
+            [BTreeSet::new()]
+        );
+    }
+
+    #[test]
+    fn corrupt_databases_are_named_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        loaded.save(&node(), None, &[]).unwrap();
+        drop(loaded);
+        let path = dir.path().join(FILE);
+        let good = std::fs::read(&path).unwrap();
+        for bad in [&good[..good.len() / 2], b"\x00\x01garbage", b""] {
+            std::fs::write(&path, bad).unwrap();
+            let e = load(dir.path(), &Scope::All).unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+            let e = load_view(dir.path()).unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), bad);
+        }
+        let (l, _, found) = salvage(dir.path(), 7).unwrap();
+        assert_eq!(l, Ledger::default());
+        assert!(found.node_lost);
+        assert!(dir.path().join(format!("{FILE}.corrupt-7")).exists());
+    }
+}
