@@ -40,12 +40,11 @@ fn glibc_floor_is_2_17() {
         .collect();
     versions.sort_by_key(|v| version(v));
     versions.dedup();
-    assert_eq!(
-        versions,
-        [
-            "2.2.5", "2.3", "2.3.4", "2.4", "2.6", "2.9", "2.12", "2.14", "2.15", "2.16", "2.17"
-        ],
-        "GLIBC_ symbol versions of {}",
+    // Which versions appear depends on which libc functions the code calls; what must hold
+    // is the floor: glibc's x86_64 base version is there, nothing newer than 2.17.
+    assert!(
+        versions.first() == Some(&"2.2.5") && versions.contains(&"2.17"),
+        "GLIBC_ symbol versions of {}: {versions:?}",
         bin.display()
     );
     assert!(
@@ -55,6 +54,8 @@ fn glibc_floor_is_2_17() {
     assert_eq!(
         needed(&bin),
         [
+            // The bundled SQLite uses the math library (part of glibc).
+            "libm.so.6",
             "libc.so.6",
             "ld-linux-x86-64.so.2",
             "libpthread.so.0",
