@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::model::valid_interface;
+
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/vz/vzacct.conf";
 
@@ -452,13 +454,6 @@ fn yes_no(v: &str) -> Option<bool> {
     }
 }
 
-/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace.
-pub fn valid_interface(v: &str) -> bool {
-    (1..=15).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
-}
-
 impl Config {
     /// The configured dialect, or the one installed on this node (probed at `/`).
     pub fn ct_dialect(&self) -> crate::ctconf::Dialect {
@@ -479,10 +474,10 @@ impl Config {
     }
 
     /// The iptables command of one address family.
-    pub fn iptables_for(&self, family: crate::ruleset::Family) -> &str {
+    pub fn iptables_for(&self, family: crate::model::Family) -> &str {
         match family {
-            crate::ruleset::Family::V4 => &self.iptables,
-            crate::ruleset::Family::V6 => &self.ip6tables,
+            crate::model::Family::V4 => &self.iptables,
+            crate::model::Family::V6 => &self.ip6tables,
         }
     }
 }

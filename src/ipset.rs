@@ -9,31 +9,16 @@ use std::net::IpAddr;
 use compact_str::CompactString;
 
 use crate::ctid::Ctid;
-use crate::ruleset::{Counted, Counters, Family, Kind};
+use crate::model::{Counted, Counters, Family, Kind};
 
-/// The prefix of every set vzacct owns.
-pub const PREFIX: &str = "vzacct-";
+pub use crate::model::SET_PREFIX as PREFIX;
+pub use crate::model::{element_key, parse_set_name, set_name};
 /// Room for a large node: 4 sets per family, one element per IP in each.
 const MAXELEM: u32 = 1_048_576;
 /// Buckets from the start (512 KiB of kernel memory per set): a lookup on every forwarded
 /// packet then scans about one element even with tens of thousands of IPs, where the
 /// default 1024 buckets would hold a dozen each before the kernel grows the table.
 const HASHSIZE: u32 = 65_536;
-
-/// The set holding the IPs counted one way in one family, e.g. `vzacct-fi4`.
-pub fn set_name(kind: Kind, family: Family) -> String {
-    let k = match kind {
-        Kind::ForwardIn => "fi",
-        Kind::ForwardOut => "fo",
-        Kind::LocalIn => "li",
-        Kind::LocalOut => "lo",
-    };
-    let f = match family {
-        Family::V4 => "4",
-        Family::V6 => "6",
-    };
-    format!("{PREFIX}{k}{f}")
-}
 
 /// The name a set's old contents take while frozen (`vzacct-zfi4`): swapped out of use, so
 /// they count no more, read for their final values, then destroyed.
@@ -45,24 +30,6 @@ pub fn frozen_name(kind: Kind, family: Family) -> String {
 pub fn parse_frozen_name(name: &str) -> Option<(Kind, Family)> {
     let rest = name.strip_prefix(PREFIX)?.strip_prefix('z')?;
     parse_set_name(&format!("{PREFIX}{rest}"))
-}
-
-/// Which kind and family a set name of ours stands for.
-pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
-    let rest = name.strip_prefix(PREFIX)?;
-    let kind = match rest.get(..2)? {
-        "fi" => Kind::ForwardIn,
-        "fo" => Kind::ForwardOut,
-        "li" => Kind::LocalIn,
-        "lo" => Kind::LocalOut,
-        _ => return None,
-    };
-    let family = match rest.get(2..)? {
-        "4" => Family::V4,
-        "6" => Family::V6,
-        _ => return None,
-    };
-    Some((kind, family))
 }
 
 /// What the kernel holds of our sets.
@@ -241,10 +208,6 @@ fn element<'a>(
 }
 
 /// The identity of a set element within its container's `seen` map.
-pub fn element_key(set: &str, ip: &IpAddr) -> CompactString {
-    compact_str::format_compact!("set {set} {ip}")
-}
-
 /// The `seen` keys of one IP's elements, one per set of its family.
 pub fn element_keys(ip: &IpAddr) -> Vec<CompactString> {
     Kind::ALL

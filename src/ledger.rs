@@ -35,7 +35,8 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
-use crate::ruleset::{Accounted, Counted, Counters, Family, Kind, Rule};
+pub use crate::model::is_set_key;
+use crate::model::{Accounted, Counted, Counters, Family, Kind, key_ip as seen_key_ip};
 
 pub const FORMAT: u32 = 1;
 
@@ -315,28 +316,6 @@ impl Coverage {
         }
         seen_key_ip(key).is_some_and(|ip| self.families.contains(&Family::of(&ip)))
     }
-}
-
-/// Whether a `seen` key is a set element's (else a per-IP rule's).
-pub fn is_set_key(key: &str) -> bool {
-    key.starts_with("set ")
-}
-
-/// The IP a `seen` key is about (rule keys and set-element keys alike hold it as a word).
-fn seen_key_ip(key: &str) -> Option<IpAddr> {
-    key.split(' ').find_map(|w| w.parse().ok())
-}
-
-/// The identity of a rule within its container's `seen` map.
-pub fn seen_key(rule: &Rule) -> CompactString {
-    let kind = match rule.kind {
-        Kind::ForwardIn => "forward_in",
-        Kind::ForwardOut => "forward_out",
-        Kind::LocalIn => "local_in",
-        Kind::LocalOut => "local_out",
-    };
-    let key = compact_str::format_compact!("{kind} {} {}", rule.ip, rule.iface);
-    CompactString::from(key.trim_end())
 }
 
 impl Ledger {
@@ -985,7 +964,7 @@ mod tests {
         );
         assert_eq!(total(&l, "101").in_bytes, 350);
         // Set elements, when the sets were not read, alike.
-        let key = crate::ipset::element_key("vzacct-fi4", &"10.0.0.1".parse().unwrap());
+        let key = crate::model::element_key("vzacct-fi4", &"10.0.0.1".parse().unwrap());
         let no_sets = Coverage {
             families: vec![Family::V4, Family::V6],
             sets: false,
@@ -993,7 +972,7 @@ mod tests {
         assert!(!no_sets.covers(&key) && no_sets.covers("forward_in 10.0.0.1"));
         assert!(Coverage::all().covers(&key) && !v4_only.covers("forward_in 2001:db8::1"));
         // `ipset save` lists the sets of both families.
-        let key6 = crate::ipset::element_key("vzacct-fi6", &"2001:db8::1".parse().unwrap());
+        let key6 = crate::model::element_key("vzacct-fi6", &"2001:db8::1".parse().unwrap());
         assert!(v4_only.covers(&key6));
     }
 

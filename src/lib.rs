@@ -17,6 +17,7 @@ pub mod install;
 pub mod ipset;
 pub mod kernel;
 pub mod ledger;
+pub mod model;
 pub mod netfilter;
 pub mod probe;
 pub mod process;

@@ -3,111 +3,11 @@
 //! other as a single `iptables-restore --noflush` batch. No I/O here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::ctid::Ctid;
-
-/// An address family, each with its own iptables program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    fn host_prefix(self) -> u8 {
-        match self {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
-
-/// One of vzacct's own chains, each hooked from the built-in chain of the same purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Chain {
-    Forward,
-    Input,
-    Output,
-}
-
-impl Chain {
-    pub const ALL: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
-
-    /// Our chain's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Chain::Forward => "VZACCT-FORWARD",
-            Chain::Input => "VZACCT-INPUT",
-            Chain::Output => "VZACCT-OUTPUT",
-        }
-    }
-
-    /// The built-in chain that jumps to ours.
-    pub fn builtin(self) -> &'static str {
-        match self {
-            Chain::Forward => "FORWARD",
-            Chain::Input => "INPUT",
-            Chain::Output => "OUTPUT",
-        }
-    }
-
-    fn by_name(name: &str) -> Option<Chain> {
-        Chain::ALL.into_iter().find(|c| c.name() == name)
-    }
-
-    fn by_builtin(name: &str) -> Option<Chain> {
-        Chain::ALL.into_iter().find(|c| c.builtin() == name)
-    }
-}
-
-/// What a counting rule measures, from the container's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Forwarded to the container (FORWARD `-d IP`).
-    ForwardIn,
-    /// Forwarded from the container (FORWARD `-s IP`).
-    ForwardOut,
-    /// From the node itself to the container (OUTPUT `-o venet -d IP`).
-    LocalIn,
-    /// From the container to the node itself (INPUT `-i venet -s IP`).
-    LocalOut,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [
-        Kind::ForwardIn,
-        Kind::ForwardOut,
-        Kind::LocalIn,
-        Kind::LocalOut,
-    ];
-
-    pub fn chain(self) -> Chain {
-        match self {
-            Kind::ForwardIn | Kind::ForwardOut => Chain::Forward,
-            Kind::LocalIn => Chain::Output,
-            Kind::LocalOut => Chain::Input,
-        }
-    }
-}
+pub use crate::model::{Accounted, Chain, Counted, Counters, Family, Kind};
 
 /// One counting rule: a container's IP, measured one way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,6 +22,11 @@ pub struct Rule {
 const COMMENT_PREFIX: &str = "ct:";
 
 impl Rule {
+    /// This rule's identity within its container's `seen` map.
+    pub fn seen_key(&self) -> compact_str::CompactString {
+        crate::model::rule_key(self.kind, &self.ip, &self.iface)
+    }
+
     pub fn family(&self) -> Family {
         Family::of(&self.ip)
     }
@@ -155,7 +60,7 @@ pub struct SetMatch {
 impl SetMatch {
     /// The rule's specification after `-A CHAIN`, exactly as iptables-save prints it.
     pub fn spec(&self) -> String {
-        let set = crate::ipset::set_name(self.kind, self.family);
+        let set = crate::model::set_name(self.kind, self.family);
         match self.kind {
             Kind::ForwardIn | Kind::LocalIn => {
                 format!("-o {} -m set --match-set {set} dst", self.iface)
@@ -205,22 +110,6 @@ pub fn set_matches(family: Family, venet: &str) -> Vec<Wanted> {
         .collect()
 }
 
-/// Traffic counted for one container IP one way, by a rule or a set element, as the
-/// harvest sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    pub ctid: Ctid,
-    pub ip: IpAddr,
-    pub kind: Kind,
-    pub iface: compact_str::CompactString,
-    /// Identity of the counter within the container, stable while the rule or element lives.
-    pub key: compact_str::CompactString,
-    pub counters: Counters,
-}
-
-/// The accounted containers and their IPs: the input of planning.
-pub type Accounted = BTreeMap<Ctid, BTreeSet<IpAddr>>;
-
 /// Every rule vzacct wants in one family, in a stable order.
 pub fn desired(accounted: &Accounted, family: Family, venet: &str) -> Vec<Rule> {
     let mut cts: Vec<&Ctid> = accounted.keys().collect();
@@ -251,13 +140,6 @@ pub fn desired_rules(accounted: &Accounted, family: Family, venet: &str) -> Vec<
         .into_iter()
         .map(Wanted::Count)
         .collect()
-}
-
-/// Packet and byte counters as iptables-save prints them (`[packets:bytes]`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
 }
 
 /// A rule found in one of our chains.
@@ -482,7 +364,7 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
     if [iin, iout]
         .iter()
         .flatten()
-        .any(|i| !crate::config::valid_interface(i))
+        .any(|i| !crate::model::valid_interface(i))
     {
         return None;
     }
@@ -511,8 +393,8 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
     let ["-m", "set", "--match-set", name, dir] = rest else {
         return None;
     };
-    let (kind, family) = crate::ipset::parse_set_name(name)?;
-    if iface_opt.is_some_and(|(_, i)| !crate::config::valid_interface(i)) {
+    let (kind, family) = crate::model::parse_set_name(name)?;
+    if iface_opt.is_some_and(|(_, i)| !crate::model::valid_interface(i)) {
         return None;
     }
     let fits = matches!(
@@ -539,7 +421,7 @@ impl Current {
                     ip: r.ip,
                     kind: r.kind,
                     iface: r.iface.as_str().into(),
-                    key: crate::ledger::seen_key(r),
+                    key: r.seen_key(),
                     counters: s.counters,
                 })
             })

@@ -15,71 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::db::{self, Loaded, Scope};
-use crate::ledger::{self, Ledger};
+use crate::ledger::Ledger;
 
 const LOCK: &str = "lock";
 
-/// A failure of the state dir, naming the file concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot create state directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "refusing to use state directory {path}: {reason} (it holds the ledger: make it \
-         root's and writable by no one else, e.g. chown root: and chmod 0700)"
-    )]
-    Unsafe { path: PathBuf, reason: String },
-    #[error(
-        "the ledger in {path} is in the format of an earlier release and this view cannot \
-         convert it (the state directory is read-only, or busy); any changing command \
-         (`vzacct dump`) converts it"
-    )]
-    Unfinished { path: PathBuf },
-    #[error("cannot open lock file {path}")]
-    OpenLock {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("another vzacct command still holds the lock {path} after {waited:?}; try again later")]
-    LockTimeout { path: PathBuf, waited: Duration },
-    #[error("cannot lock {path}")]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot read ledger {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "ledger {path} is corrupt and was left untouched; restore it from a backup, or run \
-         `vzacct repair` to move it aside and start again from the kernel's counters"
-    )]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: ledger::FormatError,
-    },
-    #[error(
-        "redo log {path} of an interrupted ledger write does not parse; it was left untouched: \
-         move it aside and run `vzacct dump` (the ledger files are then as before that write)"
-    )]
-    BadRedoLog { path: PathBuf },
-    #[error("cannot write ledger {path}; nothing of this command is applied to the kernel")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::db::StateError;
 
 /// The state dir, held locked: dropping it releases the lock.
 #[derive(Debug)]

@@ -235,8 +235,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     for (_, p) in &plan.rules {
         for op in &p.ops {
             if let Op::Append(crate::ruleset::Wanted::Count(rule)) = op {
-                s.ledger
-                    .baseline_zero(&rule.ctid, crate::ledger::seen_key(rule));
+                s.ledger.baseline_zero(&rule.ctid, rule.seen_key());
             }
         }
     }

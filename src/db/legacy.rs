@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
+use crate::db::StateError;
 use crate::ledger::{Container, FormatError, LastDump, Ledger};
-use crate::store::StateError;
 
 /// The format 2 directory, and the format 1 file.
 pub const DIR: &str = "ledger";

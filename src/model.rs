@@ -1,0 +1,206 @@
+//! The domain types every other part of vzacct shares, and nothing else: address
+//! families, our chains, kinds of traffic, counters, and the identity of a counter (a rule's
+//! or a set element's key). A leaf: it imports no other module of vzacct but `ctid`, so no
+//! module that uses these types is imported back by them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use compact_str::CompactString;
+
+use crate::ctid::Ctid;
+
+/// An address family, each with its own iptables program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// One of vzacct's own chains, each hooked from the built-in chain of the same purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Chain {
+    Forward,
+    Input,
+    Output,
+}
+
+impl Chain {
+    pub const ALL: [Chain; 3] = [Chain::Forward, Chain::Input, Chain::Output];
+
+    /// Our chain's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Chain::Forward => "VZACCT-FORWARD",
+            Chain::Input => "VZACCT-INPUT",
+            Chain::Output => "VZACCT-OUTPUT",
+        }
+    }
+
+    /// The built-in chain that jumps to ours.
+    pub fn builtin(self) -> &'static str {
+        match self {
+            Chain::Forward => "FORWARD",
+            Chain::Input => "INPUT",
+            Chain::Output => "OUTPUT",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    pub fn by_builtin(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.builtin() == name)
+    }
+}
+
+/// What a counting rule measures, from the container's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Forwarded to the container (FORWARD `-d IP`).
+    ForwardIn,
+    /// Forwarded from the container (FORWARD `-s IP`).
+    ForwardOut,
+    /// From the node itself to the container (OUTPUT `-o venet -d IP`).
+    LocalIn,
+    /// From the container to the node itself (INPUT `-i venet -s IP`).
+    LocalOut,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::ForwardIn,
+        Kind::ForwardOut,
+        Kind::LocalIn,
+        Kind::LocalOut,
+    ];
+
+    pub fn chain(self) -> Chain {
+        match self {
+            Kind::ForwardIn | Kind::ForwardOut => Chain::Forward,
+            Kind::LocalIn => Chain::Output,
+            Kind::LocalOut => Chain::Input,
+        }
+    }
+}
+
+/// Traffic counted for one container IP one way, by a rule or a set element, as the
+/// harvest sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub ctid: Ctid,
+    pub ip: IpAddr,
+    pub kind: Kind,
+    pub iface: compact_str::CompactString,
+    /// Identity of the counter within the container, stable while the rule or element lives.
+    pub key: compact_str::CompactString,
+    pub counters: Counters,
+}
+
+/// The accounted containers and their IPs: the input of planning.
+pub type Accounted = BTreeMap<Ctid, BTreeSet<IpAddr>>;
+
+/// Packet and byte counters as iptables-save prints them (`[packets:bytes]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The prefix of every set vzacct owns.
+pub const SET_PREFIX: &str = "vzacct-";
+
+/// The set holding the IPs counted one way in one family, e.g. `vzacct-fi4`.
+pub fn set_name(kind: Kind, family: Family) -> String {
+    let k = match kind {
+        Kind::ForwardIn => "fi",
+        Kind::ForwardOut => "fo",
+        Kind::LocalIn => "li",
+        Kind::LocalOut => "lo",
+    };
+    let f = match family {
+        Family::V4 => "4",
+        Family::V6 => "6",
+    };
+    format!("{SET_PREFIX}{k}{f}")
+}
+
+/// Which kind and family a set name of ours stands for.
+pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
+    let rest = name.strip_prefix(SET_PREFIX)?;
+    let kind = match rest.get(..2)? {
+        "fi" => Kind::ForwardIn,
+        "fo" => Kind::ForwardOut,
+        "li" => Kind::LocalIn,
+        "lo" => Kind::LocalOut,
+        _ => return None,
+    };
+    let family = match rest.get(2..)? {
+        "4" => Family::V4,
+        "6" => Family::V6,
+        _ => return None,
+    };
+    Some((kind, family))
+}
+
+/// The identity of a set element within its container's `seen` map.
+pub fn element_key(set: &str, ip: &IpAddr) -> CompactString {
+    compact_str::format_compact!("set {set} {ip}")
+}
+
+/// The identity of a per-IP rule within its container's `seen` map.
+pub fn rule_key(kind: Kind, ip: &IpAddr, iface: &str) -> CompactString {
+    let k = match kind {
+        Kind::ForwardIn => "forward_in",
+        Kind::ForwardOut => "forward_out",
+        Kind::LocalIn => "local_in",
+        Kind::LocalOut => "local_out",
+    };
+    let key = compact_str::format_compact!("{k} {ip} {iface}");
+    CompactString::from(key.trim_end())
+}
+
+/// Whether a `seen` key is a set element's (else a per-IP rule's).
+pub fn is_set_key(key: &str) -> bool {
+    key.starts_with("set ")
+}
+
+/// The IP a `seen` key is about (rule keys and set-element keys alike hold it as a word).
+pub fn key_ip(key: &str) -> Option<IpAddr> {
+    key.split(' ').find_map(|w| w.parse().ok())
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace.
+pub fn valid_interface(v: &str) -> bool {
+    (1..=15).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
