@@ -423,8 +423,63 @@ fn switch_to_rules_under_steady_traffic(v: Variant) {
     );
 }
 
+/// A hook parks 101's address (vzctl's net_del removed its route); vzctl then gives the
+/// address to 102 without a hook (one that failed): the parked elements' counts since then
+/// are 102's, never 101's, which no longer holds it.
+fn a_parked_address_given_to_another_container(v: Variant) {
+    let node = Node::with_topology(
+        v,
+        &[
+            ("101", "10.0.0.1", "2001:db8:1::1"),
+            ("102", "10.0.0.2", "2001:db8:1::2"),
+        ],
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    node.at(DAY1, &["add", "102", "10.0.0.2"]);
+    let before = to_ct(&node, false, 100, 3);
+    node.at(DAY1, &["dump"]);
+    node.ns.ip("route del 10.0.0.1/32 dev venet0");
+    let out = node.vzacct_env(
+        &["hook", "net-del"],
+        &[
+            ("VZACCT_NOW", DAY1),
+            ("VEID", "101"),
+            ("VE_STATE", "running"),
+            ("IP_ADDR", "10.0.0.1"),
+        ],
+    );
+    assert!(
+        stdout(&out).contains("counters kept in the sets until the next dump"),
+        "{}",
+        stdout(&out)
+    );
+    // vzctl assigns 10.0.0.1 to 102; its hook never ran.
+    node.ns.ip(&format!(
+        "route add 10.0.0.1/32 dev venet0 src {NODE_VENET_V4}"
+    ));
+    write(
+        &node.path("veinfo"),
+        "0 0 1\n101 0 5\n102 0 5 10.0.0.2 10.0.0.1\n",
+    );
+    let after = to_ct(&node, false, 200, 2);
+    node.at(DAY1, &["dump"]);
+    assert_eq!(in_bytes(&node, "101"), before.0[0]);
+    assert_eq!(in_bytes(&node, "102"), after.0[0]);
+    let more = to_ct(&node, false, 50, 4);
+    node.at(DAY1, &["dump"]);
+    assert_eq!(in_bytes(&node, "102"), after.add(more).0[0]);
+}
+
 mod sets_only {
     use super::Variant::{LegacyIpset, NftIpset};
+    #[test]
+    fn legacy_ipset_parked() {
+        super::a_parked_address_given_to_another_container(LegacyIpset)
+    }
+    #[test]
+    fn nft_ipset_parked() {
+        super::a_parked_address_given_to_another_container(NftIpset)
+    }
     #[test]
     fn legacy_ipset_move() {
         super::an_ip_moved_six_times_under_steady_traffic(LegacyIpset)

@@ -179,6 +179,34 @@ fn begin(ctx: &Ctx) -> Result<Session, Error> {
     let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
     let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     let boot_id = ctx.boot_id()?;
+    // An address a hook parked that vzctl has since given to another container without a
+    // hook (one that failed, say): what its elements counted since then is that
+    // container's, never the one that no longer holds it.
+    if ledger.containers.values().any(|c| !c.parked.is_empty())
+        && let Ok(Some(live)) = veinfo::read(&ctx.config.veinfo)
+    {
+        let holder: std::collections::HashMap<IpAddr, &Ctid> = live
+            .containers
+            .iter()
+            .flat_map(|(c, ips)| ips.iter().map(move |ip| (*ip, c)))
+            .collect();
+        let moves: Vec<(Ctid, IpAddr, Ctid)> = ledger
+            .containers
+            .iter()
+            .flat_map(|(id, c)| {
+                let holder = &holder;
+                c.parked.iter().filter_map(move |ip| {
+                    let to = holder.get(ip).filter(|to| **to != id)?;
+                    Some((id.clone(), *ip, (*to).clone()))
+                })
+            })
+            .collect();
+        for (from, ip, to) in moves {
+            for key in crate::ipset::element_keys(&ip) {
+                ledger.transfer_seen(&key, &from, &to);
+            }
+        }
+    }
     // Frozen sets a killed command left: their final counts, against the same last-seen
     // values as the live sets' (before the harvest moves those on). Same boot only: after
     // a reboot they are somebody's restored copy.
