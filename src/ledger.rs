@@ -446,31 +446,42 @@ impl Ledger {
         let mut all: Vec<&Counted> = kernel.into_iter().collect();
         // A set element whose comment still names an earlier owner (the batch that gave it
         // to the new one was not applied) is charged to the container holding its baseline.
-        let holder: std::collections::HashMap<&str, &Ctid> = self
-            .containers
+        // Only elements without a baseline of their own are looked up (none, normally), so
+        // the index of every container's set baselines is built only when one is.
+        let orphans: Vec<&Counted> = all
             .iter()
-            .flat_map(|(id, c)| {
-                c.seen
-                    .keys()
-                    .filter(|k| is_set_key(k))
-                    .map(move |k| (k.as_str(), id))
+            .copied()
+            .filter(|c| {
+                is_set_key(&c.key)
+                    && !self
+                        .containers
+                        .get(&c.ctid)
+                        .is_some_and(|x| x.seen.contains_key(c.key.as_str()))
             })
             .collect();
-        let reattributed: Vec<Counted> = all
-            .iter()
-            .filter(|c| is_set_key(&c.key))
-            .filter_map(|c| {
-                let owner = *holder.get(c.key.as_str())?;
-                let own_baseline = self
-                    .containers
-                    .get(&c.ctid)
-                    .is_some_and(|x| x.seen.contains_key(c.key.as_str()));
-                (owner != &c.ctid && !own_baseline).then(|| Counted {
-                    ctid: owner.clone(),
-                    ..(*c).clone()
+        let mut reattributed: Vec<Counted> = Vec::new();
+        if !orphans.is_empty() {
+            let holder: std::collections::HashMap<&str, &Ctid> = self
+                .containers
+                .iter()
+                .flat_map(|(id, c)| {
+                    c.seen
+                        .keys()
+                        .filter(|k| is_set_key(k))
+                        .map(move |k| (k.as_str(), id))
                 })
-            })
-            .collect();
+                .collect();
+            reattributed = orphans
+                .iter()
+                .filter_map(|c| {
+                    let owner = *holder.get(c.key.as_str())?;
+                    (owner != &c.ctid).then(|| Counted {
+                        ctid: owner.clone(),
+                        ..(*c).clone()
+                    })
+                })
+                .collect();
+        }
         if !reattributed.is_empty() {
             let moved: std::collections::HashSet<&str> =
                 reattributed.iter().map(|c| c.key.as_str()).collect();

@@ -262,20 +262,7 @@ fn an_ip_moved_six_times_under_steady_traffic(v: Variant) {
     let sent = sender.join().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     node.at(DAY1, &["dump"]);
-    let reference = node.ns.must(
-        &format!("{}-save", v.iptables(false)),
-        &["-c", "-t", "mangle"],
-    );
-    let line = reference
-        .lines()
-        .find(|l| l.ends_with("-A FORWARD -d 10.0.0.1/32"))
-        .unwrap();
-    let bytes: u64 = line[1..line.find(']').unwrap()]
-        .split_once(':')
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let bytes = mangle_bytes(&node, v, "-A FORWARD -d 10.0.0.1/32");
     let show = node.show(DAY1);
     let charged: u64 = ["101", "102"]
         .iter()

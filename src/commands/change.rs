@@ -282,7 +282,7 @@ pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
 pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (mut ledger, loaded, found) = crate::db::salvage(locked.dir(), ctx.now.timestamp())?;
-    let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+    let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
     let mut uncounted = Figures::default();
@@ -316,20 +316,8 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
             recovered.insert((ctid, ip));
         }
     }
-    let boot_id = ctx.boot_id()?;
-    let (harvest, rows) =
-        ledger.harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today());
-    ledger.unpark_all();
-    kernel.compact();
     let kept = ledger.containers.len();
-    let mut session = Session {
-        locked,
-        ledger,
-        loaded,
-        kernel,
-        harvest,
-        rows,
-    };
+    let mut session = harvested(ctx, locked, ledger, loaded, kernel)?;
     let done = commit(ctx, &mut session, true)?;
     for (from, to) in &found.moved_aside {
         ctx.say(format!(

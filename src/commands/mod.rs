@@ -176,8 +176,20 @@ fn read_kernel(
 /// anything changes) and harvest.
 fn begin(ctx: &Ctx) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (mut ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let mut kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+    let (ledger, loaded) = locked.load_scope(&Scope::All)?;
+    let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+    harvested(ctx, locked, ledger, loaded, kernel)
+}
+
+/// A locked ledger with the kernel just read: fold the kernel's counters in (parked
+/// addresses given away, frozen sets left behind, then the harvest).
+fn harvested(
+    ctx: &Ctx,
+    locked: Locked,
+    mut ledger: Ledger,
+    loaded: Loaded,
+    mut kernel: Kernel,
+) -> Result<Session, Error> {
     let boot_id = ctx.boot_id()?;
     // An address a hook parked that vzctl has since given to another container without a
     // hook (one that failed, say): what its elements counted since then is that
