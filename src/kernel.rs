@@ -226,29 +226,61 @@ impl Kernel {
     ) -> Result<Vec<crate::ruleset::Counted>, Error> {
         let ipset = Ipset::new(config);
         ipset.apply(set_batch)?;
-        for ((t, _), (_, p)) in self.tables.iter().zip(&plan.rules) {
+        let mut frozen = Vec::new();
+        for ((t, current), (_, p)) in self.tables.iter().zip(&plan.rules) {
+            t.apply(&self::pending(current))?;
             t.apply(p)?;
+            // The chains this batch rebuilt are unhooked: their rules' values are final.
+            if !p.swapped().is_empty() {
+                frozen.extend(t.read()?.frozen);
+            }
         }
         // Sets the iptables batch stopped using count no more: their final values too.
         let mut stopped = plan.sets.frozen_names();
         if self.sets.is_some() {
             stopped.extend(plan.sets.destroy.iter().cloned());
         }
-        if stopped.is_empty() {
-            return Ok(Vec::new());
+        if !stopped.is_empty() {
+            frozen.extend(ipset.read_frozen(&stopped)?);
         }
-        Ok(ipset.read_frozen(&stopped)?)
+        Ok(frozen)
     }
 
-    /// After the frozen counts are in the ledger: destroy the frozen sets and the sets no
-    /// longer used (after the iptables batch removed the rules that use them).
+    /// The final counters of chains and sets a killed command froze and left: credited
+    /// (same boot only) before the harvest, and removed by the next apply.
+    pub fn frozen_left(&self) -> impl Iterator<Item = &Counted> {
+        self.tables
+            .iter()
+            .flat_map(|(_, c)| c.frozen.iter())
+            .chain(self.sets.iter().flat_map(|s| s.frozen.iter()))
+    }
+
+    /// After the frozen counts are in the ledger: remove the rebuilt chains' old copies
+    /// (the new ones take their names), destroy the frozen sets and the sets no longer used
+    /// (after the iptables batch removed the rules that use them).
     pub fn finish(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {
+        for ((t, _), (_, p)) in self.tables.iter().zip(&plan.rules) {
+            t.apply(&p.finish())?;
+        }
         let mut batch = plan.sets.render_destroy();
         for name in plan.sets.frozen_names() {
             batch.push_str(&format!("destroy {name}\n"));
         }
         Ipset::new(config).apply(&batch)?;
         Ok(())
+    }
+}
+
+/// What finishes a rebuild a killed command left half-done, as a batch of its own.
+fn pending(current: &Current) -> Plan {
+    let policies = if current.pending.is_empty() || current.nf_tables {
+        Vec::new()
+    } else {
+        current.policies.clone()
+    };
+    Plan {
+        ops: current.pending.clone(),
+        policies,
     }
 }
 

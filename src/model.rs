@@ -76,6 +76,20 @@ impl Chain {
         Chain::ALL.into_iter().find(|c| c.name() == name)
     }
 
+    /// The name under which a rebuilt chain is put in before it takes the name back: the
+    /// old one, unhooked in the same batch, stops counting and is read for its final values.
+    pub fn next_name(self) -> &'static str {
+        match self {
+            Chain::Forward => "VZACCT-FORWARD-NEXT",
+            Chain::Input => "VZACCT-INPUT-NEXT",
+            Chain::Output => "VZACCT-OUTPUT-NEXT",
+        }
+    }
+
+    pub fn by_next_name(name: &str) -> Option<Chain> {
+        Chain::ALL.into_iter().find(|c| c.next_name() == name)
+    }
+
     pub fn by_builtin(name: &str) -> Option<Chain> {
         Chain::ALL.into_iter().find(|c| c.builtin() == name)
     }

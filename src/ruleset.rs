@@ -2,7 +2,7 @@
 //! `iptables-save -c` output (its own chains only), and the plan that turns one into the
 //! other as a single `iptables-restore --noflush` batch. No I/O here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -193,6 +193,14 @@ pub struct Current {
     pub policies: Vec<Policy>,
     /// Whether the ruleset came from the nf_tables back-end (its header says so).
     pub nf_tables: bool,
+    /// The counting rules of a chain that a rebuild unhooked (its `-NEXT` copy counts in its
+    /// place): they count no more, and their values are final.
+    pub frozen: Vec<Counted>,
+    /// What finishes a rebuild a killed command left half-done (the frozen chain removed,
+    /// the copy renamed back) or removes a copy that never counted. Everything else here
+    /// describes the table as it is once these have run, which [`crate::kernel::Kernel`]
+    /// does first.
+    pub pending: Vec<Op>,
 }
 
 /// `iptables-save` output that could not be understood.
@@ -208,6 +216,7 @@ pub struct ParseError {
 /// Foreign rules are only counted (to know where our jumps sit), never interpreted.
 pub fn parse_save(text: &str) -> Result<Current, ParseError> {
     let mut cur = Current::default();
+    let mut next = Next::default();
     let mut in_filter = false;
     let mut builtin_len: BTreeMap<String, usize> = BTreeMap::new();
     for (idx, line) in text.lines().enumerate() {
@@ -235,6 +244,8 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             let name = words.next().unwrap_or("");
             if let Some(chain) = Chain::by_name(name) {
                 cur.chains.insert(chain);
+            } else if let Some(chain) = Chain::by_next_name(name) {
+                next.declared.insert(chain);
             } else if let Some(chain) = Chain::by_builtin(name) {
                 let policy = words.next().unwrap_or("-");
                 let (counters, _) = split_counters(words.next().unwrap_or(""))
@@ -252,7 +263,9 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             return Err(err("expected -A"));
         };
         let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-        if let Some(chain) = Chain::by_name(chain_name) {
+        let ours = Chain::by_name(chain_name).map(|c| (c, false));
+        if let Some((chain, is_next)) = ours.or(Chain::by_next_name(chain_name).map(|c| (c, true)))
+        {
             let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
             let rule = recognise(chain, &tokens);
             let set_match = if rule.is_none() {
@@ -260,13 +273,18 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             } else {
                 None
             };
-            cur.rules.push(SeenRule {
+            let seen = SeenRule {
                 chain,
                 spec: spec.to_string(),
                 rule,
                 set_match,
                 counters,
-            });
+            };
+            if is_next {
+                next.rules.push(seen);
+            } else {
+                cur.rules.push(seen);
+            }
         } else {
             let pos = builtin_len.entry(chain_name.to_string()).or_default();
             *pos += 1;
@@ -275,17 +293,91 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
                 let jumps_to_ours = tokens
                     .windows(2)
                     .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain.name());
+                let jumps_to_next = tokens
+                    .windows(2)
+                    .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain.next_name());
+                let jump = SeenJump {
+                    chain,
+                    position: *pos,
+                    spec: spec.to_string(),
+                };
                 if jumps_to_ours {
-                    cur.jumps.push(SeenJump {
-                        chain,
-                        position: *pos,
-                        spec: spec.to_string(),
-                    });
+                    cur.jumps.push(jump);
+                } else if jumps_to_next {
+                    next.jumps.push(jump);
                 }
             }
         }
     }
+    next.settle(&mut cur);
     Ok(cur)
+}
+
+/// What a read found of the `-NEXT` copies of our chains (normally nothing).
+#[derive(Default)]
+struct Next {
+    declared: BTreeSet<Chain>,
+    jumps: Vec<SeenJump>,
+    rules: Vec<SeenRule>,
+}
+
+impl Next {
+    /// Describe the table as it is once a half-done rebuild is finished: a copy that is
+    /// jumped to (and its old chain not) is the live chain, the old one's counting rules
+    /// are frozen; any other copy never counted and goes.
+    fn settle(self, cur: &mut Current) {
+        for chain in Chain::ALL.into_iter().filter(|c| self.declared.contains(c)) {
+            let to_next = |j: &&SeenJump| j.chain == chain;
+            let live = self.jumps.iter().any(|j| j.chain == chain)
+                && !cur.jumps.iter().any(|j| j.chain == chain);
+            if !live {
+                for j in self.jumps.iter().filter(to_next) {
+                    cur.pending.push(Op::Delete {
+                        chain: chain.builtin(),
+                        spec: j.spec.clone(),
+                    });
+                }
+                cur.pending.push(Op::RemoveNext(chain));
+                continue;
+            }
+            let (old, kept): (Vec<SeenRule>, Vec<SeenRule>) = std::mem::take(&mut cur.rules)
+                .into_iter()
+                .partition(|r| r.chain == chain);
+            cur.rules = kept;
+            cur.frozen.extend(
+                Current {
+                    rules: old,
+                    ..Current::default()
+                }
+                .counted(),
+            );
+            cur.rules
+                .extend(self.rules.iter().filter(|r| r.chain == chain).cloned());
+            if !cur.chains.insert(chain) {
+                cur.pending.push(Op::RemoveChain(chain));
+            }
+            cur.pending.push(Op::Rename(chain));
+            let renamed = |spec: &str| {
+                let words: Vec<&str> = spec.split(' ').collect();
+                words
+                    .iter()
+                    .map(|w| {
+                        if *w == chain.next_name() {
+                            chain.name()
+                        } else {
+                            w
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            cur.jumps
+                .extend(self.jumps.iter().filter(to_next).map(|j| SeenJump {
+                    spec: renamed(&j.spec),
+                    ..j.clone()
+                }));
+        }
+    }
 }
 
 fn split_counters(line: &str) -> Option<(Counters, &str)> {
@@ -440,8 +532,34 @@ pub enum Op {
     Append(Wanted),
     /// Put our jump at the top of its built-in chain.
     InsertJump(Chain),
-    /// Flush and delete one of our chains (its jumps deleted first): `uninstall --purge`.
+    /// Flush and delete one of our chains (its jumps deleted first): `uninstall --purge`, or
+    /// the frozen old chain of a rebuild.
     RemoveChain(Chain),
+    /// Rebuild one of our chains without stopping any counter that stays: its wanted rules
+    /// (each carrying the counters its current copy was read with, or zero) go into the
+    /// chain's `-NEXT` copy, which the same batch hooks in place of the old chain (whose
+    /// jumps are deleted by the ops before). The old chain then counts no more: its final
+    /// values are read, and [`Op::RemoveChain`] and [`Op::Rename`] finish the rebuild.
+    Swap(Swap),
+    /// The `-NEXT` copy takes its chain's name (jumps follow a rename).
+    Rename(Chain),
+    /// Flush and delete a `-NEXT` copy that is not in use.
+    RemoveNext(Chain),
+}
+
+/// A chain rebuilt under its `-NEXT` name: see [`Op::Swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swap {
+    pub chain: Chain,
+    /// The wanted rules in order, each with the counters it starts from.
+    pub rules: Vec<(Wanted, Counters)>,
+    /// Counting rules given to another container: (key, from, to). Each carries its
+    /// counters over, so what it counts from the read on is charged to `to`.
+    pub moved: Vec<(compact_str::CompactString, Ctid, Ctid)>,
+    /// How many of the rules are new (start from zero), and how many of the old chain's
+    /// rules are not carried over.
+    pub added: usize,
+    pub removed: usize,
 }
 
 /// The changes that make one family's kernel ruleset match what is accounted.
@@ -461,13 +579,49 @@ impl Plan {
     pub fn added(&self) -> usize {
         self.ops
             .iter()
-            .filter(|o| matches!(o, Op::Append(_)))
-            .count()
+            .map(|o| match o {
+                Op::Append(_) => 1,
+                Op::Swap(s) => s.added,
+                _ => 0,
+            })
+            .sum()
     }
 
     pub fn deleted(&self) -> usize {
-        let rules = |o: &&Op| matches!(o, Op::Delete { chain, .. } if chain.starts_with("VZACCT-"));
-        self.ops.iter().filter(rules).count()
+        self.ops
+            .iter()
+            .map(|o| match o {
+                Op::Delete { chain, .. } if chain.starts_with("VZACCT-") => 1,
+                Op::Swap(s) => s.removed,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The chains this plan rebuilds.
+    pub fn swapped(&self) -> Vec<&Swap> {
+        self.ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Swap(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What finishes the rebuilds of this plan once the old chains' final values are read.
+    pub fn finish(&self) -> Plan {
+        let ops: Vec<Op> = self
+            .swapped()
+            .iter()
+            .flat_map(|s| [Op::RemoveChain(s.chain), Op::Rename(s.chain)])
+            .collect();
+        let policies = if ops.is_empty() {
+            Vec::new()
+        } else {
+            self.policies.clone()
+        };
+        Plan { ops, policies }
     }
 
     /// The batch for `iptables-restore --noflush --counters`: new rules start at zero.
@@ -489,6 +643,16 @@ impl Plan {
                 Op::Append(w) => writeln!(out, "[0:0] -A {} {}", w.chain().name(), w.spec()),
                 Op::InsertJump(c) => writeln!(out, "-I {} 1 -j {}", c.builtin(), c.name()),
                 Op::RemoveChain(c) => writeln!(out, "-F {n}\n-X {n}", n = c.name()),
+                Op::RemoveNext(c) => writeln!(out, "-F {n}\n-X {n}", n = c.next_name()),
+                Op::Rename(c) => writeln!(out, "-E {} {}", c.next_name(), c.name()),
+                Op::Swap(sw) => {
+                    let next = sw.chain.next_name();
+                    let _ = writeln!(out, "-N {next}");
+                    for (w, c) in &sw.rules {
+                        let _ = writeln!(out, "[{}:{}] -A {next} {}", c.packets, c.bytes, w.spec());
+                    }
+                    writeln!(out, "-I {} 1 -j {next}", sw.chain.builtin())
+                }
             };
         }
         out.push_str("COMMIT\n");
@@ -531,54 +695,46 @@ pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
             ops.push(Op::NewChain(chain));
         }
     }
+    let (keep, swapped) = kept(desired, current);
     for chain in Chain::ALL {
         let jumps: Vec<&SeenJump> = current.jumps.iter().filter(|j| j.chain == chain).collect();
         let canonical = format!("-j {}", chain.name());
         let fine = matches!(jumps.as_slice(), [j] if j.position == 1 && j.spec == canonical);
-        if !fine {
+        if !fine || swapped.contains(&chain) {
             for j in jumps {
                 ops.push(Op::Delete {
                     chain: chain.builtin(),
                     spec: j.spec.clone(),
                 });
             }
-            ops.push(Op::InsertJump(chain));
+            if !swapped.contains(&chain) {
+                ops.push(Op::InsertJump(chain));
+            }
         }
     }
+    for chain in &swapped {
+        ops.push(Op::Swap(swap(*chain, desired, current, &keep)));
+    }
+    let in_place = |c: Chain| !swapped.contains(&c);
+    for (seen, _) in current.rules.iter().zip(&keep).filter(|(_, k)| !**k) {
+        if in_place(seen.chain) {
+            ops.push(Op::Delete {
+                chain: seen.chain.name(),
+                spec: seen.spec.clone(),
+            });
+        }
+    }
+    // Appends follow the desired order, skipping what is already in place.
     let mut wanted: HashMap<&Wanted, usize> = HashMap::with_capacity(desired.len());
     for r in desired {
         *wanted.entry(r).or_default() += 1;
     }
-    let budget = wanted.clone();
-    // Of identical copies the LAST one is kept: `-D` by specification removes the first
-    // match, so deleting the surplus copies in order leaves exactly the kept one in place.
-    let mut keep = vec![false; current.rules.len()];
-    let seen_wanted: Vec<Option<Wanted>> = current.rules.iter().map(SeenRule::wanted).collect();
-    for (i, w) in seen_wanted.iter().enumerate().rev() {
-        if let Some(n) = w
-            .as_ref()
-            .and_then(|w| wanted.get_mut(w))
-            .filter(|n| **n > 0)
-        {
-            *n -= 1;
-            keep[i] = true;
-        }
-    }
-    for (seen, _) in current.rules.iter().zip(&keep).filter(|(_, k)| !**k) {
-        ops.push(Op::Delete {
-            chain: seen.chain.name(),
-            spec: seen.spec.clone(),
-        });
-    }
-    // Restore the budget consumed above so appends only cover what is missing.
-    let mut wanted = budget;
-    for (w, _) in seen_wanted.iter().zip(&keep).filter(|(_, k)| **k) {
-        if let Some(n) = w.as_ref().and_then(|w| wanted.get_mut(w)) {
+    for (seen, _) in current.rules.iter().zip(&keep).filter(|(_, k)| **k) {
+        if let Some(n) = seen.wanted().as_ref().and_then(|w| wanted.get_mut(w)) {
             *n -= 1;
         }
     }
-    // Appends follow the desired order, skipping what is already in place.
-    for r in desired {
+    for r in desired.iter().filter(|r| in_place(r.chain())) {
         if let Some(n) = wanted.get_mut(r).filter(|n| **n > 0) {
             *n -= 1;
             ops.push(Op::Append(r.clone()));
@@ -590,6 +746,93 @@ pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
         current.policies.clone()
     };
     Plan { ops, policies }
+}
+
+/// Which of the current rules stay as they are, and which chains must be rebuilt: those
+/// where a counting rule that is followed (no kept copy is the same rule) would go. Of
+/// identical copies the LAST one is kept: `-D` by specification removes the first match,
+/// so deleting the surplus copies in order leaves exactly the kept one in place.
+fn kept(desired: &[Wanted], current: &Current) -> (Vec<bool>, BTreeSet<Chain>) {
+    let mut wanted: HashMap<&Wanted, usize> = HashMap::with_capacity(desired.len());
+    for r in desired {
+        *wanted.entry(r).or_default() += 1;
+    }
+    let mut keep = vec![false; current.rules.len()];
+    for (i, seen) in current.rules.iter().enumerate().rev() {
+        if let Some(n) = seen
+            .wanted()
+            .as_ref()
+            .and_then(|w| wanted.get_mut(w))
+            .filter(|n| **n > 0)
+        {
+            *n -= 1;
+            keep[i] = true;
+        }
+    }
+    let kept_rules: HashSet<&Rule> = current
+        .rules
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .filter_map(|(s, _)| s.rule.as_ref())
+        .collect();
+    let swapped = current
+        .rules
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| !**k)
+        .filter_map(|(s, _)| s.rule.as_ref())
+        .filter(|r| !kept_rules.contains(r))
+        .map(|r| r.kind.chain())
+        .collect();
+    (keep, swapped)
+}
+
+/// The rebuild of `chain`: every wanted rule of it, carrying the counters of its current
+/// copy (the one kept, or the rule of the same address and kind another container had).
+fn swap(chain: Chain, desired: &[Wanted], current: &Current, keep: &[bool]) -> Swap {
+    let in_chain = |s: &&SeenRule| s.chain == chain;
+    let mut kept: HashMap<Wanted, Counters> = HashMap::new();
+    let mut others: HashMap<compact_str::CompactString, (Ctid, Counters)> = HashMap::new();
+    for (seen, k) in current.rules.iter().zip(keep) {
+        if seen.chain != chain {
+            continue;
+        }
+        match (k, seen.wanted(), &seen.rule) {
+            (true, Some(w), _) => {
+                kept.insert(w, seen.counters);
+            }
+            (false, _, Some(r)) => {
+                others.insert(r.seen_key(), (r.ctid.clone(), seen.counters));
+            }
+            _ => {}
+        }
+    }
+    let mut sw = Swap {
+        chain,
+        rules: Vec::new(),
+        moved: Vec::new(),
+        added: 0,
+        removed: current.rules.iter().filter(in_chain).count(),
+    };
+    for w in desired.iter().filter(|w| w.chain() == chain) {
+        let counters = if let Some(c) = kept.remove(w) {
+            sw.removed -= 1;
+            c
+        } else if let Wanted::Count(r) = w
+            && let Some((from, c)) = others.remove(&r.seen_key())
+            && from != r.ctid
+        {
+            sw.moved.push((r.seen_key(), from, r.ctid.clone()));
+            sw.added += 1;
+            c
+        } else {
+            sw.added += 1;
+            Counters::default()
+        };
+        sw.rules.push((w.clone(), counters));
+    }
+    sw
 }
 
 #[cfg(test)]
@@ -852,17 +1095,128 @@ mod tests {
         assert_eq!(p.deleted(), 4);
         assert_eq!(p.added(), 3);
         assert!(p.policies.is_empty(), "no policy lines were read");
+        // Counting rules go (109's, and one on the wrong interface): their chains are
+        // rebuilt, the kept rule (the last copy) carrying its counters over.
+        assert_eq!(
+            p.render(),
+            "*filter\n\
+             -D FORWARD -j VZACCT-FORWARD\n\
+             -D OUTPUT -j VZACCT-OUTPUT\n\
+             -N VZACCT-FORWARD-NEXT\n\
+             [1:100] -A VZACCT-FORWARD-NEXT -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             [0:0] -A VZACCT-FORWARD-NEXT -s 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+             -I FORWARD 1 -j VZACCT-FORWARD-NEXT\n\
+             -N VZACCT-OUTPUT-NEXT\n\
+             [0:0] -A VZACCT-OUTPUT-NEXT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"\n\
+             -I OUTPUT 1 -j VZACCT-OUTPUT-NEXT\n\
+             [0:0] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
+             COMMIT\n"
+        );
+        assert_eq!(
+            p.finish().render(),
+            "*filter\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n-E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\
+             -F VZACCT-OUTPUT\n-X VZACCT-OUTPUT\n-E VZACCT-OUTPUT-NEXT VZACCT-OUTPUT\nCOMMIT\n"
+        );
+        // Only a duplicate and a stray: deleted in place, nothing rebuilt.
+        let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-INPUT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
+                    [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [3:300] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [1:100] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [0:0] -A VZACCT-FORWARD -p tcp -j ACCEPT\n\
+                    COMMIT\n";
+        let p = plan(&want, &parse_save(text).unwrap());
         assert_eq!(
             p.render(),
             "*filter\n\
              -D VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
-             -D VZACCT-FORWARD -d 10.0.0.9/32 -m comment --comment \"ct:109\"\n\
              -D VZACCT-FORWARD -p tcp -j ACCEPT\n\
-             -D VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
              [0:0] -A VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
              [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"\n\
              [0:0] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
              COMMIT\n"
+        );
+        assert!(p.finish().is_empty());
+    }
+
+    /// An IP given to another container: its chain is rebuilt with the rule under the new
+    /// owner, carrying the counters read, and the move is reported for the ledger.
+    #[test]
+    fn a_moved_rule_carries_its_counters() {
+        let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-INPUT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
+                    [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [7:700] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    COMMIT\n";
+        let want: Vec<Wanted> =
+            desired(&accounted(&[("102", &["10.0.0.1"])]), Family::V4, "venet0")
+                .into_iter()
+                .filter(|r| r.kind == Kind::ForwardIn)
+                .map(Wanted::Count)
+                .collect();
+        let p = plan(&want, &parse_save(text).unwrap());
+        let sw = p.swapped();
+        assert_eq!(sw.len(), 1);
+        assert_eq!(
+            sw[0].moved,
+            [("forward_in 10.0.0.1".into(), ct("101"), ct("102"))]
+        );
+        assert_eq!(
+            sw[0].rules[0].1,
+            Counters {
+                packets: 7,
+                bytes: 700
+            }
+        );
+    }
+
+    /// A rebuild a killed command left half-done: the copy that is jumped to is the live
+    /// chain (under the chain's name), the old chain's rules are frozen, and the pending
+    /// ops finish the rebuild. A copy that nothing jumps to never counted: it just goes.
+    #[test]
+    fn a_half_done_rebuild_is_finished() {
+        let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-FORWARD-NEXT - [0:0]\n:VZACCT-INPUT - [0:0]\n\
+                    :VZACCT-INPUT-NEXT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
+                    [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD-NEXT\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [9:900] -A VZACCT-FORWARD -d 10.0.0.9/32 -m comment --comment \"ct:109\"\n\
+                    [5:500] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [6:600] -A VZACCT-FORWARD-NEXT -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [1:100] -A VZACCT-INPUT-NEXT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
+                    COMMIT\n";
+        let cur = parse_save(text).unwrap();
+        let frozen: Vec<(String, u64)> = cur
+            .frozen
+            .iter()
+            .map(|c| (c.key.to_string(), c.counters.bytes))
+            .collect();
+        assert_eq!(
+            frozen,
+            [
+                ("forward_in 10.0.0.9".into(), 900),
+                ("forward_in 10.0.0.1".into(), 500)
+            ]
+        );
+        assert_eq!(cur.counted().len(), 1);
+        assert_eq!(cur.counted()[0].counters.bytes, 600);
+        assert_eq!(
+            cur.pending,
+            [
+                Op::RemoveChain(Chain::Forward),
+                Op::Rename(Chain::Forward),
+                Op::RemoveNext(Chain::Input)
+            ]
+        );
+        assert!(
+            cur.jumps
+                .iter()
+                .all(|j| j.spec.ends_with(" VZACCT-FORWARD") || j.chain != Chain::Forward)
+        );
+        assert_eq!(
+            Plan {
+                ops: cur.pending.clone(),
+                policies: Vec::new()
+            }
+            .render(),
+            "*filter\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n-E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\
+             -F VZACCT-INPUT-NEXT\n-X VZACCT-INPUT-NEXT\nCOMMIT\n"
         );
     }
 

@@ -222,10 +222,9 @@ fn harvested(
     // Frozen sets a killed command left: their final counts, against the same last-seen
     // values as the live sets' (before the harvest moves those on). Same boot only: after
     // a reboot they are somebody's restored copy.
-    if let Some(sets) = &kernel.sets
-        && ledger.boot_id.as_deref() == Some(boot_id.as_str())
-    {
-        ledger.credit_frozen(&sets.frozen, ctx.today());
+    if ledger.boot_id.as_deref() == Some(boot_id.as_str()) {
+        let frozen: Vec<_> = kernel.frozen_left().cloned().collect();
+        ledger.credit_frozen(&frozen, ctx.today());
     }
     let counted = kernel.counted();
     let (harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
@@ -278,6 +277,18 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
                 s.ledger.baseline_zero(&rule.ctid, rule.seen_key());
             }
         }
+        // A rebuilt chain's rules carry their counters over; a rule given to another
+        // container takes its last-seen value along, the new ones start from zero.
+        for sw in p.swapped() {
+            for (key, from, to) in &sw.moved {
+                s.ledger.transfer_seen(key, from, to);
+            }
+            for (w, _) in &sw.rules {
+                if let crate::ruleset::Wanted::Count(rule) = w {
+                    s.ledger.baseline_zero(&rule.ctid, rule.seen_key());
+                }
+            }
+        }
     }
     for (kind, ip, ctid) in &plan.sets.add {
         let moved = plan.sets.moved.iter().any(|(k, i, _)| k == kind && i == ip);
@@ -304,8 +315,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     let mut stopped = Figures::default();
     if apply {
-        // Set elements that no longer count (frozen, or in sets the batch stopped using):
-        // what they counted between this command's read and the batch is credited now.
+        // Rules and set elements that no longer count (frozen chains and sets, sets the batch
+        // stopped using): what they counted between this read and the batch is credited now.
         let frozen = s.kernel.apply(&ctx.config, &plan, &set_batch)?;
         stopped = s.ledger.credit_frozen(&frozen, ctx.today());
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
@@ -313,10 +324,12 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         let forgot = s
             .ledger
             .forget_removed(|k, accounted| s.kernel.survives(k, accounted));
+        // The frozen copies go before the credit is written: killed in between, the credit
+        // is lost (milliseconds of traffic), never made twice by the next command.
+        s.kernel.finish(&ctx.config, &plan)?;
         if forgot || !frozen.is_empty() {
             s.loaded.save(&s.ledger, None, &[])?;
         }
-        s.kernel.finish(&ctx.config, &plan)?;
     }
     Ok(Committed {
         plan,
@@ -328,7 +341,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
 pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
     if c.stopped.in_packets + c.stopped.out_packets > 0 {
         ctx.say(format!(
-            "counted by set elements until the batch stopped them: {} bytes in / {} bytes out (credited)",
+            "counted by rules or set elements until the batch stopped them: {} bytes in / {} bytes out (credited)",
             c.stopped.in_bytes, c.stopped.out_bytes
         ))?;
     }
