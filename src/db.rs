@@ -3,7 +3,7 @@
 //! an event about one container reads and writes only that container's rows. The caller
 //! holds the state dir's lock ([`crate::store`]); every write is one transaction.
 //!
-//! Schema, version 1 (`PRAGMA user_version`). Figures are the eight counters of
+//! Schema, version 2 (`PRAGMA user_version`; version 1 lacked `generations`). Figures are the eight counters of
 //! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
 //! local_in_bytes local_out_bytes local_in_packets local_out_packets` (written `<figures>`
 //! below; in `containers` prefixed `total_` and `month_`). Counters are 64-bit unsigned in
@@ -12,6 +12,8 @@
 //! `YYYY-MM-DD`, months `YYYY-MM`.
 //! ```text
 //! node        (id = 1, boot_id, backend, last_dump_at, last_dump_ms)      one row, written by every full run
+//! generations (scope PRIMARY KEY, generation)  the number vzacct last wrote into each table
+//!             (`rules4`, `rules6`) and set of its own (by name)
 //! containers  (ctid PRIMARY KEY, total_since, last_closed, month, month_<figures>, total_<figures>)
 //! ips         (ctid, ip)      the IPs a container accounts now
 //! parked      (ctid, ip)      IPs a hook stopped accounting, elements left for the next full run
@@ -111,7 +113,7 @@ pub enum StateError {
 /// The database file in the state dir.
 pub const FILE: &str = "ledger.sqlite";
 /// The schema version this vzacct reads and writes.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 /// Closed days older than this are dropped from `days` (the CSV keeps every row).
 pub const HISTORY_DAYS: u64 = 800;
 
@@ -135,6 +137,8 @@ fn schema() -> String {
     format!(
         "CREATE TABLE node (id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT, backend TEXT,
            last_dump_at TEXT, last_dump_ms INTEGER);
+         CREATE TABLE generations (scope TEXT PRIMARY KEY, generation INTEGER NOT NULL)
+           WITHOUT ROWID;
          CREATE TABLE containers (ctid TEXT PRIMARY KEY, total_since TEXT, last_closed TEXT,
            month TEXT, {}, {}) WITHOUT ROWID;
          CREATE TABLE ips (ctid TEXT NOT NULL, ip TEXT NOT NULL, PRIMARY KEY (ctid, ip))
@@ -394,16 +398,25 @@ fn open_rw(state_dir: &Path) -> Result<Connection, StateError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| db_error(None, &path, e))?;
-    check_version(&conn, &path)?;
+    check_version(&conn, &path, true)?;
     set_pragmas(&conn, &path)?;
     Ok(conn)
 }
 
-fn check_version(conn: &Connection, path: &Path) -> Result<(), StateError> {
+/// Version 1 (before the generation) is upgraded in place by a command that may write, and
+/// read as it is by a view.
+fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), StateError> {
     let v: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| db_error(Some(conn), path, e))?;
-    if v != VERSION {
+    if v == 1 && upgrade {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; CREATE TABLE generations (scope TEXT PRIMARY KEY,
+               generation INTEGER NOT NULL) WITHOUT ROWID;
+             PRAGMA user_version = 2; COMMIT;",
+        )
+        .map_err(|e| db_error(Some(conn), path, e))?;
+    } else if v != VERSION && v != 1 {
         return Err(StateError::Corrupt {
             path: path.to_path_buf(),
             source: crate::ledger::FormatError::Json(format!(
@@ -458,7 +471,7 @@ pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
         if wal_left { "" } else { "&immutable=1" }
     );
     let conn = Connection::open_with_flags(&uri, flags).map_err(|e| db_error(None, &path, e))?;
-    check_version(&conn, &path)?;
+    check_version(&conn, &path, false)?;
     conn.execute_batch("PRAGMA cache_size = -512;")
         .map_err(|e| db_error(Some(&conn), &path, e))?;
     loaded.conn = Some(conn);
@@ -754,6 +767,16 @@ impl Loaded {
             node_backend = backend;
             ledger.boot_id = boot_id;
             ledger.last_dump = last_dump;
+            // (No such table in a version 1 database that a view reads.)
+            if let Ok(mut stmt) = conn.prepare("SELECT scope, generation FROM generations") {
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(err)?;
+                for row in rows {
+                    let (scope, g) = row.map_err(err)?;
+                    ledger.generations.insert(scope, to_u64(g));
+                }
+            }
         } else if !allow_no_node {
             // Its boot id is lost: going on would take every kernel counter for new
             // (counted twice).
@@ -919,6 +942,13 @@ impl Loaded {
                 ledger.last_dump.as_ref().map(|d| time_text(&d.at)),
                 ledger.last_dump.as_ref().map(|d| to_i64(d.duration_ms)),
             ])?;
+            tx.execute("DELETE FROM generations", [])?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO generations (scope, generation) VALUES (?1, ?2)")?;
+            for (scope, g) in &ledger.generations {
+                ins.execute(params![scope, to_i64(*g)])?;
+            }
+            drop(ins);
             for (id, c) in &ledger.containers {
                 let new = Prints::of(c);
                 let old = self.prints.get(id);

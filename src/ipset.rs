@@ -49,6 +49,8 @@ pub struct Sets {
     pub frozen_present: Vec<String>,
     /// Their elements' final counters, keyed as the live set's elements.
     pub frozen: Vec<Counted>,
+    /// The generation each of our sets names ([`crate::model::generation_ip`]).
+    pub generation: BTreeMap<String, u64>,
 }
 
 impl Sets {
@@ -143,6 +145,16 @@ impl SaveParser {
                     .next()
                     .and_then(|w| w.parse().ok())
                     .ok_or_else(|| err("bad element address"))?;
+                if ip == crate::model::generation_ip(family) {
+                    let rest: Vec<&str> = w.collect();
+                    let comment = rest.windows(2).find(|p| p[0] == "comment");
+                    if let Some(g) =
+                        comment.and_then(|p| crate::model::parse_generation(p[1].trim_matches('"')))
+                    {
+                        sets.generation.insert(name.to_string(), g);
+                    }
+                    return Ok(());
+                }
                 match element(words, kind, family, &err)? {
                     Some(e) => sets.elements.push(e),
                     None => sets.untagged.push((kind, ip)),
@@ -257,6 +269,8 @@ pub struct SetPlan {
     pub refill: Vec<(Kind, IpAddr, Ctid, bool)>,
     /// Frozen sets left by a killed command (their counts were taken at the read).
     pub leftover: Vec<String>,
+    /// The sets in use, each with the generation to write into it.
+    pub live: Vec<(String, u64)>,
 }
 
 impl SetPlan {
@@ -333,6 +347,12 @@ impl SetPlan {
                 );
             }
             let _ = writeln!(out, "swap {} {z}", set_name(*kind, *family));
+        }
+        for (name, g) in &self.live {
+            let comment = crate::model::generation_comment(*g);
+            let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
+            let ip = crate::model::generation_ip(family);
+            let _ = writeln!(out, "add {name} {ip} comment \"{comment}\"");
         }
         out
     }

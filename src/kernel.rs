@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::ipset::{self, SetPlan, Sets};
 use crate::netfilter::{Ipset, Tables};
 use crate::probe::Probes;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use crate::ctid::Ctid;
@@ -191,6 +191,27 @@ impl Kernel {
         KernelPlan { rules, sets }
     }
 
+    /// A plan that changes nothing (each family read, no op).
+    pub fn unchanged(&self) -> KernelPlan {
+        KernelPlan {
+            rules: self
+                .tables
+                .iter()
+                .map(|(t, c)| {
+                    let policies = c.policies_to_give_back();
+                    (
+                        t.family,
+                        Plan {
+                            policies,
+                            ..Plan::default()
+                        },
+                    )
+                })
+                .collect(),
+            sets: SetPlan::default(),
+        }
+    }
+
     /// Pure: what takes everything of vzacct's out of the kernel (`uninstall --purge`):
     /// jumps, chains and rules of every family read, then every set of ours.
     pub fn teardown(&self) -> KernelPlan {
@@ -273,14 +294,10 @@ impl Kernel {
 
 /// What finishes a rebuild a killed command left half-done, as a batch of its own.
 fn pending(current: &Current) -> Plan {
-    let policies = if current.pending.is_empty() || current.nf_tables {
-        Vec::new()
-    } else {
-        current.policies.clone()
-    };
     Plan {
         ops: current.pending.clone(),
-        policies,
+        policies: current.policies_to_give_back(),
+        generation: None,
     }
 }
 
@@ -289,4 +306,112 @@ fn pending(current: &Current) -> Plan {
 pub struct KernelPlan {
     pub rules: Vec<(Family, Plan)>,
     pub sets: SetPlan,
+}
+
+impl KernelPlan {
+    /// Write a new generation with the batches, in every family's table read and every set
+    /// of ours in use, and record it in `generations` (what was not read keeps its own).
+    pub fn stamp(&mut self, generations: &mut BTreeMap<String, u64>, kernel: &Kernel) {
+        let mut next = |scope: String| {
+            let g = generations.entry(scope).or_default();
+            *g += 1;
+            *g
+        };
+        for ((t, current), (_, p)) in kernel.tables.iter().zip(&mut self.rules) {
+            p.set_generation(next(rules_scope(t.family)), current.generation_chain);
+        }
+        if kernel.use_sets {
+            let families = kernel.tables.iter().map(|(t, _)| t.family);
+            self.sets.live = families
+                .flat_map(|f| Kind::ALL.map(move |k| ipset::set_name(k, f)))
+                .map(|name| (name.clone(), next(name)))
+                .collect();
+        }
+        for name in &self.sets.destroy {
+            generations.remove(name);
+        }
+    }
+}
+
+/// The name of a family's table in the ledger's generations.
+fn rules_scope(family: Family) -> String {
+    match family {
+        Family::V4 => "rules4".into(),
+        Family::V6 => "rules6".into(),
+    }
+}
+
+/// Where the counters read cannot be trusted to continue the ledger's last-seen values:
+/// the keys of the counters in a table or set whose generation is older than the one the
+/// ledger last wrote (a saved copy was restored), or one generation older (the batch that
+/// was to write the newer one never ran) for the counters below their last-seen values.
+/// Their past is unknown: the harvest takes them as a starting point, never credits them.
+pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrusted {
+    let mut u = Untrusted::default();
+    let mut judge = |what: String, scope: &str, found: Option<u64>, counted: Vec<&Counted>| {
+        let Some(ledger_generation) = generations.get(scope).copied() else {
+            return;
+        };
+        if counted.is_empty() || found.is_some_and(|g| g >= ledger_generation) {
+            return;
+        }
+        let only_below = found == Some(ledger_generation - 1);
+        if only_below {
+            u.notes_if_below.push(format!(
+                "{what}: generation {}, the ledger wrote {ledger_generation}: a saved copy was restored or the last batch did not run; counters below their last-seen values are taken as a starting point",
+                ledger_generation - 1
+            ));
+        } else {
+            u.notes.push(format!(
+                "{what}: generation {}, the ledger wrote {ledger_generation}: a saved copy was restored; its {} counter(s) are taken as a starting point",
+                found.map_or("none".to_string(), |g| g.to_string()),
+                counted.len()
+            ));
+        }
+        u.keys.extend(
+            counted
+                .into_iter()
+                .map(|c| (c.key.clone(), only_below.then_some(c.counters))),
+        );
+    };
+    for (t, current) in &kernel.tables {
+        let counted = kernel
+            .rules_counted
+            .iter()
+            .filter(|c| Family::of(&c.ip) == t.family)
+            .chain(current.frozen.iter())
+            .collect();
+        let scope = rules_scope(t.family);
+        judge(
+            format!("{} rules", t.family),
+            &scope,
+            current.generation,
+            counted,
+        );
+    }
+    if let Some(sets) = &kernel.sets {
+        for name in sets.present.keys() {
+            let counted = sets
+                .elements
+                .iter()
+                .chain(sets.frozen.iter())
+                .filter(|c| c.key.split(' ').nth(1) == Some(name.as_str()))
+                .collect();
+            let found = sets.generation.get(name).copied();
+            judge(format!("set {name}"), name, found, counted);
+        }
+    }
+    u
+}
+
+/// See [`untrusted`].
+#[derive(Debug, Default)]
+pub struct Untrusted {
+    /// The counters' keys; with their values when only a value below the last-seen one is
+    /// untrusted.
+    pub keys: std::collections::HashMap<compact_str::CompactString, Option<crate::model::Counters>>,
+    /// One line per table or set found restored.
+    pub notes: Vec<String>,
+    /// One line per table or set one generation behind: said if any counter was below.
+    pub notes_if_below: Vec<String>,
 }

@@ -230,6 +230,10 @@ pub struct Ledger {
     pub format: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The generation last written into each table (`rules4`, `rules6`) and set of ours
+    /// ([`crate::kernel::untrusted`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generations: BTreeMap<String, u64>,
     /// When the last successful dump ran, and how long it took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dump: Option<LastDump>,
@@ -249,6 +253,7 @@ impl Default for Ledger {
         Ledger {
             format: FORMAT,
             boot_id: None,
+            generations: BTreeMap::new(),
             last_dump: None,
             containers: BTreeMap::new(),
         }
@@ -280,6 +285,8 @@ pub struct Harvest {
     /// Rules whose counters could not be traffic (more bytes than 512 KiB per packet), taken
     /// as a new starting point without crediting anything.
     pub implausible: usize,
+    /// One line per table or set found restored from a saved copy.
+    pub notes: Vec<String>,
 }
 
 /// At most this many rows of zeros are written for days without any dump.
@@ -681,6 +688,28 @@ impl Ledger {
             .or_default()
             .seen
             .insert(CompactString::from(key), v);
+    }
+
+    /// Forget the last-seen values of `keys` (a counter of unknown past): each whose value
+    /// is given only where the counter now reads below it. Returns how many were.
+    pub fn forget_seen(
+        &mut self,
+        keys: &std::collections::HashMap<CompactString, Option<Counters>>,
+    ) -> usize {
+        let mut forgot = 0;
+        if keys.is_empty() {
+            return forgot;
+        }
+        for c in self.containers.values_mut() {
+            let before = c.seen.len();
+            c.seen.retain(|k, seen| match keys.get(k) {
+                None => true,
+                Some(None) => false,
+                Some(Some(now)) => now.packets >= seen.packets && now.bytes >= seen.bytes,
+            });
+            forgot += before - c.seen.len();
+        }
+        forgot
     }
 
     pub fn unpark_all(&mut self) {

@@ -95,6 +95,31 @@ impl Chain {
     }
 }
 
+/// The chain (never jumped to) whose one rule names the generation of the ruleset vzacct
+/// last wrote, and the address of the element that names it in each set: a saved copy
+/// restored later (`iptables-restore -c`, `ipset restore`) brings an older generation
+/// back, and its counters are then not credited a second time.
+pub const GENERATION_CHAIN: &str = "VZACCT-GENERATION";
+
+/// The generation's comment (`generation:N`, one word for `ipset save`'s sake).
+pub fn generation_comment(g: u64) -> String {
+    format!("generation:{g}")
+}
+
+/// [`generation_comment`], parsed.
+pub fn parse_generation(comment: &str) -> Option<u64> {
+    comment.strip_prefix("generation:")?.parse().ok()
+}
+
+/// The address of a set's generation element: a broadcast or reserved multicast address,
+/// which no container can hold (never an accounted IP, never counted for anyone).
+pub fn generation_ip(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(std::net::Ipv4Addr::BROADCAST),
+        Family::V6 => IpAddr::V6(std::net::Ipv6Addr::new(0xff0f, 0, 0, 0, 0, 0, 0, 0xffff)),
+    }
+}
+
 /// What a counting rule measures, from the container's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

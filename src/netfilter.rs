@@ -126,7 +126,7 @@ impl Tables {
 
     /// Apply a plan as one atomic batch; nothing is run for an empty plan.
     pub fn apply(&self, plan: &Plan) -> Result<(), NetfilterError> {
-        if plan.is_empty() {
+        if plan.is_empty() && plan.generation.is_none() {
             return Ok(());
         }
         let batch = plan.render();

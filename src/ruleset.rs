@@ -201,6 +201,9 @@ pub struct Current {
     /// describes the table as it is once these have run, which [`crate::kernel::Kernel`]
     /// does first.
     pub pending: Vec<Op>,
+    /// Whether the generation chain exists, and the generation its rule names.
+    pub generation_chain: bool,
+    pub generation: Option<u64>,
 }
 
 /// `iptables-save` output that could not be understood.
@@ -242,7 +245,9 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
         if let Some(decl) = line.strip_prefix(':') {
             let mut words = decl.split_whitespace();
             let name = words.next().unwrap_or("");
-            if let Some(chain) = Chain::by_name(name) {
+            if name == crate::model::GENERATION_CHAIN {
+                cur.generation_chain = true;
+            } else if let Some(chain) = Chain::by_name(name) {
                 cur.chains.insert(chain);
             } else if let Some(chain) = Chain::by_next_name(name) {
                 next.declared.insert(chain);
@@ -263,6 +268,18 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             return Err(err("expected -A"));
         };
         let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+        if chain_name == crate::model::GENERATION_CHAIN {
+            let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
+            if let ["-m", "comment", "--comment", c] = tokens
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                cur.generation = crate::model::parse_generation(c);
+            }
+            continue;
+        }
         let ours = Chain::by_name(chain_name).map(|c| (c, false));
         if let Some((chain, is_next)) = ours.or(Chain::by_next_name(chain_name).map(|c| (c, true)))
         {
@@ -502,6 +519,16 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
 }
 
 impl Current {
+    /// The policy lines any batch must carry: legacy iptables zeroes the built-in chains'
+    /// policy counters on every table replace, so they are given back as they were read.
+    pub fn policies_to_give_back(&self) -> Vec<Policy> {
+        if self.nf_tables {
+            Vec::new()
+        } else {
+            self.policies.clone()
+        }
+    }
+
     /// The per-IP counting rules as counted traffic, for harvest and status.
     pub fn counted(&self) -> Vec<Counted> {
         self.rules
@@ -545,6 +572,8 @@ pub enum Op {
     Rename(Chain),
     /// Flush and delete a `-NEXT` copy that is not in use.
     RemoveNext(Chain),
+    /// Flush and delete the generation chain (`uninstall --purge`).
+    RemoveGeneration,
 }
 
 /// A chain rebuilt under its `-NEXT` name: see [`Op::Swap`].
@@ -566,14 +595,22 @@ pub struct Swap {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,
+    /// The generation to write with the batch (and whether its chain must be created).
+    pub generation: Option<(u64, bool)>,
     /// Policy lines to restore with the batch: legacy iptables zeroes the built-in chains'
     /// policy counters on every table replace, so they are given back as they were read.
     pub policies: Vec<Policy>,
 }
 
 impl Plan {
+    /// Whether nothing of the accounting changes (a new generation alone is not a change).
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Write `generation` with this batch (the generation chain exists: `exists`).
+    pub fn set_generation(&mut self, generation: u64, exists: bool) {
+        self.generation = Some((generation, exists));
     }
 
     pub fn added(&self) -> usize {
@@ -621,7 +658,11 @@ impl Plan {
         } else {
             self.policies.clone()
         };
-        Plan { ops, policies }
+        Plan {
+            ops,
+            policies,
+            generation: None,
+        }
     }
 
     /// The batch for `iptables-restore --noflush --counters`: new rules start at zero.
@@ -645,6 +686,9 @@ impl Plan {
                 Op::RemoveChain(c) => writeln!(out, "-F {n}\n-X {n}", n = c.name()),
                 Op::RemoveNext(c) => writeln!(out, "-F {n}\n-X {n}", n = c.next_name()),
                 Op::Rename(c) => writeln!(out, "-E {} {}", c.next_name(), c.name()),
+                Op::RemoveGeneration => {
+                    writeln!(out, "-F {n}\n-X {n}", n = crate::model::GENERATION_CHAIN)
+                }
                 Op::Swap(sw) => {
                     let next = sw.chain.next_name();
                     let _ = writeln!(out, "-N {next}");
@@ -654,6 +698,14 @@ impl Plan {
                     writeln!(out, "-I {} 1 -j {next}", sw.chain.builtin())
                 }
             };
+        }
+        if let Some((g, exists)) = self.generation {
+            let (c, verb) = (
+                crate::model::GENERATION_CHAIN,
+                if exists { "-F" } else { "-N" },
+            );
+            let comment = crate::model::generation_comment(g);
+            let _ = writeln!(out, "{verb} {c}\n-A {c} -m comment --comment \"{comment}\"");
         }
         out.push_str("COMMIT\n");
         out
@@ -677,12 +729,19 @@ pub fn teardown(current: &Current) -> Plan {
             .filter(|c| current.chains.contains(c))
             .map(|c| Op::RemoveChain(*c)),
     );
+    if current.generation_chain {
+        ops.push(Op::RemoveGeneration);
+    }
     let policies = if ops.is_empty() || current.nf_tables {
         Vec::new()
     } else {
         current.policies.clone()
     };
-    Plan { ops, policies }
+    Plan {
+        ops,
+        policies,
+        generation: None,
+    }
 }
 
 /// Compare what is wanted with what is there. Rules already in place keep their counters;
@@ -740,12 +799,11 @@ pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
             ops.push(Op::Append(r.clone()));
         }
     }
-    let policies = if ops.is_empty() || current.nf_tables {
-        Vec::new()
-    } else {
-        current.policies.clone()
-    };
-    Plan { ops, policies }
+    Plan {
+        ops,
+        policies: current.policies_to_give_back(),
+        generation: None,
+    }
 }
 
 /// Which of the current rules stay as they are, and which chains must be rebuilt: those
@@ -1212,7 +1270,7 @@ mod tests {
         assert_eq!(
             Plan {
                 ops: cur.pending.clone(),
-                policies: Vec::new()
+                ..Plan::default()
             }
             .render(),
             "*filter\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n-E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\

@@ -222,12 +222,27 @@ fn harvested(
     // Frozen sets a killed command left: their final counts, against the same last-seen
     // values as the live sets' (before the harvest moves those on). Same boot only: after
     // a reboot they are somebody's restored copy.
+    let mut notes = Vec::new();
     if ledger.boot_id.as_deref() == Some(boot_id.as_str()) {
-        let frozen: Vec<_> = kernel.frozen_left().cloned().collect();
+        // A saved copy of our rules or sets restored since the last run (its generation is
+        // older than the ledger's): what its counters show was counted already, in part or
+        // whole. They continue from here, credited never.
+        let untrusted = crate::kernel::untrusted(&kernel, &ledger.generations);
+        let forgot = ledger.forget_seen(&untrusted.keys);
+        notes = untrusted.notes;
+        if forgot > 0 {
+            notes.extend(untrusted.notes_if_below);
+        }
+        let frozen: Vec<_> = kernel
+            .frozen_left()
+            .filter(|c| !untrusted.keys.contains_key(&c.key))
+            .cloned()
+            .collect();
         ledger.credit_frozen(&frozen, ctx.today());
     }
     let counted = kernel.counted();
-    let (harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
+    let (mut harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
+    harvest.notes = notes;
     ledger.stamp_since(ctx.now);
     ledger.unpark_all();
     kernel.compact();
@@ -255,9 +270,16 @@ pub(crate) struct Committed {
 /// or set elements they would have removed are still in the ledger's baselines and the next
 /// run harvests them exactly.
 fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
-    let plan = s
-        .kernel
-        .plan(&s.ledger.accounted(), &ctx.config.venet_interface);
+    // (`apply` false: the kernel is not made to match, only the new generation written.)
+    let mut plan = if apply {
+        s.kernel
+            .plan(&s.ledger.accounted(), &ctx.config.venet_interface)
+    } else {
+        s.kernel.unchanged()
+    };
+    // A new generation with every harvest written: a saved copy of the rules or sets
+    // restored later shows an older one.
+    plan.stamp(&mut s.ledger.generations, &s.kernel);
     // Elements given to another container in place take their last-seen values along.
     for (kind, ip, from) in &plan.sets.moved {
         if let Some(to) = s.ledger.owner(ip).cloned() {
@@ -314,7 +336,9 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     s.loaded
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     let mut stopped = Figures::default();
-    if apply {
+    if !apply {
+        s.kernel.apply(&ctx.config, &plan, &set_batch)?;
+    } else {
         // Rules and set elements that no longer count (frozen chains and sets, sets the batch
         // stopped using): what they counted between this read and the batch is credited now.
         let frozen = s.kernel.apply(&ctx.config, &plan, &set_batch)?;
@@ -405,6 +429,9 @@ fn report_harvest(ctx: &mut Ctx, h: &Harvest, rows: usize) -> Result<(), Error> 
             ""
         }
     ))?;
+    for note in &h.notes {
+        ctx.say(note)?;
+    }
     if rows > 0 {
         ctx.say(format!("{rows} daily CSV row(s) written"))?;
     }

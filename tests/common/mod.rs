@@ -437,6 +437,11 @@ impl Node {
                     .is_some_and(|n| n.starts_with("vzacct-") && n.ends_with(suffix))
             })
             .filter(|l| l.starts_with("add "))
+            // Not the generation element of each set (see `Node::set_generations`).
+            .filter(|l| {
+                let ip = l.split_whitespace().nth(2).unwrap_or("");
+                ip != "255.255.255.255" && ip != "ff0f::ffff"
+            })
             .map(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
                 let comment = w
@@ -490,7 +495,18 @@ impl Node {
     }
 
     /// `iptables-save -c -t filter` of the node, without the timestamp comments.
+    /// The saved filter table without comments, and without vzacct's generation chain
+    /// (which every run rewrites: see [`Node::generation`]).
     pub fn save(&self, v6: bool) -> String {
+        self.save_all(v6)
+            .lines()
+            .filter(|l| !l.contains("VZACCT-GENERATION"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// The saved filter table without comments.
+    pub fn save_all(&self, v6: bool) -> String {
         let text = self.ns.must(
             &format!("{}-save", self.variant.iptables(v6)),
             &["-c", "-t", "filter"],
@@ -499,6 +515,23 @@ impl Node {
             .filter(|l| !l.starts_with('#'))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    /// The generation vzacct last wrote into the family's table: its generation chain's
+    /// exact lines checked on the way.
+    pub fn generation(&self, v6: bool) -> u64 {
+        let save = self.save_all(v6);
+        let lines: Vec<&str> = save
+            .lines()
+            .filter(|l| l.contains("VZACCT-GENERATION"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{save}");
+        assert_eq!(lines[0], ":VZACCT-GENERATION - [0:0]");
+        let g = lines[1]
+            .strip_prefix("[0:0] -A VZACCT-GENERATION -m comment --comment \"generation:")
+            .and_then(|r| r.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{}", lines[1]));
+        g.parse().unwrap()
     }
 
     /// Only the lines of the saved filter table that mention vzacct's chains.
