@@ -774,7 +774,7 @@ fi
 # --- profile: where vzacct's own CPU goes (perf) -----------------------------------------------
 PROF_CMDS="mount dump show"
 # Inclusive share of vzacct's CPU samples per top-level step (function names of the source).
-PROF_FUNCS="vzacct::commands::begin vzacct::store::Locked::load vzacct::ledger::Ledger::harvest vzacct::kernel::Kernel::read vzacct::ipset::parse_save vzacct::kernel::Kernel::counted vzacct::commands::commit vzacct::kernel::Kernel::plan vzacct::ipset::plan vzacct::ruleset::plan vzacct::kernel::Kernel::apply vzacct::store::Locked::save"
+PROF_FUNCS="vzacct::commands::begin vzacct::ledger::store::Locked::load vzacct::ledger::Ledger::harvest vzacct::backend::Kernel::read vzacct::backend::ipset::parse_save vzacct::backend::Kernel::counted vzacct::commands::commit vzacct::backend::Kernel::plan vzacct::backend::ipset::plan vzacct::backend::iptables::plan vzacct::backend::Kernel::apply vzacct::ledger::store::Locked::save"
 if part profile; then
   command -v perf >/dev/null || die "perf not found (Debian: apt-get install linux-perf), or leave profile out of PARTS"
   for b in $BACKENDS; do

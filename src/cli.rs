@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, FixedOffset, Utc};
 use clap::{Parser, Subcommand};
 
+use crate::backend::process;
 use crate::clock::{self, Zone};
+use crate::commands::hook;
 use crate::commands::{self, Ctx};
 use crate::config::{self, Config};
 use crate::ctid::Ctid;
 use crate::error::Error;
-use crate::hooks;
-use crate::process;
 
 /// Per-container traffic accounting for OpenVZ hardware nodes.
 ///
@@ -109,9 +109,9 @@ pub enum Command {
     Hook {
         /// mount, umount, net-add, net-del (from vzctl), or restore, dump (init script).
         #[arg(value_enum)]
-        event: hooks::Event,
+        event: hook::Event,
         /// The log for when the config cannot be read (set by `install --root`).
-        #[arg(long, value_name = "PATH", default_value = hooks::FALLBACK_LOG, hide = true)]
+        #[arg(long, value_name = "PATH", default_value = hook::FALLBACK_LOG, hide = true)]
         fallback_log: PathBuf,
     },
     /// Put vzacct's integration on the node: vps.mount/vps.umount in the CT config dir
@@ -219,8 +219,8 @@ fn installed_config(explicit: &Option<PathBuf>) -> Result<PathBuf, Error> {
 fn start_hook_budget(
     config: &Config,
     started: Instant,
-    event: hooks::Event,
-    env: &hooks::HookEnv,
+    event: hook::Event,
+    env: &hook::HookEnv,
     now: DateTime<FixedOffset>,
 ) -> Duration {
     let budget = Duration::from_secs(config.hook_timeout);
@@ -230,7 +230,7 @@ fn start_hook_budget(
         Duration::from_secs(config.program_timeout),
         Some(programs_by),
     );
-    hooks::watchdog(
+    hook::watchdog(
         started,
         budget,
         event,
@@ -306,9 +306,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
                 fallback_log,
             },
         ) => {
-            let env = hooks::HookEnv::from_process();
+            let env = hook::HookEnv::from_process();
             let now = Zone::utc().at(utc_now);
-            hooks::config_failed(*event, &env, fallback_log, now, &e, err);
+            hook::config_failed(*event, &env, fallback_log, now, &e, err);
             return Ok(());
         }
         (Err(e), Command::Check { .. }) => (Config::default(), Zone::utc(), Some(e)),
@@ -318,7 +318,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
     process::set_limits(Duration::from_secs(config.program_timeout), None);
     let lock_wait = match (&cli.command, cli.lock_timeout) {
         (Command::Hook { event, .. }, lock) => {
-            let env = hooks::HookEnv::from_process();
+            let env = hook::HookEnv::from_process();
             let left = start_hook_budget(&config, started, *event, &env, now);
             Duration::from_secs(lock.unwrap_or(config.hook_lock_timeout)).min(left)
         }
@@ -363,7 +363,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
             commands::node::check(&mut ctx, &l, *json, config_error.as_ref())
         }
         Command::Hook { event, .. } => {
-            hooks::run_logged(&mut ctx, *event, &hooks::HookEnv::from_process())
+            hook::run_logged(&mut ctx, *event, &hook::HookEnv::from_process())
         }
     }
 }

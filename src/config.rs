@@ -18,7 +18,7 @@ pub struct Config {
     /// `/proc/vz/veinfo` or a file in the same format.
     pub veinfo: PathBuf,
     /// Whose rules the CT configs are read by; `None`: probed ([`Config::ct_dialect`]).
-    pub dialect: Option<crate::ctconf::Dialect>,
+    pub dialect: Option<crate::model::Dialect>,
     /// vzctl's global config; `None`: `vz.conf` in the parent directory of `conf_dir`.
     pub vz_conf: Option<PathBuf>,
     /// The iptables command for IPv4 (`iptables`, `iptables-legacy`, `/sbin/iptables`, ...).
@@ -456,9 +456,9 @@ fn yes_no(v: &str) -> Option<bool> {
 
 impl Config {
     /// The configured dialect, or the one installed on this node (probed at `/`).
-    pub fn ct_dialect(&self) -> crate::ctconf::Dialect {
+    pub fn ct_dialect(&self) -> crate::model::Dialect {
         self.dialect
-            .unwrap_or_else(|| crate::ctconf::Dialect::detect(Path::new("/")))
+            .unwrap_or_else(|| crate::model::Dialect::detect(Path::new("/")))
     }
 
     /// `vz_conf`, or `vz.conf` beside `conf_dir` (`/etc/vz/conf` -> `/etc/vz/vz.conf`).
@@ -517,7 +517,7 @@ mod tests {
             Config {
                 conf_dir: "/c".into(),
                 veinfo: "/v".into(),
-                dialect: Some(crate::ctconf::Dialect::Libvzctl),
+                dialect: Some(crate::model::Dialect::Libvzctl),
                 vz_conf: Some("/etc/vz.conf".into()),
                 iptables: "iptables-legacy".into(),
                 ip6tables: "/sbin/ip6tables".into(),
@@ -652,8 +652,8 @@ mod tests {
     #[test]
     fn dialect_and_vz_conf() {
         let cfg = p("[vzctl]\ndialect = vzctl4\nvz_conf =\n").unwrap();
-        assert_eq!(cfg.dialect, Some(crate::ctconf::Dialect::Vzctl4));
-        assert_eq!(cfg.ct_dialect(), crate::ctconf::Dialect::Vzctl4);
+        assert_eq!(cfg.dialect, Some(crate::model::Dialect::Vzctl4));
+        assert_eq!(cfg.ct_dialect(), crate::model::Dialect::Vzctl4);
         assert_eq!(cfg.vz_conf_path(), PathBuf::from("/etc/vz/vz.conf"));
         let cfg = p("[vzctl]\ndialect = auto\nconf_dir = /etc/pve/openvz\n").unwrap();
         assert_eq!(cfg.dialect, None);

@@ -1,13 +1,13 @@
 //! The error every command returns: one variant per concern, each carrying its cause, so
 //! `main` can print the whole chain once.
 
+use crate::backend::netfilter::NetfilterError;
 use crate::config::ConfigError;
-use crate::csvlog::CsvError;
-use crate::ctconf::CtConfError;
 use crate::ctid::CtidError;
-use crate::netfilter::NetfilterError;
-use crate::store::StateError;
-use crate::veinfo::VeinfoError;
+use crate::export::csv::CsvError;
+use crate::ledger::store::StateError;
+use crate::vzctl::ctconf::CtConfError;
+use crate::vzctl::veinfo::VeinfoError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,15 +24,15 @@ pub enum Error {
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
     #[error(transparent)]
-    Ipset(#[from] crate::netfilter::IpsetError),
+    Ipset(#[from] crate::backend::netfilter::IpsetError),
     #[error(transparent)]
     Csv(#[from] CsvError),
     #[error(transparent)]
-    Prometheus(#[from] crate::prometheus::PrometheusError),
+    Prometheus(#[from] crate::export::prometheus::PrometheusError),
     #[error(transparent)]
     Clock(#[from] crate::clock::ClockError),
     #[error(transparent)]
-    Install(#[from] crate::install::InstallError),
+    Install(#[from] crate::commands::install::InstallError),
     #[error("cannot read the kernel's boot id from {path}")]
     BootId {
         path: std::path::PathBuf,

@@ -1,11 +1,15 @@
 //! The domain types every other part of vzacct shares, and nothing else: address
-//! families, our chains, kinds of traffic, counters, and the identity of a counter (a rule's
-//! or a set element's key). A leaf: it imports no other module of vzacct but `ctid`, so no
-//! module that uses these types is imported back by them.
+//! families, our chains, kinds of traffic, counters, the identity of a counter (a rule's
+//! or a set element's key), what one kernel read covered (shared by the backend that reads
+//! and the ledger that harvests), and the dialect a container config is read in (shared by
+//! the config that names it and the vzctl reader that follows it). A leaf: it imports no
+//! other module of vzacct but `ctid`, so no module that uses these types is imported back
+//! by them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 
 use compact_str::CompactString;
 
@@ -237,9 +241,94 @@ pub fn key_ip(key: &str) -> Option<IpAddr> {
     key.split(' ').find_map(|w| w.parse().ok())
 }
 
+/// What one kernel read covered: the address families whose tables were read (their
+/// per-IP rules), and whether the sets were (`ipset save` lists every family's). A counter
+/// outside it was not looked at, so a harvest keeps its last-seen value (it is still
+/// counting in the kernel, and is credited when it is read again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub families: Vec<Family>,
+    pub sets: bool,
+}
+
+impl Coverage {
+    /// Everything: both families, rules and sets.
+    pub fn all() -> Coverage {
+        Coverage {
+            families: vec![Family::V4, Family::V6],
+            sets: true,
+        }
+    }
+
+    /// Whether the counter of `seen` key `key` was read.
+    pub fn covers(&self, key: &str) -> bool {
+        if is_set_key(key) {
+            return self.sets;
+        }
+        key_ip(key).is_some_and(|ip| self.families.contains(&Family::of(&ip)))
+    }
+}
+
 /// Linux interface names: 1..=15 bytes, no '/', ':' or whitespace.
 pub fn valid_interface(v: &str) -> bool {
     (1..=15).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// Whose rules a config is read by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Legacy vzctl 4.x (`kolyshkin/vzctl`), also Proxmox VE 3's vzctl.
+    Vzctl4,
+    /// OpenVZ 7's libvzctl (`OpenVZ/libvzctl`), used by its vzctl 7 and prlctl.
+    Libvzctl,
+}
+
+impl Dialect {
+    /// The name used in vzacct's config (`dialect = ...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Vzctl4 => "vzctl4",
+            Dialect::Libvzctl => "libvzctl",
+        }
+    }
+
+    /// [`Dialect::Libvzctl`] when libvzctl is installed below `root` (normally `/`), else
+    /// [`Dialect::Vzctl4`]. libvzctl's build (`paths.am`, `lib/Makefile.am`) installs its
+    /// scripts under `<libexecdir>/libvzctl` and the library as `libvzctl2.so.*`; vzctl 4.x
+    /// installs `/usr/libexec/vzctl` and `libvzctl-4.x.so`, which a looser `libvzctl*.so`
+    /// pattern would mistake for OpenVZ 7.
+    pub fn detect(root: &Path) -> Dialect {
+        let under = |p: &str| root.join(p);
+        if under("usr/libexec/libvzctl").is_dir() {
+            return Dialect::Libvzctl;
+        }
+        for lib in ["usr/lib64", "usr/lib"] {
+            let Ok(entries) = std::fs::read_dir(under(lib)) else {
+                continue;
+            };
+            let found = entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name == "libvzctl2.so" || name.starts_with("libvzctl2.so.")
+            });
+            if found {
+                return Dialect::Libvzctl;
+            }
+        }
+        Dialect::Vzctl4
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "vzctl4" => Ok(Dialect::Vzctl4),
+            "libvzctl" => Ok(Dialect::Libvzctl),
+            _ => Err(()),
+        }
+    }
 }

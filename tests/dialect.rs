@@ -1,6 +1,6 @@
 //! The container-config dialects end to end: `vzacct add CTID` reads `IP_ADDRESS` and the
 //! global `vz.conf` by the rules `[vzctl] dialect` names (unit tests of every rule are in
-//! `src/ctconf.rs`).
+//! `src/vzctl/ctconf.rs`).
 
 mod common;
 

@@ -41,12 +41,12 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::FileFailurePersistence;
 
+use vzacct::backend::iptables;
 use vzacct::config;
-use vzacct::ctconf;
-use vzacct::db::legacy as ledger_store;
 use vzacct::ledger::Ledger;
-use vzacct::ruleset;
-use vzacct::veinfo;
+use vzacct::ledger::legacy as ledger_store;
+use vzacct::vzctl::ctconf;
+use vzacct::vzctl::veinfo;
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fuzz");
 const REGRESSIONS: &str = concat!(
@@ -188,7 +188,7 @@ fn check_warnings(warnings: &[String], shown_origin: &str) {
 
 fn check_save(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
-    let current = match ruleset::parse_save(&text) {
+    let current = match iptables::parse_save(&text) {
         Ok(current) => current,
         Err(e) => {
             check_error(&e, &["saved ruleset"]);
@@ -216,7 +216,7 @@ fn check_save(bytes: &[u8]) {
             seen.chain.name(),
             rule.spec()
         );
-        let reread = ruleset::parse_save(&again)
+        let reread = iptables::parse_save(&again)
             .unwrap_or_else(|e| panic!("{rule:?} rendered as {again:?}: {e}"));
         assert_eq!(
             reread.rules.first().and_then(|r| r.rule.as_ref()),
@@ -1029,7 +1029,7 @@ fn veinfo_seeds_read_as_intended() {
 fn ruleset_seeds_read_as_intended() {
     for seed in seeds(&SAVE) {
         let text = String::from_utf8(seed).expect("UTF-8 seed");
-        let current = ruleset::parse_save(&text).expect("every seed parses");
+        let current = iptables::parse_save(&text).expect("every seed parses");
         check_save(text.as_bytes());
         assert!(!current.policies.is_empty());
     }
@@ -1070,11 +1070,11 @@ fn ledger_bucket_seeds_read_as_intended() {
 // ---------------------------------------------------------------------------------------
 // Bugs in src/ found by this file, now fixed; their reproducers stay as regression tests.
 
-/// `ruleset::ParseError` echoes the offending line (up to 200 characters) unescaped, so a
+/// `iptables::ParseError` echoes the offending line (up to 200 characters) unescaped, so a
 /// control character in `iptables-save` output reaches the operator's terminal raw.
 #[test]
 fn known_bug_1_save_error_echoes_control_characters() {
-    let e = ruleset::parse_save("*filter\n[\x15:5] -A FOREIGN -j \x1b[2JACCEPT\n").unwrap_err();
+    let e = iptables::parse_save("*filter\n[\x15:5] -A FOREIGN -j \x1b[2JACCEPT\n").unwrap_err();
     check_error(&e, &["saved ruleset"]);
 }
 
@@ -1086,7 +1086,7 @@ fn known_bug_2_ledger_error_echoes_control_characters() {
     check_error(&e, &["ledger"]);
 }
 
-/// `ruleset::recognise` takes any word after `-i`/`-o` as the venet interface (empty, with
+/// `iptables::recognise` takes any word after `-i`/`-o` as the venet interface (empty, with
 /// spaces, quotes or control characters, longer than 15 bytes), and `Rule::spec` writes it
 /// unquoted: the rule then reads back as another rule, as none, or as an error.
 #[test]
@@ -1096,11 +1096,11 @@ fn known_bug_3_rule_with_unusable_interface_is_recognised() {
             "*filter\n[0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o {iface} \
              -m comment --comment \"ct:101\"\nCOMMIT\n"
         );
-        let Some(rule) = ruleset::parse_save(&text).unwrap().rules[0].rule.clone() else {
+        let Some(rule) = iptables::parse_save(&text).unwrap().rules[0].rule.clone() else {
             continue;
         };
         let again = format!("*filter\n[0:0] -A VZACCT-OUTPUT {}\nCOMMIT\n", rule.spec());
-        let reread = ruleset::parse_save(&again).map(|c| c.rules[0].rule.clone());
+        let reread = iptables::parse_save(&again).map(|c| c.rules[0].rule.clone());
         assert_eq!(reread, Ok(Some(rule)), "-o {iface}, rendered as {again:?}");
     }
 }

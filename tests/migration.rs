@@ -159,8 +159,10 @@ fn converts_exactly(fixture: &str) {
     // Every record is carried over, last-seen counters and parked IPs included.
     let reference = tempfile::tempdir().unwrap();
     copy_tree(&Path::new(FIXTURES).join(fixture), reference.path());
-    let old = vzacct::db::legacy::read(reference.path()).unwrap().unwrap();
-    let (new, loaded) = vzacct::db::load_view(&site.state()).unwrap();
+    let old = vzacct::ledger::legacy::read(reference.path())
+        .unwrap()
+        .unwrap();
+    let (new, loaded) = vzacct::ledger::db::load_view(&site.state()).unwrap();
     assert_eq!(new, old.ledger);
     assert_eq!(loaded.backend, old.backend);
     // A second command changes nothing.
@@ -216,10 +218,12 @@ fn killed_at_random_points_of_the_conversion() {
             let state = site.state();
             if state.join("ledger.sqlite").exists() {
                 new_done += 1;
-                let (new, _) = vzacct::db::load_view(&state).unwrap();
+                let (new, _) = vzacct::ledger::db::load_view(&state).unwrap();
                 let reference = tempfile::tempdir().unwrap();
                 copy_tree(&Path::new(FIXTURES).join(fixture), reference.path());
-                let old = vzacct::db::legacy::read(reference.path()).unwrap().unwrap();
+                let old = vzacct::ledger::legacy::read(reference.path())
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(new, old.ledger, "{fixture}: database incomplete");
             } else {
                 old_kept += 1;
@@ -318,7 +322,9 @@ fn regenerate_fixtures() {
     with_log.insert("pending".into(), log);
     put(&fx.join("v2-pending/ledger"), &with_log);
     // Format 1: the same ledger in one file.
-    let v2 = vzacct::db::legacy::read(&fx.join("v2")).unwrap().unwrap();
+    let v2 = vzacct::ledger::legacy::read(&fx.join("v2"))
+        .unwrap()
+        .unwrap();
     std::fs::create_dir_all(fx.join("v1")).unwrap();
     std::fs::write(fx.join("v1/ledger.json"), v2.ledger.to_json()).unwrap();
     // That release's view of it.

@@ -281,7 +281,8 @@ pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
 /// counter as a new starting point, and say how much may have gone uncounted.
 pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (mut ledger, loaded, found) = crate::db::salvage(locked.dir(), ctx.now.timestamp())?;
+    let (mut ledger, loaded, found) =
+        crate::ledger::db::salvage(locked.dir(), ctx.now.timestamp())?;
     let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
@@ -295,7 +296,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
             .and_then(|ct| ct.seen.get(c.key.as_str()));
         let delta = match base {
             Some(b) if c.counters.bytes >= b.bytes && c.counters.packets >= b.packets => {
-                crate::ruleset::Counters {
+                crate::backend::iptables::Counters {
                     packets: c.counters.packets - b.packets,
                     bytes: c.counters.bytes - b.bytes,
                 }

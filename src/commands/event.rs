@@ -13,10 +13,10 @@
 //! still routed to venet (a container halted from inside) goes through the full run.
 
 use super::*;
+use crate::backend::ipset;
+use crate::backend::iptables;
+use crate::backend::netfilter::{Ipset, Tables};
 use crate::config::Backend;
-use crate::ipset;
-use crate::netfilter::{Ipset, Tables};
-use crate::ruleset;
 
 /// The result of trying the quick path.
 pub(crate) enum Quick<T> {
@@ -67,7 +67,7 @@ fn open(ctx: &Ctx, ctid: &Ctid) -> Result<Result<Part, String>, Error> {
 /// Close finished days of the containers read, append their rows, write the bucket.
 fn commit_part(ctx: &Ctx, p: &mut Part) -> Result<usize, Error> {
     let rows = p.ledger.close_days(ctx.today());
-    let written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
+    let written = csv::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     p.loaded.save(&p.ledger, None, &rows)?;
     Ok(written)
 }
@@ -92,8 +92,8 @@ pub(crate) fn account(
     for family in ctx.families() {
         let t = Tables::new(&ctx.config, family);
         let current = t.read()?;
-        let want = ruleset::set_matches(family, &ctx.config.venet_interface);
-        if !ruleset::plan(&want, &current).is_empty() {
+        let want = iptables::set_matches(family, &ctx.config.venet_interface);
+        if !iptables::plan(&want, &current).is_empty() {
             return Ok(Quick::Full(format!("the {family} rules need repair")));
         }
     }
@@ -162,11 +162,12 @@ pub(crate) fn unaccount(
     };
     // An address still routed to venet (a container halted from inside keeps its routes)
     // could still count: harvest it now, in the full run. A failing `ip` means the same.
-    let routed = match crate::routes::routed_via(&ctx.config.ip, &ips, &ctx.config.venet_interface)
-    {
-        Ok(r) => r,
-        Err(e) => return Ok(Quick::Full(format!("cannot check routes: {e}"))),
-    };
+    let routed =
+        match crate::backend::routes::routed_via(&ctx.config.ip, &ips, &ctx.config.venet_interface)
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(Quick::Full(format!("cannot check routes: {e}"))),
+        };
     if let Some(ip) = routed.first() {
         return Ok(Quick::Full(format!(
             "{ip} is still routed to {}",

@@ -4,6 +4,8 @@
 
 pub mod change;
 pub mod event;
+pub mod hook;
+pub mod install;
 pub mod node;
 pub mod view;
 
@@ -16,18 +18,18 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::Serialize;
 
+use crate::backend::iptables::{Family, Kind, Op};
+use crate::backend::{Kernel, KernelPlan};
 use crate::config::Config;
-use crate::csvlog;
-use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
-use crate::db::{Loaded, Scope};
 use crate::error::{Error, chain};
-use crate::kernel::{Kernel, KernelPlan};
+use crate::export::csv;
+use crate::export::prometheus;
+use crate::ledger::db::{Loaded, Scope};
+use crate::ledger::store::{self, Locked};
 use crate::ledger::{Figures, Harvest, LastDump, Ledger, Row, month_of};
-use crate::prometheus;
-use crate::ruleset::{Family, Kind, Op};
-use crate::store::{self, Locked};
-use crate::veinfo;
+use crate::vzctl::ctconf;
+use crate::vzctl::veinfo;
 
 /// What every command runs with.
 pub struct Ctx<'a> {
@@ -76,16 +78,16 @@ impl Ctx<'_> {
     }
 
     /// Mode and group of the CSV files, from the config.
-    pub(crate) fn csv_perms(&self) -> Result<csvlog::Perms, Error> {
+    pub(crate) fn csv_perms(&self) -> Result<csv::Perms, Error> {
         let gid = match &self.config.csv_group {
             None => None,
-            Some(g) => Some(csvlog::group_id(g).ok_or_else(|| {
+            Some(g) => Some(csv::group_id(g).ok_or_else(|| {
                 Error::Invalid(format!(
                     "csv_group = {g} under [storage]: no such group on this node"
                 ))
             })?),
         };
-        Ok(csvlog::Perms {
+        Ok(csv::Perms {
             mode: self.config.csv_mode,
             gid,
         })
@@ -93,9 +95,9 @@ impl Ctx<'_> {
 
     /// What the installed tools can do, cached for this boot in the state directory (new
     /// answers written there only when `persist`).
-    fn probes(&self, persist: bool) -> crate::probe::Probes {
+    fn probes(&self, persist: bool) -> crate::backend::probe::Probes {
         let boot = self.boot_id().unwrap_or_default();
-        crate::probe::Probes::cached(&self.config.state_dir, &boot, persist)
+        crate::backend::probe::Probes::cached(&self.config.state_dir, &boot, persist)
     }
 
     fn boot_id(&self) -> Result<String, Error> {
@@ -214,7 +216,7 @@ fn harvested(
             })
             .collect();
         for (from, ip, to) in moves {
-            for key in crate::ipset::element_keys(&ip) {
+            for key in crate::backend::ipset::element_keys(&ip) {
                 ledger.transfer_seen(&key, &from, &to);
             }
         }
@@ -227,7 +229,7 @@ fn harvested(
         // A saved copy of our rules or sets restored since the last run (its generation is
         // older than the ledger's): what its counters show was counted already, in part or
         // whole. They continue from here, credited never.
-        let untrusted = crate::kernel::untrusted(&kernel, &ledger.generations);
+        let untrusted = crate::backend::untrusted(&kernel, &ledger.generations);
         let forgot = ledger.forget_seen(&untrusted.keys);
         notes = untrusted.notes;
         if forgot > 0 {
@@ -283,8 +285,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     // Elements given to another container in place take their last-seen values along.
     for (kind, ip, from) in &plan.sets.moved {
         if let Some(to) = s.ledger.owner(ip).cloned() {
-            let key = crate::ipset::element_key(
-                &crate::ipset::set_name(*kind, crate::ruleset::Family::of(ip)),
+            let key = crate::backend::ipset::element_key(
+                &crate::backend::ipset::set_name(*kind, crate::backend::iptables::Family::of(ip)),
                 ip,
             );
             s.ledger.transfer_seen(&key, from, &to);
@@ -295,7 +297,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     // its past is unknown (a rule of a container whose record was lost, say).
     for (_, p) in &plan.rules {
         for op in &p.ops {
-            if let Op::Append(crate::ruleset::Wanted::Count(rule)) = op {
+            if let Op::Append(crate::backend::iptables::Wanted::Count(rule)) = op {
                 s.ledger.baseline_zero(&rule.ctid, rule.seen_key());
             }
         }
@@ -306,7 +308,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
                 s.ledger.transfer_seen(key, from, to);
             }
             for (w, _) in &sw.rules {
-                if let crate::ruleset::Wanted::Count(rule) = w {
+                if let crate::backend::iptables::Wanted::Count(rule) = w {
                     s.ledger.baseline_zero(&rule.ctid, rule.seen_key());
                 }
             }
@@ -315,9 +317,10 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     for (kind, ip, ctid) in &plan.sets.add {
         let moved = plan.sets.moved.iter().any(|(k, i, _)| k == kind && i == ip);
         if !moved {
-            let set = crate::ipset::set_name(*kind, crate::ruleset::Family::of(ip));
+            let set =
+                crate::backend::ipset::set_name(*kind, crate::backend::iptables::Family::of(ip));
             s.ledger
-                .baseline_zero(ctid, crate::ipset::element_key(&set, ip));
+                .baseline_zero(ctid, crate::backend::ipset::element_key(&set, ip));
         }
     }
     // A set that loses elements is swapped with its wanted contents, which start from the
@@ -325,13 +328,14 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     let set_batch = {
         let ledger = &s.ledger;
         plan.sets.render_with(&|kind, ip, ctid| {
-            let set = crate::ipset::set_name(kind, crate::ruleset::Family::of(&ip));
-            let key = crate::ipset::element_key(&set, &ip);
+            let set =
+                crate::backend::ipset::set_name(kind, crate::backend::iptables::Family::of(&ip));
+            let key = crate::backend::ipset::element_key(&set, &ip);
             ledger.containers.get(ctid)?.seen.get(key.as_str()).copied()
         })
     };
     s.kernel.drop_elements();
-    let rows_written = csvlog::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
+    let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
     s.loaded
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;

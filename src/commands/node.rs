@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::install::{self, Layout, Role};
+use crate::commands::install::{self, Layout, Role};
 
 /// Where install puts things: `root` (normally `/`) with the node's standard locations
 /// below it; the scripts run this very binary with the config at `config`.
@@ -143,7 +143,7 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
         rows,
         ..
     } = s;
-    let rows_written = csvlog::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
+    let rows_written = csv::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     ledger.prune();
     loaded.save(&ledger, Some(kernel.backend_name()), &rows)?;
     // The iptables batch stops every set from counting; their final values are then read,
@@ -279,13 +279,13 @@ pub fn check(
     item("boot order", boot_order(layout));
     // Netfilter: the tools, then our chains, rules and sets (one read of everything).
     // Probed afresh (not from the boot's cache), so that `check` sees the tools as they are.
-    let probes = crate::probe::Probes::fresh();
+    let probes = crate::backend::probe::Probes::fresh();
     for family in ctx.families() {
-        let t = crate::netfilter::Tables::probed(&ctx.config, family, &probes);
+        let t = crate::backend::netfilter::Tables::probed(&ctx.config, family, &probes);
         let restore = t.restore_program().to_string();
         item(
             &format!("{family} iptables"),
-            match crate::process::run(&restore, &["--version"], None) {
+            match crate::backend::process::run(&restore, &["--version"], None) {
                 Ok(_) => Ok(format!(
                     "restore usable ({restore}); {}",
                     t.lock().describe()

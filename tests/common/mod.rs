@@ -733,10 +733,10 @@ pub fn in_bytes(doc: &serde_json::Value, ctid: &str) -> u64 {
 /// holding that IP), read without writing anything (empty when there is no ledger).
 pub fn ledger_files(state: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
-    if !state.join(vzacct::db::FILE).exists() {
+    if !state.join(vzacct::ledger::db::FILE).exists() {
         return out;
     }
-    let (ledger, loaded) = vzacct::db::load_view(state).expect("ledger reads");
+    let (ledger, loaded) = vzacct::ledger::db::load_view(state).expect("ledger reads");
     out.insert(
         "node".to_string(),
         serde_json::to_vec(&serde_json::json!({
@@ -750,12 +750,12 @@ pub fn ledger_files(state: &Path) -> std::collections::BTreeMap<String, Vec<u8>>
         out.insert(format!("ct:{id}"), serde_json::to_vec(c).unwrap());
     }
     // As the views open it: read-only, and immutable when no write-ahead log is left.
-    let wal = state.join(format!("{}-wal", vzacct::db::FILE));
+    let wal = state.join(format!("{}-wal", vzacct::ledger::db::FILE));
     let immutable = std::fs::metadata(wal).map_or(true, |m| m.len() == 0);
     let db = rusqlite::Connection::open_with_flags(
         format!(
             "file:{}?mode=ro{}",
-            state.join(vzacct::db::FILE).display(),
+            state.join(vzacct::ledger::db::FILE).display(),
             if immutable { "&immutable=1" } else { "" }
         ),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
@@ -777,7 +777,7 @@ pub fn ledger_files(state: &Path) -> std::collections::BTreeMap<String, Vec<u8>>
 /// The persisted ledger as one document, in the form of the format 1 file: `boot_id`,
 /// `last_dump`, `backend` and every container under `"containers"`.
 pub fn ledger_json(state: &Path) -> serde_json::Value {
-    let (ledger, loaded) = vzacct::db::load_view(state).expect("ledger reads");
+    let (ledger, loaded) = vzacct::ledger::db::load_view(state).expect("ledger reads");
     let mut doc = serde_json::to_value(&ledger).unwrap();
     doc["backend"] = serde_json::json!(loaded.backend);
     doc

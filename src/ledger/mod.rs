@@ -4,7 +4,7 @@
 //!
 //! The record below is the format 1 single file (`<state_dir>/ledger.json`), still read
 //! when a node is converted; format 2 kept the same container records in bucket files; both
-//! are converted into the database of [`crate::db`], which stores the same fields as rows.
+//! are converted into the database of [`db`], which stores the same fields as rows.
 //! ```text
 //! {
 //!   "format": 1,
@@ -26,6 +26,14 @@
 //! ```
 //! `<figures>` are the eight counters of [`Figures`]. `seen` is only meaningful within the boot
 //! named by `boot_id`: a new boot means every kernel counter restarted from zero.
+//!
+//! The ledger on disk lives in the children, the only ones here that do I/O: [`store`] (the
+//! state dir and its lock), [`db`] (the SQLite database), [`legacy`] (the files of earlier
+//! releases, read once to convert them).
+
+pub mod db;
+pub mod legacy;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -36,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
 pub use crate::model::is_set_key;
-use crate::model::{Accounted, Counted, Counters, Family, Kind, key_ip as seen_key_ip};
+use crate::model::{Accounted, Counted, Counters, Coverage, Kind, key_ip as seen_key_ip};
 
 pub const FORMAT: u32 = 1;
 
@@ -231,7 +239,7 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
     /// The generation last written into each table (`rules4`, `rules6`) and set of ours
-    /// ([`crate::kernel::untrusted`]).
+    /// ([`crate::backend::untrusted`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<String, u64>,
     /// When the last successful dump ran, and how long it took.
@@ -296,34 +304,6 @@ pub const MAX_GAP_DAYS: u64 = 366;
 /// hooks as one, up to the kernel's GSO_MAX_SIZE of 512 KiB with BIG TCP (IPv4 and IPv6;
 /// 64 KiB without it). A delta claiming more per packet is not traffic.
 pub const MAX_COUNTED_PACKET: u64 = 512 * 1024;
-
-/// What one kernel read covered: the address families whose tables were read (their
-/// per-IP rules), and whether the sets were (`ipset save` lists every family's). A counter
-/// outside it was not looked at, so a harvest keeps its last-seen value (it is still
-/// counting in the kernel, and is credited when it is read again).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Coverage {
-    pub families: Vec<Family>,
-    pub sets: bool,
-}
-
-impl Coverage {
-    /// Everything: both families, rules and sets.
-    pub fn all() -> Coverage {
-        Coverage {
-            families: vec![Family::V4, Family::V6],
-            sets: true,
-        }
-    }
-
-    /// Whether the counter of `seen` key `key` was read.
-    pub fn covers(&self, key: &str) -> bool {
-        if is_set_key(key) {
-            return self.sets;
-        }
-        seen_key_ip(key).is_some_and(|ip| self.families.contains(&Family::of(&ip)))
-    }
-}
 
 impl Ledger {
     pub fn from_json(bytes: &[u8]) -> Result<Ledger, FormatError> {
@@ -758,7 +738,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::{Current, parse_save};
+    use crate::backend::iptables::{Current, parse_save};
+    use crate::model::Family;
 
     const FI: &str = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"";
     const FO: &str = "VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"";

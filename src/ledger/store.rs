@@ -5,7 +5,7 @@
 //! Layout of `<state_dir>` (created 0700):
 //! - `lock`: empty file; an exclusive fs2 lock on it is held for a command's whole
 //!   read-modify-write (kernel read, plan, apply), a shared one by a view.
-//! - `ledger.sqlite` (and SQLite's `-wal`/`-shm` beside it): the ledger, see [`crate::db`].
+//! - `ledger.sqlite` (and SQLite's `-wal`/`-shm` beside it): the ledger, see [`crate::ledger::db`].
 //! - `ledger.migrated-<date>/`: a ledger of an earlier release, kept after its conversion.
 
 use std::fs::{File, OpenOptions};
@@ -14,12 +14,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::db::{self, Loaded, Scope};
 use crate::ledger::Ledger;
+use crate::ledger::db::{self, Loaded, Scope};
+use crate::ledger::legacy;
 
 const LOCK: &str = "lock";
 
-pub use crate::db::StateError;
+pub use crate::ledger::db::StateError;
 
 /// The state dir, held locked: dropping it releases the lock.
 #[derive(Debug)]
@@ -160,7 +161,7 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
     // Old files left by a conversion killed after the database was in place are moved
     // aside the same way, if the state dir allows it (the database is the ledger anyway).
     let must = db::needs_conversion(dir);
-    if must || db::legacy::present(dir) {
+    if must || legacy::present(dir) {
         let converted = lock(dir, wait).and_then(|l| {
             db::load(dir, &Scope::All)?;
             drop(l);

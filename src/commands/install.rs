@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::write_atomic_mode;
+use crate::ledger::store::write_atomic_mode;
 
 /// Every file vzacct writes carries this marker; a file without it is never overwritten.
 pub const MARKER: &str = "vzacct-managed";
@@ -79,17 +79,17 @@ pub fn searched_dirs() -> String {
 /// Where Proxmox VE mounts pmxcfs.
 pub const PVE_DIR: &str = "/etc/pve";
 
-const T_MOUNT: &str = include_str!("../hooks/vps.mount");
-const T_UMOUNT: &str = include_str!("../hooks/vps.umount");
-const T_NET_ADD: &str = include_str!("../hooks/vps-net_add");
-const T_NET_DEL: &str = include_str!("../hooks/vps-net_del");
-const T_VZ_NET_ADD: &str = include_str!("../hooks/vz-net_add");
-const T_VZ_NET_DEL: &str = include_str!("../hooks/vz-net_del");
-const T_INIT: &str = include_str!("../init/vzacct");
-const T_UNIT: &str = include_str!("../init/vzacct.service");
-const T_CRON: &str = include_str!("../conf-templates/vzacct.cron");
+const T_MOUNT: &str = include_str!("../../hooks/vps.mount");
+const T_UMOUNT: &str = include_str!("../../hooks/vps.umount");
+const T_NET_ADD: &str = include_str!("../../hooks/vps-net_add");
+const T_NET_DEL: &str = include_str!("../../hooks/vps-net_del");
+const T_VZ_NET_ADD: &str = include_str!("../../hooks/vz-net_add");
+const T_VZ_NET_DEL: &str = include_str!("../../hooks/vz-net_del");
+const T_INIT: &str = include_str!("../../init/vzacct");
+const T_UNIT: &str = include_str!("../../init/vzacct.service");
+const T_CRON: &str = include_str!("../../conf-templates/vzacct.cron");
 /// The default config written when none exists.
-pub const T_CONFIG: &str = include_str!("../conf-templates/vzacct.conf");
+pub const T_CONFIG: &str = include_str!("../../conf-templates/vzacct.conf");
 
 /// How a managed file relates to what may already be there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +241,8 @@ impl Layout {
         } else {
             format!(
                 " --fallback-log '{}'",
-                self.under(Path::new(crate::hooks::FALLBACK_LOG)).display()
+                self.under(Path::new(crate::commands::hook::FALLBACK_LOG))
+                    .display()
             )
         };
         // ...and the init script's status checks that directory.

@@ -1,7 +1,7 @@
 //! The ledger on disk: one SQLite database, `<state_dir>/ledger.sqlite` (WAL mode,
 //! `synchronous=FULL`, file 0600), so that a command's write lands whole or not at all and
 //! an event about one container reads and writes only that container's rows. The caller
-//! holds the state dir's lock ([`crate::store`]); every write is one transaction.
+//! holds the state dir's lock ([`crate::ledger::store`]); every write is one transaction.
 //!
 //! Schema, version 2 (`PRAGMA user_version`; version 1 lacked `generations`). Figures are the eight counters of
 //! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
@@ -30,7 +30,7 @@
 //! (the `ledger/` directory, or `ledger.json`) is converted by the first command that may
 //! write ([`legacy`]).
 
-pub mod legacy;
+use crate::ledger::legacy;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -44,7 +44,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::ctid::Ctid;
 use crate::ledger::{Container, Day, Figures, LastDump, Ledger, Month, Row};
-use crate::ruleset::{Counters, Family, Kind};
+use crate::model::{Counters, Family, Kind};
 /// A failure of the state dir, naming the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -587,7 +587,7 @@ pub fn split_key(key: &str) -> Option<KeyCols<'_>> {
     if first == "set" {
         let set = w.next()?;
         let ip: IpAddr = w.next()?.parse().ok()?;
-        let (kind, family) = crate::ipset::parse_set_name(set)?;
+        let (kind, family) = crate::model::parse_set_name(set)?;
         if w.next().is_some() || Family::of(&ip) != family {
             return None;
         }

@@ -1,17 +1,28 @@
 //! What the kernel holds of vzacct's, across both backends: each family's filter table
 //! (one `iptables-save` each) and our ipsets (one `ipset save`), read once per command;
 //! the plan that makes it match the ledger; and applying that plan in a safe order.
+//!
+//! Its parts: [`iptables`] (the per-IP rules as data), [`ipset`] (the sets as data),
+//! [`netfilter`] (runs the save/restore programs), [`probe`] (what the installed tools can
+//! do), [`process`] (runs a program), [`routes`] (whether an address is routed to venet).
 
+pub mod ipset;
+pub mod iptables;
+pub mod netfilter;
+pub mod probe;
+pub mod process;
+pub mod routes;
+
+use crate::backend::ipset::{SetPlan, Sets};
+use crate::backend::netfilter::{Ipset, Tables};
+use crate::backend::probe::Probes;
 use crate::config::{Backend, Config};
 use crate::error::Error;
-use crate::ipset::{self, SetPlan, Sets};
-use crate::netfilter::{Ipset, Tables};
-use crate::probe::Probes;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
+use crate::backend::iptables::{Accounted, Chain, Counted, Current, Family, Kind, Plan, Wanted};
 use crate::ctid::Ctid;
-use crate::ruleset::{self, Accounted, Chain, Counted, Current, Family, Kind, Plan, Wanted};
 
 /// One read of everything of ours in the kernel.
 pub struct Kernel {
@@ -87,8 +98,8 @@ impl Kernel {
 
     /// What this read covered: the families whose tables were read, and whether the sets
     /// were (a harvest forgets only within it).
-    pub fn coverage(&self) -> crate::ledger::Coverage {
-        crate::ledger::Coverage {
+    pub fn coverage(&self) -> crate::model::Coverage {
+        crate::model::Coverage {
             families: self.tables.iter().map(|(t, _)| t.family).collect(),
             sets: self.sets.is_some(),
         }
@@ -108,7 +119,7 @@ impl Kernel {
             .split(' ')
             .find_map(|w| w.parse::<IpAddr>().ok())
             .is_some_and(|ip| coverage.families.contains(&Family::of(&ip)));
-        accounted && family_in_use && (crate::ledger::is_set_key(key) == self.use_sets)
+        accounted && family_in_use && (crate::model::is_set_key(key) == self.use_sets)
     }
 
     /// Every counter of ours, rules and set elements alike.
@@ -136,9 +147,9 @@ impl Kernel {
     /// The rules vzacct wants in one family under the backend in use.
     pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
         if self.use_sets {
-            ruleset::set_matches(family, venet)
+            iptables::set_matches(family, venet)
         } else {
-            ruleset::desired_rules(accounted, family, venet)
+            iptables::desired_rules(accounted, family, venet)
         }
     }
 
@@ -180,7 +191,7 @@ impl Kernel {
             .iter()
             .map(|(t, current)| {
                 let want = self.wanted(accounted, t.family, venet);
-                (t.family, ruleset::plan(&want, current))
+                (t.family, iptables::plan(&want, current))
             })
             .collect();
         let sets = self
@@ -218,7 +229,7 @@ impl Kernel {
         let rules = self
             .tables
             .iter()
-            .map(|(t, current)| (t.family, ruleset::teardown(current)))
+            .map(|(t, current)| (t.family, iptables::teardown(current)))
             .collect();
         let destroy = self
             .sets
@@ -244,7 +255,7 @@ impl Kernel {
         config: &Config,
         plan: &KernelPlan,
         set_batch: &str,
-    ) -> Result<Vec<crate::ruleset::Counted>, Error> {
+    ) -> Result<Vec<crate::backend::iptables::Counted>, Error> {
         let ipset = Ipset::new(config);
         ipset.apply(set_batch)?;
         let mut frozen = Vec::new();

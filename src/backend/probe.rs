@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::process;
+use crate::backend::process;
 
 /// The lock file of iptables 1.6 and later (and of RHEL 7's 1.4.21).
 pub const XTABLES_LOCK: &str = "/run/xtables.lock";
@@ -172,7 +172,7 @@ impl Probes {
             return;
         }
         if let Ok(bytes) = serde_json::to_vec_pretty(cache) {
-            let _ = crate::store::write_atomic(dir, FILE, &bytes);
+            let _ = crate::ledger::store::write_atomic(dir, FILE, &bytes);
         }
     }
 }
@@ -188,7 +188,11 @@ const PROBE_TIME: Duration = Duration::from_secs(2);
 
 /// Create and destroy `vzacct-probe-<pid>` with counters and comments.
 pub fn probe_ipset(ipset: &str) -> IpsetSupport {
-    let name = format!("{}probe-{}", crate::ipset::PREFIX, std::process::id());
+    let name = format!(
+        "{}probe-{}",
+        crate::backend::ipset::PREFIX,
+        std::process::id()
+    );
     let args = [
         "create", &name, "hash:ip", "family", "inet", "counters", "comment", "-exist",
     ];
@@ -451,7 +455,7 @@ mod tests {
     #[test]
     fn ipset_6_11_says_what_is_missing() {
         let d = tempfile::tempdir().unwrap();
-        let fixture = include_str!("../tests/fixtures/oldtools/ipset-6.11-probe.txt");
+        let fixture = include_str!("../../tests/fixtures/oldtools/ipset-6.11-probe.txt");
         let msg: String = fixture
             .lines()
             .filter(|l| !l.starts_with("rc="))

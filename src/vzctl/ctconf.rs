@@ -55,62 +55,7 @@ pub(crate) const MAX_WARNINGS: usize = 20;
 /// libvzctl's line buffer: `char buf[4096 * 10]` in `parse_conf_data` (`lib/config.c`).
 const LIBVZCTL_LINE_BUFFER: usize = 4096 * 10;
 
-/// Whose rules a config is read by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// Legacy vzctl 4.x (`kolyshkin/vzctl`), also Proxmox VE 3's vzctl.
-    Vzctl4,
-    /// OpenVZ 7's libvzctl (`OpenVZ/libvzctl`), used by its vzctl 7 and prlctl.
-    Libvzctl,
-}
-
-impl Dialect {
-    /// The name used in vzacct's config (`dialect = ...`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Dialect::Vzctl4 => "vzctl4",
-            Dialect::Libvzctl => "libvzctl",
-        }
-    }
-
-    /// [`Dialect::Libvzctl`] when libvzctl is installed below `root` (normally `/`), else
-    /// [`Dialect::Vzctl4`]. libvzctl's build (`paths.am`, `lib/Makefile.am`) installs its
-    /// scripts under `<libexecdir>/libvzctl` and the library as `libvzctl2.so.*`; vzctl 4.x
-    /// installs `/usr/libexec/vzctl` and `libvzctl-4.x.so`, which a looser `libvzctl*.so`
-    /// pattern would mistake for OpenVZ 7.
-    pub fn detect(root: &Path) -> Dialect {
-        let under = |p: &str| root.join(p);
-        if under("usr/libexec/libvzctl").is_dir() {
-            return Dialect::Libvzctl;
-        }
-        for lib in ["usr/lib64", "usr/lib"] {
-            let Ok(entries) = std::fs::read_dir(under(lib)) else {
-                continue;
-            };
-            let found = entries.flatten().any(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name == "libvzctl2.so" || name.starts_with("libvzctl2.so.")
-            });
-            if found {
-                return Dialect::Libvzctl;
-            }
-        }
-        Dialect::Vzctl4
-    }
-}
-
-impl std::str::FromStr for Dialect {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "vzctl4" => Ok(Dialect::Vzctl4),
-            "libvzctl" => Ok(Dialect::Libvzctl),
-            _ => Err(()),
-        }
-    }
-}
+pub use crate::model::Dialect;
 
 /// What one config file says, as far as its dialect understands it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1108,7 +1053,7 @@ mod tests {
     #[test]
     fn realistic_vzctl_config() {
         let c = parse(
-            include_bytes!("../tests/fixtures/ctconf/101.conf"),
+            include_bytes!("../../tests/fixtures/ctconf/101.conf"),
             Path::new(F),
         );
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);

@@ -597,7 +597,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
     #[test]
     fn parses_the_old_ipset_versions_output() {
         let s = parse_save(include_str!(
-            "../tests/fixtures/oldtools/ipset-6.11-save.txt"
+            "../../tests/fixtures/oldtools/ipset-6.11-save.txt"
         ))
         .unwrap();
         assert_eq!(s.present.len(), 1);
@@ -605,7 +605,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         assert!(s.elements.is_empty());
         assert_eq!(s.untagged, [(Kind::ForwardIn, "10.0.0.1".parse().unwrap())]);
         let s = parse_save(include_str!(
-            "../tests/fixtures/oldtools/ipset-7.1-save.txt"
+            "../../tests/fixtures/oldtools/ipset-7.1-save.txt"
         ))
         .unwrap();
         assert!(s.present["vzacct-fi4"]);

@@ -11,8 +11,8 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::ctconf::{Warnings, show_path};
 use crate::ctid::{Ctid, escape_for_message};
+use crate::vzctl::ctconf::{Warnings, show_path};
 
 /// Largest veinfo we read; a line per running container is far below this.
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn kernel_sample() {
         let v = parse(
-            include_bytes!("../tests/fixtures/veinfo/veinfo"),
+            include_bytes!("../../tests/fixtures/veinfo/veinfo"),
             Path::new(F),
         );
         assert!(v.warnings.is_empty(), "{:?}", v.warnings);

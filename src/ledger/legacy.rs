@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
-use crate::db::StateError;
+use crate::ledger::db::StateError;
 use crate::ledger::{Container, FormatError, LastDump, Ledger};
 
 /// The format 2 directory, and the format 1 file.

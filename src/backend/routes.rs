@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::process::{self, ProcessError};
+use crate::backend::process::{self, ProcessError};
 
 /// The addresses of `ips` that the node routes through `iface` (one `ip -batch` run; an
 /// unreachable address is simply not routed there).

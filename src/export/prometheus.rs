@@ -248,7 +248,7 @@ mod tests {
     fn renders_every_container_in_numeric_order() {
         assert_eq!(
             render(&ledger(), &info()),
-            include_str!("../tests/fixtures/prometheus/four-containers.prom")
+            include_str!("../../tests/fixtures/prometheus/four-containers.prom")
         );
     }
 

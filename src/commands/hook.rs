@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::commands::change::{account, config_ips, unaccount};
 use crate::commands::event::{self, Quick};
 use crate::commands::{Ctx, parse_ip};
-use crate::ctconf;
 use crate::ctid::{Ctid, escape_for_message};
 use crate::error::{Error, chain};
+use crate::vzctl::ctconf;
 
 /// What vzctl reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,7 +143,7 @@ pub fn watchdog(
             let _ = append_log(&log, &line);
             eprintln!("vzacct: hook {} {who} {text}", event.name());
         }
-        crate::process::end_all();
+        crate::backend::process::end_all();
         std::process::exit(if strict { 1 } else { 0 });
     });
 }
@@ -392,7 +392,7 @@ fn one_line(s: &str) -> String {
 /// symlink). One write per line, so concurrent hooks never interleave within a line.
 fn append_log(path: &Path, line: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        if let Some(reason) = crate::store::unsafe_dir(dir) {
+        if let Some(reason) = crate::ledger::store::unsafe_dir(dir) {
             return Err(std::io::Error::other(format!(
                 "refusing to write into {}: {reason}",
                 dir.display()

@@ -94,7 +94,7 @@ pub fn append(dir: &Path, rows: &[Row], perms: &Perms) -> Result<usize, CsvError
         path: dir.to_path_buf(),
         source,
     };
-    if let Some(reason) = crate::store::unsafe_dir(dir) {
+    if let Some(reason) = crate::ledger::store::unsafe_dir(dir) {
         return Err(dir_err(std::io::Error::other(format!(
             "refusing to write into it: {reason} (make it root's and writable by no one else)"
         ))));

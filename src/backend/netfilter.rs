@@ -1,10 +1,10 @@
 //! Talks to the kernel's netfilter through iptables' own batch tools: one `iptables-save -c`
 //! read and at most one `iptables-restore --noflush --counters` write per family and command.
 
+use crate::backend::iptables::{self, Current, Family, Plan};
+use crate::backend::probe::{self, LockBusy, RestoreLock};
+use crate::backend::process::{self, ProcessError};
 use crate::config::{Config, companion};
-use crate::probe::{self, LockBusy, RestoreLock};
-use crate::process::{self, ProcessError};
-use crate::ruleset::{self, Current, Family, Plan};
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ pub enum NetfilterError {
         family: Family,
         program: String,
         #[source]
-        source: ruleset::ParseError,
+        source: iptables::ParseError,
     },
     #[error(
         "applying {ops} change(s) to the {family} ruleset failed in {program}; the ledger is \
@@ -117,7 +117,7 @@ impl Tables {
             }
         })?;
         let text = String::from_utf8_lossy(&out.stdout);
-        ruleset::parse_save(&text).map_err(|source| NetfilterError::Parse {
+        iptables::parse_save(&text).map_err(|source| NetfilterError::Parse {
             family: self.family,
             program: self.save.clone(),
             source,
@@ -173,7 +173,7 @@ pub enum IpsetError {
     Parse {
         program: String,
         #[source]
-        source: crate::ipset::ParseError,
+        source: crate::backend::ipset::ParseError,
     },
     #[error(
         "backend = ipset under [netfilter], but {program} cannot create a set with counters \
@@ -219,8 +219,8 @@ impl Ipset {
 
     /// One read of every set, keeping ours, parsed as it is printed. `expected`: about how
     /// many elements of ours there are (room is made for them at once).
-    pub fn read(&self, expected: usize) -> Result<crate::ipset::Sets, IpsetError> {
-        let mut parser = crate::ipset::SaveParser::with_capacity(expected);
+    pub fn read(&self, expected: usize) -> Result<crate::backend::ipset::Sets, IpsetError> {
+        let mut parser = crate::backend::ipset::SaveParser::with_capacity(expected);
         process::run_lines(&self.program, &["save"], |line| parser.line(line))
             .map_err(IpsetError::Read)?
             .map_err(|source| IpsetError::Parse {
@@ -236,8 +236,8 @@ impl Ipset {
     pub fn read_frozen(
         &self,
         names: &[String],
-    ) -> Result<Vec<crate::ruleset::Counted>, IpsetError> {
-        let mut parser = crate::ipset::SaveParser::default();
+    ) -> Result<Vec<crate::backend::iptables::Counted>, IpsetError> {
+        let mut parser = crate::backend::ipset::SaveParser::default();
         for name in names {
             process::run_lines(&self.program, &["save", name], |line| parser.line(line))
                 .map_err(IpsetError::Read)?

@@ -198,7 +198,7 @@ pub struct Current {
     pub frozen: Vec<Counted>,
     /// What finishes a rebuild a killed command left half-done (the frozen chain removed,
     /// the copy renamed back) or removes a copy that never counted. Everything else here
-    /// describes the table as it is once these have run, which [`crate::kernel::Kernel`]
+    /// describes the table as it is once these have run, which [`crate::backend::Kernel`]
     /// does first.
     pub pending: Vec<Op>,
     /// Whether the generation chain exists, and the generation its rule names.
@@ -907,10 +907,10 @@ mod tests {
             .collect()
     }
 
-    const LEGACY_EMPTY: &str = include_str!("../tests/fixtures/save/legacy-empty.txt");
-    const LEGACY_101: &str = include_str!("../tests/fixtures/save/legacy-101.txt");
-    const NFT_101: &str = include_str!("../tests/fixtures/save/nft-101.txt");
-    const NFT_V6_101: &str = include_str!("../tests/fixtures/save/nft6-101.txt");
+    const LEGACY_EMPTY: &str = include_str!("../../tests/fixtures/save/legacy-empty.txt");
+    const LEGACY_101: &str = include_str!("../../tests/fixtures/save/legacy-101.txt");
+    const NFT_101: &str = include_str!("../../tests/fixtures/save/nft-101.txt");
+    const NFT_V6_101: &str = include_str!("../../tests/fixtures/save/nft6-101.txt");
 
     #[test]
     fn teardown_removes_jumps_then_chains() {
@@ -1029,19 +1029,19 @@ mod tests {
         for (name, text) in [
             (
                 "1.4.7",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.7-101.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-101.txt"),
             ),
             (
                 "1.4.7-el6",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.7-el6-101.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-el6-101.txt"),
             ),
             (
                 "1.4.21",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.21-101.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-101.txt"),
             ),
             (
                 "1.4.21-el7",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.21-el7-101.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-el7-101.txt"),
             ),
         ] {
             let cur = parse_save(text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1072,11 +1072,11 @@ mod tests {
         for (name, text) in [
             (
                 "1.4.7-el6",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.7-el6-sets.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-el6-sets.txt"),
             ),
             (
                 "1.4.21-el7",
-                include_str!("../tests/fixtures/oldtools/iptables-1.4.21-el7-sets.txt"),
+                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-el7-sets.txt"),
             ),
         ] {
             // The second rule matches the in-set by source: not one of ours, a stray.
