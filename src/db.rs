@@ -423,7 +423,7 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
         Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
     };
     let mut loaded = Loaded::new(path, Some(conn), scope);
-    let ledger = loaded.read(false, true)?;
+    let ledger = loaded.read(false, true, Parts::All)?;
     Ok((ledger, loaded))
 }
 
@@ -437,6 +437,21 @@ pub fn needs_conversion(state_dir: &Path) -> bool {
 /// over it is read as immutable, so a read-only state dir works. A missing database is an
 /// empty ledger.
 pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
+    load_view_parts(state_dir, Parts::All)
+}
+
+/// Which parts of each container a view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Everything.
+    All,
+    /// What is accounted and parked, and the container's row: no last-seen counters, no
+    /// figures per IP, no open day (`status` needs only where the counters should be).
+    Accounted,
+}
+
+/// [`load_view`] of `parts` of each container.
+pub fn load_view_parts(state_dir: &Path, parts: Parts) -> Result<(Ledger, Loaded), StateError> {
     let path = state_dir.join(FILE);
     let mut loaded = Loaded::new(path.clone(), None, None);
     if !path.exists() {
@@ -463,7 +478,7 @@ pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
         .map_err(|e| db_error(Some(&conn), &path, e))?;
     loaded.conn = Some(conn);
     // A view writes nothing: no fingerprints.
-    let ledger = loaded.read(false, false)?;
+    let ledger = loaded.read(false, false, parts)?;
     Ok((ledger, loaded))
 }
 
@@ -511,7 +526,7 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
                 });
             }
             let mut loaded = Loaded::new(path.clone(), Some(conn), None);
-            let ledger = loaded.read(true, true)?;
+            let ledger = loaded.read(true, true, Parts::All)?;
             Ok((ledger, loaded))
         });
         match checked {
@@ -720,8 +735,15 @@ impl Loaded {
     }
 
     /// Read the scope; containers without the node's row are corrupt unless
-    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed.
-    fn read(&mut self, allow_no_node: bool, track: bool) -> Result<Ledger, StateError> {
+    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed
+    /// (only with every part read).
+    fn read(
+        &mut self,
+        allow_no_node: bool,
+        track: bool,
+        parts: Parts,
+    ) -> Result<Ledger, StateError> {
+        debug_assert!(!track || parts == Parts::All);
         let path = self.path.clone();
         let conn = self.conn.as_ref().ok_or_else(|| StateError::Write {
             path: path.clone(),
@@ -811,6 +833,9 @@ impl Loaded {
                 Ok(())
             })
             .map_err(err)?;
+            if parts == Parts::Accounted {
+                continue;
+            }
             let sql =
                 q("SELECT ctid, backend, kind, ip, element, packets, bytes FROM counters".into());
             fold_rows(conn, &sql, id, cts, |c, r| {
