@@ -65,11 +65,19 @@ impl Sets {
 
     /// Keep only where the elements are, not their counters (harvested): a large node's
     /// elements then take a third of the memory while the plan is made.
+    /// The elements are moved over from the end and their room given back as it goes, so
+    /// the two lists are not held in full at once; `placed` keeps their order.
     pub fn compact(&mut self) {
-        let elements = std::mem::take(&mut self.elements);
-        self.placed.reserve_exact(elements.len());
-        self.placed
-            .extend(elements.into_iter().map(|e| (e.kind, e.ip, e.ctid)));
+        let start = self.placed.len();
+        // Reserved at once (its pages are touched only as it fills).
+        self.placed.reserve_exact(self.elements.len());
+        while let Some(e) = self.elements.pop() {
+            self.placed.push((e.kind, e.ip, e.ctid));
+            if self.elements.len().is_multiple_of(4096) {
+                self.elements.shrink_to_fit();
+            }
+        }
+        self.placed[start..].reverse();
     }
 }
 

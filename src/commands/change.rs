@@ -166,24 +166,31 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
         ctx.warn(w);
     }
     let before = s.ledger.accounted();
-    let mut want: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
-    let mut owner: BTreeMap<IpAddr, Ctid> = BTreeMap::new();
-    for (ctid, ips) in &live.containers {
-        for ip in ips {
-            if ip.is_ipv6() && !ctx.config.ipv6 {
-                continue;
+    // What veinfo lists, an IP kept for the first container listing it. The file's contents
+    // and the owners go before the ledger changes (a node of 10,000 containers holds each
+    // of these maps at once otherwise).
+    let want = {
+        let mut want: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut owner: std::collections::HashMap<IpAddr, &Ctid> = std::collections::HashMap::new();
+        for (ctid, ips) in &live.containers {
+            for ip in ips {
+                if ip.is_ipv6() && !ctx.config.ipv6 {
+                    continue;
+                }
+                if let Some(first) = owner.get(ip) {
+                    ctx.warn(format!(
+                        "{}: {ip} is listed for containers {first} and {ctid}; kept for {first}",
+                        ctx.config.veinfo.display()
+                    ));
+                    continue;
+                }
+                owner.insert(*ip, ctid);
+                want.entry(ctid.clone()).or_default().insert(*ip);
             }
-            if let Some(first) = owner.get(ip) {
-                ctx.warn(format!(
-                    "{}: {ip} is listed for containers {first} and {ctid}; kept for {first}",
-                    ctx.config.veinfo.display()
-                ));
-                continue;
-            }
-            owner.insert(*ip, ctid.clone());
-            want.entry(ctid.clone()).or_default().insert(*ip);
         }
-    }
+        want
+    };
+    drop(live);
     for (ctid, ips) in &before {
         for ip in ips {
             if want.get(ctid).is_none_or(|w| !w.contains(ip)) {
@@ -199,17 +206,28 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
             s.ledger.assign_from(ctid, *ip, None, now, today);
         }
     }
-    let after = s.ledger.accounted();
-    let started = after.keys().filter(|c| !before.contains_key(*c)).count();
-    let stopped = before.keys().filter(|c| !after.contains_key(*c)).count();
-    let changed = after
-        .iter()
-        .filter(|(c, ips)| before.get(*c).is_some_and(|b| b != *ips))
+    drop(want);
+    // What changed, from the ledger as it is now (no second copy of what is accounted).
+    let (mut accounted, mut started, mut changed) = (0, 0, 0);
+    for (ctid, c) in &s.ledger.containers {
+        if !c.accounted() {
+            continue;
+        }
+        accounted += 1;
+        match before.get(ctid) {
+            None => started += 1,
+            Some(b) if *b != c.ips => changed += 1,
+            Some(_) => {}
+        }
+    }
+    let stopped = before
+        .keys()
+        .filter(|c| !s.ledger.containers.get(*c).is_some_and(|c| c.accounted()))
         .count();
     ctx.say(format!(
         "{}: {} running container(s); {started} newly accounted, {stopped} no longer, {changed} with changed IPs",
         ctx.config.veinfo.display(),
-        after.len()
+        accounted
     ))
 }
 

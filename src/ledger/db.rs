@@ -226,7 +226,12 @@ impl Prints {
                     .map(|d| (d.date, d.figures.fields()))
                     .hash(h);
             }),
-            held: print_of(|h| c.held_ips().hash(h)),
+            // What the held IPs are made of (they are not gathered just to be hashed).
+            held: print_of(|h| {
+                c.ips.hash(h);
+                c.parked.hash(h);
+                c.seen.keys().for_each(|k| k.hash(h));
+            }),
         }
     }
 }
@@ -436,7 +441,7 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
         Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
     };
     let mut loaded = Loaded::new(path, Some(conn), scope);
-    let ledger = loaded.read(false, true)?;
+    let ledger = loaded.read(false, true, Parts::All)?;
     Ok((ledger, loaded))
 }
 
@@ -450,6 +455,21 @@ pub fn needs_conversion(state_dir: &Path) -> bool {
 /// over it is read as immutable, so a read-only state dir works. A missing database is an
 /// empty ledger.
 pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
+    load_view_parts(state_dir, Parts::All)
+}
+
+/// Which parts of each container a view reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Everything.
+    All,
+    /// What is accounted and parked, and the container's row: no last-seen counters, no
+    /// figures per IP, no open day (`status` needs only where the counters should be).
+    Accounted,
+}
+
+/// [`load_view`] of `parts` of each container.
+pub fn load_view_parts(state_dir: &Path, parts: Parts) -> Result<(Ledger, Loaded), StateError> {
     let path = state_dir.join(FILE);
     let mut loaded = Loaded::new(path.clone(), None, None);
     if !path.exists() {
@@ -476,7 +496,7 @@ pub fn load_view(state_dir: &Path) -> Result<(Ledger, Loaded), StateError> {
         .map_err(|e| db_error(Some(&conn), &path, e))?;
     loaded.conn = Some(conn);
     // A view writes nothing: no fingerprints.
-    let ledger = loaded.read(false, false)?;
+    let ledger = loaded.read(false, false, parts)?;
     Ok((ledger, loaded))
 }
 
@@ -524,7 +544,7 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
                 });
             }
             let mut loaded = Loaded::new(path.clone(), Some(conn), None);
-            let ledger = loaded.read(true, true)?;
+            let ledger = loaded.read(true, true, Parts::All)?;
             Ok((ledger, loaded))
         });
         match checked {
@@ -733,8 +753,15 @@ impl Loaded {
     }
 
     /// Read the scope; containers without the node's row are corrupt unless
-    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed.
-    fn read(&mut self, allow_no_node: bool, track: bool) -> Result<Ledger, StateError> {
+    /// `allow_no_node` (repair). `track`: keep fingerprints, to write back what changed
+    /// (only with every part read).
+    fn read(
+        &mut self,
+        allow_no_node: bool,
+        track: bool,
+        parts: Parts,
+    ) -> Result<Ledger, StateError> {
+        debug_assert!(!track || parts == Parts::All);
         let path = self.path.clone();
         let conn = self.conn.as_ref().ok_or_else(|| StateError::Write {
             path: path.clone(),
@@ -834,6 +861,9 @@ impl Loaded {
                 Ok(())
             })
             .map_err(err)?;
+            if parts == Parts::Accounted {
+                continue;
+            }
             let sql =
                 q("SELECT ctid, backend, kind, ip, element, packets, bytes FROM counters".into());
             fold_rows(conn, &sql, id, cts, |c, r| {
@@ -949,32 +979,25 @@ impl Loaded {
                 ins.execute(params![scope, to_i64(*g)])?;
             }
             drop(ins);
+            let mut w = Writer::new(&tx);
             for (id, c) in &ledger.containers {
                 let new = Prints::of(c);
                 let old = self.prints.get(id);
                 if old == Some(&new) {
                     continue;
                 }
-                write_container(&tx, id, c, old, &new)?;
+                w.container(id, c, old, &new)?;
                 changed.push((id.clone(), Some(new)));
             }
             for id in self.prints.keys() {
                 if !ledger.containers.contains_key(id) {
-                    for table in [
-                        "containers",
-                        "ips",
-                        "parked",
-                        "counters",
-                        "by_ip",
-                        "open_days",
-                        "holders",
-                    ] {
-                        tx.prepare_cached(&format!("DELETE FROM {table} WHERE ctid = ?1"))?
-                            .execute([id.as_str()])?;
+                    for part in 0..PARTS.len() {
+                        w.delete(part, id.as_str())?;
                     }
                     changed.push((id.clone(), None));
                 }
             }
+            drop(w);
             let days = closed
                 .iter()
                 .map(|r| with_figures(vec![text(&r.ctid), text(r.date)], &r.figures));
@@ -1026,113 +1049,169 @@ fn insert(
     Ok(())
 }
 
-/// Write the parts of one container that differ from `old` (all of them when new).
-fn write_container(
-    tx: &rusqlite::Transaction,
-    id: &Ctid,
-    c: &Container,
-    old: Option<&Prints>,
-    new: &Prints,
-) -> rusqlite::Result<()> {
-    let ct = id.as_str();
-    // Each part: its fingerprint, its table and columns, its rows.
-    type Rows<'a> = Box<dyn Iterator<Item = Vec<Value>> + 'a>;
-    type Part<'a> = (fn(&Prints) -> u64, &'static str, String, Rows<'a>);
-    let f8 = figs("", "");
-    let parts: [Part; 7] = [
-        (
+/// The tables holding a container's parts, in [`Prints`] order, with their columns.
+const PARTS: [(&str, &str); 7] = [
+    (
+        "containers",
+        "ctid, total_since, last_closed, month, MONTH, TOTAL",
+    ),
+    ("ips", "ctid, ip"),
+    ("parked", "ctid, ip"),
+    (
+        "counters",
+        "ctid, backend, family, kind, ip, element, packets, bytes",
+    ),
+    ("by_ip", "ctid, ip, FIGS"),
+    ("open_days", "ctid, date, FIGS"),
+    ("holders", "ip, ctid"),
+];
+
+/// The statements that write containers, each prepared once per transaction on first use.
+struct Writer<'c> {
+    tx: &'c rusqlite::Connection,
+    insert: [Option<rusqlite::Statement<'c>>; 7],
+    delete: [Option<rusqlite::Statement<'c>>; 7],
+}
+
+impl<'c> Writer<'c> {
+    fn new(tx: &'c rusqlite::Connection) -> Writer<'c> {
+        Writer {
+            tx,
+            insert: Default::default(),
+            delete: Default::default(),
+        }
+    }
+
+    fn insert(&mut self, part: usize) -> rusqlite::Result<&mut rusqlite::Statement<'c>> {
+        if self.insert[part].is_none() {
+            let (table, cols) = PARTS[part];
+            let cols = cols
+                .replace("MONTH", &figs("month_", ""))
+                .replace("TOTAL", &figs("total_", ""))
+                .replace("FIGS", &figs("", ""));
+            let marks = vec!["?"; cols.split(',').count()].join(", ");
+            let sql = format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})");
+            self.insert[part] = Some(self.tx.prepare(&sql)?);
+        }
+        Ok(self.insert[part].as_mut().expect("prepared"))
+    }
+
+    /// Delete every row of `ctid` from the table of `part`.
+    fn delete(&mut self, part: usize, ctid: &str) -> rusqlite::Result<()> {
+        if self.delete[part].is_none() {
+            let sql = format!("DELETE FROM {} WHERE ctid = ?1", PARTS[part].0);
+            self.delete[part] = Some(self.tx.prepare(&sql)?);
+        }
+        self.delete[part]
+            .as_mut()
+            .expect("prepared")
+            .execute([ctid])?;
+        Ok(())
+    }
+
+    /// Write the parts of one container that differ from `old` (all of them when new).
+    fn container(
+        &mut self,
+        id: &Ctid,
+        c: &Container,
+        old: Option<&Prints>,
+        new: &Prints,
+    ) -> rusqlite::Result<()> {
+        use rusqlite::ToSql;
+        let ct = id.as_str();
+        if let Some(bad) = c.seen.keys().find(|k| split_key(k).is_none()) {
+            let e = std::io::Error::other(format!("internal: counter key {bad:?}"));
+            return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+        }
+        let prints: [fn(&Prints) -> u64; 7] = [
             |p| p.row,
-            "containers",
-            format!(
-                "ctid, total_since, last_closed, month, {}, {}",
-                figs("month_", ""),
-                figs("total_", "")
-            ),
-            Box::new(std::iter::once({
-                let m = c.month.as_ref();
-                let row = vec![
-                    text(ct),
-                    c.total_since.as_ref().map(time_text).into(),
-                    c.last_closed.map(|d| d.to_string()).into(),
-                    m.map(|m| m.month.clone()).into(),
-                ];
-                with_figures(
-                    with_figures(row, &m.map(|m| m.figures).unwrap_or_default()),
-                    &c.total,
-                )
-            })),
-        ),
-        (
             |p| p.ips,
-            "ips",
-            "ctid, ip".into(),
-            Box::new(c.ips.iter().map(|ip| vec![text(ct), text(ip)])),
-        ),
-        (
             |p| p.parked,
-            "parked",
-            "ctid, ip".into(),
-            Box::new(c.parked.iter().map(|ip| vec![text(ct), text(ip)])),
-        ),
-        (
             |p| p.seen,
-            "counters",
-            "ctid, backend, family, kind, ip, element, packets, bytes".into(),
-            Box::new(c.seen.iter().filter_map(|(key, v)| {
-                let (backend, family, kind, ip, element) = split_key(key)?;
-                Some(vec![
-                    text(ct),
-                    text(backend),
-                    Value::Integer(family.into()),
-                    text(kind),
-                    text(ip),
-                    text(element),
-                    Value::Integer(to_i64(v.packets)),
-                    Value::Integer(to_i64(v.bytes)),
-                ])
-            })),
-        ),
-        (
             |p| p.by_ip,
-            "by_ip",
-            format!("ctid, ip, {f8}"),
-            Box::new(
-                c.by_ip
-                    .iter()
-                    .map(|(ip, f)| with_figures(vec![text(ct), text(ip)], f)),
-            ),
-        ),
-        (
             |p| p.today,
-            "open_days",
-            format!("ctid, date, {f8}"),
-            Box::new(
-                c.today
-                    .iter()
-                    .map(|d| with_figures(vec![text(ct), text(d.date)], &d.figures)),
-            ),
-        ),
-        (
             |p| p.held,
-            "holders",
-            "ip, ctid".into(),
-            Box::new(c.held_ips().into_iter().map(|ip| vec![text(ip), text(ct)])),
-        ),
-    ];
-    if let Some(bad) = c.seen.keys().find(|k| split_key(k).is_none()) {
-        let e = std::io::Error::other(format!("internal: counter key {bad:?}"));
-        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
-    }
-    for (print, table, cols, rows) in parts {
-        if old.is_some_and(|o| print(o) == print(new)) {
-            continue;
+        ];
+        for (part, print) in prints.iter().enumerate() {
+            if old.is_some_and(|o| print(o) == print(new)) {
+                continue;
+            }
+            if old.is_some() {
+                self.delete(part, ct)?;
+            }
+            let st = self.insert(part)?;
+            match part {
+                0 => {
+                    let m = c.month.as_ref();
+                    let since = c.total_since.as_ref().map(time_text);
+                    let closed = c.last_closed.map(|d| d.to_string());
+                    let month = m.map(|m| m.month.as_str());
+                    let mf = ints(&m.map(|m| m.figures).unwrap_or_default());
+                    let tf = ints(&c.total);
+                    let mut p: Vec<&dyn ToSql> = vec![&ct, &since, &closed, &month];
+                    p.extend(mf.iter().map(|x| x as &dyn ToSql));
+                    p.extend(tf.iter().map(|x| x as &dyn ToSql));
+                    st.execute(&*p)?;
+                }
+                1 | 2 => {
+                    let ips = if part == 1 { &c.ips } else { &c.parked };
+                    for ip in ips {
+                        st.execute(params![ct, ip.to_string()])?;
+                    }
+                }
+                3 => {
+                    for (key, v) in &c.seen {
+                        let Some((backend, family, kind, ip, element)) = split_key(key) else {
+                            continue;
+                        };
+                        st.execute(params![
+                            ct,
+                            backend,
+                            family,
+                            kind,
+                            ip.to_string(),
+                            element,
+                            to_i64(v.packets),
+                            to_i64(v.bytes)
+                        ])?;
+                    }
+                }
+                4 => {
+                    for (ip, f) in &c.by_ip {
+                        with_figs(st, &[&ct, &ip.to_string()], f)?;
+                    }
+                }
+                5 => {
+                    if let Some(d) = &c.today {
+                        with_figs(st, &[&ct, &d.date.to_string()], &d.figures)?;
+                    }
+                }
+                _ => {
+                    for ip in c.held_ips() {
+                        st.execute(params![ip.to_string(), ct])?;
+                    }
+                }
+            }
         }
-        if old.is_some() {
-            tx.prepare_cached(&format!("DELETE FROM {table} WHERE ctid = ?1"))?
-                .execute([ct])?;
-        }
-        insert(tx, table, &cols, rows)?;
+        Ok(())
     }
+}
+
+/// The eight figures as stored.
+fn ints(f: &Figures) -> [i64; 8] {
+    f.fields().map(to_i64)
+}
+
+/// Execute `st` with `first` then the eight figures of `f`.
+fn with_figs(
+    st: &mut rusqlite::Statement,
+    first: &[&dyn rusqlite::ToSql],
+    f: &Figures,
+) -> rusqlite::Result<()> {
+    let v = ints(f);
+    let mut p: Vec<&dyn rusqlite::ToSql> = first.to_vec();
+    p.extend(v.iter().map(|x| x as &dyn rusqlite::ToSql));
+    st.execute(&*p)?;
     Ok(())
 }
 

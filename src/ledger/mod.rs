@@ -431,21 +431,21 @@ impl Ledger {
         // Every rule (or set element) by container and key; of duplicate copies the last
         // (the sort is stable) is the one followed.
         let mut all: Vec<&Counted> = kernel.into_iter().collect();
+        let by_ct_key =
+            |a: &&Counted, b: &&Counted| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str()));
+        all.sort_by(by_ct_key);
         // A set element whose comment still names an earlier owner (the batch that gave it
         // to the new one was not applied) is charged to the container holding its baseline.
         // Only elements without a baseline of their own are looked up (none, normally), so
-        // the index of every container's set baselines is built only when one is.
-        let orphans: Vec<&Counted> = all
-            .iter()
-            .copied()
-            .filter(|c| {
-                is_set_key(&c.key)
-                    && !self
-                        .containers
-                        .get(&c.ctid)
-                        .is_some_and(|x| x.seen.contains_key(c.key.as_str()))
-            })
-            .collect();
+        // the index of every container's set baselines is built only when one is. Each
+        // container is looked up once, for its run of counters.
+        let mut orphans: Vec<&Counted> = Vec::new();
+        for group in all.chunk_by(|a, b| a.ctid == b.ctid) {
+            let seen = self.containers.get(&group[0].ctid).map(|c| &c.seen);
+            orphans.extend(group.iter().copied().filter(|c| {
+                is_set_key(&c.key) && !seen.is_some_and(|s| s.contains_key(c.key.as_str()))
+            }));
+        }
         let mut reattributed: Vec<Counted> = Vec::new();
         if !orphans.is_empty() {
             let holder: std::collections::HashMap<&str, &Ctid> = self
@@ -474,23 +474,35 @@ impl Ledger {
                 reattributed.iter().map(|c| c.key.as_str()).collect();
             all.retain(|c| !moved.contains(c.key.as_str()));
             all.extend(reattributed.iter());
+            all.sort_by(by_ct_key);
         }
-        all.sort_by(|a, b| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str())));
         let credit_all = !new_boot;
         // A container none of whose read counters is in the kernel any more keeps no
-        // baselines for what was read.
+        // baselines for what was read. Both sides are in CTID order: one merge.
+        let mut kernel_ids = all.chunk_by(|a, b| a.ctid == b.ctid).map(|g| &g[0].ctid);
+        let mut next_id = kernel_ids.next();
         for (ctid, c) in &mut self.containers {
-            if all.binary_search_by(|k| k.ctid.cmp(ctid)).is_err() {
+            while next_id.is_some_and(|k| k < ctid) {
+                next_id = kernel_ids.next();
+            }
+            if next_id != Some(ctid) {
                 c.seen.retain(|k, _| !coverage.covers(k));
             }
         }
         for group in all.chunk_by(|a, b| a.ctid == b.ctid) {
-            let c = self.containers.entry(group[0].ctid.clone()).or_default();
-            let mut seen = BTreeMap::new();
+            let c = match self.containers.get_mut(&group[0].ctid) {
+                Some(c) => c,
+                None => self.containers.entry(group[0].ctid.clone()).or_default(),
+            };
+            // The read values replace the last-seen ones in place; of what was covered by
+            // the read, only what it found stays.
+            let mut found = 0;
             for copies in group.chunk_by(|a, b| a.key == b.key) {
                 let rule = copies[copies.len() - 1];
                 let (key, now) = (rule.key.as_str(), rule.counters);
-                let delta = match c.seen.get(key) {
+                found += 1;
+                let last = c.seen.get_mut(key);
+                let delta = match &last {
                     Some(b) if now.packets >= b.packets && now.bytes >= b.bytes => Counters {
                         packets: now.packets - b.packets,
                         bytes: now.bytes - b.bytes,
@@ -506,6 +518,12 @@ impl Ledger {
                         Counters::default()
                     }
                 };
+                match last {
+                    Some(b) => *b = now,
+                    None => {
+                        c.seen.insert(rule.key.clone(), now);
+                    }
+                }
                 // No packet netfilter counts is longer than 512 KiB: a delta claiming more is not
                 // traffic (counters written by someone else, e.g. a restored saved ruleset);
                 // counting starts from the value found, nothing is credited.
@@ -519,10 +537,14 @@ impl Ledger {
                     c.open_day(today).figures.credit(rule.kind, delta);
                     report.counted.credit(rule.kind, delta);
                 }
-                seen.insert(rule.key.clone(), now);
             }
-            c.seen.retain(|k, _| !coverage.covers(k));
-            c.seen.extend(seen);
+            // Last-seen values the read covered but did not find are forgotten (nothing to
+            // look for when every one left is one just found).
+            if c.seen.len() > found {
+                let keys: BTreeSet<&str> = group.iter().map(|r| r.key.as_str()).collect();
+                c.seen
+                    .retain(|k, _| keys.contains(k.as_str()) || !coverage.covers(k));
+            }
         }
         (report, rows)
     }

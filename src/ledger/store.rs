@@ -203,6 +203,11 @@ impl Shared {
     pub fn load(&self) -> Result<(Ledger, Loaded), StateError> {
         db::load_view(&self.dir)
     }
+
+    /// Read what is accounted and parked only ([`db::Parts::Accounted`]).
+    pub fn load_accounted(&self) -> Result<Ledger, StateError> {
+        Ok(db::load_view_parts(&self.dir, db::Parts::Accounted)?.0)
+    }
 }
 
 /// Create `dir` (and its parents) with mode 0700 if it does not exist.
