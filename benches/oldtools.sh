@@ -78,7 +78,7 @@ for u in $USERLANDS; do
   ip netns add "$ns"
   export VZACCT_BOOT_ID_FILE=$d/boot_id ERR=$d/err
   ip netns exec "$ns" "$WORK/vzacct" --config "$d/cfg" sync >/dev/null || die "$u: sync failed"
-  # The new container's IPs are not routed to venet0: umount takes the quick path.
+  # The new container's IPs are not routed to venet0: umount runs over that container alone.
   m=() um=() dm=() sm=()
   for r in $(seq "$RUNS"); do
     m+=($(timed_loop "$ns" 1 env VE_CONFFILE="$d/new.conf" "$WORK/vzacct" --config "$d/cfg" hook mount)) || die "$u: hook mount failed: $(cat "$d/err")"

@@ -96,6 +96,29 @@ impl Kernel {
         })
     }
 
+    /// Read every family's table but no set, for a run that adds set elements without
+    /// reading the sets (one container's, with the ipset backend in use).
+    pub fn read_tables(
+        config: &Config,
+        probes: &Probes,
+        families: &[Family],
+    ) -> Result<Kernel, Error> {
+        let mut tables = Vec::new();
+        for family in families {
+            let t = Tables::probed(config, *family, probes);
+            let current = t.read()?;
+            tables.push((t, current));
+        }
+        let rules_counted = tables.iter().flat_map(|(_, c)| c.counted()).collect();
+        Ok(Kernel {
+            tables,
+            sets: None,
+            use_sets: true,
+            why_rules: None,
+            rules_counted,
+        })
+    }
+
     /// What this read covered: the families whose tables were read, and whether the sets
     /// were (a harvest forgets only within it).
     pub fn coverage(&self) -> crate::model::Coverage {

@@ -33,11 +33,31 @@ pub(crate) fn config_ips(ctx: &mut Ctx, path: &Path) -> Result<Vec<IpAddr>, Erro
 pub(crate) struct Accounted {
     pub new: Vec<IpAddr>,
     pub done: Committed,
+    pub widened: Widened,
 }
 
-/// Account `ips` for `ctid` in one locked transaction (an IP of another container moves).
-pub(crate) fn account(ctx: &mut Ctx, ctid: &Ctid, ips: &[IpAddr]) -> Result<Accounted, Error> {
-    let mut s = begin(ctx)?;
+/// Account `ips` for `ctid` in one locked run (an IP of another container moves). With
+/// `one` the run covers only that container when that suffices ([`begin_container`]).
+pub(crate) fn account(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    ips: &[IpAddr],
+    one: bool,
+) -> Result<Accounted, Error> {
+    let (mut s, mut widened) = if one {
+        begin_container(ctx, ctid)?
+    } else {
+        (begin(ctx)?, None)
+    };
+    if s.container.is_some() {
+        match fresh_elements(&mut s, ctid, ips)? {
+            Ok(elements) => s.elements = elements,
+            Err(why) => {
+                s = s.widen(ctx)?;
+                widened = Some(why);
+            }
+        }
+    }
     let (now, today) = (ctx.now, ctx.today());
     let mut new = Vec::new();
     for ip in ips {
@@ -51,8 +71,44 @@ pub(crate) fn account(ctx: &mut Ctx, ctid: &Ctid, ips: &[IpAddr]) -> Result<Acco
             new.push(*ip);
         }
     }
+    for (ip, _) in s.elements.iter().filter(|(_, fresh)| *fresh) {
+        // Created from zero: that is the baseline.
+        for key in crate::backend::ipset::element_keys(ip) {
+            s.ledger.baseline_zero(ctid, key);
+        }
+    }
     let done = commit(ctx, &mut s, true)?;
-    Ok(Accounted { new, done })
+    Ok(Accounted { new, done, widened })
+}
+
+/// For one container's run: `ips` with whether each is new to `ctid` (its elements start
+/// from zero), or why the run must cover the node. An IP another container holds moves
+/// (its counters are read first); one `ctid` holds only by a last-seen value has elements a
+/// full run was removing without confirming it, which only reading the kernel tells.
+fn fresh_elements(
+    s: &mut Session,
+    ctid: &Ctid,
+    ips: &[IpAddr],
+) -> Result<Result<Vec<(IpAddr, bool)>, String>, Error> {
+    let holders = s.loaded.holders(ips)?;
+    for (ip, h) in ips.iter().zip(&holders) {
+        if let Some(other) = h.iter().find(|h| *h != ctid) {
+            return Ok(Err(format!("{ip} is held by container {other}")));
+        }
+    }
+    let c = s.ledger.containers.get(ctid);
+    let held = c.map(|c| c.held_ips()).unwrap_or_default();
+    let mut out = Vec::new();
+    for ip in ips {
+        let live = c.is_some_and(|c| c.ips.contains(ip) || c.parked.contains(ip));
+        if !live && held.contains(ip) {
+            return Ok(Err(format!(
+                "{ip}: the removal of its earlier counters is not confirmed"
+            )));
+        }
+        out.push((*ip, !live));
+    }
+    Ok(Ok(out))
 }
 
 /// What [`unaccount`] did.
@@ -60,16 +116,27 @@ pub(crate) struct Unaccounted {
     pub removed: Vec<IpAddr>,
     pub not_found: Vec<IpAddr>,
     pub done: Committed,
+    pub widened: Widened,
 }
 
 /// Stop accounting `ips` of `ctid`, or all of its IPs when `None`; their counts are
-/// harvested first and kept.
+/// harvested first and kept. With `one` the run covers only that container when every
+/// address is no longer routed to venet (vzctl's vps-net_del removed the routes on stop,
+/// `--ipdel` and suspend): no packet can pass venet to or from them, so their elements
+/// count nothing more and are parked, harvested exactly and removed by the next dump (the
+/// ledger keeps naming the container their holder, so no other takes them before). An
+/// address still routed (a container halted from inside) is harvested now, over the node.
 pub(crate) fn unaccount(
     ctx: &mut Ctx,
     ctid: &Ctid,
     ips: Option<&[IpAddr]>,
+    one: bool,
 ) -> Result<Unaccounted, Error> {
-    let mut s = begin(ctx)?;
+    let (mut s, mut widened) = if one {
+        begin_container(ctx, ctid)?
+    } else {
+        (begin(ctx)?, None)
+    };
     let ips: Vec<IpAddr> = match ips {
         Some(list) => list.to_vec(),
         None => s
@@ -79,13 +146,40 @@ pub(crate) fn unaccount(
             .map(|c| c.ips.iter().copied().collect())
             .unwrap_or_default(),
     };
+    if s.container.is_some() {
+        let venet = &ctx.config.venet_interface;
+        let why = match crate::backend::routes::routed_via(&ctx.config.ip, &ips, venet) {
+            Ok(routed) => routed
+                .first()
+                .map(|ip| format!("{ip} is still routed to {venet}")),
+            Err(e) => Some(format!("cannot check routes: {e}")),
+        };
+        if let Some(why) = why {
+            s = s.widen(ctx)?;
+            widened = Some(why);
+        }
+    }
     let (removed, not_found): (Vec<IpAddr>, Vec<IpAddr>) =
         ips.iter().partition(|ip| s.ledger.unassign(ctid, ip));
+    if s.container.is_some() {
+        // The elements stay until the next full run: kept on record (one made since the
+        // last harvest from zero), so the ledger goes on naming this container their
+        // holder, and the harvest credits it.
+        for ip in &removed {
+            for key in crate::backend::ipset::element_keys(ip) {
+                s.ledger.baseline_zero(ctid, key);
+            }
+            if let Some(c) = s.ledger.containers.get_mut(ctid) {
+                c.parked.insert(*ip);
+            }
+        }
+    }
     let done = commit(ctx, &mut s, true)?;
     Ok(Unaccounted {
         removed,
         not_found,
         done,
+        widened,
     })
 }
 
@@ -113,7 +207,7 @@ pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> 
             )));
         }
     }
-    let a = account(ctx, ctid, &ips)?;
+    let a = account(ctx, ctid, &ips, false)?;
     if a.new.is_empty() {
         ctx.say(format!("container {ctid}: already accounted"))?;
     } else {
@@ -142,7 +236,7 @@ pub fn remove(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Erro
             )));
         }
     }
-    let u = unaccount(ctx, ctid, (!ips.is_empty()).then_some(&ips[..]))?;
+    let u = unaccount(ctx, ctid, (!ips.is_empty()).then_some(&ips[..]), false)?;
     for ip in &u.not_found {
         ctx.warn(format!("container {ctid} was not accounting {ip}"));
     }

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::commands::change::{account, config_ips, unaccount};
-use crate::commands::event::{self, Quick};
 use crate::commands::{Ctx, parse_ip};
 use crate::ctid::{Ctid, escape_for_message};
 use crate::error::{Error, chain};
@@ -301,43 +300,38 @@ fn node_event(ctx: &mut Ctx, event: Event) -> Result<String, Error> {
     Ok(text.lines().collect::<Vec<_>>().join("; "))
 }
 
-/// Account `ips` for one container: the quick path of [`event`] when it applies, else the
-/// full pipeline. Returns the IPs new to the container and, for the log, why the full
-/// pipeline ran (empty for the quick path).
+/// Account `ips` for one container, in a run over that container alone when it suffices.
+/// Returns the IPs new to the container and, for the log, why the run covered the node.
 fn hook_account(
     ctx: &mut Ctx,
     ctid: &Ctid,
     ips: &[IpAddr],
 ) -> Result<(Vec<IpAddr>, String), Error> {
-    match event::account(ctx, ctid, ips)? {
-        Quick::Done(new) => Ok((new, String::new())),
-        Quick::Full(why) => {
-            let a = account(ctx, ctid, ips)?;
-            Ok((a.new, format!(" [full run: {why}]")))
-        }
-    }
+    let a = account(ctx, ctid, ips, true)?;
+    Ok((a.new, widened(&a.widened)))
 }
 
-/// Stop accounting `ips` (all when `None`) of one container, quickly when possible.
+/// Stop accounting `ips` (all when `None`) of one container, over it alone when possible.
 fn hook_unaccount(
     ctx: &mut Ctx,
     ctid: &Ctid,
     ips: Option<&[IpAddr]>,
 ) -> Result<(Vec<IpAddr>, String), Error> {
-    match event::unaccount(ctx, ctid, ips)? {
-        Quick::Done(removed) => {
-            let how = if removed.is_empty() {
-                String::new()
-            } else {
-                " (counters kept in the sets until the next dump harvests them)".into()
-            };
-            Ok((removed, how))
+    let u = unaccount(ctx, ctid, ips, true)?;
+    let how = match &u.widened {
+        None if !u.removed.is_empty() => {
+            " (counters kept in the sets until the next dump harvests them)".to_string()
         }
-        Quick::Full(why) => {
-            let u = unaccount(ctx, ctid, ips)?;
-            Ok((u.removed, format!(" [full run: {why}]")))
-        }
-    }
+        w => widened(w),
+    };
+    Ok((u.removed, how))
+}
+
+/// The log's note of a run that had to cover the whole node.
+fn widened(why: &crate::commands::Widened) -> String {
+    why.as_ref()
+        .map(|why| format!(" [full run: {why}]"))
+        .unwrap_or_default()
 }
 
 /// Parse vzctl's `IP_ADDR` ("ip[/prefix] ip2 ..."): the usable IPs, and the refused entries

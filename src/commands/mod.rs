@@ -3,7 +3,6 @@
 //! append the closed days' CSV rows, write the ledger, apply one batch per family.
 
 pub mod change;
-pub mod event;
 pub mod hook;
 pub mod install;
 pub mod node;
@@ -155,6 +154,95 @@ struct Session {
     kernel: Kernel,
     harvest: Harvest,
     rows: Vec<Row>,
+    /// `Some(ctid)`: the run covers one container (see [`begin_container`]).
+    container: Option<Ctid>,
+    /// That container's IPs to put in the sets, each new to it (from zero) or not.
+    elements: Vec<(IpAddr, bool)>,
+}
+
+/// Why a run for one container had to cover the whole node, if it did (for the hook log).
+pub(crate) type Widened = Option<String>;
+
+/// Lock and load one container's rows, and read the tables but no set: the run for one
+/// container's event with the ipset backend, when nothing it does needs the whole node
+/// (its set elements are added without reading any set; a stop leaves them, uncounting
+/// once vzctl removed the routes, for the next dump to harvest). Whatever needs more (an IP
+/// another container holds, the first event of a boot, rules to repair, the per-IP rules
+/// backend, a node no full run has written yet) runs over the whole node: [`Session::widen`].
+fn begin_container(ctx: &Ctx, ctid: &Ctid) -> Result<(Session, Widened), Error> {
+    let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
+    let (locked, why) = match narrow(ctx, locked, ctid)? {
+        Ok(s) => return Ok((s, None)),
+        Err(no) => no,
+    };
+    let (ledger, loaded) = locked.load_scope(&Scope::All)?;
+    let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+    Ok((harvested(ctx, locked, ledger, loaded, kernel)?, Some(why)))
+}
+
+/// The session of [`begin_container`], or why there cannot be one.
+fn narrow(
+    ctx: &Ctx,
+    locked: Locked,
+    ctid: &Ctid,
+) -> Result<Result<Session, (Locked, String)>, Error> {
+    use crate::config::Backend;
+    let usable = match ctx.config.backend {
+        Backend::Iptables => Err("backend = iptables".to_string()),
+        Backend::Ipset => Ok(()),
+        Backend::Auto => {
+            let s = ctx.probes(true).ipset(&ctx.config.ipset);
+            s.usable.then_some(()).ok_or(format!(
+                "backend auto uses per-IP rules: ipset unusable: {}",
+                s.why
+            ))
+        }
+    };
+    if let Err(why) = usable {
+        return Ok(Err((locked, why)));
+    }
+    let (mut ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
+    if !loaded.node_known {
+        return Ok(Err((
+            locked,
+            "no full run has written the ledger yet".into(),
+        )));
+    }
+    if loaded.backend.as_deref() != Some("ipset") {
+        return Ok(Err((
+            locked,
+            "the last full run did not use the ipset backend".into(),
+        )));
+    }
+    if ledger.boot_id.as_deref() != Some(ctx.boot_id()?.as_str()) {
+        return Ok(Err((locked, "first event of a new boot".into())));
+    }
+    let kernel = Kernel::read_tables(&ctx.config, &ctx.probes(true), &ctx.families())?;
+    let plan = kernel.plan(&Default::default(), &ctx.config.venet_interface);
+    if let Some((family, _)) = plan.rules.iter().find(|(_, p)| !p.is_empty()) {
+        return Ok(Err((locked, format!("the {family} rules need repair"))));
+    }
+    let rows = ledger.close_days(ctx.today());
+    Ok(Ok(Session {
+        locked,
+        ledger,
+        loaded,
+        kernel,
+        harvest: Harvest::default(),
+        rows,
+        container: Some(ctid.clone()),
+        elements: Vec::new(),
+    }))
+}
+
+impl Session {
+    /// The same run over the whole node (the lock kept): load everything, read the kernel,
+    /// harvest.
+    fn widen(self, ctx: &Ctx) -> Result<Session, Error> {
+        let (ledger, loaded) = self.locked.load_scope(&Scope::All)?;
+        let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+        harvested(ctx, self.locked, ledger, loaded, kernel)
+    }
 }
 
 /// Read the kernel for a ledger as loaded: its sets too when the last full run used them.
@@ -255,6 +343,8 @@ fn harvested(
         kernel,
         harvest,
         rows,
+        container: None,
+        elements: Vec::new(),
     })
 }
 
@@ -272,6 +362,9 @@ pub(crate) struct Committed {
 /// or set elements they would have removed are still in the ledger's baselines and the next
 /// run harvests them exactly.
 fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
+    if let Some(ctid) = s.container.clone() {
+        return commit_container(ctx, s, &ctid);
+    }
     // (`apply` false: the kernel is not made to match, only the new generation written.)
     let mut plan = if apply {
         s.kernel
@@ -363,6 +456,23 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         plan,
         rows_written,
         stopped,
+    })
+}
+
+/// [`commit`] for one container's run: its rows and closed days written, then its IPs'
+/// set elements added (an IP new to it from zero counters, whose baseline the ledger holds
+/// already; one it holds keeps its element's counters). Elements it stopped accounting stay
+/// parked for the next dump. The ledger is written first: a failing `ipset` leaves elements
+/// the next full run adds.
+fn commit_container(ctx: &Ctx, s: &mut Session, ctid: &Ctid) -> Result<Committed, Error> {
+    let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
+    s.loaded.save(&s.ledger, None, &s.rows)?;
+    crate::backend::netfilter::Ipset::new(&ctx.config)
+        .apply(&crate::backend::ipset::adds_for(ctid, &s.elements))?;
+    Ok(Committed {
+        plan: KernelPlan::default(),
+        rows_written,
+        stopped: Figures::default(),
     })
 }
 
