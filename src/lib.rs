@@ -3,6 +3,7 @@
 //! The library holds every concern in its own module; `main.rs` only parses arguments and
 //! hands over to [`cli::run`].
 
+pub mod atomic;
 pub mod cli;
 pub mod error;
 

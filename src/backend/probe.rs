@@ -172,7 +172,7 @@ impl Probes {
             return;
         }
         if let Ok(bytes) = serde_json::to_vec_pretty(cache) {
-            let _ = crate::ledger::store::write_atomic(dir, FILE, &bytes);
+            let _ = crate::atomic::write_atomic(dir, FILE, &bytes);
         }
     }
 }

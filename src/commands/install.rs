@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::ledger::store::write_atomic_mode;
+use crate::atomic::write_atomic_mode;
 
 /// Every file vzacct writes carries this marker; a file without it is never overwritten.
 pub const MARKER: &str = "vzacct-managed";
