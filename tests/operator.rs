@@ -494,11 +494,11 @@ fn uninstall_and_purge(v: Variant) {
         "{text}"
     );
     assert!(
-        text.contains("IPv4: removed 3 jump(s) and 3 chain(s)"),
+        text.contains("IPv4: removed 3 jump(s) and 4 chain(s)"),
         "{text}"
     );
     assert!(
-        text.contains("IPv6: removed 3 jump(s) and 3 chain(s)"),
+        text.contains("IPv6: removed 3 jump(s) and 4 chain(s)"),
         "{text}"
     );
     assert_eq!(total(&node, "101"), a.add(b));

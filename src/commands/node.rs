@@ -165,7 +165,7 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
                 .count(),
             p.ops
                 .iter()
-                .filter(|o| matches!(o, Op::RemoveChain(_)))
+                .filter(|o| matches!(o, Op::RemoveChain(_) | Op::RemoveGeneration))
                 .count()
         ))?;
     }
