@@ -146,6 +146,20 @@ impl Kind {
         Kind::LocalOut,
     ];
 
+    /// The name in a counter's identity and in the ledger's `counters` table (`forward_in`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ForwardIn => "forward_in",
+            Kind::ForwardOut => "forward_out",
+            Kind::LocalIn => "local_in",
+            Kind::LocalOut => "local_out",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn chain(self) -> Chain {
         match self {
             Kind::ForwardIn | Kind::ForwardOut => Chain::Forward,
@@ -164,7 +178,7 @@ pub struct Counted {
     pub kind: Kind,
     pub iface: compact_str::CompactString,
     /// Identity of the counter within the container, stable while the rule or element lives.
-    pub key: compact_str::CompactString,
+    pub key: CounterId,
     pub counters: Counters,
 }
 
@@ -214,31 +228,109 @@ pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
     Some((kind, family))
 }
 
-/// The identity of a set element within its container's `seen` map.
-pub fn element_key(set: &str, ip: &IpAddr) -> CompactString {
-    compact_str::format_compact!("set {set} {ip}")
+/// The identity of a kernel counter within its container's `seen` map: a per-IP rule of
+/// `kind` (on `iface` for the node-local kinds), or the element of `ip` in the set of
+/// `kind` and `ip`'s family.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterId {
+    pub kind: Kind,
+    pub ip: IpAddr,
+    pub element: Element,
 }
 
-/// The identity of a per-IP rule within its container's `seen` map.
-pub fn rule_key(kind: Kind, ip: &IpAddr, iface: &str) -> CompactString {
-    let k = match kind {
-        Kind::ForwardIn => "forward_in",
-        Kind::ForwardOut => "forward_out",
-        Kind::LocalIn => "local_in",
-        Kind::LocalOut => "local_out",
-    };
-    let key = compact_str::format_compact!("{k} {ip} {iface}");
-    CompactString::from(key.trim_end())
+/// What counts for a [`CounterId`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Element {
+    /// A per-IP rule; `iface` is empty for the forwarded kinds.
+    Rule { iface: CompactString },
+    /// An element of [`set_name`]`(kind, Family::of(&ip))`.
+    Set,
 }
 
-/// Whether a `seen` key is a set element's (else a per-IP rule's).
-pub fn is_set_key(key: &str) -> bool {
-    key.starts_with("set ")
+impl CounterId {
+    pub fn rule(kind: Kind, ip: IpAddr, iface: &str) -> CounterId {
+        CounterId {
+            kind,
+            ip,
+            element: Element::Rule {
+                iface: iface.into(),
+            },
+        }
+    }
+
+    pub fn set(kind: Kind, ip: IpAddr) -> CounterId {
+        CounterId {
+            kind,
+            ip,
+            element: Element::Set,
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.ip)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.element == Element::Set
+    }
+
+    /// The set of a set element.
+    pub fn set_name(&self) -> Option<String> {
+        self.is_set().then(|| set_name(self.kind, self.family()))
+    }
+
+    /// The interface of a rule ("" for none, and for a set element).
+    pub fn iface(&self) -> &str {
+        match &self.element {
+            Element::Rule { iface } => iface,
+            Element::Set => "",
+        }
+    }
 }
 
-/// The IP a `seen` key is about (rule keys and set-element keys alike hold it as a word).
-pub fn key_ip(key: &str) -> Option<IpAddr> {
-    key.split(' ').find_map(|w| w.parse().ok())
+/// The text of earlier releases' ledgers: `forward_in 10.0.0.1`, `local_in 10.0.0.1
+/// venet0`, `set vzacct-fi4 10.0.0.1`. Also what messages show.
+impl fmt::Display for CounterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.element {
+            Element::Set => write!(f, "set {} {}", set_name(self.kind, self.family()), self.ip),
+            Element::Rule { iface } if iface.is_empty() => {
+                write!(f, "{} {}", self.kind.name(), self.ip)
+            }
+            Element::Rule { iface } => write!(f, "{} {} {iface}", self.kind.name(), self.ip),
+        }
+    }
+}
+
+/// A text that is not a [`CounterId`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a counter: {0}")]
+pub struct BadCounterId(String);
+
+/// The inverse of [`CounterId`]'s `Display`, for reading the ledgers of earlier releases.
+impl std::str::FromStr for CounterId {
+    type Err = BadCounterId;
+
+    fn from_str(text: &str) -> Result<CounterId, BadCounterId> {
+        let bad = || BadCounterId(crate::ctid::escape_for_message(text));
+        let mut w = text.split(' ');
+        let first = w.next().ok_or_else(bad)?;
+        if first == "set" {
+            let (kind, family) = w.next().and_then(parse_set_name).ok_or_else(bad)?;
+            let ip: IpAddr = w.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+            if w.next().is_some() || Family::of(&ip) != family {
+                return Err(bad());
+            }
+            return Ok(CounterId::set(kind, ip));
+        }
+        let kind = Kind::by_name(first).ok_or_else(bad)?;
+        let ip: IpAddr = w.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+        let iface = w.next().unwrap_or("");
+        if w.next().is_some() || (iface.is_empty() && text.ends_with(' ')) {
+            return Err(bad());
+        }
+        Ok(CounterId::rule(kind, ip, iface))
+    }
 }
 
 /// What one kernel read covered: the address families whose tables were read (their
@@ -260,12 +352,12 @@ impl Coverage {
         }
     }
 
-    /// Whether the counter of `seen` key `key` was read.
-    pub fn covers(&self, key: &str) -> bool {
-        if is_set_key(key) {
+    /// Whether the counter `id` was read.
+    pub fn covers(&self, id: &CounterId) -> bool {
+        if id.is_set() {
             return self.sets;
         }
-        key_ip(key).is_some_and(|ip| self.families.contains(&Family::of(&ip)))
+        self.families.contains(&id.family())
     }
 }
 
@@ -330,5 +422,66 @@ impl std::str::FromStr for Dialect {
             "libvzctl" => Ok(Dialect::Libvzctl),
             _ => Err(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of earlier releases' keys reads back to the identity that prints it.
+    #[test]
+    fn counter_ids_read_and_print_the_old_text() {
+        let ip4: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip6: IpAddr = "2001:db8::1".parse().unwrap();
+        for (text, id) in [
+            (
+                "forward_in 10.0.0.1",
+                CounterId::rule(Kind::ForwardIn, ip4, ""),
+            ),
+            (
+                "forward_out 2001:db8::1",
+                CounterId::rule(Kind::ForwardOut, ip6, ""),
+            ),
+            (
+                "local_in 10.0.0.1 venet0",
+                CounterId::rule(Kind::LocalIn, ip4, "venet0"),
+            ),
+            (
+                "local_out 10.0.0.1 venet0",
+                CounterId::rule(Kind::LocalOut, ip4, "venet0"),
+            ),
+            (
+                "set vzacct-fi4 10.0.0.1",
+                CounterId::set(Kind::ForwardIn, ip4),
+            ),
+            (
+                "set vzacct-lo6 2001:db8::1",
+                CounterId::set(Kind::LocalOut, ip6),
+            ),
+        ] {
+            assert_eq!(text.parse::<CounterId>(), Ok(id.clone()), "{text}");
+            assert_eq!(id.to_string(), text);
+        }
+        for text in [
+            "",
+            "set",
+            "set vzacct-fi6 10.0.0.1",
+            "set vzacct-fi4 10.0.0.1 x",
+            "x 10.0.0.1",
+            "forward_in 10.0.0.1 a b",
+            "forward_in 10.0.0.1 ",
+            "forward_in\u{7} 10.0.0.1",
+        ] {
+            let e = text.parse::<CounterId>().unwrap_err().to_string();
+            assert!(!e.chars().any(char::is_control), "{e}");
+        }
+    }
+
+    /// Tens of thousands of identities are kept: no bigger than two words of text and an
+    /// address.
+    #[test]
+    fn counter_ids_are_compact() {
+        assert!(std::mem::size_of::<CounterId>() <= 48);
     }
 }

@@ -9,10 +9,10 @@ use std::net::IpAddr;
 use compact_str::CompactString;
 
 use crate::ctid::Ctid;
-use crate::model::{Counted, Counters, Family, Kind};
+use crate::model::{Counted, CounterId, Counters, Family, Kind};
 
 pub use crate::model::SET_PREFIX as PREFIX;
-pub use crate::model::{element_key, parse_set_name, set_name};
+pub use crate::model::{parse_set_name, set_name};
 /// Room for a large node: 4 sets per family, one element per IP in each.
 const MAXELEM: u32 = 1_048_576;
 /// Buckets from the start (512 KiB of kernel memory per set): a lookup on every forwarded
@@ -222,18 +222,14 @@ fn element<'a>(
         ip,
         kind,
         iface: CompactString::default(),
-        key: element_key(&set_name(kind, family), &ip),
+        key: CounterId::set(kind, ip),
         counters,
     }))
 }
 
-/// The identity of a set element within its container's `seen` map.
 /// The `seen` keys of one IP's elements, one per set of its family.
-pub fn element_keys(ip: &IpAddr) -> Vec<CompactString> {
-    Kind::ALL
-        .iter()
-        .map(|k| element_key(&set_name(*k, Family::of(ip)), ip))
-        .collect()
+pub fn element_keys(ip: &IpAddr) -> Vec<CounterId> {
+    Kind::ALL.map(|k| CounterId::set(k, *ip)).to_vec()
 }
 
 /// The `ipset restore -exist` lines that put one container's IPs into every set of their
@@ -500,7 +496,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             }
         );
         assert_eq!(s.elements[0].ctid.as_str(), "101");
-        assert_eq!(s.elements[0].key, "set vzacct-fi4 10.0.0.1");
+        assert_eq!(s.elements[0].key.to_string(), "set vzacct-fi4 10.0.0.1");
         assert_eq!(s.elements[0].kind, Kind::ForwardIn);
     }
 
@@ -517,7 +513,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         let s = parse_save(save).unwrap();
         assert_eq!(s.frozen_present, ["vzacct-zfo4"]);
         assert_eq!(s.frozen.len(), 1);
-        assert_eq!(s.frozen[0].key, "set vzacct-fo4 10.0.0.7");
+        assert_eq!(s.frozen[0].key.to_string(), "set vzacct-fo4 10.0.0.7");
         assert_eq!(s.frozen[0].counters.bytes, 200);
         assert_eq!(
             parse_frozen_name(&frozen_name(Kind::LocalOut, Family::V6)),

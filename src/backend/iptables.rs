@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::ctid::Ctid;
-pub use crate::model::{Accounted, Chain, Counted, Counters, Family, Kind};
+pub use crate::model::{Accounted, Chain, Counted, CounterId, Counters, Family, Kind};
 
 /// One counting rule: a container's IP, measured one way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,8 +23,8 @@ const COMMENT_PREFIX: &str = "ct:";
 
 impl Rule {
     /// This rule's identity within its container's `seen` map.
-    pub fn seen_key(&self) -> compact_str::CompactString {
-        crate::model::rule_key(self.kind, &self.ip, &self.iface)
+    pub fn seen_key(&self) -> CounterId {
+        CounterId::rule(self.kind, self.ip, &self.iface)
     }
 
     pub fn family(&self) -> Family {
@@ -584,7 +584,7 @@ pub struct Swap {
     pub rules: Vec<(Wanted, Counters)>,
     /// Counting rules given to another container: (key, from, to). Each carries its
     /// counters over, so what it counts from the read on is charged to `to`.
-    pub moved: Vec<(compact_str::CompactString, Ctid, Ctid)>,
+    pub moved: Vec<(CounterId, Ctid, Ctid)>,
     /// How many of the rules are new (start from zero), and how many of the old chain's
     /// rules are not carried over.
     pub added: usize,
@@ -851,7 +851,7 @@ fn kept(desired: &[Wanted], current: &Current) -> (Vec<bool>, BTreeSet<Chain>) {
 fn swap(chain: Chain, desired: &[Wanted], current: &Current, keep: &[bool]) -> Swap {
     let in_chain = |s: &&SeenRule| s.chain == chain;
     let mut kept: HashMap<Wanted, Counters> = HashMap::new();
-    let mut others: HashMap<compact_str::CompactString, (Ctid, Counters)> = HashMap::new();
+    let mut others: HashMap<CounterId, (Ctid, Counters)> = HashMap::new();
     for (seen, k) in current.rules.iter().zip(keep) {
         if seen.chain != chain {
             continue;
@@ -1215,7 +1215,11 @@ mod tests {
         assert_eq!(sw.len(), 1);
         assert_eq!(
             sw[0].moved,
-            [("forward_in 10.0.0.1".into(), ct("101"), ct("102"))]
+            [(
+                CounterId::rule(Kind::ForwardIn, "10.0.0.1".parse().unwrap(), ""),
+                ct("101"),
+                ct("102")
+            )]
         );
         assert_eq!(
             sw[0].rules[0].1,

@@ -21,7 +21,9 @@ use crate::error::Error;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use crate::backend::iptables::{Accounted, Chain, Counted, Current, Family, Kind, Plan, Wanted};
+use crate::backend::iptables::{
+    Accounted, Chain, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
+};
 use crate::ctid::Ctid;
 
 /// One read of everything of ours in the kernel.
@@ -128,21 +130,18 @@ impl Kernel {
         }
     }
 
-    /// After the plan made from this read was applied: whether the counter of `seen` key
-    /// `key` is still in the kernel, for an IP its container accounts (`accounted`) or not.
+    /// After the plan made from this read was applied: whether the counter `id` is still in
+    /// the kernel, for an IP its container accounts (`accounted`) or not.
     /// Per-IP rules stay for accounted IPs of the families read when the rules backend is
     /// in use; set elements for accounted IPs of those families when the sets are. What
     /// this read did not cover was not planned, and stays.
-    pub fn survives(&self, key: &str, accounted: bool) -> bool {
+    pub fn survives(&self, id: &CounterId, accounted: bool) -> bool {
         let coverage = self.coverage();
-        if !coverage.covers(key) {
+        if !coverage.covers(id) {
             return true;
         }
-        let family_in_use = key
-            .split(' ')
-            .find_map(|w| w.parse::<IpAddr>().ok())
-            .is_some_and(|ip| coverage.families.contains(&Family::of(&ip)));
-        accounted && family_in_use && (crate::model::is_set_key(key) == self.use_sets)
+        let family_in_use = coverage.families.contains(&id.family());
+        accounted && family_in_use && (id.is_set() == self.use_sets)
     }
 
     /// Every counter of ours, rules and set elements alike.
@@ -425,11 +424,12 @@ pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrus
     }
     if let Some(sets) = &kernel.sets {
         for name in sets.present.keys() {
+            let set = ipset::parse_set_name(name);
             let counted = sets
                 .elements
                 .iter()
                 .chain(sets.frozen.iter())
-                .filter(|c| c.key.split(' ').nth(1) == Some(name.as_str()))
+                .filter(|c| c.key.is_set() && set == Some((c.key.kind, c.key.family())))
                 .collect();
             let found = sets.generation.get(name).copied();
             judge(format!("set {name}"), name, found, counted);
@@ -443,7 +443,7 @@ pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrus
 pub struct Untrusted {
     /// The counters' keys; with their values when only a value below the last-seen one is
     /// untrusted.
-    pub keys: std::collections::HashMap<compact_str::CompactString, Option<crate::model::Counters>>,
+    pub keys: std::collections::HashMap<CounterId, Option<crate::model::Counters>>,
     /// One line per table or set found restored.
     pub notes: Vec<String>,
     /// One line per table or set one generation behind: said if any counter was below.

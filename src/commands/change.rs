@@ -405,7 +405,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
         let base = ledger
             .containers
             .get(&c.ctid)
-            .and_then(|ct| ct.seen.get(c.key.as_str()));
+            .and_then(|ct| ct.seen.get(&c.key));
         let delta = match base {
             Some(b) if c.counters.bytes >= b.bytes && c.counters.packets >= b.packets => {
                 crate::backend::iptables::Counters {

@@ -378,10 +378,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     // Elements given to another container in place take their last-seen values along.
     for (kind, ip, from) in &plan.sets.moved {
         if let Some(to) = s.ledger.owner(ip).cloned() {
-            let key = crate::backend::ipset::element_key(
-                &crate::backend::ipset::set_name(*kind, crate::backend::iptables::Family::of(ip)),
-                ip,
-            );
+            let key = crate::model::CounterId::set(*kind, *ip);
             s.ledger.transfer_seen(&key, from, &to);
         }
     }
@@ -410,10 +407,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     for (kind, ip, ctid) in &plan.sets.add {
         let moved = plan.sets.moved.iter().any(|(k, i, _)| k == kind && i == ip);
         if !moved {
-            let set =
-                crate::backend::ipset::set_name(*kind, crate::backend::iptables::Family::of(ip));
             s.ledger
-                .baseline_zero(ctid, crate::backend::ipset::element_key(&set, ip));
+                .baseline_zero(ctid, crate::model::CounterId::set(*kind, *ip));
         }
     }
     // A set that loses elements is swapped with its wanted contents, which start from the
@@ -421,10 +416,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     let set_batch = {
         let ledger = &s.ledger;
         plan.sets.render_with(&|kind, ip, ctid| {
-            let set =
-                crate::backend::ipset::set_name(kind, crate::backend::iptables::Family::of(&ip));
-            let key = crate::backend::ipset::element_key(&set, &ip);
-            ledger.containers.get(ctid)?.seen.get(key.as_str()).copied()
+            let key = crate::model::CounterId::set(kind, ip);
+            ledger.containers.get(ctid)?.seen.get(&key).copied()
         })
     };
     s.kernel.drop_elements();

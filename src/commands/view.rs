@@ -363,7 +363,7 @@ fn present_kinds<'a>(
         .flat_map(|(c, ips)| ips.iter().map(move |ip| ((c, *ip), 0)))
         .collect();
     for c in kernel.counted() {
-        let in_set = crate::ledger::is_set_key(&c.key);
+        let in_set = c.key.is_set();
         // Every set is matched on venet; a rule of the local chains must name it.
         let in_place = if in_set {
             kernel.use_sets

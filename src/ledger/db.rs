@@ -39,12 +39,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::DateTime;
-use compact_str::CompactString;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::ctid::Ctid;
 use crate::ledger::{Container, Day, Figures, LastDump, Ledger, Month, Row};
-use crate::model::{Counters, Family, Kind};
+use crate::model::{CounterId, Counters, Family, Kind};
 /// A failure of the state dir, naming the file concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -576,60 +575,11 @@ pub fn salvage(state_dir: &Path, stamp: i64) -> Result<(Ledger, Loaded, Salvaged
     Ok((ledger, loaded, found))
 }
 
-/// The `seen` key of a counter as stored: (backend, family, kind, ip, element).
-type KeyCols<'a> = (&'static str, u8, &'static str, IpAddr, &'a str);
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::ForwardIn => "forward_in",
-        Kind::ForwardOut => "forward_out",
-        Kind::LocalIn => "local_in",
-        Kind::LocalOut => "local_out",
-    }
-}
-
-fn kind_of(name: &str) -> Option<Kind> {
-    Kind::ALL.into_iter().find(|k| kind_name(*k) == name)
-}
-
+/// The `family` column of a counter.
 fn family_number(ip: &IpAddr) -> u8 {
     match Family::of(ip) {
         Family::V4 => 4,
         Family::V6 => 6,
-    }
-}
-
-/// Pure: the typed identity of a `seen` key (`"forward_in 10.0.0.1"`, `"local_in
-/// 10.0.0.1 venet0"`, `"set vzacct-fi4 10.0.0.1"`).
-pub fn split_key(key: &str) -> Option<KeyCols<'_>> {
-    let mut w = key.split(' ');
-    let first = w.next()?;
-    if first == "set" {
-        let set = w.next()?;
-        let ip: IpAddr = w.next()?.parse().ok()?;
-        let (kind, family) = crate::model::parse_set_name(set)?;
-        if w.next().is_some() || Family::of(&ip) != family {
-            return None;
-        }
-        return Some(("set", family_number(&ip), kind_name(kind), ip, set));
-    }
-    let kind = kind_of(first)?;
-    let ip: IpAddr = w.next()?.parse().ok()?;
-    let iface = w.next().unwrap_or("");
-    if w.next().is_some() || (iface.is_empty() && key.ends_with(' ')) {
-        return None;
-    }
-    Some(("rule", family_number(&ip), kind_name(kind), ip, iface))
-}
-
-/// Pure: the `seen` key of a stored counter identity; the inverse of [`split_key`].
-pub fn join_key(backend: &str, kind: &str, ip: &IpAddr, element: &str) -> CompactString {
-    if backend == "set" {
-        compact_str::format_compact!("set {element} {ip}")
-    } else if element.is_empty() {
-        compact_str::format_compact!("{kind} {ip}")
-    } else {
-        compact_str::format_compact!("{kind} {ip} {element}")
     }
 }
 
@@ -870,11 +820,16 @@ impl Loaded {
                 let ip: IpAddr = parse_col(r, 3)?;
                 let backend = r.get_ref(1)?.as_str()?;
                 let kind = r.get_ref(2)?.as_str()?;
-                if !matches!(backend, "rule" | "set") || kind_of(kind).is_none() {
-                    let e = format!("counter {backend} {kind}");
-                    return Err(conv(1, std::io::Error::other(e)));
-                }
-                let key = join_key(backend, kind, &ip, r.get_ref(4)?.as_str()?);
+                let element = r.get_ref(4)?.as_str()?;
+                let set = crate::model::parse_set_name(element);
+                let key = match (backend, Kind::by_name(kind)) {
+                    ("rule", Some(k)) => CounterId::rule(k, ip, element),
+                    ("set", Some(k)) if set == Some((k, Family::of(&ip))) => CounterId::set(k, ip),
+                    _ => {
+                        let e = format!("counter {backend} {kind}");
+                        return Err(conv(1, std::io::Error::other(e)));
+                    }
+                };
                 let v = Counters {
                     packets: to_u64(r.get(5)?),
                     bytes: to_u64(r.get(6)?),
@@ -1119,10 +1074,6 @@ impl<'c> Writer<'c> {
     ) -> rusqlite::Result<()> {
         use rusqlite::ToSql;
         let ct = id.as_str();
-        if let Some(bad) = c.seen.keys().find(|k| split_key(k).is_none()) {
-            let e = std::io::Error::other(format!("internal: counter key {bad:?}"));
-            return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
-        }
         let prints: [fn(&Prints) -> u64; 7] = [
             |p| p.row,
             |p| p.ips,
@@ -1161,16 +1112,15 @@ impl<'c> Writer<'c> {
                 }
                 3 => {
                     for (key, v) in &c.seen {
-                        let Some((backend, family, kind, ip, element)) = split_key(key) else {
-                            continue;
-                        };
+                        let backend = if key.is_set() { "set" } else { "rule" };
+                        let set = key.set_name();
                         st.execute(params![
                             ct,
                             backend,
-                            family,
-                            kind,
-                            ip.to_string(),
-                            element,
+                            family_number(&key.ip),
+                            key.kind.name(),
+                            key.ip.to_string(),
+                            set.as_deref().unwrap_or(key.iface()),
                             to_i64(v.packets),
                             to_i64(v.bytes)
                         ])?;
@@ -1248,21 +1198,23 @@ mod tests {
         }
         let c = l.containers.get_mut(&id("101")).unwrap();
         c.seen.insert(
-            "forward_in 10.0.0.1".into(),
+            "forward_in 10.0.0.1".parse().unwrap(),
             Counters {
                 packets: 1,
                 bytes: u64::MAX,
             },
         );
         c.seen.insert(
-            "local_in 10.0.0.1 venet0".into(),
+            "local_in 10.0.0.1 venet0".parse().unwrap(),
             Counters {
                 packets: 2,
                 bytes: 3,
             },
         );
-        c.seen
-            .insert("set vzacct-fi4 10.0.0.9".into(), Counters::default());
+        c.seen.insert(
+            "set vzacct-fi4 10.0.0.9".parse().unwrap(),
+            Counters::default(),
+        );
         c.parked.insert(ip("10.0.0.8"));
         c.total.in_bytes = u64::MAX - 1;
         c.by_ip.insert(ip("10.0.0.1"), c.total);
@@ -1275,31 +1227,6 @@ mod tests {
         });
         c.last_closed = Some(NaiveDate::from_ymd_opt(2026, 11, 28).unwrap());
         l
-    }
-
-    #[test]
-    fn keys_round_trip() {
-        for k in [
-            "forward_in 10.0.0.1",
-            "forward_out 2001:db8::1",
-            "local_in 10.0.0.1 venet0",
-            "local_out 10.0.0.1 venet0",
-            "set vzacct-fi4 10.0.0.1",
-            "set vzacct-lo6 2001:db8::1",
-        ] {
-            let (b, _, kind, ip, el) = split_key(k).unwrap();
-            assert_eq!(join_key(b, kind, &ip, el), k);
-        }
-        for k in [
-            "",
-            "set",
-            "set vzacct-fi6 10.0.0.1",
-            "x 10.0.0.1",
-            "forward_in 10.0.0.1 a b",
-            "forward_in 10.0.0.1 ",
-        ] {
-            assert_eq!(split_key(k), None, "{k}");
-        }
     }
 
     #[test]

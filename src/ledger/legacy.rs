@@ -133,6 +133,35 @@ pub fn render_ct_bucket<'a>(
     out
 }
 
+/// The `seen` map of a container record: keyed by each counter's text
+/// ([`CounterId`]'s `Display`), in the order of that text, as earlier releases wrote it.
+pub mod seen {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::model::{CounterId, Counters};
+
+    pub fn serialize<S: Serializer>(
+        seen: &BTreeMap<CounterId, Counters>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let by_text: BTreeMap<String, &Counters> =
+            seen.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        s.collect_map(by_text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<CounterId, Counters>, D::Error> {
+        let by_text = BTreeMap::<String, Counters>::deserialize(d)?;
+        by_text
+            .into_iter()
+            .map(|(k, v)| Ok((k.parse().map_err(serde::de::Error::custom)?, v)))
+            .collect()
+    }
+}
+
 /// Pure: the changes of a redo log (`None`: torn or not one).
 fn parse_pending(bytes: &[u8]) -> Option<Vec<(String, Option<Vec<u8>>)>> {
     let mut rest = bytes.strip_prefix(PENDING_MAGIC.as_bytes())?;
@@ -359,5 +388,30 @@ mod tests {
         assert_eq!(aside.len(), 1);
         let a = aside[0].path();
         assert!(a.join(PENDING).exists() && a.join(V1).exists() && a.join(&name).exists());
+    }
+
+    /// A record's `seen` keys are written as the earlier releases' text, in its order, and
+    /// a key that is not one is refused with the file.
+    #[test]
+    fn seen_keys_are_the_old_text() {
+        let text = "{\"format\":2,\"containers\":{\"101\":{\"ips\":[],\"total\":{\"in_bytes\":0,\"out_bytes\":0,\
+                    \"in_packets\":0,\"out_packets\":0,\"local_in_bytes\":0,\"local_out_bytes\":0,\
+                    \"local_in_packets\":0,\"local_out_packets\":0},\"seen\":{\
+                    \"forward_in 10.0.0.10\":{\"packets\":1,\"bytes\":2},\
+                    \"forward_in 10.0.0.9\":{\"packets\":0,\"bytes\":0},\
+                    \"forward_out 10.0.0.9\":{\"packets\":0,\"bytes\":0},\
+                    \"set vzacct-fi4 10.0.0.9\":{\"packets\":0,\"bytes\":0}}}}}\n";
+        let cts = parse_ct_bucket(text.as_bytes(), None).unwrap();
+        let seen = &cts[&"101".parse::<Ctid>().unwrap()].seen;
+        assert_eq!(seen.len(), 4);
+        assert_eq!(
+            String::from_utf8(render_ct_bucket(cts.iter())).unwrap(),
+            text
+        );
+        let bad = text.replace("forward_out 10.0.0.9", "forward_out 10.0.0.9 a b");
+        let e = parse_ct_bucket(bad.as_bytes(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a counter: "), "{e}");
     }
 }

@@ -39,12 +39,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
-use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::ctid::Ctid;
-pub use crate::model::is_set_key;
-use crate::model::{Accounted, Counted, Counters, Coverage, Kind, key_ip as seen_key_ip};
+use crate::model::{Accounted, Counted, CounterId, Counters, Coverage, Kind};
 
 pub const FORMAT: u32 = 1;
 
@@ -159,8 +157,12 @@ pub struct Container {
     /// The last day closed into the CSV: no day on or before it is opened again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_closed: Option<NaiveDate>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub seen: BTreeMap<CompactString, Counters>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "legacy::seen"
+    )]
+    pub seen: BTreeMap<CounterId, Counters>,
     /// IPs no longer accounted whose set elements a hook left in the kernel for the next
     /// full run to harvest and remove (their `seen` entries are live).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
@@ -177,7 +179,7 @@ impl Container {
     pub fn held_ips(&self) -> BTreeSet<IpAddr> {
         let mut ips = self.ips.clone();
         ips.extend(self.parked.iter().copied());
-        ips.extend(self.seen.keys().filter_map(|k| seen_key_ip(k)));
+        ips.extend(self.seen.keys().map(|k| k.ip));
         ips
     }
 
@@ -431,8 +433,7 @@ impl Ledger {
         // Every rule (or set element) by container and key; of duplicate copies the last
         // (the sort is stable) is the one followed.
         let mut all: Vec<&Counted> = kernel.into_iter().collect();
-        let by_ct_key =
-            |a: &&Counted, b: &&Counted| (&a.ctid, a.key.as_str()).cmp(&(&b.ctid, b.key.as_str()));
+        let by_ct_key = |a: &&Counted, b: &&Counted| (&a.ctid, &a.key).cmp(&(&b.ctid, &b.key));
         all.sort_by(by_ct_key);
         // A set element whose comment still names an earlier owner (the batch that gave it
         // to the new one was not applied) is charged to the container holding its baseline.
@@ -442,26 +443,24 @@ impl Ledger {
         let mut orphans: Vec<&Counted> = Vec::new();
         for group in all.chunk_by(|a, b| a.ctid == b.ctid) {
             let seen = self.containers.get(&group[0].ctid).map(|c| &c.seen);
-            orphans.extend(group.iter().copied().filter(|c| {
-                is_set_key(&c.key) && !seen.is_some_and(|s| s.contains_key(c.key.as_str()))
-            }));
+            orphans.extend(
+                group
+                    .iter()
+                    .copied()
+                    .filter(|c| c.key.is_set() && !seen.is_some_and(|s| s.contains_key(&c.key))),
+            );
         }
         let mut reattributed: Vec<Counted> = Vec::new();
         if !orphans.is_empty() {
-            let holder: std::collections::HashMap<&str, &Ctid> = self
+            let holder: std::collections::HashMap<&CounterId, &Ctid> = self
                 .containers
                 .iter()
-                .flat_map(|(id, c)| {
-                    c.seen
-                        .keys()
-                        .filter(|k| is_set_key(k))
-                        .map(move |k| (k.as_str(), id))
-                })
+                .flat_map(|(id, c)| c.seen.keys().filter(|k| k.is_set()).map(move |k| (k, id)))
                 .collect();
             reattributed = orphans
                 .iter()
                 .filter_map(|c| {
-                    let owner = *holder.get(c.key.as_str())?;
+                    let owner = *holder.get(&c.key)?;
                     (owner != &c.ctid).then(|| Counted {
                         ctid: owner.clone(),
                         ..(*c).clone()
@@ -470,9 +469,9 @@ impl Ledger {
                 .collect();
         }
         if !reattributed.is_empty() {
-            let moved: std::collections::HashSet<&str> =
-                reattributed.iter().map(|c| c.key.as_str()).collect();
-            all.retain(|c| !moved.contains(c.key.as_str()));
+            let moved: std::collections::HashSet<&CounterId> =
+                reattributed.iter().map(|c| &c.key).collect();
+            all.retain(|c| !moved.contains(&c.key));
             all.extend(reattributed.iter());
             all.sort_by(by_ct_key);
         }
@@ -499,7 +498,7 @@ impl Ledger {
             let mut found = 0;
             for copies in group.chunk_by(|a, b| a.key == b.key) {
                 let rule = copies[copies.len() - 1];
-                let (key, now) = (rule.key.as_str(), rule.counters);
+                let (key, now) = (&rule.key, rule.counters);
                 found += 1;
                 let last = c.seen.get_mut(key);
                 let delta = match &last {
@@ -541,9 +540,9 @@ impl Ledger {
             // Last-seen values the read covered but did not find are forgotten (nothing to
             // look for when every one left is one just found).
             if c.seen.len() > found {
-                let keys: BTreeSet<&str> = group.iter().map(|r| r.key.as_str()).collect();
+                let keys: BTreeSet<&CounterId> = group.iter().map(|r| &r.key).collect();
                 c.seen
-                    .retain(|k, _| keys.contains(k.as_str()) || !coverage.covers(k));
+                    .retain(|k, _| keys.contains(k) || !coverage.covers(k));
             }
         }
         (report, rows)
@@ -623,7 +622,7 @@ impl Ledger {
     pub fn credit_frozen(&mut self, frozen: &[Counted], today: NaiveDate) -> Figures {
         let mut credited = Figures::default();
         for e in frozen {
-            let key = e.key.as_str();
+            let key = &e.key;
             let holder = if self
                 .containers
                 .get(&e.ctid)
@@ -665,7 +664,7 @@ impl Ledger {
 
     /// A counter about to be created from zero for `ctid`: zero is its last-seen value
     /// (unless it has one already: then it counts as restarted).
-    pub fn baseline_zero(&mut self, ctid: &Ctid, key: CompactString) {
+    pub fn baseline_zero(&mut self, ctid: &Ctid, key: CounterId) {
         self.containers
             .entry(ctid.clone())
             .or_default()
@@ -677,7 +676,7 @@ impl Ledger {
     /// A set element given to another container in place (the plan only changes its
     /// comment, its counters go on): its last-seen value moves with it, so what it counts
     /// from the read on is charged to `to`.
-    pub fn transfer_seen(&mut self, key: &str, from: &Ctid, to: &Ctid) {
+    pub fn transfer_seen(&mut self, key: &CounterId, from: &Ctid, to: &Ctid) {
         let Some(v) = self
             .containers
             .get_mut(from)
@@ -689,14 +688,14 @@ impl Ledger {
             .entry(to.clone())
             .or_default()
             .seen
-            .insert(CompactString::from(key), v);
+            .insert(key.clone(), v);
     }
 
     /// Forget the last-seen values of `keys` (a counter of unknown past): each whose value
     /// is given only where the counter now reads below it. Returns how many were.
     pub fn forget_seen(
         &mut self,
-        keys: &std::collections::HashMap<CompactString, Option<Counters>>,
+        keys: &std::collections::HashMap<CounterId, Option<Counters>>,
     ) -> usize {
         let mut forgot = 0;
         if keys.is_empty() {
@@ -726,15 +725,12 @@ impl Ledger {
     /// `survives(key, accounted)`: whether the kernel still holds that counter after the
     /// plan was applied, for an IP the container accounts or not (counters the read did not
     /// cover are never planned away, and say so).
-    pub fn forget_removed(&mut self, survives: impl Fn(&str, bool) -> bool) -> bool {
+    pub fn forget_removed(&mut self, survives: impl Fn(&CounterId, bool) -> bool) -> bool {
         let mut any = false;
         for c in self.containers.values_mut() {
             let before = c.seen.len();
             let ips = &c.ips;
-            c.seen.retain(|k, _| {
-                let accounted = seen_key_ip(k).is_some_and(|ip| ips.contains(&ip));
-                survives(k, accounted)
-            });
+            c.seen.retain(|k, _| survives(k, ips.contains(&k.ip)));
             any |= c.seen.len() != before;
         }
         any
@@ -761,7 +757,7 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::backend::iptables::{Current, parse_save};
-    use crate::model::Family;
+    use crate::model::{Chain, Family};
 
     const FI: &str = "VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"";
     const FO: &str = "VZACCT-FORWARD -s 10.0.0.1/32 -m comment --comment \"ct:101\"";
@@ -803,16 +799,14 @@ mod tests {
 
     /// vzacct created the four rules of `ip` for `ct`: zero baselines.
     fn created(l: &mut Ledger, ct: &str, ip: &str) {
-        for key in ["forward_in", "forward_out", "local_in", "local_out"] {
-            let iface = if key.starts_with("local") {
-                " venet0"
-            } else {
+        for kind in Kind::ALL {
+            let iface = if kind.chain() == Chain::Forward {
                 ""
+            } else {
+                "venet0"
             };
-            l.baseline_zero(
-                &ct.parse().unwrap(),
-                CompactString::from(format!("{key} {ip}{iface}")),
-            );
+            let id = CounterId::rule(kind, ip.parse().unwrap(), iface);
+            l.baseline_zero(&ct.parse().unwrap(), id);
         }
     }
 
@@ -1007,16 +1001,16 @@ mod tests {
         );
         assert_eq!(total(&l, "101").in_bytes, 350);
         // Set elements, when the sets were not read, alike.
-        let key = crate::model::element_key("vzacct-fi4", &"10.0.0.1".parse().unwrap());
+        let id = |text: &str| text.parse::<CounterId>().unwrap();
+        let key = id("set vzacct-fi4 10.0.0.1");
         let no_sets = Coverage {
             families: vec![Family::V4, Family::V6],
             sets: false,
         };
-        assert!(!no_sets.covers(&key) && no_sets.covers("forward_in 10.0.0.1"));
-        assert!(Coverage::all().covers(&key) && !v4_only.covers("forward_in 2001:db8::1"));
+        assert!(!no_sets.covers(&key) && no_sets.covers(&id("forward_in 10.0.0.1")));
+        assert!(Coverage::all().covers(&key) && !v4_only.covers(&id("forward_in 2001:db8::1")));
         // `ipset save` lists the sets of both families.
-        let key6 = crate::model::element_key("vzacct-fi6", &"2001:db8::1".parse().unwrap());
-        assert!(v4_only.covers(&key6));
+        assert!(v4_only.covers(&id("set vzacct-fi6 2001:db8::1")));
     }
 
     /// A packet that went through netfilter as a GSO/GRO super-packet (BIG TCP) counts as
