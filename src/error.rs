@@ -46,6 +46,15 @@ pub enum Error {
     Output(#[source] std::io::Error),
 }
 
+impl From<crate::backend::BackendError> for Error {
+    fn from(e: crate::backend::BackendError) -> Error {
+        match e {
+            crate::backend::BackendError::Netfilter(e) => Error::Netfilter(e),
+            crate::backend::BackendError::Ipset(e) => Error::Ipset(e),
+        }
+    }
+}
+
 /// Print an error and every cause below it, one per line, for an operator to read.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();

@@ -6,6 +6,7 @@
 //! [`netfilter`] (runs the save/restore programs), [`probe`] (what the installed tools can
 //! do), [`process`] (runs a program), [`routes`] (whether an address is routed to venet).
 
+pub mod driver;
 pub mod ipset;
 pub mod iptables;
 pub mod netfilter;
@@ -13,11 +14,11 @@ pub mod probe;
 pub mod process;
 pub mod routes;
 
-use crate::backend::ipset::{SetPlan, Sets};
-use crate::backend::netfilter::{Ipset, Tables};
+use crate::backend::driver::{Driver, Reading, RuleTables, SetStore, Want};
+use crate::backend::ipset::SetPlan;
+use crate::backend::netfilter::{Ipset, IpsetError, NetfilterError};
 use crate::backend::probe::Probes;
-use crate::config::{Backend, Config};
-use crate::error::Error;
+use crate::config::Config;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
@@ -26,75 +27,47 @@ use crate::backend::iptables::{
 };
 use crate::ctid::Ctid;
 
-/// One read of everything of ours in the kernel.
+/// A failure to read or change our part of the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Netfilter(#[from] NetfilterError),
+    #[error(transparent)]
+    Ipset(#[from] IpsetError),
+}
+
+/// One read of everything of ours in the kernel: both drivers.
 pub struct Kernel {
-    pub tables: Vec<(Tables, Current)>,
-    /// Our sets, when the ipset program could be run.
-    pub sets: Option<Sets>,
+    pub rules: RuleTables,
+    pub sets: SetStore,
     /// Whether the counters live in sets (the backend in use).
     pub use_sets: bool,
-    /// Why `backend = auto` uses per-IP rules, in one line (`None`: it did not have to).
-    pub why_rules: Option<String>,
-    /// The per-IP rules found, as counted traffic.
-    rules_counted: Vec<Counted>,
 }
 
 impl Kernel {
-    /// Read every family's table and, where ipset is wanted or may hold our sets, the sets.
-    /// A missing or broken iptables stops the command before anything changes.
-    /// `expected`: about how many set elements of ours there are (the ledger knows).
-    /// `sets_in_use`: the last full run used the ipset backend, so sets of ours with counters
-    /// not yet harvested exist; then the sets must be read whatever the backend (a harvest
-    /// that could not see them would take their counters for new later: counted twice).
+    /// Read every family's table and, where ipset is wanted or may hold our sets, the sets
+    /// (see [`Reading`]). A missing or broken iptables stops the command before anything
+    /// changes.
     pub fn read(
         config: &Config,
         probes: &Probes,
         families: &[Family],
         expected: usize,
         sets_in_use: bool,
-    ) -> Result<Kernel, Error> {
-        let mut tables = Vec::new();
-        for family in families {
-            let t = Tables::probed(config, *family, probes);
-            let current = t.read()?;
-            tables.push((t, current));
-        }
-        let ipset = Ipset::new(config);
-        let read = || match ipset.read(expected) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if sets_in_use => Err(e),
-            Err(_) => Ok(None),
+    ) -> Result<Kernel, BackendError> {
+        let r = Reading {
+            config,
+            probes,
+            families,
+            expected,
+            sets_in_use,
         };
-        let mut why_rules = None;
-        let (sets, use_sets) = match config.backend {
-            Backend::Ipset => {
-                ipset.require(probes)?;
-                (Some(ipset.read(expected)?), true)
-            }
-            // Still read, so that sets left by an earlier ipset backend are harvested and
-            // removed; no ipset program is fine when none was in use.
-            Backend::Iptables => (read()?, false),
-            // Sets only where one with counters and comments can be made (ipset 6.11 has
-            // neither: every batch would fail).
-            Backend::Auto => {
-                let support = probes.ipset(&config.ipset);
-                let sets = read()?;
-                if !support.usable {
-                    why_rules = Some(format!("ipset unusable: {}", support.why));
-                } else if sets.is_none() {
-                    why_rules = Some(format!("`{} save` failed", config.ipset));
-                }
-                let usable = support.usable && sets.is_some();
-                (sets, usable)
-            }
-        };
-        let rules_counted = tables.iter().flat_map(|(_, c)| c.counted()).collect();
+        let rules = RuleTables::read(&r)?;
+        let sets = SetStore::read(&r)?;
         Ok(Kernel {
-            tables,
+            use_sets: sets.usable,
+            rules,
             sets,
-            use_sets,
-            why_rules,
-            rules_counted,
         })
     }
 
@@ -104,20 +77,22 @@ impl Kernel {
         config: &Config,
         probes: &Probes,
         families: &[Family],
-    ) -> Result<Kernel, Error> {
-        let mut tables = Vec::new();
-        for family in families {
-            let t = Tables::probed(config, *family, probes);
-            let current = t.read()?;
-            tables.push((t, current));
-        }
-        let rules_counted = tables.iter().flat_map(|(_, c)| c.counted()).collect();
+    ) -> Result<Kernel, BackendError> {
+        let r = Reading {
+            config,
+            probes,
+            families,
+            expected: 0,
+            sets_in_use: true,
+        };
         Ok(Kernel {
-            tables,
-            sets: None,
+            rules: RuleTables::read(&r)?,
+            sets: SetStore {
+                read: None,
+                usable: true,
+                why_not: None,
+            },
             use_sets: true,
-            why_rules: None,
-            rules_counted,
         })
     }
 
@@ -125,8 +100,8 @@ impl Kernel {
     /// were (a harvest forgets only within it).
     pub fn coverage(&self) -> crate::model::Coverage {
         crate::model::Coverage {
-            families: self.tables.iter().map(|(t, _)| t.family).collect(),
-            sets: self.sets.is_some(),
+            families: self.rules.tables.iter().map(|(t, _)| t.family).collect(),
+            sets: self.sets.read.is_some(),
         }
     }
 
@@ -146,21 +121,19 @@ impl Kernel {
 
     /// Every counter of ours, rules and set elements alike.
     pub fn counted(&self) -> impl Iterator<Item = &Counted> {
-        self.rules_counted
-            .iter()
-            .chain(self.sets.iter().flat_map(|s| s.elements.iter()))
+        self.rules.counted().chain(self.sets.counted())
     }
 
     /// The counters are harvested: keep only where the set elements are.
     pub fn compact(&mut self) {
-        if let Some(s) = &mut self.sets {
+        if let Some(s) = &mut self.sets.read {
             s.compact();
         }
     }
 
     /// Planning is done: forget the set elements (not needed to save and apply).
     pub fn drop_elements(&mut self) {
-        if let Some(s) = &mut self.sets {
+        if let Some(s) = &mut self.sets.read {
             s.elements = Vec::new();
             s.placed = Vec::new();
         }
@@ -181,12 +154,14 @@ impl Kernel {
             // Every set is matched on venet: no interface to compare.
             return self
                 .sets
+                .read
                 .iter()
                 .flat_map(|s| s.all())
                 .filter_map(|(kind, ip, ctid)| Some((ctid?.clone(), ip, kind)))
                 .collect();
         }
-        self.rules_counted
+        self.rules
+            .counted
             .iter()
             .filter(|c| c.kind.chain() == Chain::Forward || c.iface == venet)
             .map(|c| (c.ctid.clone(), c.ip, c.kind))
@@ -199,7 +174,7 @@ impl Kernel {
 
     /// The backend in use and, where auto had to fall back, why: one line.
     pub fn backend_line(&self) -> String {
-        match &self.why_rules {
+        match &self.sets.why_not {
             Some(why) => format!("{} (auto: {why})", self.backend_name()),
             None => self.backend_name().to_string(),
         }
@@ -207,27 +182,24 @@ impl Kernel {
 
     /// Pure: what to change so the kernel matches `accounted`.
     pub fn plan(&self, accounted: &Accounted, venet: &str) -> KernelPlan {
-        let families: Vec<Family> = self.tables.iter().map(|(t, _)| t.family).collect();
-        let rules = self
-            .tables
-            .iter()
-            .map(|(t, current)| {
-                let want = self.wanted(accounted, t.family, venet);
-                (t.family, iptables::plan(&want, current))
-            })
-            .collect();
-        let sets = self
-            .sets
-            .as_ref()
-            .map(|s| ipset::plan(accounted, &families, self.use_sets, s))
-            .unwrap_or_default();
-        KernelPlan { rules, sets }
+        let families: Vec<Family> = self.rules.tables.iter().map(|(t, _)| t.family).collect();
+        let want = Want {
+            accounted,
+            families: &families,
+            venet,
+            use_sets: self.use_sets,
+        };
+        KernelPlan {
+            rules: self.rules.plan(&want),
+            sets: self.sets.plan(&want),
+        }
     }
 
     /// A plan that changes nothing (each family read, no op).
     pub fn unchanged(&self) -> KernelPlan {
         KernelPlan {
             rules: self
+                .rules
                 .tables
                 .iter()
                 .map(|(t, c)| {
@@ -248,22 +220,9 @@ impl Kernel {
     /// Pure: what takes everything of vzacct's out of the kernel (`uninstall --purge`):
     /// jumps, chains and rules of every family read, then every set of ours.
     pub fn teardown(&self) -> KernelPlan {
-        let rules = self
-            .tables
-            .iter()
-            .map(|(t, current)| (t.family, iptables::teardown(current)))
-            .collect();
-        let destroy = self
-            .sets
-            .iter()
-            .flat_map(|s| s.present.keys().cloned())
-            .collect();
         KernelPlan {
-            rules,
-            sets: SetPlan {
-                destroy,
-                ..SetPlan::default()
-            },
+            rules: self.rules.teardown(),
+            sets: self.sets.teardown(),
         }
     }
 
@@ -277,11 +236,11 @@ impl Kernel {
         config: &Config,
         plan: &KernelPlan,
         set_batch: &str,
-    ) -> Result<Vec<crate::backend::iptables::Counted>, Error> {
+    ) -> Result<Vec<Counted>, BackendError> {
         let ipset = Ipset::new(config);
         ipset.apply(set_batch)?;
         let mut frozen = Vec::new();
-        for ((t, current), (_, p)) in self.tables.iter().zip(&plan.rules) {
+        for ((t, current), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
             t.apply(&self::pending(current))?;
             t.apply(p)?;
             // The chains this batch rebuilt are unhooked: their rules' values are final.
@@ -291,7 +250,7 @@ impl Kernel {
         }
         // Sets the iptables batch stopped using count no more: their final values too.
         let mut stopped = plan.sets.frozen_names();
-        if self.sets.is_some() {
+        if self.sets.read.is_some() {
             stopped.extend(plan.sets.destroy.iter().cloned());
         }
         if !stopped.is_empty() {
@@ -303,17 +262,14 @@ impl Kernel {
     /// The final counters of chains and sets a killed command froze and left: credited
     /// (same boot only) before the harvest, and removed by the next apply.
     pub fn frozen_left(&self) -> impl Iterator<Item = &Counted> {
-        self.tables
-            .iter()
-            .flat_map(|(_, c)| c.frozen.iter())
-            .chain(self.sets.iter().flat_map(|s| s.frozen.iter()))
+        self.rules.frozen_left().chain(self.sets.frozen_left())
     }
 
     /// After the frozen counts are in the ledger: remove the rebuilt chains' old copies
     /// (the new ones take their names), destroy the frozen sets and the sets no longer used
     /// (after the iptables batch removed the rules that use them).
-    pub fn finish(&self, config: &Config, plan: &KernelPlan) -> Result<(), Error> {
-        for ((t, _), (_, p)) in self.tables.iter().zip(&plan.rules) {
+    pub fn finish(&self, config: &Config, plan: &KernelPlan) -> Result<(), BackendError> {
+        for ((t, _), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
             t.apply(&p.finish())?;
         }
         let mut batch = plan.sets.render_destroy();
@@ -350,11 +306,11 @@ impl KernelPlan {
             *g += 1;
             *g
         };
-        for ((t, current), (_, p)) in kernel.tables.iter().zip(&mut self.rules) {
+        for ((t, current), (_, p)) in kernel.rules.tables.iter().zip(&mut self.rules) {
             p.set_generation(next(rules_scope(t.family)), current.generation_chain);
         }
         if kernel.use_sets {
-            let families = kernel.tables.iter().map(|(t, _)| t.family);
+            let families = kernel.rules.tables.iter().map(|(t, _)| t.family);
             self.sets.live = families
                 .flat_map(|f| Kind::ALL.map(move |k| ipset::set_name(k, f)))
                 .map(|name| (name.clone(), next(name)))
@@ -407,9 +363,10 @@ pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrus
                 .map(|c| (c.key.clone(), only_below.then_some(c.counters))),
         );
     };
-    for (t, current) in &kernel.tables {
+    for (t, current) in &kernel.rules.tables {
         let counted = kernel
-            .rules_counted
+            .rules
+            .counted
             .iter()
             .filter(|c| Family::of(&c.ip) == t.family)
             .chain(current.frozen.iter())
@@ -422,7 +379,7 @@ pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrus
             counted,
         );
     }
-    if let Some(sets) = &kernel.sets {
+    if let Some(sets) = &kernel.sets.read {
         for name in sets.present.keys() {
             let set = ipset::parse_set_name(name);
             let counted = sets

@@ -260,6 +260,7 @@ fn read_kernel(
         ledger.expected_elements(),
         loaded.backend.as_deref() == Some("ipset"),
     )
+    .map_err(Error::from)
 }
 
 /// Lock, load, read the kernel once (a missing or broken iptables stops the command before

@@ -84,7 +84,7 @@ pub fn uninstall_cmd(
             Ok(k) => {
                 let plan = k.teardown();
                 let jumps_chains: usize = plan.rules.iter().map(|(_, p)| p.ops.len()).sum();
-                let rules: usize = k.tables.iter().map(|(_, c)| c.rules.len()).sum();
+                let rules: usize = k.rules.tables.iter().map(|(_, c)| c.rules.len()).sum();
                 if jumps_chains + plan.sets.destroy.len() > 0 {
                     ctx.say(format!(
                         "still in the kernel, and counting: {jumps_chains} of vzacct's chain(s) \
@@ -342,6 +342,7 @@ pub fn check(
                     let (waiting, stray) = split_parked(&ledger, &s.del);
                     let unusable: Vec<&String> = kernel
                         .sets
+                        .read
                         .iter()
                         .flat_map(|k| k.present.iter().filter(|(_, ok)| !**ok).map(|(n, _)| n))
                         .collect();

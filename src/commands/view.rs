@@ -244,7 +244,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
                 "{} container(s) accounted; whether their rules are in place is unknown",
                 accounted.len()
             ))?;
-            return Err(e);
+            return Err(e.into());
         }
     };
     let accounted = ledger.accounted();
@@ -287,7 +287,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     }
     let doc = StatusDoc {
         backend: kernel.backend_name(),
-        backend_fallback: kernel.why_rules.clone(),
+        backend_fallback: kernel.sets.why_not.clone(),
         containers: cts,
         netfilter: fams,
         sets_missing: plan.sets.create.len(),

@@ -241,7 +241,7 @@ pub struct Ledger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
     /// The generation last written into each table (`rules4`, `rules6`) and set of ours
-    /// ([`crate::backend::untrusted`]).
+    /// (see `backend::untrusted`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<String, u64>,
     /// When the last successful dump ran, and how long it took.
