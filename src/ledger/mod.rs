@@ -33,6 +33,7 @@
 
 pub mod db;
 pub mod legacy;
+pub mod quota;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
