@@ -133,6 +133,57 @@ fn older_save_restored(v: Variant, extra_dumps: usize) {
     assert_eq!(total(&node, DAY1), sent);
 }
 
+/// Per-IP rules: a rebuild of a chain killed after its batch (the copy `-NEXT` hooked in,
+/// the old chain unhooked) but before the old chain was read and removed. The next command
+/// credits the old chain's final values, finishes the rebuild, and counts on: exact.
+fn a_rebuild_left_half_done(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.at(DAY1, &["add", "101", "10.0.0.1", "2001:db8:1::1"]);
+    let mut sent = to_ct(&node, false, 1000, 3);
+    node.at(DAY1, &["dump"]);
+    // The killed command's read, then traffic before its batch, then the batch: the copy
+    // carries the counters read.
+    let save = node.save(false);
+    sent = sent.add(to_ct(&node, false, 700, 2));
+    let mut batch = String::from("*filter\n-N VZACCT-FORWARD-NEXT\n");
+    for line in save.lines().filter(|l| l.contains("] -A VZACCT-FORWARD ")) {
+        batch.push_str(&line.replace("-A VZACCT-FORWARD ", "-A VZACCT-FORWARD-NEXT "));
+        batch.push('\n');
+    }
+    batch.push_str("-D FORWARD -j VZACCT-FORWARD\n-I FORWARD 1 -j VZACCT-FORWARD-NEXT\nCOMMIT\n");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.ns.name])
+        .arg(format!("{}-restore", v.iptables(false)))
+        .args(["--noflush", "--counters"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{batch}");
+    sent = sent.add(to_ct(&node, false, 300, 4));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+    let after = node.save(false);
+    assert!(!after.contains("VZACCT-FORWARD-NEXT"), "{after}");
+    assert_eq!(
+        after
+            .lines()
+            .filter(|l| l.contains("-A FORWARD -j VZACCT-FORWARD"))
+            .count(),
+        1,
+        "{after}"
+    );
+    sent = sent.add(to_ct(&node, false, 100, 1));
+    node.at(DAY1, &["dump"]);
+    assert_eq!(total(&node, DAY1), sent);
+}
+
 /// A reboot after which a firewall service restores a saved copy of our rules and sets with
 /// their counters, and the first vzacct command is a dump or a hook, not `restore`: the
 /// restored counters are a starting point, never credited again.
@@ -579,6 +630,18 @@ fn a_parked_address_given_to_another_container(v: Variant) {
     let more = to_ct(&node, false, 50, 4);
     node.at(DAY1, &["dump"]);
     assert_eq!(in_bytes(&node, "102"), after.add(more).0[0]);
+}
+
+mod rules_only {
+    use super::Variant::{Legacy, Nft};
+    #[test]
+    fn legacy_rebuild_left_half_done() {
+        super::a_rebuild_left_half_done(Legacy)
+    }
+    #[test]
+    fn nft_rebuild_left_half_done() {
+        super::a_rebuild_left_half_done(Nft)
+    }
 }
 
 mod sets_only {
