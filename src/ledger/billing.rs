@@ -160,3 +160,73 @@ pub fn closed_days(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::db::{self, Scope};
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    /// A version 2 database (before `cycle_days`) is read as it is by a view and upgraded in
+    /// place by a command that may write; cycle days are kept with the date they apply from.
+    #[test]
+    fn schema_2_is_upgraded_and_cycle_days_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        db::load(dir.path(), &Scope::All).unwrap();
+        let path = dir.path().join(db::FILE);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE cycle_days; PRAGMA user_version = 2;")
+            .unwrap();
+        drop(conn);
+        let (_, view) = db::load_view(dir.path()).unwrap();
+        assert!(cycle_days(&view).unwrap().is_empty());
+        drop(view);
+        let (_, loaded) = db::load(dir.path(), &Scope::All).unwrap();
+        let v: i32 = loaded
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, db::VERSION);
+        let ct: Ctid = "101".parse().unwrap();
+        let today = d("2027-02-20");
+        assert_eq!(
+            set_cycle_day(&loaded, &ct, 15, 1, today).unwrap(),
+            Changed::From(d("2027-03-01"))
+        );
+        assert_eq!(
+            set_cycle_day(&loaded, &ct, 10, 1, today).unwrap(),
+            Changed::From(d("2027-03-01"))
+        );
+        assert_eq!(
+            cycle_days(&loaded).unwrap()[&ct],
+            vec![(d("2027-03-01"), 10)]
+        );
+        assert_eq!(
+            set_cycle_day(&loaded, &ct, 1, 1, today).unwrap(),
+            Changed::Cancelled
+        );
+        assert!(cycle_days(&loaded).unwrap().is_empty());
+        assert_eq!(
+            set_cycle_day(&loaded, &ct, 1, 1, today).unwrap(),
+            Changed::Unchanged
+        );
+        // In force from 1 March: a change on 5 March applies from the 10th on.
+        set_cycle_day(&loaded, &ct, 10, 1, today).unwrap();
+        assert_eq!(
+            set_cycle_day(&loaded, &ct, 20, 1, d("2027-03-05")).unwrap(),
+            Changed::From(d("2027-03-10"))
+        );
+        assert_eq!(
+            cycle_days(&loaded).unwrap()[&ct],
+            vec![(d("2027-03-01"), 10), (d("2027-03-10"), 20)]
+        );
+        assert_eq!(
+            sum_closed(&loaded, &ct, Span::month(2027, 3).unwrap()).unwrap(),
+            Figures::default()
+        );
+    }
+}
