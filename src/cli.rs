@@ -80,15 +80,54 @@ pub enum Command {
     /// service already restored. Counters found on rules at the first run of a boot are taken
     /// as the starting point, not counted (they may come from a saved ruleset).
     Restore,
-    /// Show each container's traffic: totals since its last reset, today, and this month
-    /// so far. Live: the kernel's counters are read under a shared lock and nothing is
+    /// Show each container's traffic: totals since its last reset, today, this month so far,
+    /// and its billing period: the current one and the previous one. A period starts at local
+    /// midnight of the cycle day (`cycle_day` under [billing], or the container's own, see
+    /// `vzacct set`) and ends where the next begins. Live: the kernel's counters are read under a shared lock and nothing is
     /// written (a read-only state dir is fine). When iptables or ipset cannot be read, the
     /// ledger's figures are shown with a note that the counters since the last harvest are
     /// not included. Dates follow `timezone` of the config, never the caller's TZ.
     Show {
         /// Only these containers.
         ctids: Vec<Ctid>,
+        /// The figures of one span instead: `current` or `previous` (each container's own
+        /// period), `YYYY-MM` (a calendar month) or `FROM..TO` (dates YYYY-MM-DD, TO not
+        /// included). From the daily history, which keeps `history_days` under [billing].
+        #[arg(long, value_name = "PERIOD")]
+        period: Option<crate::ledger::period::Wanted>,
         /// One JSON document with exact integers instead of a table with human units.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a container's settings (the verb of `vzctl set`). Writes only the ledger.
+    Set {
+        /// Container ID.
+        ctid: Ctid,
+        /// The day of the month (1 to 28) on which this container's billing periods start,
+        /// for anniversary billing; the node's is `cycle_day` under [billing]. It takes
+        /// effect at the end of the container's current period: a period begun is never
+        /// changed. Setting it again before then replaces the pending change; setting the
+        /// day in force cancels it.
+        #[arg(long, value_name = "N", value_parser = crate::commands::billing::parse_cycle_day)]
+        cycle_day: u8,
+    },
+    /// A container's traffic per day (the last 30 by default) or per calendar month: in, out
+    /// and total, with a bar scaled to the largest row (`#` in, `+` out), as `vnstat -d` and
+    /// `-m` print it. The start of each billing period is marked with a line. Live, like
+    /// `show`, and read-only. Days come from the daily history (`history_days` under
+    /// [billing]); days on which the container was not accounted have no row.
+    History {
+        /// Container ID.
+        ctid: Ctid,
+        /// The last N days, today included.
+        #[arg(long, value_name = "N", conflicts_with = "months",
+              value_parser = clap::value_parser!(u32).range(1..=36600))]
+        days: Option<u32>,
+        /// The last N calendar months, this one included.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1200))]
+        months: Option<u32>,
+        /// One JSON document: `{"jsonversion": 2, "ctid": ..., "days": [{"date": ...,
+        /// <figures>}]}` or `"months": [{"month": "YYYY-MM", ...}]`.
         #[arg(long)]
         json: bool,
     },
@@ -342,7 +381,24 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         Command::Status { json } => commands::view::status(&mut ctx, *json),
         Command::Dump => commands::change::dump(&mut ctx),
         Command::Restore => commands::change::restore(&mut ctx),
-        Command::Show { ctids, json } => commands::view::show(&mut ctx, ctids, *json),
+        Command::Show {
+            ctids,
+            period,
+            json,
+        } => commands::view::show(&mut ctx, ctids, *period, *json),
+        Command::Set { ctid, cycle_day } => commands::billing::set(&mut ctx, ctid, *cycle_day),
+        Command::History {
+            ctid,
+            days,
+            months,
+            json,
+        } => {
+            let per = match (days, months) {
+                (_, Some(m)) => commands::billing::Per::Months(*m),
+                (d, None) => commands::billing::Per::Days(d.unwrap_or(30)),
+            };
+            commands::billing::history(&mut ctx, ctid, per, *json)
+        }
         Command::Reset { ctid } => commands::change::reset(&mut ctx, ctid),
         Command::Repair => commands::change::repair(&mut ctx),
         Command::Install { root } => {

@@ -103,6 +103,25 @@ impl Zone {
     pub fn date(&self, instant: DateTime<Utc>) -> NaiveDate {
         self.at(instant).date_naive()
     }
+
+    /// The first instant of `date` in this zone: its local midnight, or, where the clocks
+    /// skip midnight (a DST change at 00:00), the instant the date begins. A billing period
+    /// starts here.
+    pub fn start_of(&self, date: NaiveDate) -> DateTime<Utc> {
+        let midnight = date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp();
+        // Every zone is within 15 hours of UTC: the date has not begun at `lo`, has at `hi`.
+        let (mut lo, mut hi) = (midnight - 15 * 3600, midnight + 15 * 3600);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let t = Utc.timestamp_opt(mid, 0).single().unwrap_or_default();
+            if self.date(t) >= date {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Utc.timestamp_opt(hi, 0).single().unwrap_or_default()
+    }
 }
 
 /// The one format of every date and time vzacct writes: RFC 3339, whole seconds, with the
@@ -145,6 +164,32 @@ mod tests {
         .unwrap();
         assert_eq!(u.date(t), NaiveDate::from_ymd_opt(2026, 11, 30).unwrap());
         assert_eq!(format(&u.at(t)), "2026-11-30T23:30:00Z");
+    }
+
+    #[test]
+    fn the_start_of_a_day() {
+        let z = |n| Zone::load(Some(n), Path::new(ZONEINFO), Path::new("/nonexistent")).unwrap();
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let berlin = z("Europe/Berlin");
+        assert_eq!(
+            berlin.start_of(d("2027-03-28")),
+            utc("2027-03-27T23:00:00Z")
+        );
+        assert_eq!(
+            berlin.start_of(d("2027-03-29")),
+            utc("2027-03-28T22:00:00Z")
+        );
+        // Sao Paulo skipped midnight on 4 November 2018: the day began at 01:00 (-02:00).
+        let sp = z("America/Sao_Paulo");
+        assert_eq!(sp.start_of(d("2018-11-04")), utc("2018-11-04T03:00:00Z"));
+        assert_eq!(
+            format(&sp.at(sp.start_of(d("2018-11-04")))),
+            "2018-11-04T01:00:00-02:00"
+        );
+        assert_eq!(
+            Zone::utc().start_of(d("2027-01-01")),
+            utc("2027-01-01T00:00:00Z")
+        );
     }
 
     #[test]

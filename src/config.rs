@@ -61,6 +61,11 @@ pub struct Config {
     pub hook_log: PathBuf,
     /// node_exporter textfile written by every dump, if set.
     pub prometheus_textfile: Option<PathBuf>,
+    /// The day of the month (1..=28) on which every container's billing period starts, at
+    /// local midnight; `vzacct set CTID --cycle-day N` overrides it per container.
+    pub cycle_day: u8,
+    /// How many closed days the ledger keeps (`days`: `show --period`, `history`).
+    pub history_days: u64,
 }
 
 impl Default for Config {
@@ -88,6 +93,8 @@ impl Default for Config {
             program_timeout: 60,
             hook_log: "/var/log/vzacct/hook.log".into(),
             prometheus_textfile: None,
+            cycle_day: 1,
+            history_days: 800,
         }
     }
 }
@@ -132,6 +139,14 @@ struct RawFile {
     netfilter: Option<RawNetfilter>,
     storage: Option<RawStorage>,
     export: Option<RawExport>,
+    billing: Option<RawBilling>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    cycle_day: Option<String>,
+    history_days: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,7 +333,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             _ => return Err(bad("storage", "timezone", &v, ZONE)),
         };
     }
+    let bi = raw.billing.unwrap_or_default();
+    if let Some(v) = bi.cycle_day {
+        cfg.cycle_day = cycle_day(&v).ok_or_else(|| bad("billing", "cycle_day", &v, CYCLE))?;
+    }
+    if let Some(v) = bi.history_days {
+        cfg.history_days = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|d| (62..=36600).contains(d))
+            .ok_or_else(|| bad("billing", "history_days", &v, HISTORY))?;
+    }
     Ok(cfg)
+}
+
+/// A cycle day: 1 to 28, which every month has.
+pub fn cycle_day(v: &str) -> Option<u8> {
+    v.trim().parse().ok().filter(|d| (1..=28).contains(d))
 }
 
 /// The text as serde_ini can take it: comments go, both whole-line ones and those after a
@@ -401,6 +433,9 @@ const MODE: &str =
 const GROUP: &str = "expected a group name or number";
 const ZONE: &str =
     "expected a time zone name such as Europe/Berlin or UTC (empty: the system's zone)";
+const CYCLE: &str = "expected a day of the month from 1 to 28 (every month has it)";
+const HISTORY: &str =
+    "expected a number of days from 62 (the previous period and this one) to 36600";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
 fn absolute_path(v: &str) -> Option<PathBuf> {
@@ -510,7 +545,8 @@ mod tests {
                      program_timeout = 9\n\
                      [storage]\nstate_dir = /s\ncsv_dir = /l\ncsv_mode = 0644\ncsv_group = billing\n\
                      timezone = Europe/Berlin\n\
-                     [export]\nprometheus_textfile = /p/vzacct.prom\n")
+                     [export]\nprometheus_textfile = /p/vzacct.prom\n\
+                     [billing]\ncycle_day = 15\nhistory_days = 400\n")
         .unwrap();
         assert_eq!(
             cfg,
@@ -537,6 +573,8 @@ mod tests {
                 program_timeout: 9,
                 hook_log: "/h.log".into(),
                 prometheus_textfile: Some("/p/vzacct.prom".into()),
+                cycle_day: 15,
+                history_days: 400,
             }
         );
     }
@@ -639,6 +677,9 @@ mod tests {
             ("[netfilter]\nbackend = nftables\n", "backend"),
             ("[vzctl]\ndialect = openvz7\n", "dialect"),
             ("[vzctl]\nvz_conf = vz.conf\n", "vz_conf"),
+            ("[billing]\ncycle_day = 29\n", "cycle_day"),
+            ("[billing]\ncycle_day = 0\n", "cycle_day"),
+            ("[billing]\nhistory_days = 30\n", "history_days"),
             (
                 "[export]\nprometheus_textfile = x.prom\n",
                 "prometheus_textfile",

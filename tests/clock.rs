@@ -780,6 +780,117 @@ fn foreign_counters_near_two_to_the_64(v: Variant) {
     assert_eq!(F::of(&ct(&s, "101")["month"]), F::inb(u64::MAX, P + 7));
 }
 
+// ---------------------------------------------------------------------------------------
+// Billing periods across DST and month ends
+// ---------------------------------------------------------------------------------------
+
+/// `[billing] cycle_day = day` in the node's config.
+fn cycle_day(node: &Node, day: u8) {
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(&node.config, format!("{cfg}[billing]\ncycle_day = {day}\n")).unwrap();
+}
+
+/// The current and previous period of `ctid` in `show --json` at `now`: (start, end, figures).
+fn periods(node: &Node, tz: &str, now: &str, ctid: &str) -> [(String, String, F); 2] {
+    let s = show(node, Some(tz), now);
+    assert_eq!(s["jsonversion"], 2);
+    let c = ct(&s, ctid);
+    ["period", "previous_period"].map(|k| {
+        (
+            c[k]["start"].as_str().unwrap().to_string(),
+            c[k]["end"].as_str().unwrap().to_string(),
+            F::of(&c[k]),
+        )
+    })
+}
+
+fn span(start: &str, end: &str, f: F) -> (String, String, F) {
+    (start.to_string(), end.to_string(), f)
+}
+
+/// Cycle day 28 in Europe/Berlin: 28 January to 28 February (31 days), 28 February to 28
+/// March (28 days), and the boundary of 28 March 2027 at local midnight (23:00 UTC, CET)
+/// with the change to CEST an hour later; the next boundary at midnight CEST (22:00 UTC).
+/// A dump a second before a boundary bills the previous period, a second after the next.
+fn cycle_day_28_across_february_and_dst(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    cycle_day(&node, 28);
+    let z = Some(BERLIN);
+    run(
+        &node,
+        z,
+        "2027-01-10T12:00:00Z",
+        &["add", "101", "10.0.0.1"],
+    );
+    let a = to_ct(&node, "101", false, 100, 2);
+    run(&node, z, "2027-02-27T22:59:59Z", &["dump"]);
+    let b = from_ct(&node, "101", false, 200, 3);
+    run(&node, z, "2027-02-27T23:00:01Z", &["dump"]);
+    let [cur, prev] = periods(&node, BERLIN, "2027-03-27T22:59:59Z", "101");
+    assert_eq!(cur, span("2027-02-28", "2027-03-28", b));
+    assert_eq!(prev, span("2027-01-28", "2027-02-28", a));
+    let c = to_ct(&node, "101", false, 300, 1);
+    run(&node, z, "2027-03-27T23:00:00Z", &["dump"]);
+    let [cur, prev] = periods(&node, BERLIN, "2027-03-28T12:00:00Z", "101");
+    assert_eq!(cur, span("2027-03-28", "2027-04-28", c));
+    assert_eq!(prev, span("2027-02-28", "2027-03-28", b));
+    // Midnight CEST: 22:00 UTC.
+    let d = from_ct(&node, "101", false, 400, 1);
+    run(&node, z, "2027-04-27T21:59:59Z", &["dump"]);
+    let [cur, _] = periods(&node, BERLIN, "2027-04-27T21:59:59Z", "101");
+    assert_eq!(cur, span("2027-03-28", "2027-04-28", c.add(d)));
+    let [cur, prev] = periods(&node, BERLIN, "2027-04-27T22:00:00Z", "101");
+    assert_eq!(cur, span("2027-04-28", "2027-05-28", F::default()));
+    assert_eq!(prev, span("2027-03-28", "2027-04-28", c.add(d)));
+    // Once a dump closed the day, the CSV rows of the previous period add up to it.
+    run(&node, z, "2027-04-27T22:00:30Z", &["dump"]);
+    let in_csv: Vec<F> = rows(&node, "101")
+        .into_iter()
+        .filter(|(d, _)| d.as_str() >= "2027-03-28" && d.as_str() < "2027-04-28")
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(F::sum(&in_csv), c.add(d));
+}
+
+/// Cycle day 1 in America/New_York across the end of DST (1 November 2026, 02:00 EDT ->
+/// 01:00 EST): October (31 days) ends at midnight EDT (04:00 UTC), November at midnight EST
+/// (05:00 UTC); March 2027 begins at midnight EST and ends at midnight EDT.
+fn cycle_day_1_across_the_end_of_dst(v: Variant) {
+    const NY: &str = "America/New_York";
+    let node = Node::with_topology(v, CTS);
+    cycle_day(&node, 1);
+    let z = Some(NY);
+    run(
+        &node,
+        z,
+        "2026-10-15T12:00:00Z",
+        &["add", "101", "10.0.0.1"],
+    );
+    let a = to_ct(&node, "101", false, 100, 1);
+    run(&node, z, "2026-11-01T03:59:59Z", &["dump"]);
+    let b = to_ct(&node, "101", false, 200, 1);
+    run(&node, z, "2026-11-01T04:00:00Z", &["dump"]);
+    let [cur, prev] = periods(&node, NY, "2026-11-01T12:00:00Z", "101");
+    assert_eq!(cur, span("2026-11-01", "2026-12-01", b));
+    assert_eq!(prev, span("2026-10-01", "2026-11-01", a));
+    let c = to_ct(&node, "101", false, 300, 1);
+    run(&node, z, "2026-12-01T04:59:59Z", &["dump"]);
+    let [cur, _] = periods(&node, NY, "2026-12-01T04:59:59Z", "101");
+    assert_eq!(cur, span("2026-11-01", "2026-12-01", b.add(c)));
+    let [cur, prev] = periods(&node, NY, "2026-12-01T05:00:00Z", "101");
+    assert_eq!(cur, span("2026-12-01", "2027-01-01", F::default()));
+    assert_eq!(prev.2, b.add(c));
+    let d = to_ct(&node, "101", false, 400, 1);
+    run(&node, z, "2027-03-01T05:00:00Z", &["dump"]);
+    let e = to_ct(&node, "101", false, 500, 1);
+    run(&node, z, "2027-04-01T03:59:59Z", &["dump"]);
+    let [cur, _] = periods(&node, NY, "2027-04-01T03:59:59Z", "101");
+    assert_eq!(cur, span("2027-03-01", "2027-04-01", d.add(e)));
+    let [cur, prev] = periods(&node, NY, "2027-04-01T04:00:00Z", "101");
+    assert_eq!(cur.0, "2027-04-01");
+    assert_eq!(prev, span("2027-03-01", "2027-04-01", d.add(e)));
+}
+
 per_variant!(
     clock_back_an_hour,
     clock_back_a_day,
@@ -787,6 +898,8 @@ per_variant!(
     clock_back_a_day_across_a_restart_and_a_month,
     dst_spring_forward,
     dst_fall_back,
+    cycle_day_28_across_february_and_dst,
+    cycle_day_1_across_the_end_of_dst,
 );
 
 /// The counter edges act on per-IP rules; tests/ipset.rs has their set-element twins.

@@ -2,6 +2,7 @@
 //! load the ledger, read the kernel once per family, harvest, change what is accounted, plan,
 //! append the closed days' CSV rows, write the ledger, apply one batch per family.
 
+pub mod billing;
 pub mod change;
 pub mod hook;
 pub mod install;
@@ -424,6 +425,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     s.kernel.drop_elements();
     let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
+    s.loaded.keep_days(ctx.config.history_days);
     s.loaded
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     let mut stopped = Figures::default();
@@ -460,6 +462,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
 /// the next full run adds.
 fn commit_container(ctx: &Ctx, s: &mut Session, ctid: &Ctid) -> Result<Committed, Error> {
     let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
+    s.loaded.keep_days(ctx.config.history_days);
     s.loaded.save(&s.ledger, None, &s.rows)?;
     crate::backend::netfilter::Ipset::new(&ctx.config)
         .apply(&crate::backend::ipset::adds_for(ctid, &s.elements))?;

@@ -145,6 +145,7 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     } = s;
     let rows_written = csv::append(&ctx.config.csv_dir, &rows, &ctx.csv_perms()?)?;
     ledger.prune();
+    loaded.keep_days(ctx.config.history_days);
     loaded.save(&ledger, Some(kernel.backend_name()), &rows)?;
     // The iptables batch stops every set from counting; their final values are then read,
     // credited, and the sets destroyed.
@@ -187,6 +188,7 @@ struct CheckItem {
 
 #[derive(Serialize)]
 struct CheckDoc {
+    jsonversion: u32,
     ok: bool,
     items: Vec<CheckItem>,
 }
@@ -419,6 +421,7 @@ pub fn check(
     }
     let problems = items.iter().filter(|i| !i.ok).count();
     let doc = CheckDoc {
+        jsonversion: super::billing::JSON_VERSION,
         ok: problems == 0,
         items,
     };

@@ -20,11 +20,19 @@ struct ShowCt {
     total: Figures,
     today: Figures,
     month: Figures,
+    /// The cycle day in force today.
+    cycle_day: u8,
+    /// The period asked for (`--period`; by default the one holding today).
+    period: super::billing::PeriodDoc,
+    /// The period before the current one (without `--period`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_period: Option<super::billing::PeriodDoc>,
     by_ip: Vec<ShowIp>,
 }
 
 #[derive(Serialize)]
 struct ShowDoc {
+    jsonversion: u32,
     /// Today in the configured zone.
     date: NaiveDate,
     /// The configured zone and its offset now (`+01:00`).
@@ -37,29 +45,69 @@ struct ShowDoc {
     containers: Vec<ShowCt>,
 }
 
-/// `vzacct show [CTID...] [--json]`: live figures (the kernel's counters harvested in
-/// memory under a shared lock, nothing written). When the kernel cannot be read, the
-/// ledger's figures, saying so.
-pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
-    let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
+/// The ledger as a view sees it: the kernel's counters harvested in memory, nothing written.
+pub(crate) struct Live {
+    pub ledger: Ledger,
+    pub loaded: Loaded,
+    /// Days the harvest closed in memory (not in the database until the next dump).
+    pub closed: Vec<Row>,
+    /// Why the kernel's counters since the last harvest are not included, if they are not.
+    pub not_live_because: Option<String>,
+}
+
+/// Load the ledger and harvest the kernel's counters in memory; the caller holds the
+/// shared lock (and keeps it while it reads the database further).
+pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
     let (mut ledger, loaded) = shared.load()?;
     let live = read_kernel(ctx, &ledger, &loaded, false).and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
-        ledger.harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today());
-        Ok(())
+        Ok(ledger
+            .harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today())
+            .1)
     });
-    drop(shared);
     ledger.stamp_since(ctx.now);
-    let not_live_because = live.err().map(|e| {
+    let (closed, not_live_because) = match live {
+        Ok(rows) => (rows, None),
+        Err(e) => (Vec::new(), Some(not_live(&ledger, &e))),
+    };
+    Ok(Live {
+        ledger,
+        loaded,
+        closed,
+        not_live_because,
+    })
+}
+
+fn not_live(ledger: &Ledger, e: &Error) -> String {
+    {
         let since = match &ledger.last_dump {
             Some(d) => format!("last dump at {}", crate::clock::format(&d.at)),
             None => "no dump yet".to_string(),
         };
         format!(
             "the kernel's counters since the last harvest ({since}) are not included: {}",
-            chain(&e).replace("\n  caused by: ", "; caused by: ")
+            chain(e).replace("\n  caused by: ", "; caused by: ")
         )
-    });
+    }
+}
+
+/// `vzacct show [CTID...] [--period P] [--json]`: live figures (the kernel's counters
+/// harvested in memory under a shared lock, nothing written). When the kernel cannot be
+/// read, the ledger's figures, saying so.
+pub fn show(
+    ctx: &mut Ctx,
+    only: &[Ctid],
+    wanted: Option<crate::ledger::period::Wanted>,
+    json: bool,
+) -> Result<(), Error> {
+    let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
+    let Live {
+        ledger,
+        loaded,
+        closed,
+        not_live_because,
+    } = live(ctx, &shared)?;
+    let periods = super::billing::Periods::new(ctx, &loaded, &closed)?;
     let today = ctx.today();
     let month = month_of(today);
     for c in only {
@@ -79,6 +127,22 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     for ctid in ids {
         let c = &ledger.containers[ctid];
         let since = c.total_since.unwrap_or(ctx.now);
+        let schedule = periods.schedule(ctid);
+        let span = wanted
+            .unwrap_or(crate::ledger::period::Wanted::Current)
+            .span(&schedule, today);
+        let doc = |span: crate::ledger::period::Span| -> Result<_, Error> {
+            Ok(super::billing::PeriodDoc {
+                start: span.start,
+                end: span.end,
+                figures: periods.figures(ctid, c, span)?,
+            })
+        };
+        let period = doc(span)?;
+        let previous_period = match wanted {
+            None => Some(doc(schedule.previous(today))?),
+            Some(_) => None,
+        };
         cts.push(ShowCt {
             ctid: ctid.clone(),
             ips: c.ips.iter().copied().collect(),
@@ -92,6 +156,9 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
                 .map(|d| d.figures)
                 .unwrap_or_default(),
             month: c.month_so_far(&month),
+            cycle_day: schedule.day_on(today).0,
+            period,
+            previous_period,
             by_ip: c
                 .by_ip
                 .iter()
@@ -99,7 +166,10 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
                 .collect(),
         });
     }
+    drop(periods);
+    drop(shared);
     let doc = ShowDoc {
+        jsonversion: super::billing::JSON_VERSION,
         date: today,
         timezone: ctx.tz.name().to_string(),
         utc_offset: ctx.now.format("%:z").to_string(),
@@ -141,13 +211,52 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
         .max()
         .unwrap_or(0)
         .max(4);
+    if wanted.is_some() {
+        ctx.say(format!(
+            "{:<idw$} {:<w$} {:<10} {:<10} {:>11} {:>11} {:>11}",
+            "CTID", "IPS", "FROM", "TO (excl.)", "IN", "OUT", "TOTAL"
+        ))?;
+        for ct in &doc.containers {
+            let p = &ct.period;
+            ctx.say(format!(
+                "{:<idw$} {:<w$} {:<10} {:<10} {:>11} {:>11} {:>11}",
+                ct.ctid.as_str(),
+                ips_of(ct),
+                p.start.to_string(),
+                p.end.to_string(),
+                human(p.figures.in_bytes),
+                human(p.figures.out_bytes),
+                human(p.figures.in_bytes.saturating_add(p.figures.out_bytes)),
+            ))?;
+        }
+        if let Some(why) = &doc.not_live_because {
+            ctx.say(format!("note: {why}"))?;
+        }
+        return Ok(());
+    }
     ctx.say(format!(
-        "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "CTID", "IPS", "TOTAL IN", "TOTAL OUT", "TODAY IN", "TODAY OUT", "MONTH IN", "MONTH OUT"
+        "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "CTID",
+        "IPS",
+        "TOTAL IN",
+        "TOTAL OUT",
+        "TODAY IN",
+        "TODAY OUT",
+        "MONTH IN",
+        "MONTH OUT",
+        "PERIOD IN",
+        "PERIOD OUT",
+        "PREV IN",
+        "PREV OUT"
     ))?;
     for ct in &doc.containers {
+        let prev = ct
+            .previous_period
+            .as_ref()
+            .map(|p| p.figures)
+            .unwrap_or_default();
         ctx.say(format!(
-            "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
             ct.ctid.as_str(),
             ips_of(ct),
             human(ct.total.in_bytes),
@@ -155,7 +264,11 @@ pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
             human(ct.today.in_bytes),
             human(ct.today.out_bytes),
             human(ct.month.in_bytes),
-            human(ct.month.out_bytes)
+            human(ct.month.out_bytes),
+            human(ct.period.figures.in_bytes),
+            human(ct.period.figures.out_bytes),
+            human(prev.in_bytes),
+            human(prev.out_bytes)
         ))?;
     }
     if let Some(why) = &doc.not_live_because {
@@ -202,6 +315,7 @@ struct StatusFamily {
 
 #[derive(Serialize)]
 struct StatusDoc {
+    jsonversion: u32,
     backend: &'static str,
     /// Why `backend = auto` uses per-IP rules (absent when it did not have to).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -286,6 +400,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
         });
     }
     let doc = StatusDoc {
+        jsonversion: super::billing::JSON_VERSION,
         backend: kernel.backend_name(),
         backend_fallback: kernel.sets.why_not.clone(),
         containers: cts,

@@ -3,7 +3,7 @@
 //! an event about one container reads and writes only that container's rows. The caller
 //! holds the state dir's lock ([`crate::ledger::store`]); every write is one transaction.
 //!
-//! Schema, version 2 (`PRAGMA user_version`; version 1 lacked `generations`). Figures are the eight counters of
+//! Schema, version 3 (`PRAGMA user_version`; version 1 lacked `generations`, 2 `cycle_days`). Figures are the eight counters of
 //! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
 //! local_in_bytes local_out_bytes local_in_packets local_out_packets` (written `<figures>`
 //! below; in `containers` prefixed `total_` and `month_`). Counters are 64-bit unsigned in
@@ -25,6 +25,8 @@
 //! days        (ctid, date, <figures>)        closed days (the CSV's rows), kept HISTORY_DAYS
 //! holders     (ip, ctid) UNIQUE               containers accounting an IP or holding a counter for it
 //! all_days    view: days plus open_days, with a column `open` (1 for the open day)
+//! cycle_days  (ctid, cycle_day_from, cycle_day)  a container's own cycle day (1..28), in
+//!             force from that date (a period boundary) on; see [`crate::ledger::billing`]
 //! ```
 //! A missing database is an empty ledger; a node still on a format of an earlier release
 //! (the `ledger/` directory, or `ledger.json`) is converted by the first command that may
@@ -112,8 +114,9 @@ pub enum StateError {
 /// The database file in the state dir.
 pub const FILE: &str = "ledger.sqlite";
 /// The schema version this vzacct reads and writes.
-pub const VERSION: i32 = 2;
-/// Closed days older than this are dropped from `days` (the CSV keeps every row).
+pub const VERSION: i32 = 3;
+/// Closed days older than this are dropped from `days` (the CSV keeps every row), unless
+/// [`Loaded::keep_days`] says otherwise (`history_days` of the config).
 pub const HISTORY_DAYS: u64 = 800;
 
 const FIGS: [&str; 8] = [
@@ -161,12 +164,19 @@ fn schema() -> String {
          CREATE VIEW all_days AS
            SELECT ctid, date, 0 AS open, {fl} FROM days
            UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;
+         {CYCLE_DAYS}
          PRAGMA user_version = {VERSION};",
         figs("month_", " INTEGER NOT NULL DEFAULT 0"),
         figs("total_", " INTEGER NOT NULL DEFAULT 0"),
         fl = figs("", ""),
     )
 }
+
+/// The table of version 3: a container's own cycle days, each from a period boundary on.
+const CYCLE_DAYS: &str =
+    "CREATE TABLE cycle_days (ctid TEXT NOT NULL, cycle_day_from TEXT NOT NULL,
+           cycle_day INTEGER NOT NULL CHECK (cycle_day BETWEEN 1 AND 28),
+           PRIMARY KEY (ctid, cycle_day_from)) WITHOUT ROWID;";
 
 /// Which part of the ledger a command reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +259,8 @@ pub struct Loaded {
     pub node_known: bool,
     /// The backend the last full run used.
     pub backend: Option<String>,
+    /// How many closed days `days` keeps.
+    history_days: u64,
 }
 
 /// What [`salvage`] found and did.
@@ -277,7 +289,7 @@ fn bad(path: &Path, e: rusqlite::Error) -> StateError {
 
 /// A database error: corruption is named as such; anything else is a failed read or write,
 /// with the operating system's reason when SQLite has one.
-fn db_error(conn: Option<&Connection>, path: &Path, e: rusqlite::Error) -> StateError {
+pub(crate) fn db_error(conn: Option<&Connection>, path: &Path, e: rusqlite::Error) -> StateError {
     use rusqlite::ErrorCode as C;
     let code = e.sqlite_error_code();
     if matches!(code, Some(C::DatabaseCorrupt | C::NotADatabase))
@@ -407,8 +419,8 @@ fn open_rw(state_dir: &Path) -> Result<Connection, StateError> {
     Ok(conn)
 }
 
-/// Version 1 (before the generation) is upgraded in place by a command that may write, and
-/// read as it is by a view.
+/// Versions 1 (before the generation) and 2 (before `cycle_days`) are upgraded in place by a
+/// command that may write, and read as they are by a view.
 fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), StateError> {
     let v: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -420,7 +432,13 @@ fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), St
              PRAGMA user_version = 2; COMMIT;",
         )
         .map_err(|e| db_error(Some(conn), path, e))?;
-    } else if v != VERSION && v != 1 {
+    }
+    if (v == 1 || v == 2) && upgrade {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {CYCLE_DAYS} PRAGMA user_version = 3; COMMIT;"
+        ))
+        .map_err(|e| db_error(Some(conn), path, e))?;
+    } else if v != VERSION && v != 1 && v != 2 {
         return Err(StateError::Corrupt {
             path: path.to_path_buf(),
             source: crate::ledger::FormatError::Json(format!(
@@ -591,7 +609,7 @@ fn to_u64(v: i64) -> u64 {
     v as u64
 }
 
-fn figures_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Figures> {
+pub(crate) fn figures_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Figures> {
     let mut v = [0u64; 8];
     for (i, x) in v.iter_mut().enumerate() {
         *x = to_u64(r.get(first + i)?);
@@ -687,10 +705,22 @@ impl Loaded {
             prints: HashMap::new(),
             node_known: false,
             backend: None,
+            history_days: HISTORY_DAYS,
         }
     }
 
-    fn conn(&self) -> Result<&Connection, StateError> {
+    /// Keep `days` closed days (`history_days` of the config) when writing.
+    pub fn keep_days(&mut self, days: u64) {
+        self.history_days = days;
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open database (a view's is read-only).
+    pub(crate) fn conn(&self) -> Result<&Connection, StateError> {
         self.conn.as_ref().ok_or_else(|| StateError::Write {
             path: self.path.clone(),
             source: std::io::Error::other("internal: no database open"),
@@ -958,7 +988,7 @@ impl Loaded {
                 .map(|r| with_figures(vec![text(&r.ctid), text(r.date)], &r.figures));
             insert(&tx, "days", &format!("ctid, date, {}", figs("", "")), days)?;
             if let Some(newest) = closed.iter().map(|r| r.date).max() {
-                let cutoff = newest - chrono::Days::new(HISTORY_DAYS);
+                let cutoff = newest - chrono::Days::new(self.history_days);
                 tx.prepare_cached("DELETE FROM days WHERE date < ?1")?
                     .execute([cutoff.to_string()])?;
             }

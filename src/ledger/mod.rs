@@ -31,8 +31,10 @@
 //! state dir and its lock), [`db`] (the SQLite database), [`legacy`] (the files of earlier
 //! releases, read once to convert them).
 
+pub mod billing;
 pub mod db;
 pub mod legacy;
+pub mod period;
 pub mod quota;
 pub mod store;
 
