@@ -262,6 +262,23 @@ pub fn run_any_for(
     run_within(program, args, stdin, time_for(program)?.min(max))
 }
 
+/// Start `cmd`. A program file that is open for writing somewhere cannot be executed
+/// (ETXTBSY): a package upgrade replacing it, or, in a threaded process, a file written a
+/// moment ago whose descriptor another thread's child has not closed yet. That passes within
+/// milliseconds, so it is tried again a few times before it counts as a failure.
+fn spawn(cmd: &mut Command, program: &str) -> Result<Child, ProcessError> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10 * tries));
+            }
+            other => return other.map_err(|source| ProcessError::spawn(program, source)),
+        }
+    }
+}
+
 /// [`run_any`] with the time it may take.
 fn run_within(
     program: &str,
@@ -277,9 +294,7 @@ fn run_within(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| ProcessError::spawn(program, source))?;
+    let mut child = spawn(&mut cmd, program)?;
     let dog = Watchdog::start(&child, limit);
     // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
     let writer = match (stdin, child.stdin.take()) {
@@ -369,12 +384,11 @@ fn lines_within<E>(
     limit: Duration,
 ) -> Result<Result<(), E>, ProcessError> {
     use std::io::{BufRead, Read};
-    let mut child = command(program, args)
-        .stdin(Stdio::null())
+    let mut cmd = command(program, args);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ProcessError::spawn(program, source))?;
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd, program)?;
     let dog = Watchdog::start(&child, limit);
     let spawn_err = |source| ProcessError::Spawn {
         program: program.to_string(),
