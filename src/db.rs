@@ -425,7 +425,19 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
     let conn = open_rw(state_dir)?;
     let scope = match scope {
         Scope::All => None,
-        Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
+        Scope::Containers(ids) => {
+            // One container's event leaves its commit in the write-ahead log, where it is
+            // durable (fsync at each commit, synchronous = FULL): copying the log into the
+            // database at close would cost each hook two more fsyncs and the log's
+            // re-creation. The next full run's close copies it (as does SQLite's automatic
+            // checkpoint past 1,000 pages), and any open replays it.
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(|e| db_error(Some(&conn), &path, e))?;
+            Some(ids.iter().cloned().collect())
+        }
     };
     let mut loaded = Loaded::new(path, Some(conn), scope);
     let ledger = loaded.read(false, true, Parts::All)?;
