@@ -42,8 +42,8 @@ struct ShowDoc {
 /// ledger's figures, saying so.
 pub fn show(ctx: &mut Ctx, only: &[Ctid], json: bool) -> Result<(), Error> {
     let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (mut ledger, loaded) = shared.load()?;
-    let live = read_kernel(ctx, &ledger, &loaded, false).and_then(|kernel| {
+    let (mut ledger, _, kernel) = super::change::load_reading_kernel(ctx, false, || shared.load())?;
+    let live = kernel.and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
         ledger.harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today());
         Ok(())
