@@ -325,6 +325,43 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
     ))
 }
 
+/// Load the ledger (`load`, on this thread) while the kernel is read on another, when the
+/// database says ahead what the read needs ([`crate::ledger::db::hint`]); one after the other
+/// otherwise. The kernel's result is [`read_kernel`]'s for the ledger as loaded (read again
+/// if the ledger turns out to differ from its hint). A failed load is returned first.
+pub(crate) fn load_reading_kernel(
+    ctx: &Ctx,
+    persist: bool,
+    load: impl FnOnce() -> Result<(Ledger, Loaded), store::StateError>,
+) -> Result<(Ledger, Loaded, Result<Kernel, Error>), Error> {
+    let Some(hint) = crate::ledger::db::hint(&ctx.config.state_dir) else {
+        let (ledger, loaded) = load()?;
+        let kernel = read_kernel(ctx, &ledger, &loaded, persist);
+        return Ok((ledger, loaded, kernel));
+    };
+    let (config, probes, families) = (&ctx.config, ctx.probes(persist), ctx.families());
+    let (loaded, kernel) = std::thread::scope(|s| {
+        let reader =
+            s.spawn(|| Kernel::read(config, &probes, &families, hint.elements, hint.sets_in_use));
+        let loaded = load();
+        let kernel = reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (loaded, kernel)
+    });
+    let (ledger, loaded) = loaded?;
+    let as_hinted = crate::ledger::db::Hint {
+        sets_in_use: loaded.backend.as_deref() == Some("ipset"),
+        elements: ledger.expected_elements(),
+    } == hint;
+    let kernel = if as_hinted {
+        kernel.map_err(Error::from)
+    } else {
+        read_kernel(ctx, &ledger, &loaded, persist)
+    };
+    Ok((ledger, loaded, kernel))
+}
+
 /// `vzacct sync`: align with veinfo when it exists, then make the kernel match.
 pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
     let mut s = begin(ctx)?;

@@ -268,9 +268,9 @@ fn read_kernel(
 /// anything changes) and harvest.
 fn begin(ctx: &Ctx) -> Result<Session, Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (ledger, loaded) = locked.load_scope(&Scope::All)?;
-    let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
-    harvested(ctx, locked, ledger, loaded, kernel)
+    let (ledger, loaded, kernel) =
+        change::load_reading_kernel(ctx, true, || locked.load_scope(&Scope::All))?;
+    harvested(ctx, locked, ledger, loaded, kernel?)
 }
 
 /// A locked ledger with the kernel just read: fold the kernel's counters in (parked

@@ -58,8 +58,9 @@ pub(crate) struct Live {
 /// Load the ledger and harvest the kernel's counters in memory; the caller holds the
 /// shared lock (and keeps it while it reads the database further).
 pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
-    let (mut ledger, loaded) = shared.load()?;
-    let live = read_kernel(ctx, &ledger, &loaded, false).and_then(|kernel| {
+    let (mut ledger, loaded, kernel) =
+        super::change::load_reading_kernel(ctx, false, || shared.load())?;
+    let live = kernel.and_then(|kernel| {
         let boot_id = ctx.boot_id()?;
         Ok(ledger
             .harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today())

@@ -455,7 +455,19 @@ pub fn load(state_dir: &Path, scope: &Scope) -> Result<(Ledger, Loaded), StateEr
     let conn = open_rw(state_dir)?;
     let scope = match scope {
         Scope::All => None,
-        Scope::Containers(ids) => Some(ids.iter().cloned().collect()),
+        Scope::Containers(ids) => {
+            // One container's event leaves its commit in the write-ahead log, where it is
+            // durable (fsync at each commit, synchronous = FULL): copying the log into the
+            // database at close would cost each hook two more fsyncs and the log's
+            // re-creation. The next full run's close copies it (as does SQLite's automatic
+            // checkpoint past 1,000 pages), and any open replays it.
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(|e| db_error(Some(&conn), &path, e))?;
+            Some(ids.iter().cloned().collect())
+        }
     };
     let mut loaded = Loaded::new(path, Some(conn), scope);
     let ledger = loaded.read(false, true, Parts::All)?;
@@ -497,6 +509,16 @@ pub fn load_view_parts(state_dir: &Path, parts: Parts) -> Result<(Ledger, Loaded
         }
         return Ok((Ledger::default(), loaded));
     }
+    loaded.conn = Some(open_read_only(state_dir)?);
+    // A view writes nothing: no fingerprints.
+    let ledger = loaded.read(false, false, parts)?;
+    Ok((ledger, loaded))
+}
+
+/// Open the database read-only, writing and creating nothing: when no write-ahead log is
+/// left over it is read as immutable, so a read-only state dir works.
+fn open_read_only(state_dir: &Path) -> Result<Connection, StateError> {
+    let path = state_dir.join(FILE);
     let wal = state_dir.join(format!("{FILE}-wal"));
     let wal_left = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -511,10 +533,39 @@ pub fn load_view_parts(state_dir: &Path, parts: Parts) -> Result<(Ledger, Loaded
     check_version(&conn, &path, false)?;
     conn.execute_batch("PRAGMA cache_size = -512;")
         .map_err(|e| db_error(Some(&conn), &path, e))?;
-    loaded.conn = Some(conn);
-    // A view writes nothing: no fingerprints.
-    let ledger = loaded.read(false, false, parts)?;
-    Ok((ledger, loaded))
+    Ok(conn)
+}
+
+/// What a kernel read needs to know of the ledger, read ahead of the ledger itself so that
+/// the two can go at once (the caller holds the lock, so the ledger read next says the same;
+/// the caller checks it anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    /// The last full run used the ipset backend (its sets must be read).
+    pub sets_in_use: bool,
+    /// [`Ledger::expected_elements`].
+    pub elements: usize,
+}
+
+/// The [`Hint`] of the database in `state_dir`; `None` when there is none yet, or it cannot
+/// be read (the caller then reads the ledger first, which says why).
+pub fn hint(state_dir: &Path) -> Option<Hint> {
+    if !state_dir.join(FILE).exists() {
+        return None;
+    }
+    let conn = open_read_only(state_dir).ok()?;
+    let backend: Option<String> = conn
+        .query_row("SELECT backend FROM node WHERE id = 1", [], |r| r.get(0))
+        .optional()
+        .ok()?
+        .flatten();
+    let ips: i64 = conn
+        .query_row("SELECT count(*) FROM ips", [], |r| r.get(0))
+        .ok()?;
+    Some(Hint {
+        sets_in_use: backend.as_deref() == Some("ipset"),
+        elements: 4 * usize::try_from(ips).ok()?,
+    })
 }
 
 /// A path for an SQLite URI: `%`, `?` and `#` escaped.

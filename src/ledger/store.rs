@@ -11,7 +11,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use crate::ledger::Ledger;
 use crate::ledger::db::{self, Loaded, Scope};
@@ -60,35 +61,75 @@ pub fn unsafe_dir(dir: &Path) -> Option<String> {
     None
 }
 
-/// Take a lock on `file` with `try_lock`, retrying while another process holds it, for at
-/// most `wait`.
-fn wait_for(
-    file: &File,
-    path: &Path,
-    wait: Duration,
-    try_lock: fn(&File) -> std::io::Result<()>,
-) -> Result<(), StateError> {
-    let start = Instant::now();
-    loop {
-        match try_lock(file) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == fs2::lock_contended_error().kind() => {
-                if start.elapsed() >= wait {
-                    return Err(StateError::LockTimeout {
-                        path: path.to_path_buf(),
-                        waited: wait,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
+/// Take a lock on `file` (`how`: exclusive or shared), waiting at most `wait` while another
+/// process holds it. The wait blocks in the kernel (a thread takes the lock on a duplicate
+/// of the descriptor, which shares the lock with `file`), so a waiter gets the lock as soon
+/// as it is free instead of at its next poll, where a command that just arrived could take
+/// it first (under steady load, polling every 20 ms left some hooks waiting ten turns).
+/// Given up at `wait`: the thread, if it gets the lock later, lets it go at once.
+fn wait_for(file: &File, path: &Path, wait: Duration, how: Lock) -> Result<(), StateError> {
+    let failed = |source| StateError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    let timed_out = || StateError::LockTimeout {
+        path: path.to_path_buf(),
+        waited: wait,
+    };
+    type Take = fn(&File) -> std::io::Result<()>;
+    let (try_lock, lock): (Take, Take) = match how {
+        Lock::Exclusive => (
+            fs2::FileExt::try_lock_exclusive,
+            fs2::FileExt::lock_exclusive,
+        ),
+        Lock::Shared => (fs2::FileExt::try_lock_shared, fs2::FileExt::lock_shared),
+    };
+    match try_lock(file) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == fs2::lock_contended_error().kind() => {}
+        Err(source) => return Err(failed(source)),
+    }
+    if wait.is_zero() {
+        return Err(timed_out());
+    }
+    let waiter = file.try_clone().map_err(failed)?;
+    // (given up, the waiting thread's result): both read and written under the mutex, so the
+    // lock is either handed over or let go, never kept by a command that gave up.
+    let state = Arc::new((Mutex::new((false, None)), Condvar::new()));
+    let theirs = state.clone();
+    std::thread::spawn(move || {
+        let got = lock(&waiter);
+        let (m, cv) = &*theirs;
+        let mut s = m.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 {
+            if got.is_ok() {
+                let _ = fs2::FileExt::unlock(&waiter);
             }
-            Err(source) => {
-                return Err(StateError::Lock {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
+        } else {
+            s.1 = Some(got);
+            cv.notify_one();
+        }
+    });
+    let (m, cv) = &*state;
+    let s = m.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut s, _) = cv
+        .wait_timeout_while(s, wait, |s| s.1.is_none())
+        .unwrap_or_else(|p| p.into_inner());
+    match s.1.take() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(source)) => Err(failed(source)),
+        None => {
+            s.0 = true;
+            Err(timed_out())
         }
     }
+}
+
+/// Which lock [`wait_for`] takes.
+#[derive(Debug, Clone, Copy)]
+enum Lock {
+    Exclusive,
+    Shared,
 }
 
 /// Create the state dir (0700) if needed and take the exclusive lock, waiting at most `wait`.
@@ -113,7 +154,7 @@ pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
             path: path.clone(),
             source,
         })?;
-    wait_for(&file, &path, wait, fs2::FileExt::try_lock_exclusive)?;
+    wait_for(&file, &path, wait, Lock::Exclusive)?;
     Ok(Locked {
         dir: dir.to_path_buf(),
         _lock: file,
@@ -190,7 +231,7 @@ pub fn lock_shared(dir: &Path, wait: Duration) -> Result<Shared, StateError> {
         }
         Err(source) => return Err(StateError::OpenLock { path, source }),
     };
-    wait_for(&file, &path, wait, fs2::FileExt::try_lock_shared)?;
+    wait_for(&file, &path, wait, Lock::Shared)?;
     Ok(Shared {
         dir: dir.to_path_buf(),
         _lock: Some(file),
