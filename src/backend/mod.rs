@@ -19,13 +19,11 @@ use crate::backend::ipset::SetPlan;
 use crate::backend::netfilter::{Ipset, IpsetError, NetfilterError};
 use crate::backend::probe::Probes;
 use crate::config::Config;
-use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 
 use crate::backend::iptables::{
-    Accounted, Chain, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
+    Accounted, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
 };
-use crate::ctid::Ctid;
 
 /// A failure to read or change our part of the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -146,26 +144,6 @@ impl Kernel {
         } else {
             iptables::desired_rules(accounted, family, venet)
         }
-    }
-
-    /// Which counters of the backend in use are in place: (container, IP, kind).
-    pub fn present(&self, venet: &str) -> HashSet<(Ctid, IpAddr, Kind)> {
-        if self.use_sets {
-            // Every set is matched on venet: no interface to compare.
-            return self
-                .sets
-                .read
-                .iter()
-                .flat_map(|s| s.all())
-                .filter_map(|(kind, ip, ctid)| Some((ctid?.clone(), ip, kind)))
-                .collect();
-        }
-        self.rules
-            .counted
-            .iter()
-            .filter(|c| c.kind.chain() == Chain::Forward || c.iface == venet)
-            .map(|c| (c.ctid.clone(), c.ip, c.kind))
-            .collect()
     }
 
     pub fn backend_name(&self) -> &'static str {
