@@ -10,11 +10,11 @@ use clap::{Parser, Subcommand};
 
 use crate::backend::process;
 use crate::clock::{self, Zone};
+use crate::commands::error::Error;
 use crate::commands::hook;
 use crate::commands::{self, Ctx};
 use crate::config::{self, Config};
 use crate::ctid::Ctid;
-use crate::error::Error;
 
 /// Per-container traffic accounting for OpenVZ hardware nodes.
 ///

@@ -5,7 +5,6 @@
 
 pub mod atomic;
 pub mod cli;
-pub mod error;
 
 pub mod commands;
 

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match vzacct::cli::run(cli, &mut std::io::stdout(), &mut std::io::stderr()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vzacct: error: {}", vzacct::error::chain(&e));
+            eprintln!("vzacct: error: {}", vzacct::commands::error::chain(&e));
             ExitCode::FAILURE
         }
     }

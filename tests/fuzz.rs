@@ -276,7 +276,7 @@ fn check_ledger_bucket(bytes: &[u8]) {
     let again = ledger_store::parse_ct_bucket(&json, None).unwrap_or_else(|e| {
         panic!(
             "render wrote what parse refuses ({}): {}",
-            vzacct::error::chain(&e),
+            vzacct::commands::error::chain(&e),
             String::from_utf8_lossy(&json)
         )
     });
@@ -300,7 +300,7 @@ fn check_ledger(bytes: &[u8]) {
     let again = Ledger::from_json(&json).unwrap_or_else(|e| {
         panic!(
             "to_json wrote what from_json refuses ({}): {}",
-            vzacct::error::chain(&e),
+            vzacct::commands::error::chain(&e),
             String::from_utf8_lossy(&json)
         )
     });

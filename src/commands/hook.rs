@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::commands::change::{account, config_ips, unaccount};
+use crate::commands::error::{Error, chain};
 use crate::commands::{Ctx, parse_ip};
 use crate::ctid::{Ctid, escape_for_message};
-use crate::error::{Error, chain};
 use crate::vzctl::ctconf;
 
 /// What vzctl reports.

@@ -4,6 +4,7 @@
 
 pub mod billing;
 pub mod change;
+pub mod error;
 pub mod hook;
 pub mod install;
 pub mod node;
@@ -20,9 +21,9 @@ use serde::Serialize;
 
 use crate::backend::iptables::{Family, Kind, Op};
 use crate::backend::{Kernel, KernelPlan};
+use crate::commands::error::{Error, chain};
 use crate::config::Config;
 use crate::ctid::{Ctid, escape_for_message};
-use crate::error::{Error, chain};
 use crate::export::csv;
 use crate::export::prometheus;
 use crate::ledger::db::{Loaded, Scope};
