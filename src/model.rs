@@ -174,12 +174,20 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
     pub ctid: Ctid,
-    pub ip: IpAddr,
-    pub kind: Kind,
-    pub iface: compact_str::CompactString,
-    /// Identity of the counter within the container, stable while the rule or element lives.
+    /// Identity of the counter within the container, stable while the rule or element lives:
+    /// its kind, IP and (for a rule) interface.
     pub key: CounterId,
     pub counters: Counters,
+}
+
+impl Counted {
+    pub fn ip(&self) -> IpAddr {
+        self.key.ip
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.key.kind
+    }
 }
 
 /// The accounted containers and their IPs: the input of planning.

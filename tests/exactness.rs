@@ -499,8 +499,9 @@ fn remove_under_steady_traffic(v: Variant) {
         node.at(DAY1, &["dump"]);
     }
     std::thread::sleep(std::time::Duration::from_millis(150));
-    let out = node.at(DAY1, &["remove", "102"]);
-    assert!(out.contains("until the batch stopped them"), "{out}");
+    // (What counted between the read and the batch is credited, and said, only if a
+    // datagram fell in that window: the reference comparisons below are what must hold.)
+    node.at(DAY1, &["remove", "102"]);
     std::thread::sleep(std::time::Duration::from_millis(150));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
@@ -566,8 +567,9 @@ fn switch_backend_under_steady_traffic(v: Variant) {
     );
     std::thread::sleep(std::time::Duration::from_millis(200));
     set_config(&node, from, to);
-    let out = node.at(DAY1, &["sync"]);
-    assert!(out.contains("until the batch stopped them"), "{out}");
+    // (What counted between the read and the batch is credited, and said, only if a
+    // datagram fell in that window: the reference comparison below is what must hold.)
+    node.at(DAY1, &["sync"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let sent = sender.join().unwrap();

@@ -6,8 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use compact_str::CompactString;
-
 use crate::ctid::Ctid;
 use crate::model::{Counted, CounterId, Counters, Family, Kind};
 
@@ -58,7 +56,7 @@ impl Sets {
     pub fn all(&self) -> impl Iterator<Item = (Kind, IpAddr, Option<&Ctid>)> {
         self.elements
             .iter()
-            .map(|e| (e.kind, e.ip, Some(&e.ctid)))
+            .map(|e| (e.kind(), e.ip(), Some(&e.ctid)))
             .chain(self.placed.iter().map(|(k, ip, c)| (*k, *ip, Some(c))))
             .chain(self.untagged.iter().map(|(k, ip)| (*k, *ip, None)))
     }
@@ -72,7 +70,7 @@ impl Sets {
         // Reserved at once (its pages are touched only as it fills).
         self.placed.reserve_exact(self.elements.len());
         while let Some(e) = self.elements.pop() {
-            self.placed.push((e.kind, e.ip, e.ctid));
+            self.placed.push((e.kind(), e.ip(), e.ctid));
             if self.elements.len().is_multiple_of(4096) {
                 self.elements.shrink_to_fit();
             }
@@ -219,9 +217,6 @@ fn element<'a>(
     }
     Ok(ctid.map(|ctid| Counted {
         ctid,
-        ip,
-        kind,
-        iface: CompactString::default(),
         key: CounterId::set(kind, ip),
         counters,
     }))
@@ -497,7 +492,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         );
         assert_eq!(s.elements[0].ctid.as_str(), "101");
         assert_eq!(s.elements[0].key.to_string(), "set vzacct-fi4 10.0.0.1");
-        assert_eq!(s.elements[0].kind, Kind::ForwardIn);
+        assert_eq!(s.elements[0].kind(), Kind::ForwardIn);
     }
 
     /// A set that loses an element is rebuilt and swapped in, the elements that stay

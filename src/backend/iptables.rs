@@ -537,9 +537,6 @@ impl Current {
                 let r = s.rule.as_ref()?;
                 Some(Counted {
                     ctid: r.ctid.clone(),
-                    ip: r.ip,
-                    kind: r.kind,
-                    iface: r.iface.as_str().into(),
                     key: r.seen_key(),
                     counters: s.counters,
                 })

@@ -346,7 +346,7 @@ pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrus
             .rules
             .counted
             .iter()
-            .filter(|c| Family::of(&c.ip) == t.family)
+            .filter(|c| c.key.family() == t.family)
             .chain(current.frozen.iter())
             .collect();
         let scope = rules_scope(t.family);

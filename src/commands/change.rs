@@ -452,14 +452,14 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
             }
             _ => c.counters,
         };
-        uncounted.credit(c.kind, delta);
+        uncounted.credit(c.kind(), delta);
     }
     // A container whose record was lost is accounted again for the IPs its counters in the
     // kernel carry, unless the ledger has the IP for another container.
     let (now, today) = (ctx.now, ctx.today());
     let mut recovered: BTreeSet<(Ctid, IpAddr)> = BTreeSet::new();
     let found_in_kernel: Vec<(Ctid, IpAddr)> =
-        kernel.counted().map(|c| (c.ctid.clone(), c.ip)).collect();
+        kernel.counted().map(|c| (c.ctid.clone(), c.ip())).collect();
     for (ctid, ip) in found_in_kernel {
         if ledger.owner(&ip).is_none() && (ip.is_ipv4() || ctx.config.ipv6) {
             ledger.assign_from(&ctid, ip, None, now, today);

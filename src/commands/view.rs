@@ -484,10 +484,10 @@ fn present_kinds<'a>(
         let in_place = if in_set {
             kernel.use_sets
         } else {
-            !kernel.use_sets && (c.kind.chain() == Chain::Forward || c.iface == venet)
+            !kernel.use_sets && (c.kind().chain() == Chain::Forward || c.key.iface() == venet)
         };
-        if in_place && let Some(bits) = present.get_mut(&(&c.ctid, c.ip)) {
-            let bit = Kind::ALL.iter().position(|k| *k == c.kind).unwrap_or(0);
+        if in_place && let Some(bits) = present.get_mut(&(&c.ctid, c.ip())) {
+            let bit = Kind::ALL.iter().position(|k| *k == c.kind()).unwrap_or(0);
             *bits |= 1 << bit;
         }
     }

@@ -534,10 +534,13 @@ impl Ledger {
                     report.implausible += 1;
                 }
                 if credit_all && plausible && (delta.packets > 0 || delta.bytes > 0) {
-                    c.total.credit(rule.kind, delta);
-                    c.by_ip.entry(rule.ip).or_default().credit(rule.kind, delta);
-                    c.open_day(today).figures.credit(rule.kind, delta);
-                    report.counted.credit(rule.kind, delta);
+                    c.total.credit(rule.kind(), delta);
+                    c.by_ip
+                        .entry(rule.ip())
+                        .or_default()
+                        .credit(rule.kind(), delta);
+                    c.open_day(today).figures.credit(rule.kind(), delta);
+                    report.counted.credit(rule.kind(), delta);
                 }
             }
             // Last-seen values the read covered but did not find are forgotten (nothing to
@@ -656,10 +659,10 @@ impl Ledger {
                 continue;
             }
             if delta.packets > 0 || delta.bytes > 0 {
-                c.total.credit(e.kind, delta);
-                c.by_ip.entry(e.ip).or_default().credit(e.kind, delta);
-                c.open_day(today).figures.credit(e.kind, delta);
-                credited.credit(e.kind, delta);
+                c.total.credit(e.kind(), delta);
+                c.by_ip.entry(e.ip()).or_default().credit(e.kind(), delta);
+                c.open_day(today).figures.credit(e.kind(), delta);
+                credited.credit(e.kind(), delta);
             }
         }
         credited
