@@ -105,6 +105,15 @@ impl Chain {
 /// back, and its counters are then not credited a second time.
 pub const GENERATION_CHAIN: &str = "VZACCT-GENERATION";
 
+/// The generations of one table or set of ours: the last one a command wrote with its batch,
+/// and the last one a read found there (equal, unless a command was killed or failed
+/// between writing the ledger and its batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Generation {
+    pub written: u64,
+    pub applied: u64,
+}
+
 /// The generation's comment (`generation:N`, one word for `ipset save`'s sake).
 pub fn generation_comment(g: u64) -> String {
     format!("generation:{g}")

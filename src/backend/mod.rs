@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use crate::backend::iptables::{
     Accounted, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
 };
+use crate::model::Generation;
 
 /// A failure to read or change our part of the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -278,11 +279,11 @@ pub struct KernelPlan {
 impl KernelPlan {
     /// Write a new generation with the batches, in every family's table read and every set
     /// of ours in use, and record it in `generations` (what was not read keeps its own).
-    pub fn stamp(&mut self, generations: &mut BTreeMap<String, u64>, kernel: &Kernel) {
+    pub fn stamp(&mut self, generations: &mut BTreeMap<String, Generation>, kernel: &Kernel) {
         let mut next = |scope: String| {
             let g = generations.entry(scope).or_default();
-            *g += 1;
-            *g
+            g.written += 1;
+            g.written
         };
         for ((t, current), (_, p)) in kernel.rules.tables.iter().zip(&mut self.rules) {
             p.set_generation(next(rules_scope(t.family)), current.generation_chain);
@@ -313,20 +314,27 @@ fn rules_scope(family: Family) -> String {
 /// ledger last wrote (a saved copy was restored), or one generation older (the batch that
 /// was to write the newer one never ran) for the counters below their last-seen values.
 /// Their past is unknown: the harvest takes them as a starting point, never credits them.
-pub fn untrusted(kernel: &Kernel, generations: &BTreeMap<String, u64>) -> Untrusted {
+pub fn untrusted(kernel: &Kernel, generations: &mut BTreeMap<String, Generation>) -> Untrusted {
     let mut u = Untrusted::default();
     let mut judge = |what: String, scope: &str, found: Option<u64>, counted: Vec<&Counted>| {
-        let Some(ledger_generation) = generations.get(scope).copied() else {
+        let Some(g) = generations.get_mut(scope) else {
             return;
         };
-        if counted.is_empty() || found.is_some_and(|g| g >= ledger_generation) {
+        let ledger_generation = g.written;
+        if let Some(f) = found.filter(|f| *f >= g.written) {
+            g.applied = f;
             return;
         }
-        let only_below = found == Some(ledger_generation - 1);
+        if counted.is_empty() {
+            return;
+        }
+        // The last generation found there: the batches written since never ran (killed or
+        // failed commands), or a copy saved since that read was restored.
+        let only_below = found.is_some() && found == Some(g.applied);
         if only_below {
             u.notes_if_below.push(format!(
                 "{what}: generation {}, the ledger wrote {ledger_generation}: a saved copy was restored or the last batch did not run; counters below their last-seen values are taken as a starting point",
-                ledger_generation - 1
+                g.applied
             ));
         } else {
             u.notes.push(format!(

@@ -283,6 +283,30 @@ fn harvested(
     loaded: Loaded,
     mut kernel: Kernel,
 ) -> Result<Session, Error> {
+    let (harvest, rows) = fold(ctx, &mut ledger, &kernel)?;
+    ledger.stamp_since(ctx.now);
+    ledger.unpark_all();
+    kernel.compact();
+    Ok(Session {
+        locked,
+        ledger,
+        loaded,
+        kernel,
+        harvest,
+        rows,
+        container: None,
+        elements: Vec::new(),
+    })
+}
+
+/// Fold the kernel's counters into the ledger (in memory): parked addresses given away,
+/// restored copies not trusted, frozen counters left behind credited, then the harvest.
+/// Commands and views alike, so that a view shows what the next command will write.
+pub(crate) fn fold(
+    ctx: &Ctx,
+    ledger: &mut Ledger,
+    kernel: &Kernel,
+) -> Result<(Harvest, Vec<Row>), Error> {
     let boot_id = ctx.boot_id()?;
     // An address a hook parked that vzctl has since given to another container without a
     // hook (one that failed, say): what its elements counted since then is that
@@ -320,7 +344,7 @@ fn harvested(
         // A saved copy of our rules or sets restored since the last run (its generation is
         // older than the ledger's): what its counters show was counted already, in part or
         // whole. They continue from here, credited never.
-        let untrusted = crate::backend::untrusted(&kernel, &ledger.generations);
+        let untrusted = crate::backend::untrusted(kernel, &mut ledger.generations);
         let forgot = ledger.forget_seen(&untrusted.keys);
         notes = untrusted.notes;
         if forgot > 0 {
@@ -336,19 +360,7 @@ fn harvested(
     let counted = kernel.counted();
     let (mut harvest, rows) = ledger.harvest(counted, &kernel.coverage(), &boot_id, ctx.today());
     harvest.notes = notes;
-    ledger.stamp_since(ctx.now);
-    ledger.unpark_all();
-    kernel.compact();
-    Ok(Session {
-        locked,
-        ledger,
-        loaded,
-        kernel,
-        harvest,
-        rows,
-        container: None,
-        elements: Vec::new(),
-    })
+    Ok((harvest, rows))
 }
 
 /// What one commit did.

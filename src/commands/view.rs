@@ -60,12 +60,7 @@ pub(crate) struct Live {
 pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
     let (mut ledger, loaded, kernel) =
         super::change::load_reading_kernel(ctx, false, || shared.load())?;
-    let live = kernel.and_then(|kernel| {
-        let boot_id = ctx.boot_id()?;
-        Ok(ledger
-            .harvest(kernel.counted(), &kernel.coverage(), &boot_id, ctx.today())
-            .1)
-    });
+    let live = kernel.and_then(|kernel| Ok(super::fold(ctx, &mut ledger, &kernel)?.1));
     ledger.stamp_since(ctx.now);
     let (closed, not_live_because) = match live {
         Ok(rows) => (rows, None),

@@ -12,8 +12,9 @@
 //! `YYYY-MM-DD`, months `YYYY-MM`.
 //! ```text
 //! node        (id = 1, boot_id, backend, last_dump_at, last_dump_ms)      one row, written by every full run
-//! generations (scope PRIMARY KEY, generation)  the number vzacct last wrote into each table
-//!             (`rules4`, `rules6`) and set of its own (by name)
+//! generations (scope PRIMARY KEY, generation, applied)  the number vzacct last wrote into each
+//!             table (`rules4`, `rules6`) and set of its own (by name), and the last one it
+//!             found there (a batch killed before it ran leaves them apart)
 //! containers  (ctid PRIMARY KEY, total_since, last_closed, month, month_<figures>, total_<figures>)
 //! ips         (ctid, ip)      the IPs a container accounts now
 //! parked      (ctid, ip)      IPs a hook stopped accounting, elements left for the next full run
@@ -139,8 +140,8 @@ fn schema() -> String {
     format!(
         "CREATE TABLE node (id INTEGER PRIMARY KEY CHECK (id = 1), boot_id TEXT, backend TEXT,
            last_dump_at TEXT, last_dump_ms INTEGER);
-         CREATE TABLE generations (scope TEXT PRIMARY KEY, generation INTEGER NOT NULL)
-           WITHOUT ROWID;
+         CREATE TABLE generations (scope TEXT PRIMARY KEY, generation INTEGER NOT NULL,
+           applied INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
          CREATE TABLE containers (ctid TEXT PRIMARY KEY, total_since TEXT, last_closed TEXT,
            month TEXT, {}, {}) WITHOUT ROWID;
          CREATE TABLE ips (ctid TEXT NOT NULL, ip TEXT NOT NULL, PRIMARY KEY (ctid, ip))
@@ -428,7 +429,7 @@ fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), St
     if v == 1 && upgrade {
         conn.execute_batch(
             "BEGIN IMMEDIATE; CREATE TABLE generations (scope TEXT PRIMARY KEY,
-               generation INTEGER NOT NULL) WITHOUT ROWID;
+               generation INTEGER NOT NULL, applied INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
              PRAGMA user_version = 2; COMMIT;",
         )
         .map_err(|e| db_error(Some(conn), path, e))?;
@@ -826,13 +827,24 @@ impl Loaded {
             ledger.boot_id = boot_id;
             ledger.last_dump = last_dump;
             // (No such table in a version 1 database that a view reads.)
-            if let Ok(mut stmt) = conn.prepare("SELECT scope, generation FROM generations") {
+            if let Ok(mut stmt) = conn.prepare("SELECT scope, generation, applied FROM generations")
+            {
                 let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
                     .map_err(err)?;
                 for row in rows {
-                    let (scope, g) = row.map_err(err)?;
-                    ledger.generations.insert(scope, to_u64(g));
+                    let (scope, written, applied) = row.map_err(err)?;
+                    let g = crate::model::Generation {
+                        written: to_u64(written),
+                        applied: to_u64(applied),
+                    };
+                    ledger.generations.insert(scope, g);
                 }
             }
         } else if !allow_no_node {
@@ -1009,10 +1021,11 @@ impl Loaded {
                 ledger.last_dump.as_ref().map(|d| to_i64(d.duration_ms)),
             ])?;
             tx.execute("DELETE FROM generations", [])?;
-            let mut ins =
-                tx.prepare_cached("INSERT INTO generations (scope, generation) VALUES (?1, ?2)")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO generations (scope, generation, applied) VALUES (?1, ?2, ?3)",
+            )?;
             for (scope, g) in &ledger.generations {
-                ins.execute(params![scope, to_i64(*g)])?;
+                ins.execute(params![scope, to_i64(g.written), to_i64(g.applied)])?;
             }
             drop(ins);
             let mut w = Writer::new(&tx);

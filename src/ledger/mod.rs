@@ -246,7 +246,7 @@ pub struct Ledger {
     /// The generation last written into each table (`rules4`, `rules6`) and set of ours
     /// (see `backend::untrusted`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub generations: BTreeMap<String, u64>,
+    pub generations: BTreeMap<String, crate::model::Generation>,
     /// When the last successful dump ran, and how long it took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dump: Option<LastDump>,
