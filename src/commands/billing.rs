@@ -96,33 +96,54 @@ impl<'a> Periods<'a> {
     }
 }
 
-/// `vzacct set CTID --cycle-day N`: the container's own cycle day, from the end of its
-/// current period on. Only the ledger is written; the kernel is not read.
-pub fn set(ctx: &mut Ctx, ctid: &Ctid, cycle_day: u8) -> Result<(), Error> {
+/// `vzacct set CTID [--cycle-day N] [--quota Q|none] [--quota-direction D]`: the container's
+/// own cycle day, from the end of its current period on, and its quota. Only the ledger is
+/// written; the kernel is not read.
+pub fn set(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    cycle_day: Option<u8>,
+    quota: Option<super::quota::QuotaArg>,
+    direction: Option<crate::ledger::quota::Direction>,
+) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     ctx.refresh_now();
     let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
     let today = ctx.today();
-    let changed = billing::set_cycle_day(&loaded, ctid, cycle_day, ctx.config.cycle_day, today)?;
+    let changed = match cycle_day {
+        Some(day) => Some((
+            day,
+            billing::set_cycle_day(&loaded, ctid, day, ctx.config.cycle_day, today)?,
+        )),
+        None => None,
+    };
+    let quota_said = super::quota::set_quota(&loaded, ctid, quota, direction)?;
+    drop(loaded);
     drop(locked);
     let known = if ledger.containers.contains_key(ctid) {
         ""
     } else {
         " (it is not accounted yet)"
     };
-    ctx.say(match changed {
-        Changed::Unchanged => {
-            format!("container {ctid}{known}: its periods already start on day {cycle_day}")
-        }
-        Changed::Cancelled => format!(
-            "container {ctid}{known}: the pending change of its cycle day is cancelled; its \
-             periods go on starting on day {cycle_day}"
-        ),
-        Changed::From(from) => format!(
-            "container {ctid}{known}: periods start on day {cycle_day} from {from} on (the end of \
-             its current period; periods begun before stay as they are)"
-        ),
-    })
+    if let Some((cycle_day, changed)) = changed {
+        ctx.say(match changed {
+            Changed::Unchanged => {
+                format!("container {ctid}{known}: its periods already start on day {cycle_day}")
+            }
+            Changed::Cancelled => format!(
+                "container {ctid}{known}: the pending change of its cycle day is cancelled; its \
+                 periods go on starting on day {cycle_day}"
+            ),
+            Changed::From(from) => format!(
+                "container {ctid}{known}: periods start on day {cycle_day} from {from} on (the end of \
+                 its current period; periods begun before stay as they are)"
+            ),
+        })?;
+    }
+    if !quota_said.is_empty() {
+        ctx.say(quota_said)?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]

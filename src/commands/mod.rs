@@ -7,6 +7,7 @@ pub mod change;
 pub mod hook;
 pub mod install;
 pub mod node;
+pub mod quota;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
