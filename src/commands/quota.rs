@@ -280,8 +280,8 @@ pub(crate) fn plan(
             step.to_run.push(ToRun { attempt: a, lock });
         }
     }
-    let forget = today - chrono::Days::new(ctx.config.history_days);
-    thresholds::record(loaded, &write, Some(forget))?;
+    // The hook log line goes first: a kill before the commit writes it again at the next
+    // dump (at least once), never loses it.
     for line in log {
         if let Err(e) = super::hook::append_log(&ctx.config.hook_log, &line) {
             step.said.push(format!(
@@ -290,6 +290,8 @@ pub(crate) fn plan(
             ));
         }
     }
+    let forget = today - chrono::Days::new(ctx.config.history_days);
+    thresholds::record(loaded, &write, Some(forget))?;
     for a in &finished {
         step.said.push(format!(
             "container {}: the action for threshold {}% has run (attempt {})",
