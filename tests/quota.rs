@@ -382,3 +382,183 @@ per_variant!(
     exactly_once_through_kills_failures_and_a_reboot,
     directions_periods_and_gauges
 );
+
+/// Run a shipped example program in `ns` with exactly `env` (as vzacct runs it, plus the
+/// test overrides).
+fn example(ns: &Netns, name: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/conf-templates/").to_string() + name;
+    let mut full: Vec<String> = vec!["-i".into(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    full.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    full.push(script);
+    full.extend(args.iter().map(|a| a.to_string()));
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    ns.run("env", &full)
+}
+
+fn threshold_env<'a>(ctid: &'a str, threshold: &'a str, end: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CTID", ctid),
+        ("PERIOD_START", "2027-02-01"),
+        ("PERIOD_END", end),
+        ("DIRECTION", "total"),
+        ("USED_BYTES", "1100"),
+        ("QUOTA_BYTES", "1000"),
+        ("PERCENT", "110"),
+        ("THRESHOLD", threshold),
+    ]
+}
+
+/// The shipped examples: the tc one limits the container's venet addresses both ways at
+/// 100% and not before, and a sweep after its period takes the limits away again, leaving
+/// other filters alone; the mail one mails what crossed; both refuse inputs of a bad shape.
+#[test]
+fn the_example_action_programs() {
+    let ns = Netns::new("tc");
+    ns.ip("link add venet0 type veth peer name vpeer");
+    ns.ip("link set venet0 up");
+    let dir = tempfile::tempdir().unwrap();
+    let veinfo = dir.path().join("veinfo");
+    std::fs::write(
+        &veinfo,
+        "       101     2    10     10.0.0.1 2001:db8:1::1\n       102     2     5     10.0.0.2\n",
+    )
+    .unwrap();
+    let state = dir.path().join("tc");
+    let (veinfo, state) = (veinfo.to_string_lossy(), state.to_string_lossy());
+    let filters =
+        |parent: &str| ns.must("tc", &["filter", "show", "dev", "venet0", "parent", parent]);
+    let with = |env: Vec<(&'static str, &str)>| {
+        let mut env: Vec<(&'static str, String)> =
+            env.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        env.push(("VZACCT_TC_VEINFO", veinfo.to_string()));
+        env.push(("VZACCT_TC_STATE", state.to_string()));
+        // This test kernel has no act_police: what a container receives is limited only.
+        env.push(("VZACCT_TC_FROM_CT", "no".to_string()));
+        env
+    };
+    let run = |args: &[&str], env: Vec<(&'static str, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        example(&ns, "vzacct-threshold-tc", args, &env)
+    };
+    // 90%: nothing.
+    let o = run(&[], with(threshold_env("101", "90", "2099-03-01")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!filters("1:").contains("flowid"));
+    // 100%: what both addresses receive, in the container's class.
+    let o = run(&[], with(threshold_env("101", "100", "2099-03-01")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let egress = filters("1:");
+    assert_eq!(egress.matches("flowid 1:10").count(), 2, "{egress}");
+    assert!(egress.contains("0a000001/ffffffff at 16"), "{egress}");
+    let classes = ns.must("tc", &["class", "show", "dev", "venet0"]);
+    assert!(
+        classes.contains("class htb 1:10 root") && classes.contains("rate 1Mbit"),
+        "{classes}"
+    );
+    // Run again (a retry): the same filters, not twice as many.
+    let o = run(&[], with(threshold_env("101", "100", "2099-03-01")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(filters("1:").matches("flowid 1:10").count(), 2);
+    // An operator's own filter at another preference stays.
+    ns.must(
+        "tc",
+        &[
+            "filter",
+            "add",
+            "dev",
+            "venet0",
+            "parent",
+            "1:",
+            "protocol",
+            "ip",
+            "pref",
+            "7",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "10.9.9.9/32",
+            "flowid",
+            "1:2",
+        ],
+    );
+    // 102's period has ended already: its throttle goes at once; a sweep takes 101's away
+    // once its period is over.
+    let o = run(&[], with(threshold_env("102", "100", "2000-01-01")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(filters("1:").matches("flowid 1:10").count(), 2);
+    assert!(!filters("1:").contains("flowid 1:11"));
+    std::fs::write(
+        format!("{state}/101"),
+        "2000-01-01 16 10.0.0.1 2001:db8:1::1\n",
+    )
+    .unwrap();
+    let o = run(&["sweep"], with(Vec::new()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!filters("1:").contains("flowid 1:1"), "{}", filters("1:"));
+    assert!(
+        !ns.must("tc", &["class", "show", "dev", "venet0"])
+            .contains("1:10")
+    );
+    assert!(filters("1:").contains("0a090909"));
+    // Inputs of a bad shape are refused before anything is touched.
+    for (k, bad) in [
+        ("CTID", "101; reboot"),
+        ("CTID", "1\n2"),
+        ("THRESHOLD", "1e3"),
+        ("PERIOD_END", "soon"),
+    ] {
+        let mut env = threshold_env("101", "100", "2099-03-01");
+        for e in env.iter_mut().filter(|e| e.0 == k) {
+            e.1 = bad;
+        }
+        let o = run(&[], with(env));
+        assert_eq!(o.status.code(), Some(2), "{k}={bad:?}: {}", stderr(&o));
+    }
+    assert!(!filters("1:").contains("flowid 1:1"));
+
+    // The mail: through a fake sendmail that keeps what it is given.
+    let sendmail = dir.path().join("sendmail");
+    let mail = dir.path().join("mail");
+    std::fs::write(
+        &sendmail,
+        format!(
+            "#!/bin/sh\necho \"$*\" > {m}.args\ncat > {m}\n",
+            m = mail.display()
+        ),
+    )
+    .unwrap();
+    must("chmod", &["755", &sendmail.to_string_lossy()]);
+    let mut env = threshold_env("101", "100", "2027-03-01");
+    let sm = sendmail.to_string_lossy().to_string();
+    env.push(("VZACCT_MAIL_SENDMAIL", &sm));
+    let o = example(&ns, "vzacct-threshold-mail", &[], &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&mail).unwrap();
+    assert!(text.starts_with("To: root\nSubject: [vzacct] "), "{text}");
+    assert!(
+        text.contains("container 101 at 110% of its quota\n\n"),
+        "{text}"
+    );
+    assert!(text.contains("Used:           1100 bytes (110%)"), "{text}");
+    assert!(text.contains("2027-02-01 to 2027-03-01"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.args", mail.display())).unwrap(),
+        "-t -oi\n"
+    );
+    std::fs::remove_file(&mail).unwrap();
+    for (k, bad) in [
+        ("CTID", "101\nBcc: x@example.com"),
+        ("USED_BYTES", "1 2"),
+        ("DIRECTION", "up"),
+    ] {
+        let mut env = threshold_env("101", "100", "2027-03-01");
+        for e in env.iter_mut().filter(|e| e.0 == k) {
+            e.1 = bad;
+        }
+        env.push(("VZACCT_MAIL_SENDMAIL", &sm));
+        let o = example(&ns, "vzacct-threshold-mail", &[], &env);
+        assert_eq!(o.status.code(), Some(2), "{k}={bad:?}");
+        assert!(!mail.exists());
+    }
+}

@@ -474,6 +474,30 @@ vzacct_last_dump_duration_seconds 0
         for text in [
             render(&ledger(), &info()),
             render(&Ledger::default(), &info()),
+            {
+                let l = ledger();
+                let span = Span::month(2027, 2).unwrap();
+                let periods = l
+                    .containers
+                    .iter()
+                    .map(|(id, c)| (id.clone(), (span, c.total)))
+                    .collect();
+                let quotas = l
+                    .containers
+                    .keys()
+                    .map(|id| {
+                        let direction = crate::ledger::quota::Direction::Out;
+                        (
+                            id.clone(),
+                            Quota {
+                                bytes: 5,
+                                direction,
+                            },
+                        )
+                    })
+                    .collect();
+                render(&l, &info()) + &render_periods(&periods, &quotas)
+            },
         ] {
             if let Err(e) = promtool_check(&text) {
                 panic!("{e}\non:\n{text}");
