@@ -192,29 +192,15 @@ pub(crate) fn plan(
             .filter(|a| &a.ctid == ctid && a.period.start == span.start)
             .collect();
         let known = mine.iter().map(|a| a.threshold).collect();
-        let mut again: Vec<Attempt> = Vec::new();
-        for a in mine.iter().filter(|a| a.state != State::Done) {
-            let mut a = (*a).clone();
-            if a.state == State::Running {
-                if file(state_dir, &a, "done").exists() {
-                    a.state = State::Done;
-                    a.last_error = None;
-                    finished.push(a.clone());
-                    write.push(a);
-                    continue;
-                }
-                a.last_error = Some(
-                    std::fs::read_to_string(file(state_dir, &a, "failed"))
-                        .map(|t| t.trim().to_string())
-                        .unwrap_or_else(|_| {
-                            "the attempt was interrupted (the dump or the node stopped) before \
-                             the action finished"
-                                .into()
-                        }),
-                );
-            }
-            again.push(a);
-        }
+        // Earlier attempts not done: settled below, once their lock is held.
+        let mut again: Vec<Attempt> = if ctx.config.on_threshold.is_some() {
+            mine.iter()
+                .filter(|a| a.state != State::Done)
+                .map(|a| (*a).clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         for threshold in quota::crossed(used, q.bytes, &ctx.config.thresholds, &known) {
             let a = Attempt {
                 ctid: ctid.clone(),
@@ -264,6 +250,25 @@ pub(crate) fn plan(
                 }
                 continue;
             };
+            // With the lock held no wrapper of this threshold runs: a receipt now is final.
+            if a.attempts > 0 && file(state_dir, &a, "done").exists() {
+                a.state = State::Done;
+                a.last_error = None;
+                finished.push(a.clone());
+                write.push(a);
+                continue;
+            }
+            if a.state == State::Running && a.attempts > 0 {
+                a.last_error = Some(
+                    std::fs::read_to_string(file(state_dir, &a, "failed"))
+                        .map(|t| t.trim().to_string())
+                        .unwrap_or_else(|_| {
+                            "the attempt was interrupted (the dump or the node stopped) before \
+                             the action finished"
+                                .into()
+                        }),
+                );
+            }
             for what in ["failed", "done"] {
                 let p = file(state_dir, &a, what);
                 match std::fs::remove_file(&p) {
@@ -436,6 +441,18 @@ pub(crate) fn act(ctx: &Ctx, step: Step) -> Result<(Vec<String>, Vec<String>), E
         }
     };
     let (_, loaded) = locked.load_scope(&Scope::Containers(Vec::new()))?;
+    // Only where the record is still this attempt: a dump that ran meanwhile may have
+    // settled it, or started the next attempt.
+    let now_recorded = thresholds::records(&loaded, ctx.today())?;
+    outcomes.retain(|o| {
+        now_recorded.iter().any(|r| {
+            r.ctid == o.ctid
+                && r.period == o.period
+                && r.threshold == o.threshold
+                && r.attempts == o.attempts
+                && r.state == State::Running
+        })
+    });
     thresholds::record(&loaded, &outcomes, None)?;
     drop(loaded);
     for a in outcomes.iter().filter(|a| a.state == State::Done) {
