@@ -233,6 +233,9 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     assert_eq!(ran(&node, "101", 50).len(), 1);
     assert_eq!(lines(&node, "tried").len(), 1);
     assert!(check_thresholds(&node, now).0);
+    // history marks nothing yet: 50% is not the quota.
+    let h = node.at(now, &["history", "101", "--days", "15"]);
+    assert!(!h.contains("quota"), "{h}");
 
     // Past 100% with a failing action: retried at every dump, through random kills and a
     // reboot, shown by check; then it succeeds, once.
@@ -285,6 +288,12 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     let (ok, detail) = check_thresholds(&node, now);
     assert!(ok, "{detail}");
     assert!(detail.contains("2 threshold action(s) done"), "{detail}");
+    // history marks the day the period's figure reached the quota.
+    let h = node.at(now, &["history", "101", "--days", "15"]);
+    assert!(
+        h.contains("quota 20000B (total) reached on 2027-02-10"),
+        "{h}"
+    );
     // Container 102 has no quota: nothing, whatever it sends.
     assert!(!lines(&node, "tried").iter().any(|l| l.starts_with("102 ")));
 
@@ -357,12 +366,19 @@ fn directions_periods_and_gauges(v: Variant) {
         )),
         "{runs:?}"
     );
+    // Reached on the 5th: history over the 4th and 5th alone counts the days before them.
+    let feb5 = "2027-02-05T12:00:00Z";
+    to_ct(&node, "101", 1000, 4);
+    node.at(feb5, &["dump"]);
+    assert_eq!(ran(&node, "101", 100).len(), 1);
+    let h = node.at(feb5, &["history", "101", "--days", "2"]);
+    assert!(h.contains("quota 10000B (in) reached on 2027-02-05"), "{h}");
     // Taken away: no more actions, no quota gauge.
-    let out = node.at(feb, &["set", "101", "--quota", "none"]);
+    let out = node.at(feb5, &["set", "101", "--quota", "none"]);
     assert!(out.contains("quota taken away"), "{out}");
     to_ct(&node, "101", 1400, 8);
-    node.at(feb, &["dump"]);
-    assert!(ran(&node, "101", 100).is_empty());
+    node.at(feb5, &["dump"]);
+    assert_eq!(lines(&node, "ran").len(), 3, "{:?}", lines(&node, "ran"));
     let prom = std::fs::read_to_string(node.path("vzacct.prom")).unwrap();
     assert!(!prom.contains("vzacct_quota_bytes{ctid=\"101\""), "{prom}");
     // Bad quotas are refused before anything runs.
