@@ -108,8 +108,18 @@ pub enum Command {
         /// effect at the end of the container's current period: a period begun is never
         /// changed. Setting it again before then replaces the pending change; setting the
         /// day in force cancels it.
-        #[arg(long, value_name = "N", value_parser = crate::commands::billing::parse_cycle_day)]
-        cycle_day: u8,
+        #[arg(long, value_name = "N", value_parser = crate::commands::billing::parse_cycle_day,
+              required_unless_present_any = ["quota", "quota_direction"])]
+        cycle_day: Option<u8>,
+        /// The container's quota per billing period, in IEC or SI units (`500GiB`, `1TB`,
+        /// `1.5TiB`), or `none` to take it away (the default: no quota). When a dump finds the
+        /// period's figure past one of the node's `thresholds` (percent, under [billing]), it
+        /// logs one line and runs `on_threshold`, once per container, threshold and period.
+        #[arg(long, value_name = "BYTES|none", value_parser = crate::commands::quota::parse_quota)]
+        quota: Option<crate::commands::quota::QuotaArg>,
+        /// Which traffic the quota counts: in, out or total (the default for a new quota).
+        #[arg(long, value_name = "in|out|total")]
+        quota_direction: Option<crate::ledger::quota::Direction>,
     },
     /// A container's traffic per day (the last 30 by default) or per calendar month: in, out
     /// and total, with a bar scaled to the largest row (`#` in, `+` out), as `vnstat -d` and
@@ -201,6 +211,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a threshold's action program for a dump (hidden: started by `vzacct dump` in a
+    /// process group of its own): within TIMEOUT seconds; the receipt is written when it
+    /// exits 0.
+    #[command(hide = true)]
+    ThresholdRun {
+        #[arg(long, value_name = "FILE")]
+        receipt: PathBuf,
+        #[arg(long, value_name = "SECS")]
+        timeout: u64,
+        #[arg(last = true, required = true)]
+        program: PathBuf,
+    },
     /// Start a new billing period for one container: its totals go to zero. Its daily
     /// history, its CSV rows, every other container and every kernel counter stay as they are.
     Reset {
@@ -290,6 +312,15 @@ fn is_root() -> bool {
 /// Run a parsed command line.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Error> {
     let started = Instant::now();
+    // The threshold wrapper reads no config: everything it needs is on its command line.
+    if let Command::ThresholdRun {
+        receipt,
+        timeout,
+        program,
+    } = &cli.command
+    {
+        return commands::quota::threshold_run(receipt, *timeout, program);
+    }
     // Everything but installing into a directory of one's own needs root: the kernel's
     // firewall and the state dir are root's. Say so once, before anything fails on it.
     // Hooks are exempt: they report every failure in their log and never fail vzctl.
@@ -386,7 +417,13 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
             period,
             json,
         } => commands::view::show(&mut ctx, ctids, *period, *json),
-        Command::Set { ctid, cycle_day } => commands::billing::set(&mut ctx, ctid, *cycle_day),
+        Command::Set {
+            ctid,
+            cycle_day,
+            quota,
+            quota_direction,
+        } => commands::billing::set(&mut ctx, ctid, *cycle_day, *quota, *quota_direction),
+        Command::ThresholdRun { .. } => unreachable!("run before the config is read"),
         Command::History {
             ctid,
             days,

@@ -66,6 +66,13 @@ pub struct Config {
     pub cycle_day: u8,
     /// How many closed days the ledger keeps (`days`: `show --period`, `history`).
     pub history_days: u64,
+    /// The percentages of a container's quota at which a dump acts (ascending).
+    pub thresholds: Vec<u32>,
+    /// The operator's program run once per container, threshold and period; `None`: the
+    /// hook log line only.
+    pub on_threshold: Option<PathBuf>,
+    /// Seconds the action program may run.
+    pub on_threshold_timeout: u64,
 }
 
 impl Default for Config {
@@ -95,6 +102,9 @@ impl Default for Config {
             prometheus_textfile: None,
             cycle_day: 1,
             history_days: 800,
+            thresholds: vec![80, 90, 100],
+            on_threshold: None,
+            on_threshold_timeout: 60,
         }
     }
 }
@@ -147,6 +157,9 @@ struct RawFile {
 struct RawBilling {
     cycle_day: Option<String>,
     history_days: Option<String>,
+    thresholds: Option<String>,
+    on_threshold: Option<String>,
+    on_threshold_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,6 +358,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .filter(|d| (62..=36600).contains(d))
             .ok_or_else(|| bad("billing", "history_days", &v, HISTORY))?;
     }
+    if let Some(v) = bi.thresholds {
+        cfg.thresholds = crate::ledger::quota::parse_thresholds(&v)
+            .map_err(|_| bad("billing", "thresholds", &v, THRESHOLDS))?;
+    }
+    if let Some(v) = bi.on_threshold {
+        cfg.on_threshold = match v.trim() {
+            "" => None,
+            _ => Some(absolute_path(&v).ok_or_else(|| bad("billing", "on_threshold", &v, ABS))?),
+        };
+    }
+    if let Some(v) = bi.on_threshold_timeout {
+        cfg.on_threshold_timeout =
+            seconds(&v).ok_or_else(|| bad("billing", "on_threshold_timeout", &v, SECONDS))?;
+    }
     Ok(cfg)
 }
 
@@ -433,6 +460,8 @@ const MODE: &str =
 const GROUP: &str = "expected a group name or number";
 const ZONE: &str =
     "expected a time zone name such as Europe/Berlin or UTC (empty: the system's zone)";
+const THRESHOLDS: &str =
+    "expected percentages of the quota from 1 to 1000, separated by spaces, each once";
 const CYCLE: &str = "expected a day of the month from 1 to 28 (every month has it)";
 const HISTORY: &str =
     "expected a number of days from 62 (the previous period and this one) to 36600";
@@ -546,7 +575,8 @@ mod tests {
                      [storage]\nstate_dir = /s\ncsv_dir = /l\ncsv_mode = 0644\ncsv_group = billing\n\
                      timezone = Europe/Berlin\n\
                      [export]\nprometheus_textfile = /p/vzacct.prom\n\
-                     [billing]\ncycle_day = 15\nhistory_days = 400\n")
+                     [billing]\ncycle_day = 15\nhistory_days = 400\nthresholds = 100 50\n\
+                     on_threshold = /etc/vz/vzacct-threshold\non_threshold_timeout = 20\n")
         .unwrap();
         assert_eq!(
             cfg,
@@ -575,6 +605,9 @@ mod tests {
                 prometheus_textfile: Some("/p/vzacct.prom".into()),
                 cycle_day: 15,
                 history_days: 400,
+                thresholds: vec![50, 100],
+                on_threshold: Some("/etc/vz/vzacct-threshold".into()),
+                on_threshold_timeout: 20,
             }
         );
     }
@@ -680,6 +713,13 @@ mod tests {
             ("[billing]\ncycle_day = 29\n", "cycle_day"),
             ("[billing]\ncycle_day = 0\n", "cycle_day"),
             ("[billing]\nhistory_days = 30\n", "history_days"),
+            ("[billing]\nthresholds = 80 80\n", "thresholds"),
+            ("[billing]\nthresholds = 0\n", "thresholds"),
+            ("[billing]\non_threshold = mail.sh\n", "on_threshold"),
+            (
+                "[billing]\non_threshold_timeout = 0\n",
+                "on_threshold_timeout",
+            ),
             (
                 "[export]\nprometheus_textfile = x.prom\n",
                 "prometheus_textfile",

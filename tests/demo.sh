@@ -163,6 +163,24 @@ vz show --json 101
 DUMPED_AT=$VZACCT_NOW
 unset VZACCT_NOW
 
+step "A quota: 101 may use 20 KB (total) per billing period; thresholds 80 and 100 percent"
+# The action program: the shipped tc example, pointed at the demo's veinfo and state (this
+# kernel polices nothing, so only what 101 receives is limited).
+sed -e "s|^VEINFO=.*|VEINFO=$WORK/veinfo|" -e "s|^STATE=.*|STATE=$WORK/tc|" \
+    -e "s|^FROM_CT=.*|FROM_CT=no|" conf-templates/vzacct-threshold-tc > "$WORK/vzacct-threshold"
+chmod 755 "$WORK/vzacct-threshold"
+printf '       101     2    10     10.0.0.2 10.0.0.3\n       102     2     5     10.0.0.20\n' > "$WORK/veinfo"
+printf '[billing]\nthresholds = 80 100\non_threshold = %s\n' "$WORK/vzacct-threshold" >> "$CONF_FILE"
+vz set 101 --quota 20KB
+ping_ct 10.0.0.3 10 1000
+echo "  (101's period so far, in + out, is past 20 KB now)"
+VZACCT_NOW=$DUMPED_AT vz dump
+echo "--- the limit the action program put on what 101 receives:"
+nsx "$NODE" tc class show dev venet0
+nsx "$NODE" tc filter show dev venet0 parent 1: | grep -e flowid
+echo "--- a second dump acts on nothing: each threshold once per period"
+VZACCT_NOW=$DUMPED_AT vz dump
+
 step "What the hooks did (the log an operator reads when something goes wrong)"
 cat "$WORK/hook.log"
 

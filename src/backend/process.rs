@@ -329,6 +329,40 @@ fn run_within(
     ))
 }
 
+/// Start `program` with `args` and do not wait for it: a process group of its own, exactly
+/// `env` as its environment, `stdin` as its standard input (a file it inherits, such as a
+/// lock it holds for as long as it runs), stdout and stderr /dev/null, so that it goes on,
+/// and can write nowhere that breaks, if this process dies. [`wait_for`] waits for it.
+pub fn start_detached(
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    stdin: std::fs::File,
+) -> Result<Child, ProcessError> {
+    let mut cmd = command(program, args);
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    spawn(&mut cmd, program)
+}
+
+/// Wait at most `limit` for a child of [`start_detached`]: its exit status, or `None` when
+/// it still runs (it is left running, never killed).
+pub fn wait_for(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait until `child` has exited, without reaping it: until it is reaped its process
 /// group id cannot be reused, so its watchdog may still signal the group safely.
 fn exited(child: &Child) {
@@ -459,6 +493,42 @@ mod tests {
     fn feeds_stdin_and_captures_stdout() {
         let out = run("cat", &[], Some(b"hello")).unwrap();
         assert_eq!(out.stdout, b"hello");
+    }
+
+    #[test]
+    fn a_detached_program_gets_its_environment_and_input_and_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::write(&input, "from stdin").unwrap();
+        let out = dir.path().join("out");
+        let script = format!(
+            "cat > {} && echo \"$X$HOME\" >> {}",
+            out.display(),
+            out.display()
+        );
+        let mut child = start_detached(
+            "/bin/sh",
+            &["-c", &script],
+            &[("X".into(), "x".into())],
+            std::fs::File::open(&input).unwrap(),
+        )
+        .unwrap();
+        let status = wait_for(&mut child, Duration::from_secs(10)).unwrap();
+        assert!(status.unwrap().success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "from stdinx\n");
+        let mut child = start_detached(
+            "/bin/sleep",
+            &["5"],
+            &[],
+            std::fs::File::open(&input).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            wait_for(&mut child, Duration::from_millis(100)).unwrap(),
+            None
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

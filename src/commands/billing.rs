@@ -5,7 +5,8 @@
 use super::*;
 use crate::ledger::billing::{self, Changed};
 use crate::ledger::period::{Schedule, Span};
-use crate::ledger::{Container, period};
+use crate::ledger::thresholds::{self, Quota};
+use crate::ledger::{Container, period, quota};
 use std::collections::HashMap;
 
 /// The JSON structure's version, in every document vzacct prints; changed only when the
@@ -96,33 +97,54 @@ impl<'a> Periods<'a> {
     }
 }
 
-/// `vzacct set CTID --cycle-day N`: the container's own cycle day, from the end of its
-/// current period on. Only the ledger is written; the kernel is not read.
-pub fn set(ctx: &mut Ctx, ctid: &Ctid, cycle_day: u8) -> Result<(), Error> {
+/// `vzacct set CTID [--cycle-day N] [--quota Q|none] [--quota-direction D]`: the container's
+/// own cycle day, from the end of its current period on, and its quota. Only the ledger is
+/// written; the kernel is not read.
+pub fn set(
+    ctx: &mut Ctx,
+    ctid: &Ctid,
+    cycle_day: Option<u8>,
+    quota: Option<super::quota::QuotaArg>,
+    direction: Option<crate::ledger::quota::Direction>,
+) -> Result<(), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     ctx.refresh_now();
     let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
     let today = ctx.today();
-    let changed = billing::set_cycle_day(&loaded, ctid, cycle_day, ctx.config.cycle_day, today)?;
+    let changed = match cycle_day {
+        Some(day) => Some((
+            day,
+            billing::set_cycle_day(&loaded, ctid, day, ctx.config.cycle_day, today)?,
+        )),
+        None => None,
+    };
+    let quota_said = super::quota::set_quota(&loaded, ctid, quota, direction)?;
+    drop(loaded);
     drop(locked);
     let known = if ledger.containers.contains_key(ctid) {
         ""
     } else {
         " (it is not accounted yet)"
     };
-    ctx.say(match changed {
-        Changed::Unchanged => {
-            format!("container {ctid}{known}: its periods already start on day {cycle_day}")
-        }
-        Changed::Cancelled => format!(
-            "container {ctid}{known}: the pending change of its cycle day is cancelled; its \
-             periods go on starting on day {cycle_day}"
-        ),
-        Changed::From(from) => format!(
-            "container {ctid}{known}: periods start on day {cycle_day} from {from} on (the end of \
-             its current period; periods begun before stay as they are)"
-        ),
-    })
+    if let Some((cycle_day, changed)) = changed {
+        ctx.say(match changed {
+            Changed::Unchanged => {
+                format!("container {ctid}{known}: its periods already start on day {cycle_day}")
+            }
+            Changed::Cancelled => format!(
+                "container {ctid}{known}: the pending change of its cycle day is cancelled; its \
+                 periods go on starting on day {cycle_day}"
+            ),
+            Changed::From(from) => format!(
+                "container {ctid}{known}: periods start on day {cycle_day} from {from} on (the end of \
+                 its current period; periods begun before stay as they are)"
+            ),
+        })?;
+    }
+    if !quota_said.is_empty() {
+        ctx.say(quota_said)?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -155,10 +177,12 @@ struct HistoryDoc {
     months: Option<Vec<HistoryRow>>,
 }
 
-/// What a history row is marked with. The quota line (issue 14 part 2) goes here too.
+/// What a history row is marked with.
 enum Mark {
     /// A billing period starts on this day: the span of that period.
     PeriodStart(Span),
+    /// The container's period figure reaches its quota on this day.
+    QuotaReached(Quota, NaiveDate),
 }
 
 /// How `history` groups the days.
@@ -169,7 +193,8 @@ pub enum Per {
 }
 
 /// `vzacct history CTID [--days N | --months N] [--json]`: one row per day or month with
-/// a bar scaled to the largest, the period boundaries marked. Read-only, live like `show`.
+/// a bar scaled to the largest, the period boundaries and (per day) the day the quota was
+/// reached marked. Read-only, live like `show`.
 pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), Error> {
     let shared = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)?;
     let view = super::view::live(ctx, &shared)?;
@@ -191,6 +216,24 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
     };
     let span = Span { start, end };
     let days = periods.days(ctid, c, span)?;
+    let quota = thresholds::quotas(&view.loaded)?.remove(ctid);
+    // What each period met had before the first of its days shown (for the quota line).
+    let mut before: HashMap<NaiveDate, u64> = HashMap::new();
+    if let (Some(q), Per::Days(_), Some((first, _, _))) = (quota, per, days.first()) {
+        let p = schedule.period(*first);
+        if p.start < *first {
+            let head = periods.figures(
+                ctid,
+                c,
+                Span {
+                    start: p.start,
+                    end: *first,
+                },
+            )?;
+            let (i, o) = quota::billable(&head);
+            before.insert(p.start, q.direction.of(i, o));
+        }
+    }
     drop(shared);
     let starts = schedule.starts_within(span);
     let mut rows = Vec::new();
@@ -231,6 +274,25 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
                 }
             }
         }
+    }
+    // The day each period's figure reaches the quota: a line above that day's row.
+    if let (Some(q), Per::Days(_)) = (quota, per) {
+        let mut current: Option<(Span, u64)> = None;
+        for (i, r) in rows.iter().enumerate() {
+            let Some(date) = r.date else { continue };
+            let p = schedule.period(date);
+            let used = match current {
+                Some((span, used)) if span == p => used,
+                _ => before.get(&p.start).copied().unwrap_or(0),
+            };
+            let (inb, outb) = quota::billable(&r.figures);
+            let now = used.saturating_add(q.direction.of(inb, outb));
+            if used < q.bytes && now >= q.bytes {
+                marks.push((i, Mark::QuotaReached(q, date)));
+            }
+            current = Some((p, now));
+        }
+        marks.sort_by_key(|m| m.0);
     }
     let cycle_day = schedule.day_on(today).0;
     if json {
@@ -284,6 +346,11 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
                 Mark::PeriodStart(p) => ctx.say(format!(
                     "----------- period {} .. {} (end not included) -----------",
                     p.start, p.end
+                ))?,
+                Mark::QuotaReached(q, date) => ctx.say(format!(
+                    "----------- quota {} ({}) reached on {date} -----------",
+                    quota::format_bytes(q.bytes),
+                    q.direction
                 ))?,
             }
         }

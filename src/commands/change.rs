@@ -371,8 +371,14 @@ pub fn sync(ctx: &mut Ctx) -> Result<(), Error> {
 }
 
 /// `vzacct dump`: harvest every rule, heal the rules as sync does, close finished days,
-/// and write the Prometheus textfile if configured.
+/// act on the quota thresholds crossed, and write the Prometheus textfile if configured.
 pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
+    dump_node(ctx, true)
+}
+
+/// [`dump`]; `act`: run the threshold actions (not at the node's shutdown, where the next
+/// dump after the boot does).
+pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let mut s = begin(ctx)?;
     // The time of the dump is when it holds the lock, not when it started waiting.
@@ -384,6 +390,13 @@ pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
     });
     let harvest = s.harvest.clone();
     let done = commit(ctx, &mut s, true)?;
+    // Each container's current period as saved, for its quota and the gauges.
+    let periods = super::quota::period_figures(ctx, &s.ledger, &s.loaded)?;
+    let step = if act {
+        super::quota::plan(ctx, &s.loaded, &periods)?
+    } else {
+        Default::default()
+    };
     // The textfile is written while the lock is held, so two overlapping dumps cannot
     // publish older totals last, and its duration covers the whole dump: the CSV, the
     // ledger and the kernel batches included.
@@ -392,11 +405,23 @@ pub fn dump(ctx: &mut Ctx) -> Result<(), Error> {
             timestamp: ctx.now,
             duration: started.elapsed(),
         };
-        prometheus::write(path, &prometheus::render(&s.ledger, &info))?;
+        let quotas = crate::ledger::thresholds::quotas(&s.loaded)?;
+        let mut body = prometheus::render(&s.ledger, &info);
+        body.push_str(&prometheus::render_periods(&periods, &quotas));
+        prometheus::write(path, &body)?;
     }
     drop(s);
     report_harvest(ctx, &harvest, done.rows_written)?;
-    report(ctx, &done)
+    report(ctx, &done)?;
+    // The actions run with the state lock released (hooks are not held up by them).
+    let (said, warnings) = super::quota::act(ctx, step)?;
+    for line in said {
+        ctx.say(line)?;
+    }
+    for w in warnings {
+        ctx.warn(w);
+    }
+    Ok(())
 }
 
 /// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the

@@ -294,7 +294,7 @@ fn node_event(ctx: &mut Ctx, event: Event) -> Result<String, Error> {
     };
     match event {
         Event::Restore => crate::commands::change::restore(&mut sub)?,
-        _ => crate::commands::change::dump(&mut sub)?,
+        _ => crate::commands::change::dump_node(&mut sub, false)?,
     }
     let text = String::from_utf8_lossy(&buf);
     Ok(text.lines().collect::<Vec<_>>().join("; "))
@@ -384,7 +384,7 @@ fn one_line(s: &str) -> String {
 
 /// Append one line to the hook log (created 0640, its directory 0700, never through a
 /// symlink). One write per line, so concurrent hooks never interleave within a line.
-fn append_log(path: &Path, line: &str) -> std::io::Result<()> {
+pub(crate) fn append_log(path: &Path, line: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if let Some(reason) = crate::ledger::store::unsafe_dir(dir) {
             return Err(std::io::Error::other(format!(

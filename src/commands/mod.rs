@@ -8,6 +8,7 @@ pub mod error;
 pub mod hook;
 pub mod install;
 pub mod node;
+pub mod quota;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};

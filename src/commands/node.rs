@@ -303,11 +303,10 @@ pub fn check(
     }
     // The ledger, the rules and the running containers: read under a shared lock, creating
     // nothing.
-    let ledger = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait)
-        .and_then(|l| l.load().map(|(ledger, _)| ledger));
+    let ledger = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait).and_then(|l| l.load());
     match ledger {
         Err(e) => item("ledger", Err(chain(&e))),
-        Ok(ledger) => {
+        Ok((ledger, loaded)) => {
             let accounted = ledger.accounted();
             item(
                 "ledger",
@@ -388,6 +387,7 @@ pub fn check(
                 }
             }
             item("running containers", running(ctx, &ledger));
+            item("thresholds", super::quota::check_item(ctx, &loaded));
             item(
                 "last dump",
                 match &ledger.last_dump {

@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::ctid::Ctid;
+use crate::ledger::period::Span;
+use crate::ledger::thresholds::Quota;
 use crate::ledger::{Container, Figures, Ledger};
 
 /// The textfile's mode: node_exporter runs as its own user and must be able to read it.
@@ -115,6 +119,51 @@ pub fn render(ledger: &Ledger, info: &DumpInfo) -> String {
     ] {
         family(&mut out, name, "gauge", help);
         out.push_str(&format!("{name} {value}\n"));
+    }
+    out
+}
+
+/// The gauges of the billing periods: every container's current period's bytes
+/// (`vzacct_period_bytes{ctid,direction="in"|"out"}`, billable traffic) and each quota
+/// (`vzacct_quota_bytes{ctid,direction="in"|"out"|"total"}`), ordered by CTID numerically.
+pub fn render_periods(
+    periods: &BTreeMap<Ctid, (Span, Figures)>,
+    quotas: &HashMap<Ctid, Quota>,
+) -> String {
+    let mut out = String::new();
+    let mut cts: Vec<&Ctid> = periods.keys().collect();
+    cts.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let name = "vzacct_period_bytes";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "Billable bytes the container received (in) and sent (out) in its current billing period.",
+    );
+    for ctid in &cts {
+        let (inb, outb) = crate::ledger::quota::billable(&periods[*ctid].1);
+        let ctid = escape_label(ctid.as_str());
+        out.push_str(&format!(
+            "{name}{{ctid=\"{ctid}\",direction=\"in\"}} {inb}\n\
+             {name}{{ctid=\"{ctid}\",direction=\"out\"}} {outb}\n"
+        ));
+    }
+    let mut with_quota: Vec<(&Ctid, &Quota)> = quotas.iter().collect();
+    with_quota.sort_by(|a, b| a.0.sort_key().cmp(&b.0.sort_key()));
+    let name = "vzacct_quota_bytes";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "The container's quota per billing period, of the traffic its direction label names.",
+    );
+    for (ctid, q) in with_quota {
+        out.push_str(&format!(
+            "{name}{{ctid=\"{}\",direction=\"{}\"}} {}\n",
+            escape_label(ctid.as_str()),
+            q.direction,
+            q.bytes
+        ));
     }
     out
 }
@@ -283,6 +332,43 @@ vzacct_last_dump_duration_seconds 0
     }
 
     #[test]
+    fn period_and_quota_gauges() {
+        use crate::ledger::quota::Direction;
+        let (a, b): (Ctid, Ctid) = ("101".parse().unwrap(), "20".parse().unwrap());
+        let span = Span::month(2027, 2).unwrap();
+        let f = |i, o| Figures {
+            in_bytes: i,
+            out_bytes: o,
+            in_packets: 1,
+            ..Figures::default()
+        };
+        let periods: BTreeMap<Ctid, (Span, Figures)> =
+            [(a.clone(), (span, f(5, 6))), (b.clone(), (span, f(0, 7)))].into();
+        let quotas: HashMap<Ctid, Quota> = [(
+            a,
+            Quota {
+                bytes: 1 << 30,
+                direction: Direction::Total,
+            },
+        )]
+        .into();
+        assert_eq!(
+            render_periods(&periods, &quotas),
+            "# HELP vzacct_period_bytes Billable bytes the container received (in) and sent \
+             (out) in its current billing period.\n\
+             # TYPE vzacct_period_bytes gauge\n\
+             vzacct_period_bytes{ctid=\"20\",direction=\"in\"} 0\n\
+             vzacct_period_bytes{ctid=\"20\",direction=\"out\"} 7\n\
+             vzacct_period_bytes{ctid=\"101\",direction=\"in\"} 5\n\
+             vzacct_period_bytes{ctid=\"101\",direction=\"out\"} 6\n\
+             # HELP vzacct_quota_bytes The container's quota per billing period, of the traffic \
+             its direction label names.\n\
+             # TYPE vzacct_quota_bytes gauge\n\
+             vzacct_quota_bytes{ctid=\"101\",direction=\"total\"} 1073741824\n"
+        );
+    }
+
+    #[test]
     fn escape_label_escapes_the_three_special_characters() {
         for (raw, want) in [
             ("101", "101"),
@@ -388,6 +474,30 @@ vzacct_last_dump_duration_seconds 0
         for text in [
             render(&ledger(), &info()),
             render(&Ledger::default(), &info()),
+            {
+                let l = ledger();
+                let span = Span::month(2027, 2).unwrap();
+                let periods = l
+                    .containers
+                    .iter()
+                    .map(|(id, c)| (id.clone(), (span, c.total)))
+                    .collect();
+                let quotas = l
+                    .containers
+                    .keys()
+                    .map(|id| {
+                        let direction = crate::ledger::quota::Direction::Out;
+                        (
+                            id.clone(),
+                            Quota {
+                                bytes: 5,
+                                direction,
+                            },
+                        )
+                    })
+                    .collect();
+                render(&l, &info()) + &render_periods(&periods, &quotas)
+            },
         ] {
             if let Err(e) = promtool_check(&text) {
                 panic!("{e}\non:\n{text}");

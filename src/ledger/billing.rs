@@ -178,8 +178,11 @@ mod tests {
         db::load(dir.path(), &Scope::All).unwrap();
         let path = dir.path().join(db::FILE);
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE cycle_days; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE cycle_days; DROP TABLE quotas; DROP TABLE thresholds; \
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
         drop(conn);
         let (_, view) = db::load_view(dir.path()).unwrap();
         assert!(cycle_days(&view).unwrap().is_empty());

@@ -3,7 +3,8 @@
 //! an event about one container reads and writes only that container's rows. The caller
 //! holds the state dir's lock ([`crate::ledger::store`]); every write is one transaction.
 //!
-//! Schema, version 3 (`PRAGMA user_version`; version 1 lacked `generations`, 2 `cycle_days`). Figures are the eight counters of
+//! Schema, version 4 (`PRAGMA user_version`; version 1 lacked `generations`, 2 `cycle_days`,
+//! 3 `quotas` and `thresholds`). Figures are the eight counters of
 //! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
 //! local_in_bytes local_out_bytes local_in_packets local_out_packets` (written `<figures>`
 //! below; in `containers` prefixed `total_` and `month_`). Counters are 64-bit unsigned in
@@ -28,6 +29,10 @@
 //! all_days    view: days plus open_days, with a column `open` (1 for the open day)
 //! cycle_days  (ctid, cycle_day_from, cycle_day)  a container's own cycle day (1..28), in
 //!             force from that date (a period boundary) on; see [`crate::ledger::billing`]
+//! quotas      (ctid PRIMARY KEY, quota_bytes, direction 'in'|'out'|'total')  a container's quota
+//! thresholds  (ctid, period_start, threshold, period_end, direction, used_bytes, quota_bytes,
+//!              state 'running'|'failed'|'done', attempts, first_at, last_at, last_error)
+//!             the action of each threshold crossed in a period; see [`crate::ledger::thresholds`]
 //! ```
 //! A missing database is an empty ledger; a node still on a format of an earlier release
 //! (the `ledger/` directory, or `ledger.json`) is converted by the first command that may
@@ -115,7 +120,7 @@ pub enum StateError {
 /// The database file in the state dir.
 pub const FILE: &str = "ledger.sqlite";
 /// The schema version this vzacct reads and writes.
-pub const VERSION: i32 = 3;
+pub const VERSION: i32 = 4;
 /// Closed days older than this are dropped from `days` (the CSV keeps every row), unless
 /// [`Loaded::keep_days`] says otherwise (`history_days` of the config).
 pub const HISTORY_DAYS: u64 = 800;
@@ -166,6 +171,7 @@ fn schema() -> String {
            SELECT ctid, date, 0 AS open, {fl} FROM days
            UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;
          {CYCLE_DAYS}
+         {QUOTAS}
          PRAGMA user_version = {VERSION};",
         figs("month_", " INTEGER NOT NULL DEFAULT 0"),
         figs("total_", " INTEGER NOT NULL DEFAULT 0"),
@@ -178,6 +184,18 @@ const CYCLE_DAYS: &str =
     "CREATE TABLE cycle_days (ctid TEXT NOT NULL, cycle_day_from TEXT NOT NULL,
            cycle_day INTEGER NOT NULL CHECK (cycle_day BETWEEN 1 AND 28),
            PRIMARY KEY (ctid, cycle_day_from)) WITHOUT ROWID;";
+
+/// The tables of version 4: a container's quota, and the threshold actions of each period
+/// (see [`crate::ledger::thresholds`]).
+pub(crate) const QUOTAS: &str =
+    "CREATE TABLE quotas (ctid TEXT PRIMARY KEY, quota_bytes INTEGER NOT NULL CHECK (quota_bytes > 0),
+           direction TEXT NOT NULL CHECK (direction IN ('in', 'out', 'total'))) WITHOUT ROWID;
+         CREATE TABLE thresholds (ctid TEXT NOT NULL, period_start TEXT NOT NULL,
+           threshold INTEGER NOT NULL, period_end TEXT NOT NULL, direction TEXT NOT NULL,
+           used_bytes INTEGER NOT NULL, quota_bytes INTEGER NOT NULL,
+           state TEXT NOT NULL CHECK (state IN ('running', 'failed', 'done')),
+           attempts INTEGER NOT NULL, first_at TEXT NOT NULL, last_at TEXT NOT NULL,
+           last_error TEXT, PRIMARY KEY (ctid, period_start, threshold)) WITHOUT ROWID;";
 
 /// Which part of the ledger a command reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,7 +438,8 @@ fn open_rw(state_dir: &Path) -> Result<Connection, StateError> {
     Ok(conn)
 }
 
-/// Versions 1 (before the generation) and 2 (before `cycle_days`) are upgraded in place by a
+/// Versions 1 (before the generation), 2 (before `cycle_days`) and 3 (before `quotas` and
+/// `thresholds`) are upgraded in place by a
 /// command that may write, and read as they are by a view.
 fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), StateError> {
     let v: i32 = conn
@@ -439,7 +458,13 @@ fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), St
             "BEGIN IMMEDIATE; {CYCLE_DAYS} PRAGMA user_version = 3; COMMIT;"
         ))
         .map_err(|e| db_error(Some(conn), path, e))?;
-    } else if v != VERSION && v != 1 && v != 2 {
+    }
+    if (1..=3).contains(&v) && upgrade {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {QUOTAS} PRAGMA user_version = 4; COMMIT;"
+        ))
+        .map_err(|e| db_error(Some(conn), path, e))?;
+    } else if v != VERSION && !(1..=3).contains(&v) {
         return Err(StateError::Corrupt {
             path: path.to_path_buf(),
             source: crate::ledger::FormatError::Json(format!(

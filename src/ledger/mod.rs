@@ -37,6 +37,7 @@ pub mod legacy;
 pub mod period;
 pub mod quota;
 pub mod store;
+pub mod thresholds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

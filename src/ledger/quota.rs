@@ -56,6 +56,14 @@ impl FromStr for Direction {
     }
 }
 
+/// The bytes of a period's figures that count against a quota: (in, out). Traffic of the
+/// node's free networks (`free_*` of [`Figures`](crate::ledger::Figures), coming with the
+/// `[classes]` config) is to be subtracted here, and only here: quotas, the Prometheus
+/// period gauges and the thresholds all take their bytes from this function.
+pub fn billable(f: &crate::ledger::Figures) -> (u64, u64) {
+    (f.in_bytes, f.out_bytes)
+}
+
 /// The units a quantity may carry: SI (powers of 1000) and IEC (powers of 1024).
 const UNITS: [(&str, u64); 11] = [
     ("B", 1),
