@@ -161,7 +161,7 @@ state_dir = $1/state
 csv_dir = $1/csv
 CONF
 }
-count_ours() { in_ns ipset save | grep -c '^add vzacct-' || true; }
+count_ours() { in_ns ipset save | grep -c '^add vzacct-.* comment "ct:' || true; }  # (not the generation elements)
 expect() { [ "$2" -eq "$3" ] || die "$1: expected $3, found $2"; }
 vz() { # SIDE CONFIG ARGS... (untimed)
   local side=$1 cfg=$2

@@ -198,7 +198,7 @@ CONF
 # Counters of ours in the current namespace: set elements or tagged rules.
 count_ours() { # BACKEND VARIANT
   if [ "$1" = ipset ]; then
-    in_ns ipset save | grep -c '^add vzacct-' || true
+    in_ns ipset save | grep -c '^add vzacct-.* comment "ct:' || true  # (not the generation elements)
   else
     in_ns "iptables-$2-save" -t filter | grep -c 'ct:' || true
   fi
