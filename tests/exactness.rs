@@ -104,20 +104,7 @@ fn older_save_restored(v: Variant, extra_dumps: usize) {
         } else {
             (format!("{prog}-restore"), &["-c"])
         };
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &node.ns.name, &restore])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "{restore}");
+        node.ns.must_with_input(&restore, args, text);
     }
     if !v.ipset() {
         assert_eq!(node.generation(false), g);
@@ -151,21 +138,11 @@ fn a_rebuild_left_half_done(v: Variant) {
         batch.push('\n');
     }
     batch.push_str("-D FORWARD -j VZACCT-FORWARD\n-I FORWARD 1 -j VZACCT-FORWARD-NEXT\nCOMMIT\n");
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.ns.name])
-        .arg(format!("{}-restore", v.iptables(false)))
-        .args(["--noflush", "--counters"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "{batch}");
+    node.ns.must_with_input(
+        &format!("{}-restore", v.iptables(false)),
+        &["--noflush", "--counters"],
+        &batch,
+    );
     sent = sent.add(to_ct(&node, false, 300, 4));
     node.at(DAY1, &["dump"]);
     assert_eq!(total(&node, DAY1), sent);

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use crate::backend::iptables::{
     Accounted, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
 };
-use crate::model::Generation;
+use crate::model::{Coverage, Generation};
 
 /// A failure to read or change our part of the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +97,8 @@ impl Kernel {
 
     /// What this read covered: the families whose tables were read, and whether the sets
     /// were (a harvest forgets only within it).
-    pub fn coverage(&self) -> crate::model::Coverage {
-        crate::model::Coverage {
+    pub fn coverage(&self) -> Coverage {
+        Coverage {
             families: self.rules.tables.iter().map(|(t, _)| t.family).collect(),
             sets: self.sets.read.is_some(),
         }
@@ -109,8 +109,8 @@ impl Kernel {
     /// Per-IP rules stay for accounted IPs of the families read when the rules backend is
     /// in use; set elements for accounted IPs of those families when the sets are. What
     /// this read did not cover was not planned, and stays.
-    pub fn survives(&self, id: &CounterId, accounted: bool) -> bool {
-        let coverage = self.coverage();
+    /// `coverage`: this read's [`Kernel::coverage`] (taken once, not per counter).
+    pub fn survives(&self, coverage: &Coverage, id: &CounterId, accounted: bool) -> bool {
         if !coverage.covers(id) {
             return true;
         }
@@ -314,9 +314,16 @@ fn rules_scope(family: Family) -> String {
 /// ledger last wrote (a saved copy was restored), or one generation older (the batch that
 /// was to write the newer one never ran) for the counters below their last-seen values.
 /// Their past is unknown: the harvest takes them as a starting point, never credits them.
-pub fn untrusted(kernel: &Kernel, generations: &mut BTreeMap<String, Generation>) -> Untrusted {
+pub fn untrusted<'k>(
+    kernel: &'k Kernel,
+    generations: &mut BTreeMap<String, Generation>,
+) -> Untrusted {
     let mut u = Untrusted::default();
-    let mut judge = |what: String, scope: &str, found: Option<u64>, counted: Vec<&Counted>| {
+    // `counted` is gathered only for a table or set that is not as written (rarely).
+    let mut judge = |what: String,
+                     scope: &str,
+                     found: Option<u64>,
+                     counted: &dyn Fn() -> Vec<&'k Counted>| {
         let Some(g) = generations.get_mut(scope) else {
             return;
         };
@@ -325,6 +332,7 @@ pub fn untrusted(kernel: &Kernel, generations: &mut BTreeMap<String, Generation>
             g.applied = f;
             return;
         }
+        let counted = counted();
         if counted.is_empty() {
             return;
         }
@@ -350,32 +358,30 @@ pub fn untrusted(kernel: &Kernel, generations: &mut BTreeMap<String, Generation>
         );
     };
     for (t, current) in &kernel.rules.tables {
-        let counted = kernel
-            .rules
-            .counted
-            .iter()
-            .filter(|c| c.key.family() == t.family)
-            .chain(current.frozen.iter())
-            .collect();
+        let counted = || {
+            (kernel.rules.counted.iter())
+                .filter(|c| c.key.family() == t.family)
+                .chain(current.frozen.iter())
+                .collect()
+        };
         let scope = rules_scope(t.family);
         judge(
             format!("{} rules", t.family),
             &scope,
             current.generation,
-            counted,
+            &counted,
         );
     }
     if let Some(sets) = &kernel.sets.read {
         for name in sets.present.keys() {
             let set = ipset::parse_set_name(name);
-            let counted = sets
-                .elements
-                .iter()
-                .chain(sets.frozen.iter())
-                .filter(|c| c.key.is_set() && set == Some((c.key.kind, c.key.family())))
-                .collect();
+            let counted = || {
+                (sets.elements.iter().chain(sets.frozen.iter()))
+                    .filter(|c| c.key.is_set() && set == Some((c.key.kind, c.key.family())))
+                    .collect()
+            };
             let found = sets.generation.get(name).copied();
-            judge(format!("set {name}"), name, found, counted);
+            judge(format!("set {name}"), name, found, &counted);
         }
     }
     u

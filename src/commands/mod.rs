@@ -452,9 +452,10 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         stopped = s.ledger.credit_frozen(&frozen, ctx.today());
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
+        let coverage = s.kernel.coverage();
         let forgot = s
             .ledger
-            .forget_removed(|k, accounted| s.kernel.survives(k, accounted));
+            .forget_removed(|k, accounted| s.kernel.survives(&coverage, k, accounted));
         // The frozen copies go before the credit is written: killed in between, the credit
         // is lost (milliseconds of traffic), never made twice by the next command.
         s.kernel.finish(&ctx.config, &plan)?;
