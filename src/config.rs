@@ -73,6 +73,27 @@ pub struct Config {
     pub on_threshold: Option<PathBuf>,
     /// Seconds the action program may run.
     pub on_threshold_timeout: u64,
+    /// Traffic counted apart as free (`[classes]`).
+    pub classes: Classes,
+}
+
+/// Traffic that is counted but not billed: with these networks, or between two
+/// containers of the node. It is counted in `in_*`/`out_*` as all traffic is, and again
+/// apart in `free_*`; billable = in - free_in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classes {
+    /// The free networks (`free = 10.0.0.0/8 2001:db8::/32`), each once, in order.
+    pub free: Vec<ipnet::IpNet>,
+    /// `container_to_container = free`: traffic between two accounted addresses of the
+    /// node is free too.
+    pub container_to_container: bool,
+}
+
+impl Classes {
+    /// Whether any traffic is free, so the free counters are wanted.
+    pub fn active(&self) -> bool {
+        !self.free.is_empty() || self.container_to_container
+    }
 }
 
 impl Default for Config {
@@ -105,6 +126,7 @@ impl Default for Config {
             thresholds: vec![80, 90, 100],
             on_threshold: None,
             on_threshold_timeout: 60,
+            classes: Classes::default(),
         }
     }
 }
@@ -150,6 +172,14 @@ struct RawFile {
     storage: Option<RawStorage>,
     export: Option<RawExport>,
     billing: Option<RawBilling>,
+    classes: Option<RawClasses>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClasses {
+    free: Option<String>,
+    container_to_container: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -372,7 +402,34 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         cfg.on_threshold_timeout =
             seconds(&v).ok_or_else(|| bad("billing", "on_threshold_timeout", &v, SECONDS))?;
     }
+    let cl = raw.classes.unwrap_or_default();
+    if let Some(v) = cl.free {
+        for word in v.split_ascii_whitespace() {
+            let net = network(word).ok_or_else(|| bad("classes", "free", word, NETS))?;
+            if !cfg.classes.free.contains(&net) {
+                cfg.classes.free.push(net);
+            }
+        }
+    }
+    if let Some(v) = cl.container_to_container {
+        cfg.classes.container_to_container = match v.trim() {
+            "free" => true,
+            "billed" => false,
+            _ => return Err(bad("classes", "container_to_container", &v, C2C)),
+        };
+    }
     Ok(cfg)
+}
+
+/// A free network: `10.0.0.0/8`, `2001:db8::/32`, or one address (a host network). Host
+/// bits must be clear (`10.0.0.1/8` is a typo for something), and the prefix at least 1
+/// (the kernel's `hash:net` sets take no /0, and all traffic free is no class).
+pub fn network(word: &str) -> Option<ipnet::IpNet> {
+    let net: ipnet::IpNet = match word.parse::<std::net::IpAddr>() {
+        Ok(ip) => ipnet::IpNet::from(ip),
+        Err(_) => word.parse().ok()?,
+    };
+    (net.prefix_len() > 0 && net.trunc() == net).then_some(net)
 }
 
 /// A cycle day: 1 to 28, which every month has.
@@ -465,6 +522,9 @@ const THRESHOLDS: &str =
 const CYCLE: &str = "expected a day of the month from 1 to 28 (every month has it)";
 const HISTORY: &str =
     "expected a number of days from 62 (the previous period and this one) to 36600";
+const NETS: &str = "expected networks separated by spaces, like 10.0.0.0/8 2001:db8::/32 \
+     (an address alone is one host; no host bits set; prefix /1 or longer)";
+const C2C: &str = "expected free or billed";
 const IFACE: &str = "expected a network interface name (1-15 characters, no spaces or '/')";
 
 fn absolute_path(v: &str) -> Option<PathBuf> {
@@ -608,6 +668,7 @@ mod tests {
                 thresholds: vec![50, 100],
                 on_threshold: Some("/etc/vz/vzacct-threshold".into()),
                 on_threshold_timeout: 20,
+                classes: Classes::default(),
             }
         );
     }

@@ -133,7 +133,10 @@ pub fn generation_ip(family: Family) -> IpAddr {
     }
 }
 
-/// What a counting rule measures, from the container's point of view.
+/// What a counting rule measures, from the container's point of view. The `Free*` kinds
+/// count the part of their base kind's traffic exchanged with a free network
+/// (`[classes] free`, or another container with `container_to_container = free`): a
+/// subset, counted again apart, so a base counter stays exact whatever the classes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -145,15 +148,40 @@ pub enum Kind {
     LocalIn,
     /// From the container to the node itself (INPUT `-i venet -s IP`).
     LocalOut,
+    /// [`Kind::ForwardIn`] from a free network.
+    FreeForwardIn,
+    /// [`Kind::ForwardOut`] to a free network.
+    FreeForwardOut,
+    /// [`Kind::LocalIn`] from a node address in a free network.
+    FreeLocalIn,
+    /// [`Kind::LocalOut`] to a node address in a free network.
+    FreeLocalOut,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 8] = [
+        Kind::ForwardIn,
+        Kind::ForwardOut,
+        Kind::LocalIn,
+        Kind::LocalOut,
+        Kind::FreeForwardIn,
+        Kind::FreeForwardOut,
+        Kind::FreeLocalIn,
+        Kind::FreeLocalOut,
+    ];
+
+    /// The kinds counted on every node.
+    pub const BASE: [Kind; 4] = [
         Kind::ForwardIn,
         Kind::ForwardOut,
         Kind::LocalIn,
         Kind::LocalOut,
     ];
+
+    /// The kinds in use: the base ones, and the free ones when `[classes]` names any.
+    pub fn in_use(free: bool) -> &'static [Kind] {
+        if free { &Kind::ALL } else { &Kind::BASE }
+    }
 
     /// The name in a counter's identity and in the ledger's `counters` table (`forward_in`).
     pub fn name(self) -> &'static str {
@@ -162,6 +190,10 @@ impl Kind {
             Kind::ForwardOut => "forward_out",
             Kind::LocalIn => "local_in",
             Kind::LocalOut => "local_out",
+            Kind::FreeForwardIn => "free_forward_in",
+            Kind::FreeForwardOut => "free_forward_out",
+            Kind::FreeLocalIn => "free_local_in",
+            Kind::FreeLocalOut => "free_local_out",
         }
     }
 
@@ -169,11 +201,45 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    pub fn chain(self) -> Chain {
+    /// The kind whose traffic this one counts a part of (itself for a base kind).
+    pub fn base(self) -> Kind {
         match self {
+            Kind::FreeForwardIn => Kind::ForwardIn,
+            Kind::FreeForwardOut => Kind::ForwardOut,
+            Kind::FreeLocalIn => Kind::LocalIn,
+            Kind::FreeLocalOut => Kind::LocalOut,
+            k => k,
+        }
+    }
+
+    pub fn is_free(self) -> bool {
+        self != self.base()
+    }
+
+    /// Towards the container (its address is the destination).
+    pub fn is_in(self) -> bool {
+        matches!(self.base(), Kind::ForwardIn | Kind::LocalIn)
+    }
+
+    pub fn chain(self) -> Chain {
+        match self.base() {
             Kind::ForwardIn | Kind::ForwardOut => Chain::Forward,
             Kind::LocalIn => Chain::Output,
-            Kind::LocalOut => Chain::Input,
+            _ => Chain::Input,
+        }
+    }
+
+    /// The letters of its set's name (`fi` in `vzacct-fi4`).
+    fn code(self) -> &'static str {
+        match self {
+            Kind::ForwardIn => "fi",
+            Kind::ForwardOut => "fo",
+            Kind::LocalIn => "li",
+            Kind::LocalOut => "lo",
+            Kind::FreeForwardIn => "ffi",
+            Kind::FreeForwardOut => "ffo",
+            Kind::FreeLocalIn => "fli",
+            Kind::FreeLocalOut => "flo",
         }
     }
 }
@@ -214,35 +280,41 @@ pub const SET_PREFIX: &str = "vzacct-";
 
 /// The set holding the IPs counted one way in one family, e.g. `vzacct-fi4`.
 pub fn set_name(kind: Kind, family: Family) -> String {
-    let k = match kind {
-        Kind::ForwardIn => "fi",
-        Kind::ForwardOut => "fo",
-        Kind::LocalIn => "li",
-        Kind::LocalOut => "lo",
-    };
-    let f = match family {
-        Family::V4 => "4",
-        Family::V6 => "6",
-    };
-    format!("{SET_PREFIX}{k}{f}")
+    format!("{SET_PREFIX}{}{}", kind.code(), family_digit(family))
+}
+
+fn family_digit(family: Family) -> char {
+    match family {
+        Family::V4 => '4',
+        Family::V6 => '6',
+    }
 }
 
 /// Which kind and family a set name of ours stands for.
 pub fn parse_set_name(name: &str) -> Option<(Kind, Family)> {
     let rest = name.strip_prefix(SET_PREFIX)?;
-    let kind = match rest.get(..2)? {
-        "fi" => Kind::ForwardIn,
-        "fo" => Kind::ForwardOut,
-        "li" => Kind::LocalIn,
-        "lo" => Kind::LocalOut,
-        _ => return None,
-    };
-    let family = match rest.get(2..)? {
+    let (code, digit) = rest.split_at_checked(rest.len().checked_sub(1)?)?;
+    let family = match digit {
         "4" => Family::V4,
         "6" => Family::V6,
         _ => return None,
     };
+    let kind = Kind::ALL.into_iter().find(|k| k.code() == code)?;
     Some((kind, family))
+}
+
+/// The set of free networks of a family (`vzacct-free4`, `hash:net`, no counters): the
+/// networks of `[classes] free`, and every accounted address of the node when traffic
+/// between containers is free. The free kinds' rules match it.
+pub fn free_set_name(family: Family) -> String {
+    format!("{SET_PREFIX}free{}", family_digit(family))
+}
+
+/// The family of a free-network set's name.
+pub fn parse_free_set_name(name: &str) -> Option<Family> {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .find(|f| free_set_name(*f) == name)
 }
 
 /// The identity of a kernel counter within its container's `seen` map: a per-IP rule of

@@ -31,6 +31,10 @@ pub struct Want<'a> {
     pub venet: &'a str,
     /// The counters are to live in the sets (else in per-IP rules).
     pub use_sets: bool,
+    /// The kinds counted ([`crate::model::Kind::in_use`]).
+    pub kinds: &'a [crate::model::Kind],
+    /// What the free-network sets hold, when free traffic is counted.
+    pub free: Option<ipset::FreeWant<'a>>,
 }
 
 /// One part of the kernel that vzacct counts with.
@@ -85,9 +89,9 @@ impl Driver for RuleTables {
             .iter()
             .map(|(t, current)| {
                 let wanted = if want.use_sets {
-                    iptables::set_matches(t.family, want.venet)
+                    iptables::set_matches(t.family, want.venet, want.kinds)
                 } else {
-                    iptables::desired_rules(want.accounted, t.family, want.venet)
+                    iptables::desired_rules(want.accounted, t.family, want.venet, want.kinds)
                 };
                 (t.family, iptables::plan(&wanted, current))
             })
@@ -171,7 +175,16 @@ impl Driver for SetStore {
     fn plan(&self, want: &Want) -> SetPlan {
         self.read
             .as_ref()
-            .map(|s| ipset::plan(want.accounted, want.families, want.use_sets, s))
+            .map(|s| {
+                ipset::plan(
+                    want.accounted,
+                    want.families,
+                    want.use_sets,
+                    want.kinds,
+                    want.free,
+                    s,
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -182,6 +195,11 @@ impl Driver for SetStore {
                 .read
                 .iter()
                 .flat_map(|s| s.present.keys().cloned())
+                .collect(),
+            free_destroy: self
+                .read
+                .iter()
+                .flat_map(|s| s.free.keys().copied())
                 .collect(),
             ..SetPlan::default()
         }

@@ -6,8 +6,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::ctid::Ctid;
-use crate::model::{Counted, CounterId, Counters, Family, Kind};
+use crate::model::{
+    Counted, CounterId, Counters, Family, Kind, free_set_name, parse_free_set_name,
+};
 
 pub use crate::model::SET_PREFIX as PREFIX;
 pub use crate::model::{parse_set_name, set_name};
@@ -49,6 +53,9 @@ pub struct Sets {
     pub frozen: Vec<Counted>,
     /// The generation each of our sets names ([`crate::model::generation_ip`]).
     pub generation: BTreeMap<String, u64>,
+    /// The free-network sets that exist ([`crate::model::free_set_name`]), with their
+    /// networks.
+    pub free: BTreeMap<Family, BTreeSet<IpNet>>,
 }
 
 impl Sets {
@@ -138,6 +145,22 @@ impl SaveParser {
                 if let Some(e) = element(words, kind, family, &err)? {
                     sets.frozen.push(e);
                 }
+            }
+            (Some("create"), Some(name)) if parse_free_set_name(name).is_some() => {
+                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
+                sets.free.entry(family).or_default();
+            }
+            (Some("add"), Some(name)) if parse_free_set_name(name).is_some() => {
+                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
+                let net = words
+                    .next()
+                    .and_then(|w| {
+                        w.parse::<IpNet>()
+                            .ok()
+                            .or_else(|| w.parse::<IpAddr>().ok().map(IpNet::from))
+                    })
+                    .ok_or_else(|| err("bad network"))?;
+                sets.free.entry(family).or_default().insert(net);
             }
             (Some("create"), Some(name)) if parse_set_name(name).is_some() => {
                 let rest: Vec<&str> = words.collect();
@@ -232,10 +255,15 @@ pub fn element_keys(ip: &IpAddr) -> Vec<CounterId> {
 /// counters (whatever a leftover element held belongs to no one); an IP it already holds
 /// keeps its element's counters, or gets a new element from zero if it was lost (harvest
 /// then sees a counter lower than last seen: counting restarted).
-pub fn adds_for(ctid: &Ctid, ips: &[(IpAddr, bool)]) -> String {
+/// `kinds`: the kinds in use; `c2c`: traffic between containers is free, so each IP goes
+/// into its family's free-network set too.
+pub fn adds_for(ctid: &Ctid, ips: &[(IpAddr, bool)], kinds: &[Kind], c2c: bool) -> String {
     let mut out = String::new();
     for (ip, fresh) in ips {
-        for kind in Kind::ALL {
+        if c2c {
+            let _ = writeln!(out, "add {} {ip}", free_set_name(Family::of(ip)));
+        }
+        for &kind in kinds {
             let set = set_name(kind, Family::of(ip));
             let zero = if *fresh { " packets 0 bytes 0" } else { "" };
             let _ = writeln!(
@@ -270,6 +298,12 @@ pub struct SetPlan {
     pub leftover: Vec<String>,
     /// The sets in use, each with the generation to write into it.
     pub live: Vec<(String, u64)>,
+    /// Free-network sets to create (before the rules that match them), networks to add
+    /// and remove, and sets to destroy (after the iptables batch removed their rules).
+    pub free_create: Vec<Family>,
+    pub free_add: Vec<IpNet>,
+    pub free_del: Vec<IpNet>,
+    pub free_destroy: Vec<Family>,
 }
 
 impl SetPlan {
@@ -278,6 +312,10 @@ impl SetPlan {
             && self.add.is_empty()
             && self.del.is_empty()
             && self.leftover.is_empty()
+            && self.free_create.is_empty()
+            && self.free_add.is_empty()
+            && self.free_del.is_empty()
+            && self.free_destroy.is_empty()
     }
 
     /// The names of the sets frozen by this plan.
@@ -315,6 +353,25 @@ impl SetPlan {
                 "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
             );
         };
+        for family in &self.free_create {
+            let inet = match family {
+                Family::V6 => "inet6",
+                Family::V4 => "inet",
+            };
+            let _ = writeln!(
+                out,
+                "create {} hash:net family {inet} maxelem {MAXELEM}",
+                free_set_name(*family)
+            );
+        }
+        // Added before the others go: an address in both the old and the new networks
+        // (a network split in two, say) is free throughout.
+        for net in &self.free_add {
+            let _ = writeln!(out, "add {} {net}", free_set_name(family_of(net)));
+        }
+        for net in &self.free_del {
+            let _ = writeln!(out, "del {} {net}", free_set_name(family_of(net)));
+        }
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
             create(&mut out, name, family);
@@ -358,23 +415,84 @@ impl SetPlan {
 
     /// Destructions (run after the iptables batch removed the rules that use the sets).
     pub fn render_destroy(&self) -> String {
-        self.destroy
-            .iter()
+        (self.destroy.iter().cloned())
+            .chain(self.free_destroy.iter().map(|f| free_set_name(*f)))
             .map(|s| format!("destroy {s}\n"))
             .collect()
+    }
+}
+
+fn family_of(net: &IpNet) -> Family {
+    match net {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    }
+}
+
+/// What the free-network sets should hold: the networks of `[classes] free`, and every
+/// accounted address when traffic between containers is free (`c2c`). `None`: no free
+/// traffic is counted (no set wanted).
+#[derive(Debug, Clone, Copy)]
+pub struct FreeWant<'a> {
+    pub networks: &'a [IpNet],
+    pub c2c: bool,
+}
+
+/// Plan the free-network sets of `families` against the ones found.
+fn plan_free(
+    p: &mut SetPlan,
+    free: Option<FreeWant>,
+    wanted: &BTreeMap<Ctid, BTreeSet<IpAddr>>,
+    families: &[Family],
+    current: &Sets,
+) {
+    let Some(free) = free else {
+        p.free_destroy.extend(current.free.keys());
+        return;
+    };
+    for family in families {
+        let mut want: BTreeSet<IpNet> = free
+            .networks
+            .iter()
+            .filter(|n| family_of(n) == *family)
+            .copied()
+            .collect();
+        if free.c2c {
+            want.extend(
+                (wanted.values().flatten())
+                    .filter(|ip| Family::of(ip) == *family)
+                    .map(|ip| IpNet::from(*ip)),
+            );
+        }
+        let have = match current.free.get(family) {
+            Some(h) => h.clone(),
+            None => {
+                p.free_create.push(*family);
+                BTreeSet::new()
+            }
+        };
+        p.free_add.extend(want.difference(&have));
+        p.free_del.extend(have.difference(&want));
     }
 }
 
 /// Compare the wanted elements (every accounted IP of `families` in each of its four sets,
 /// or none when `use_sets` is false) with the sets found. An element of another container
 /// is given to its new owner in place, counters kept; a set without counters is recreated.
+/// `kinds`: the kinds in use; the sets of the others are destroyed once their rules are
+/// gone (their final values read). `free`: what the free-network sets hold, if any is
+/// wanted (with either backend).
 pub fn plan(
     wanted: &BTreeMap<Ctid, BTreeSet<IpAddr>>,
     families: &[Family],
     use_sets: bool,
+    kinds: &[Kind],
+    free: Option<FreeWant>,
     current: &Sets,
 ) -> SetPlan {
     let mut p = SetPlan::default();
+    plan_free(&mut p, free, wanted, families, current);
+    let kinds: &[Kind] = if use_sets { kinds } else { &[] };
     // Who should own each IP (every kind alike).
     let mut want: HashMap<IpAddr, &Ctid> = HashMap::new();
     let mut created: Vec<(Kind, Family)> = Vec::new();
@@ -385,7 +503,7 @@ pub fn plan(
             }
         }
         for family in families {
-            for kind in Kind::ALL {
+            for &kind in kinds {
                 let name = set_name(kind, *family);
                 // A set of our name without counters cannot count; `check` reports it.
                 if !current.present.contains_key(&name) {
@@ -394,11 +512,15 @@ pub fn plan(
                 }
             }
         }
-    } else {
-        p.destroy.extend(current.present.keys().cloned());
     }
+    // The sets of kinds not in use (all of them when the counters are not in sets).
+    p.destroy.extend(
+        (current.present.keys())
+            .filter(|name| parse_set_name(name).is_some_and(|(k, _)| !kinds.contains(&k)))
+            .cloned(),
+    );
     let mut have: HashMap<(Kind, IpAddr), Option<&Ctid>> = HashMap::new();
-    for (kind, ip, owner) in current.all() {
+    for (kind, ip, owner) in current.all().filter(|(k, _, _)| kinds.contains(k)) {
         have.insert((kind, ip), owner);
     }
     // An element goes when its IP is no longer wanted, or when it names no container (its
@@ -415,7 +537,7 @@ pub fn plan(
     p.del = del;
     let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
     for (ip, ctid) in &want {
-        for kind in Kind::ALL {
+        for &kind in kinds {
             let fresh = created.contains(&(kind, Family::of(ip)));
             let had = have.get(&(kind, *ip));
             if had != Some(&Some(*ctid)) || fresh {
@@ -436,7 +558,7 @@ pub fn plan(
         let freeze: BTreeSet<(Kind, Family)> =
             p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
         for (ip, ctid) in &want {
-            for kind in Kind::ALL {
+            for &kind in kinds {
                 if freeze.contains(&(kind, Family::of(ip))) {
                     let existing = matches!(have.get(&(kind, *ip)), Some(Some(_)));
                     p.refill.push((kind, *ip, (*ctid).clone(), existing));
@@ -460,6 +582,67 @@ create vzacct-fi4 hash:ip family inet hashsize 1024 maxelem 1048576 counters com
 add vzacct-fi4 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n\
 add vzacct-fi4 10.0.0.9 packets 1 bytes 100 comment \"ct:109\"\n\
 create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x2\n";
+
+    /// The free-network sets: created with the networks (and, for traffic between
+    /// containers, the accounted addresses); new networks added before old ones go; all
+    /// destroyed, like the free kinds' sets, when no class is left.
+    #[test]
+    fn free_sets_are_planned() {
+        let save = "create vzacct-free4 hash:net family inet hashsize 1024 maxelem 1048576 bucketsize 12 initval 0x1\n\
+add vzacct-free4 10.0.0.2\n\
+add vzacct-free4 198.51.100.0/24\n\
+create vzacct-ffi4 hash:ip family inet hashsize 65536 maxelem 1048576 counters comment\n\
+add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
+        let s = parse_save(save).unwrap();
+        assert_eq!(
+            s.free[&Family::V4]
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            ["10.0.0.2/32", "198.51.100.0/24"]
+        );
+        let mut wanted: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
+        wanted.insert("101".parse().unwrap(), ["10.0.0.1".parse().unwrap()].into());
+        let nets: Vec<IpNet> = vec![
+            "198.51.100.0/25".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let free = FreeWant {
+            networks: &nets,
+            c2c: true,
+        };
+        let p = plan(
+            &wanted,
+            &[Family::V4, Family::V6],
+            true,
+            &Kind::ALL,
+            Some(free),
+            &s,
+        );
+        assert_eq!(p.free_create, [Family::V6]);
+        let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shown(&p.free_add),
+            ["10.0.0.1/32", "198.51.100.0/25", "2001:db8::/32"]
+        );
+        assert_eq!(shown(&p.free_del), ["10.0.0.2/32", "198.51.100.0/24"]);
+        let batch = p.render();
+        let add = batch.find("add vzacct-free4 198.51.100.0/25").unwrap();
+        let del = batch.find("del vzacct-free4 198.51.100.0/24").unwrap();
+        assert!(add < del, "{batch}");
+        assert!(
+            batch.starts_with("create vzacct-free6 hash:net family inet6"),
+            "{batch}"
+        );
+        let none = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
+        assert_eq!(none.free_destroy, [Family::V4]);
+        assert_eq!(none.destroy, ["vzacct-ffi4"]);
+        assert!(none.del.is_empty() && none.freeze.is_empty(), "{none:?}");
+        assert_eq!(
+            none.render_destroy(),
+            "destroy vzacct-ffi4\ndestroy vzacct-free4\n"
+        );
+    }
 
     #[test]
     fn names_round_trip() {
@@ -519,7 +702,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             "101".parse::<Ctid>().unwrap(),
             ["10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
         );
-        let p = plan(&wanted, &[Family::V4], true, &s);
+        let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.freeze, [(Kind::ForwardIn, Family::V4)]);
         assert_eq!(p.leftover, ["vzacct-zfo4"]);
         let batch = p.render_with(&|kind, ip, ctid| {
@@ -561,7 +744,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             "102".parse::<Ctid>().unwrap(),
             ["10.0.0.9".parse().unwrap()].into(),
         );
-        let p = plan(&wanted, &[Family::V4], true, &s);
+        let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
         assert!(p.destroy.is_empty());
         // 10.0.0.9 moves from 109 to 102 in place: no del, only its comment changes (with
@@ -584,7 +767,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             "in place: {batch}"
         );
         assert!(batch.contains("add vzacct-lo4 10.0.0.1 comment \"ct:101\"\n"));
-        let off = plan(&wanted, &[Family::V4], false, &s);
+        let off = plan(&wanted, &[Family::V4], false, &Kind::BASE, None, &s);
         assert_eq!(
             off.render_destroy(),
             "destroy vzacct-fi4\ndestroy vzacct-fo4\n"

@@ -35,11 +35,15 @@ impl Rule {
     pub fn spec(&self) -> String {
         let addr = format!("{}/{}", self.ip, self.family().host_prefix());
         let comment = format!("-m comment --comment \"{COMMENT_PREFIX}{}\"", self.ctid);
-        match self.kind {
-            Kind::ForwardIn => format!("-d {addr} {comment}"),
-            Kind::ForwardOut => format!("-s {addr} {comment}"),
-            Kind::LocalIn => format!("-d {addr} -o {} {comment}", self.iface),
-            Kind::LocalOut => format!("-s {addr} -i {} {comment}", self.iface),
+        let addr = match (self.kind.is_in(), self.kind.chain()) {
+            (true, Chain::Forward) => format!("-d {addr}"),
+            (false, Chain::Forward) => format!("-s {addr}"),
+            (true, _) => format!("-d {addr} -o {}", self.iface),
+            (false, _) => format!("-s {addr} -i {}", self.iface),
+        };
+        match self.kind.is_free() {
+            false => format!("{addr} {comment}"),
+            true => format!("{addr} {} {comment}", free_match(self.kind, self.family())),
         }
     }
 }
@@ -61,15 +65,28 @@ impl SetMatch {
     /// The rule's specification after `-A CHAIN`, exactly as iptables-save prints it.
     pub fn spec(&self) -> String {
         let set = crate::model::set_name(self.kind, self.family);
-        match self.kind {
-            Kind::ForwardIn | Kind::LocalIn => {
-                format!("-o {} -m set --match-set {set} dst", self.iface)
-            }
-            Kind::ForwardOut | Kind::LocalOut => {
-                format!("-i {} -m set --match-set {set} src", self.iface)
-            }
+        let (iface, dir) = match self.kind.is_in() {
+            true => (format!("-o {}", self.iface), "dst"),
+            false => (format!("-i {}", self.iface), "src"),
+        };
+        match self.kind.is_free() {
+            false => format!("{iface} -m set --match-set {set} {dir}"),
+            true => format!(
+                "{iface} {} -m set --match-set {set} {dir}",
+                free_match(self.kind, self.family)
+            ),
         }
     }
+}
+
+/// The match of a free kind's rule on the free-network set: the other end of the packet
+/// (the source of traffic towards the container, the destination of traffic from it).
+fn free_match(kind: Kind, family: Family) -> String {
+    let dir = if kind.is_in() { "src" } else { "dst" };
+    format!(
+        "-m set --match-set {} {dir}",
+        crate::model::free_set_name(family)
+    )
 }
 
 /// A rule vzacct wants in one of its chains: a per-IP counting rule (iptables backend) or a
@@ -96,10 +113,11 @@ impl Wanted {
     }
 }
 
-/// The ipset backend's four fixed rules of one family.
-pub fn set_matches(family: Family, venet: &str) -> Vec<Wanted> {
-    Kind::ALL
-        .into_iter()
+/// The ipset backend's fixed rules of one family, one per kind in use.
+pub fn set_matches(family: Family, venet: &str, kinds: &[Kind]) -> Vec<Wanted> {
+    kinds
+        .iter()
+        .copied()
         .map(|kind| {
             Wanted::Match(SetMatch {
                 kind,
@@ -110,14 +128,14 @@ pub fn set_matches(family: Family, venet: &str) -> Vec<Wanted> {
         .collect()
 }
 
-/// Every rule vzacct wants in one family, in a stable order.
-pub fn desired(accounted: &Accounted, family: Family, venet: &str) -> Vec<Rule> {
+/// Every rule vzacct wants in one family, one per kind in use and IP, in a stable order.
+pub fn desired(accounted: &Accounted, family: Family, venet: &str, kinds: &[Kind]) -> Vec<Rule> {
     let mut cts: Vec<&Ctid> = accounted.keys().collect();
     cts.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let mut rules = Vec::new();
     for ctid in cts {
         for ip in accounted[ctid].iter().filter(|ip| Family::of(ip) == family) {
-            for kind in Kind::ALL {
+            for &kind in kinds {
                 let iface = match kind.chain() {
                     Chain::Forward => String::new(),
                     _ => venet.to_string(),
@@ -135,8 +153,13 @@ pub fn desired(accounted: &Accounted, family: Family, venet: &str) -> Vec<Rule> 
 }
 
 /// [`desired`] as wanted rules.
-pub fn desired_rules(accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
-    desired(accounted, family, venet)
+pub fn desired_rules(
+    accounted: &Accounted,
+    family: Family,
+    venet: &str,
+    kinds: &[Kind],
+) -> Vec<Wanted> {
+    desired(accounted, family, venet, kinds)
         .into_iter()
         .map(Wanted::Count)
         .collect()
@@ -443,6 +466,7 @@ fn tokenize(spec: &str) -> Option<Vec<String>> {
 /// Recognise one of our counting rules; anything else in our chains is a stray.
 fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
     let (mut src, mut dst, mut iin, mut iout, mut comment) = (None, None, None, None, None);
+    let mut free = None;
     let mut it = tokens.iter().map(String::as_str);
     while let Some(tok) = it.next() {
         let slot = match tok {
@@ -451,8 +475,16 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
             "-i" => &mut iin,
             "-o" => &mut iout,
             "-m" => {
-                if it.next()? != "comment" {
-                    return None;
+                match it.next()? {
+                    "comment" => {}
+                    "set" if free.is_none() => {
+                        let ["--match-set", name, dir] = [it.next()?, it.next()?, it.next()?]
+                        else {
+                            return None;
+                        };
+                        free = Some((crate::model::parse_free_set_name(name)?, dir));
+                    }
+                    _ => return None,
                 }
                 continue;
             }
@@ -477,13 +509,22 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
     {
         return None;
     }
-    let (kind, ip, iface) = match (chain, src, dst, iin, iout) {
+    let (mut kind, ip, iface) = match (chain, src, dst, iin, iout) {
         (Chain::Forward, None, Some(d), None, None) => (Kind::ForwardIn, host(d)?, ""),
         (Chain::Forward, Some(s), None, None, None) => (Kind::ForwardOut, host(s)?, ""),
         (Chain::Output, None, Some(d), None, Some(o)) => (Kind::LocalIn, host(d)?, o),
         (Chain::Input, Some(s), None, Some(i), None) => (Kind::LocalOut, host(s)?, i),
         _ => return None,
     };
+    if let Some((family, dir)) = free {
+        kind = Kind::ALL
+            .into_iter()
+            .find(|k| k.is_free() && k.base() == kind)?;
+        let wanted_dir = if kind.is_in() { "src" } else { "dst" };
+        if family != Family::of(&ip) || dir != wanted_dir {
+            return None;
+        }
+    }
     Some(Rule {
         ctid,
         ip,
@@ -499,6 +540,13 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
         [opt @ ("-i" | "-o"), iface, rest @ ..] => (Some((*opt, *iface)), rest),
         rest => (None, rest),
     };
+    let (free, rest) = match rest {
+        ["-m", "set", "--match-set", free, fdir, rest @ ..] if !rest.is_empty() => (
+            Some((crate::model::parse_free_set_name(free)?, *fdir)),
+            rest,
+        ),
+        rest => (None, rest),
+    };
     let ["-m", "set", "--match-set", name, dir] = rest else {
         return None;
     };
@@ -507,11 +555,16 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
         return None;
     }
     let fits = matches!(
-        (kind, iface_opt, *dir),
-        (Kind::ForwardIn | Kind::LocalIn, Some(("-o", _)), "dst")
-            | (Kind::ForwardOut | Kind::LocalOut, Some(("-i", _)), "src")
+        (kind.is_in(), iface_opt, *dir),
+        (true, Some(("-o", _)), "dst") | (false, Some(("-i", _)), "src")
     );
-    (fits && kind.chain() == chain).then(|| SetMatch {
+    let free_fits = match free {
+        None => !kind.is_free(),
+        Some((f, fdir)) => {
+            kind.is_free() && f == family && fdir == if kind.is_in() { "src" } else { "dst" }
+        }
+    };
+    (fits && free_fits && kind.chain() == chain).then(|| SetMatch {
         kind,
         family,
         iface: iface_opt.map(|(_, i)| i.to_string()).unwrap_or_default(),
@@ -909,6 +962,67 @@ mod tests {
     const NFT_101: &str = include_str!("../../tests/fixtures/save/nft-101.txt");
     const NFT_V6_101: &str = include_str!("../../tests/fixtures/save/nft6-101.txt");
 
+    /// The rules of the free kinds (`[classes]`), as legacy and nft print them, read back
+    /// as the kinds that wrote them, and in place against the same wanted rules.
+    #[test]
+    fn free_rules_read_back_on_both_variants() {
+        let acc = accounted(&[("101", &["10.0.0.1"])]);
+        for (text, sets) in [
+            (
+                include_str!("../../tests/fixtures/save/legacy-101-free.txt"),
+                false,
+            ),
+            (
+                include_str!("../../tests/fixtures/save/nft-101-free.txt"),
+                false,
+            ),
+            (
+                include_str!("../../tests/fixtures/save/legacy-101-free-sets.txt"),
+                true,
+            ),
+            (
+                include_str!("../../tests/fixtures/save/nft-101-free-sets.txt"),
+                true,
+            ),
+        ] {
+            let cur = parse_save(text).unwrap();
+            let kinds: BTreeSet<Kind> = cur
+                .rules
+                .iter()
+                .filter_map(|r| match (&r.rule, &r.set_match) {
+                    (Some(r), _) => Some(r.kind),
+                    (None, Some(m)) => Some(m.kind),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(kinds, Kind::ALL.into_iter().collect(), "{text}");
+            let want = if sets {
+                set_matches(Family::V4, "venet0", &Kind::ALL)
+            } else {
+                desired_rules(&acc, Family::V4, "venet0", &Kind::ALL)
+            };
+            assert!(plan(&want, &cur).is_empty(), "{text}");
+            // Without classes, the free rules go (and the chain is rebuilt without them).
+            let base = if sets {
+                set_matches(Family::V4, "venet0", &Kind::BASE)
+            } else {
+                desired_rules(&acc, Family::V4, "venet0", &Kind::BASE)
+            };
+            assert_eq!(plan(&base, &cur).deleted(), 4, "{text}");
+        }
+        // A free rule on the other family's set, or matching the wrong end, is a stray.
+        for spec in [
+            "-d 10.0.0.1/32 -m set --match-set vzacct-free6 src -m comment --comment \"ct:1\"",
+            "-d 10.0.0.1/32 -m set --match-set vzacct-free4 dst -m comment --comment \"ct:1\"",
+            "-o venet0 -m set --match-set vzacct-free4 dst -m set --match-set vzacct-ffi4 dst",
+            "-o venet0 -m set --match-set vzacct-free4 src -m set --match-set vzacct-fi4 dst",
+        ] {
+            let t = tokenize(spec).unwrap();
+            assert_eq!(recognise(Chain::Forward, &t), None, "{spec}");
+            assert_eq!(recognise_set(Chain::Forward, &t), None, "{spec}");
+        }
+    }
+
     #[test]
     fn teardown_removes_jumps_then_chains() {
         let current = parse_save(LEGACY_101).unwrap();
@@ -937,7 +1051,12 @@ mod tests {
 
     #[test]
     fn renders_the_exact_rules() {
-        let rules = desired(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let rules = desired(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
         let specs: Vec<String> = rules
             .iter()
             .map(|r| format!("-A {} {}", r.kind.chain().name(), r.spec()))
@@ -956,11 +1075,11 @@ mod tests {
     #[test]
     fn desired_splits_families_and_orders_numerically() {
         let acc = accounted(&[("20", &["10.0.0.20"]), ("3", &["10.0.0.3", "2001:db8::3"])]);
-        let v4 = desired(&acc, Family::V4, "venet0");
+        let v4 = desired(&acc, Family::V4, "venet0", &Kind::BASE);
         assert_eq!(v4.len(), 8);
         assert_eq!(v4[0].ctid.as_str(), "3");
         assert_eq!(v4[4].ctid.as_str(), "20");
-        let v6 = desired(&acc, Family::V6, "venet0");
+        let v6 = desired(&acc, Family::V6, "venet0", &Kind::BASE);
         assert_eq!(v6.len(), 4);
         assert_eq!(
             v6[0].spec(),
@@ -973,7 +1092,12 @@ mod tests {
         let cur = parse_save(LEGACY_EMPTY).unwrap();
         assert!(cur.chains.is_empty() && cur.jumps.is_empty() && cur.rules.is_empty());
         assert!(!cur.nf_tables);
-        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
         let batch = plan(&want, &cur).render();
         assert_eq!(
             batch,
@@ -1022,7 +1146,12 @@ mod tests {
     /// every rule line in a space; all quote comments and escape `"` and `\`.
     #[test]
     fn parses_the_old_iptables_versions_output() {
-        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
         for (name, text) in [
             (
                 "1.4.7",
@@ -1090,7 +1219,12 @@ mod tests {
 
     #[test]
     fn in_place_rules_give_an_empty_plan_on_both_variants() {
-        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
         for text in [LEGACY_101, NFT_101] {
             let p = plan(&want, &parse_save(text).unwrap());
             assert!(p.is_empty(), "{p:?}");
@@ -1099,6 +1233,7 @@ mod tests {
             &accounted(&[("101", &["2001:db8::1"])]),
             Family::V6,
             "venet0",
+            &Kind::BASE,
         );
         assert!(plan(&want6, &parse_save(NFT_V6_101).unwrap()).is_empty());
     }
@@ -1145,7 +1280,12 @@ mod tests {
                     [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
                     COMMIT\n";
         let cur = parse_save(text).unwrap();
-        let want = desired_rules(&accounted(&[("101", &["10.0.0.1"])]), Family::V4, "venet0");
+        let want = desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
         let p = plan(&want, &cur);
         assert_eq!(p.deleted(), 4);
         assert_eq!(p.added(), 3);
@@ -1201,12 +1341,16 @@ mod tests {
                     [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
                     [7:700] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
                     COMMIT\n";
-        let want: Vec<Wanted> =
-            desired(&accounted(&[("102", &["10.0.0.1"])]), Family::V4, "venet0")
-                .into_iter()
-                .filter(|r| r.kind == Kind::ForwardIn)
-                .map(Wanted::Count)
-                .collect();
+        let want: Vec<Wanted> = desired(
+            &accounted(&[("102", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        )
+        .into_iter()
+        .filter(|r| r.kind == Kind::ForwardIn)
+        .map(Wanted::Count)
+        .collect();
         let p = plan(&want, &parse_save(text).unwrap());
         let sw = p.swapped();
         assert_eq!(sw.len(), 1);

@@ -41,6 +41,9 @@ pub struct Kernel {
     pub sets: SetStore,
     /// Whether the counters live in sets (the backend in use).
     pub use_sets: bool,
+    /// The classes of traffic counted apart, when any is (`[classes]` names some, and the
+    /// free-network sets can be made: the ipset program works).
+    pub classes: Option<crate::config::Classes>,
 }
 
 impl Kernel {
@@ -63,10 +66,13 @@ impl Kernel {
         };
         let rules = RuleTables::read(&r)?;
         let sets = SetStore::read(&r)?;
+        let classes =
+            (config.classes.active() && sets.read.is_some()).then(|| config.classes.clone());
         Ok(Kernel {
             use_sets: sets.usable,
             rules,
             sets,
+            classes,
         })
     }
 
@@ -92,6 +98,7 @@ impl Kernel {
                 why_not: None,
             },
             use_sets: true,
+            classes: config.classes.active().then(|| config.classes.clone()),
         })
     }
 
@@ -115,7 +122,22 @@ impl Kernel {
             return true;
         }
         let family_in_use = coverage.families.contains(&id.family());
-        accounted && family_in_use && (id.is_set() == self.use_sets)
+        accounted
+            && family_in_use
+            && (id.is_set() == self.use_sets)
+            && self.kinds().contains(&id.kind)
+    }
+
+    /// The kinds counted: the free ones too when [`Kernel::classes`] is set.
+    pub fn kinds(&self) -> &'static [Kind] {
+        Kind::in_use(self.classes.is_some())
+    }
+
+    /// Whether traffic between containers is free (their addresses go into the free sets).
+    pub fn c2c_free(&self) -> bool {
+        self.classes
+            .as_ref()
+            .is_some_and(|c| c.container_to_container)
     }
 
     /// Every counter of ours, rules and set elements alike.
@@ -141,9 +163,9 @@ impl Kernel {
     /// The rules vzacct wants in one family under the backend in use.
     pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
         if self.use_sets {
-            iptables::set_matches(family, venet)
+            iptables::set_matches(family, venet, self.kinds())
         } else {
-            iptables::desired_rules(accounted, family, venet)
+            iptables::desired_rules(accounted, family, venet, self.kinds())
         }
     }
 
@@ -167,6 +189,11 @@ impl Kernel {
             families: &families,
             venet,
             use_sets: self.use_sets,
+            kinds: self.kinds(),
+            free: self.classes.as_ref().map(|c| ipset::FreeWant {
+                networks: &c.free,
+                c2c: c.container_to_container,
+            }),
         };
         KernelPlan {
             rules: self.rules.plan(&want),
@@ -291,7 +318,7 @@ impl KernelPlan {
         if kernel.use_sets {
             let families = kernel.rules.tables.iter().map(|(t, _)| t.family);
             self.sets.live = families
-                .flat_map(|f| Kind::ALL.map(move |k| ipset::set_name(k, f)))
+                .flat_map(|f| kernel.kinds().iter().map(move |k| ipset::set_name(*k, f)))
                 .map(|name| (name.clone(), next(name)))
                 .collect();
         }

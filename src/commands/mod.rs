@@ -479,8 +479,12 @@ fn commit_container(ctx: &Ctx, s: &mut Session, ctid: &Ctid) -> Result<Committed
     let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.loaded.keep_days(ctx.config.history_days);
     s.loaded.save(&s.ledger, None, &s.rows)?;
-    crate::backend::netfilter::Ipset::new(&ctx.config)
-        .apply(&crate::backend::ipset::adds_for(ctid, &s.elements))?;
+    crate::backend::netfilter::Ipset::new(&ctx.config).apply(&crate::backend::ipset::adds_for(
+        ctid,
+        &s.elements,
+        s.kernel.kinds(),
+        s.kernel.c2c_free(),
+    ))?;
     Ok(Committed {
         plan: KernelPlan::default(),
         rows_written,

@@ -225,6 +225,7 @@ pub fn show(
                 human(p.figures.in_bytes.saturating_add(p.figures.out_bytes)),
             ))?;
         }
+        free_table(ctx, &doc, idw, true)?;
         if let Some(why) = &doc.not_live_because {
             ctx.say(format!("note: {why}"))?;
         }
@@ -267,10 +268,56 @@ pub fn show(
             human(prev.out_bytes)
         ))?;
     }
+    free_table(ctx, &doc, idw, false)?;
     if let Some(why) = &doc.not_live_because {
         ctx.say(format!("note: {why}"))?;
     }
     Ok(())
+}
+
+/// The free part of the figures (`[classes]`), when any container has some: since the
+/// reset and in the period shown, with what remains billable in that period.
+fn free_table(ctx: &mut Ctx, doc: &ShowDoc, idw: usize, period_only: bool) -> Result<(), Error> {
+    let free = |f: &Figures| f.free_in_bytes > 0 || f.free_out_bytes > 0;
+    if !doc
+        .containers
+        .iter()
+        .any(|c| free(&c.total) || free(&c.period.figures))
+    {
+        return Ok(());
+    }
+    ctx.say(String::new())?;
+    ctx.say(format!(
+        "{:<idw$} {:>13} {:>13} {:>15} {:>15} {:>15} {:>15}",
+        "CTID",
+        "FREE IN",
+        "FREE OUT",
+        "PERIOD FREE IN",
+        "PERIOD FREE OUT",
+        "BILLABLE IN",
+        "BILLABLE OUT"
+    ))?;
+    for ct in &doc.containers {
+        let p = &ct.period.figures;
+        let (total_in, total_out) = match period_only {
+            true => ("-".to_string(), "-".to_string()),
+            false => (
+                human(ct.total.free_in_bytes),
+                human(ct.total.free_out_bytes),
+            ),
+        };
+        ctx.say(format!(
+            "{:<idw$} {:>13} {:>13} {:>15} {:>15} {:>15} {:>15}",
+            ct.ctid.as_str(),
+            total_in,
+            total_out,
+            human(p.free_in_bytes),
+            human(p.free_out_bytes),
+            human(p.billable_in_bytes()),
+            human(p.billable_out_bytes())
+        ))?;
+    }
+    ctx.say("(free traffic: with the networks of [classes]; included in IN and OUT above)")
 }
 
 /// Bytes in binary units with two decimals: `1.23 GiB`.
@@ -384,7 +431,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
             let n = present.get(&(ctid, *ip)).map_or(0, |k| k.count_ones()) as usize;
             ips.push(StatusIp {
                 ip: *ip,
-                rules_expected: Kind::ALL.len(),
+                rules_expected: kernel.kinds().len(),
                 rules_present: n,
             });
         }
@@ -481,6 +528,7 @@ fn present_kinds<'a>(
         } else {
             !kernel.use_sets && (c.kind().chain() == Chain::Forward || c.key.iface() == venet)
         };
+        let in_place = in_place && kernel.kinds().contains(&c.kind());
         if in_place && let Some(bits) = present.get_mut(&(&c.ctid, c.ip())) {
             let bit = Kind::ALL.iter().position(|k| *k == c.kind()).unwrap_or(0);
             *bits |= 1 << bit;

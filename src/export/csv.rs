@@ -11,8 +11,15 @@ use chrono::NaiveDate;
 use crate::ctid::Ctid;
 use crate::ledger::Row;
 
-/// The first line of every CSV file.
+/// The first line of every CSV file: the date, the CTID and the twelve figures.
 pub const HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,\
+local_in_bytes,local_out_bytes,local_in_packets,local_out_packets,\
+free_in_bytes,free_out_bytes,free_in_packets,free_out_packets";
+
+/// The first line of a file begun by a release without free networks. Such a file keeps
+/// its ten columns (a reader of it expects them on every line); a file begun since has
+/// the four `free_*` columns at the end.
+pub const HEADER_10: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,\
 local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
 
 /// A CSV file that could not be appended to; the ledger is then not written either, so the
@@ -130,17 +137,20 @@ fn append_one(path: &Path, rows: &[&Row], perms: &Perms) -> std::io::Result<usiz
     set_owner_mode(path, perms, perms.mode)?;
     let last = repair_and_last_date(&mut f)?;
     let mut buf = Vec::new();
-    if f.metadata()?.len() == 0 {
+    let columns = if f.metadata()?.len() == 0 {
         buf.extend_from_slice(HEADER.as_bytes());
         buf.push(b'\n');
-    }
+        crate::ledger::FIGURES
+    } else {
+        figure_columns(&mut f)?
+    };
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(&mut buf);
     let mut n = 0;
     for r in rows.iter().filter(|r| last.is_none_or(|l| r.date > l)) {
         let mut record = vec![r.date.format("%Y-%m-%d").to_string(), r.ctid.to_string()];
-        record.extend(r.figures.fields().iter().map(u64::to_string));
+        record.extend(r.figures.fields()[..columns].iter().map(u64::to_string));
         w.write_record(&record).map_err(std::io::Error::other)?;
         n += 1;
     }
@@ -153,6 +163,19 @@ fn append_one(path: &Path, rows: &[&Row], perms: &Perms) -> std::io::Result<usiz
         f.sync_data()?;
     }
     Ok(n)
+}
+
+/// How many figures each row of a file has, by its first line.
+fn figure_columns(f: &mut std::fs::File) -> std::io::Result<usize> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut head = Vec::with_capacity(HEADER.len() + 1);
+    f.take(HEADER.len() as u64 + 1).read_to_end(&mut head)?;
+    let first = head.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    Ok(if first == HEADER_10.as_bytes() {
+        8
+    } else {
+        crate::ledger::FIGURES
+    })
 }
 
 /// Cut a torn last line (no final newline) and return the date of the last complete row.
@@ -224,8 +247,8 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n\
-                 2026-11-29,101,6,0,0,0,0,0,0,0\n"
+                "{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0,0,0,0,0\n\
+                 2026-11-28,101,5,0,0,0,0,0,0,0,0,0,0,0\n2026-11-29,101,6,0,0,0,0,0,0,0,0,0,0,0\n"
             )
         );
     }
@@ -236,7 +259,7 @@ mod tests {
         let path = dir.path().join("101.csv");
         std::fs::write(
             &path,
-            format!("{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,10"),
+            format!("{HEADER_10}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,10"),
         )
         .unwrap();
         assert_eq!(
@@ -251,7 +274,41 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
-            format!("{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n")
+            format!(
+                "{HEADER_10}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n"
+            )
+        );
+    }
+
+    /// A file begun by an earlier release keeps its ten columns; its rows carry no free
+    /// figures.
+    #[test]
+    fn a_ten_column_file_stays_ten_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("101.csv");
+        std::fs::write(
+            &path,
+            format!("{HEADER_10}\n2026-11-27,101,4,0,0,0,0,0,0,0\n"),
+        )
+        .unwrap();
+        let mut r = row("2026-11-28", "101", 5);
+        r.figures.free_in_bytes = 3;
+        assert_eq!(
+            append(dir.path(), &[r.clone()], &Perms::default()).unwrap(),
+            1
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!(
+                "{HEADER_10}\n2026-11-27,101,4,0,0,0,0,0,0,0\n2026-11-28,101,5,0,0,0,0,0,0,0\n"
+            )
+        );
+        let fresh = dir.path().join("102.csv");
+        r.ctid = "102".parse().unwrap();
+        assert_eq!(append(dir.path(), &[r], &Perms::default()).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&fresh).unwrap(),
+            format!("{HEADER}\n2026-11-28,102,5,0,0,0,0,0,0,0,3,0,0,0\n")
         );
     }
 

@@ -47,7 +47,7 @@ pub enum PrometheusError {
 /// The per-container counter families, each split by `direction`: name, help text, and the
 /// (in, out) pair of [`Figures`] it shows.
 type Pick = fn(&Figures) -> (u64, u64);
-const COUNTERS: [(&str, &str, Pick); 4] = [
+const COUNTERS: [(&str, &str, Pick); 6] = [
     (
         "vzacct_bytes_total",
         "Bytes the container received (in) and sent (out) since its last reset, node-local traffic included.",
@@ -68,6 +68,16 @@ const COUNTERS: [(&str, &str, Pick); 4] = [
         "Packets the container received from (in) and sent to (out) the node itself since its last reset.",
         |f| (f.local_in_packets, f.local_out_packets),
     ),
+    (
+        "vzacct_free_bytes_total",
+        "Bytes the container received from (in) and sent to (out) free networks ([classes]) since its last reset, included in vzacct_bytes_total.",
+        |f| (f.free_in_bytes, f.free_out_bytes),
+    ),
+    (
+        "vzacct_free_packets_total",
+        "Packets the container received from (in) and sent to (out) free networks since its last reset.",
+        |f| (f.free_in_packets, f.free_out_packets),
+    ),
 ];
 
 /// The whole textfile body for `ledger`: every container in it (also those with no IP
@@ -76,7 +86,15 @@ pub fn render(ledger: &Ledger, info: &DumpInfo) -> String {
     let mut containers: Vec<(&Ctid, &Container)> = ledger.containers.iter().collect();
     containers.sort_by(|a, b| a.0.sort_key().cmp(&b.0.sort_key()));
     let mut out = String::new();
+    // The free figures only on a node that counts free traffic (some is counted).
+    let free = containers.iter().any(|(_, c)| {
+        let t = &c.total;
+        t.free_in_packets > 0 || t.free_out_packets > 0
+    });
     for (name, help, pick) in COUNTERS {
+        if name.starts_with("vzacct_free_") && !free {
+            continue;
+        }
         family(&mut out, name, "counter", help);
         for (ctid, c) in &containers {
             let ctid = escape_label(ctid.as_str());
@@ -286,6 +304,7 @@ mod tests {
             local_out_bytes: 70,
             local_in_packets: 1,
             local_out_packets: 4,
+            ..Figures::default()
         };
         let c = l.containers.get_mut(&ctid("20")).unwrap();
         c.total.in_bytes = 18_446_744_073_709_551_615;

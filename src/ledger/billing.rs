@@ -14,7 +14,8 @@ use crate::ledger::db::{Loaded, StateError, db_error, figures_at};
 use crate::ledger::period::{Schedule, Span};
 
 const FIGS: &str = "in_bytes, out_bytes, in_packets, out_packets, local_in_bytes, \
-                    local_out_bytes, local_in_packets, local_out_packets";
+                    local_out_bytes, local_in_packets, local_out_packets, free_in_bytes, \
+                    free_out_bytes, free_in_packets, free_out_packets";
 
 /// Every container's changes of its cycle day, `(in force from, day)` in date order.
 /// A database of an earlier schema (read as it is by a view) has none.

@@ -3,10 +3,11 @@
 //! an event about one container reads and writes only that container's rows. The caller
 //! holds the state dir's lock ([`crate::ledger::store`]); every write is one transaction.
 //!
-//! Schema, version 4 (`PRAGMA user_version`; version 1 lacked `generations`, 2 `cycle_days`,
-//! 3 `quotas` and `thresholds`). Figures are the eight counters of
+//! Schema, version 5 (`PRAGMA user_version`; version 1 lacked `generations`, 2 `cycle_days`,
+//! 3 `quotas` and `thresholds`, 4 the free figures). Figures are the twelve counters of
 //! [`crate::ledger::Figures`] as columns `in_bytes out_bytes in_packets out_packets
-//! local_in_bytes local_out_bytes local_in_packets local_out_packets` (written `<figures>`
+//! local_in_bytes local_out_bytes local_in_packets local_out_packets free_in_bytes
+//! free_out_bytes free_in_packets free_out_packets` (written `<figures>`
 //! below; in `containers` prefixed `total_` and `month_`). Counters are 64-bit unsigned in
 //! the ledger and stored as SQLite's signed integers: a value above 2^63-1 (8 EiB, never
 //! seen in practice) reads back as negative in `sqlite3`. Times are RFC 3339 text, days
@@ -120,12 +121,12 @@ pub enum StateError {
 /// The database file in the state dir.
 pub const FILE: &str = "ledger.sqlite";
 /// The schema version this vzacct reads and writes.
-pub const VERSION: i32 = 4;
+pub const VERSION: i32 = 5;
 /// Closed days older than this are dropped from `days` (the CSV keeps every row), unless
 /// [`Loaded::keep_days`] says otherwise (`history_days` of the config).
 pub const HISTORY_DAYS: u64 = 800;
 
-const FIGS: [&str; 8] = [
+const FIGS: [&str; crate::ledger::FIGURES] = [
     "in_bytes",
     "out_bytes",
     "in_packets",
@@ -134,7 +135,85 @@ const FIGS: [&str; 8] = [
     "local_out_bytes",
     "local_in_packets",
     "local_out_packets",
+    "free_in_bytes",
+    "free_out_bytes",
+    "free_in_packets",
+    "free_out_packets",
 ];
+
+/// The figures version 5 added (free networks).
+const FREE_FIGS: [&str; 4] = [
+    "free_in_bytes",
+    "free_out_bytes",
+    "free_in_packets",
+    "free_out_packets",
+];
+
+/// The statements that take a version 4 database to version 5: the free figures, as
+/// columns of every table of figures (zero for what was counted before), and the view of
+/// all days again.
+/// A column already there (a version 5 database whose version number was set back) is
+/// left as it is.
+fn add_free_figures(conn: &Connection) -> rusqlite::Result<String> {
+    let mut sql = String::new();
+    for (table, prefixes) in [
+        ("containers", &["month_", "total_"][..]),
+        ("by_ip", &[""][..]),
+        ("open_days", &[""][..]),
+        ("days", &[""][..]),
+    ] {
+        let mut st = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let have: BTreeSet<String> = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for prefix in prefixes {
+            for f in FREE_FIGS
+                .iter()
+                .filter(|f| !have.contains(&format!("{prefix}{f}")))
+            {
+                sql.push_str(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {prefix}{f} INTEGER NOT NULL DEFAULT 0;\n"
+                ));
+            }
+        }
+    }
+    sql.push_str("DROP VIEW all_days;\n");
+    sql.push_str(&all_days_view(""));
+    Ok(sql)
+}
+
+/// The view of closed and open days (`temp.` for a view over an older database).
+fn all_days_view(schema: &str) -> String {
+    let fl = figs("", "");
+    format!(
+        "CREATE VIEW {schema}all_days AS
+           SELECT ctid, date, 0 AS open, {fl} FROM days
+           UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;\n"
+    )
+}
+
+/// For a view of a database older than version 5, opened read-only: temporary views that
+/// stand in for the tables of figures, with the free figures as zero (nothing was counted
+/// apart then). Unqualified names find them before the tables.
+fn free_figures_as_zero() -> String {
+    let zero = |prefix: &str| FREE_FIGS.map(|f| format!("0 AS {prefix}{f}")).join(", ");
+    let mut sql = String::new();
+    for (table, extra) in [
+        (
+            "containers",
+            format!("{}, {}", zero("month_"), zero("total_")),
+        ),
+        ("by_ip", zero("")),
+        ("open_days", zero("")),
+        ("days", zero("")),
+    ] {
+        sql.push_str(&format!(
+            "CREATE TEMP VIEW {table} AS SELECT *, {extra} FROM main.{table};\n"
+        ));
+    }
+    sql.push_str(&all_days_view("temp."));
+    sql
+}
 
 fn figs(prefix: &str, ty: &str) -> String {
     FIGS.map(|f| format!("{prefix}{f}{ty}")).join(", ")
@@ -167,15 +246,13 @@ fn schema() -> String {
          CREATE TABLE holders (ip TEXT NOT NULL, ctid TEXT NOT NULL);
          CREATE UNIQUE INDEX holders_ip_ctid ON holders (ip, ctid);
          CREATE INDEX holders_ctid ON holders (ctid);
-         CREATE VIEW all_days AS
-           SELECT ctid, date, 0 AS open, {fl} FROM days
-           UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;
+         {all_days}
          {CYCLE_DAYS}
          {QUOTAS}
          PRAGMA user_version = {VERSION};",
         figs("month_", " INTEGER NOT NULL DEFAULT 0"),
         figs("total_", " INTEGER NOT NULL DEFAULT 0"),
-        fl = figs("", ""),
+        all_days = all_days_view(""),
     )
 }
 
@@ -464,7 +541,17 @@ fn check_version(conn: &Connection, path: &Path, upgrade: bool) -> Result<(), St
             "BEGIN IMMEDIATE; {QUOTAS} PRAGMA user_version = 4; COMMIT;"
         ))
         .map_err(|e| db_error(Some(conn), path, e))?;
-    } else if v != VERSION && !(1..=3).contains(&v) {
+    }
+    if (1..=4).contains(&v) && upgrade {
+        let add = add_free_figures(conn).map_err(|e| db_error(Some(conn), path, e))?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {add} PRAGMA user_version = 5; COMMIT;"
+        ))
+        .map_err(|e| db_error(Some(conn), path, e))?;
+    } else if (1..=4).contains(&v) {
+        conn.execute_batch(&free_figures_as_zero())
+            .map_err(|e| db_error(Some(conn), path, e))?;
+    } else if v != VERSION {
         return Err(StateError::Corrupt {
             path: path.to_path_buf(),
             source: crate::ledger::FormatError::Json(format!(
@@ -687,20 +774,11 @@ fn to_u64(v: i64) -> u64 {
 }
 
 pub(crate) fn figures_at(r: &rusqlite::Row, first: usize) -> rusqlite::Result<Figures> {
-    let mut v = [0u64; 8];
+    let mut v = [0u64; crate::ledger::FIGURES];
     for (i, x) in v.iter_mut().enumerate() {
         *x = to_u64(r.get(first + i)?);
     }
-    Ok(Figures {
-        in_bytes: v[0],
-        out_bytes: v[1],
-        in_packets: v[2],
-        out_packets: v[3],
-        local_in_bytes: v[4],
-        local_out_bytes: v[5],
-        local_in_packets: v[6],
-        local_out_packets: v[7],
-    })
+    Ok(Figures::from_fields(v))
 }
 
 fn conv<E: std::error::Error + Send + Sync + 'static>(i: usize, e: E) -> rusqlite::Error {
@@ -913,7 +991,7 @@ impl Loaded {
                     }),
                     None => None,
                 };
-                c.total = figures_at(r, 12)?;
+                c.total = figures_at(r, 4 + crate::ledger::FIGURES)?;
                 Ok(())
             })
             .map_err(err)?;
@@ -1267,7 +1345,7 @@ impl<'c> Writer<'c> {
 }
 
 /// The eight figures as stored.
-fn ints(f: &Figures) -> [i64; 8] {
+fn ints(f: &Figures) -> [i64; crate::ledger::FIGURES] {
     f.fields().map(to_i64)
 }
 
@@ -1346,6 +1424,80 @@ mod tests {
         });
         c.last_closed = Some(NaiveDate::from_ymd_opt(2026, 11, 28).unwrap());
         l
+    }
+
+    /// A database of version 4 (before the free figures): a view reads it read-only with
+    /// the free figures as zero, and the first writing command adds their columns, every
+    /// other figure kept.
+    #[test]
+    fn version_4_is_read_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = node();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
+        let rows = vec![Row {
+            date: day,
+            ctid: id("101"),
+            figures: Figures {
+                in_bytes: 5,
+                ..Figures::default()
+            },
+        }];
+        loaded.save(&l, Some("ipset"), &rows).unwrap();
+        drop(loaded);
+        // As version 4 wrote it: no free columns.
+        let conn = Connection::open(dir.path().join(FILE)).unwrap();
+        let mut sql = String::from("DROP VIEW all_days;");
+        for (table, prefixes) in [
+            ("containers", &["month_", "total_"][..]),
+            ("by_ip", &[""][..]),
+            ("open_days", &[""][..]),
+            ("days", &[""][..]),
+        ] {
+            for p in prefixes {
+                for f in FREE_FIGS {
+                    sql.push_str(&format!("ALTER TABLE {table} DROP COLUMN {p}{f};"));
+                }
+            }
+        }
+        let fl = FIGS[..8].join(", ");
+        sql.push_str(&format!(
+            "CREATE VIEW all_days AS SELECT ctid, date, 0 AS open, {fl} FROM days
+               UNION ALL SELECT ctid, date, 1 AS open, {fl} FROM open_days;
+             PRAGMA user_version = 4;"
+        ));
+        conn.execute_batch(&sql).unwrap();
+        drop(conn);
+        let (view, _) = load_view(dir.path()).unwrap();
+        assert_eq!(view, l);
+        let (back, loaded) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(back, l);
+        let v: i32 = loaded
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        let day28: (i64, i64) = loaded
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT in_bytes, free_in_bytes FROM all_days WHERE ctid = '101' AND open = 0",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(day28, (5, 0));
+        // The free figures are written and read back from then on.
+        l.containers
+            .get_mut(&id("101"))
+            .unwrap()
+            .total
+            .free_in_bytes = 7;
+        let mut loaded = loaded;
+        loaded.save(&l, None, &[]).unwrap();
+        let (back, _) = load(dir.path(), &Scope::All).unwrap();
+        assert_eq!(back.containers[&id("101")].total.free_in_bytes, 7);
     }
 
     #[test]

@@ -51,7 +51,8 @@ use crate::model::{Accounted, Counted, CounterId, Counters, Coverage, Kind};
 pub const FORMAT: u32 = 1;
 
 /// What a container sent and received. `local_*` is the part exchanged with the node itself
-/// over the venet interface, and is included in `in_*` / `out_*`.
+/// over the venet interface, and `free_*` the part exchanged with free networks
+/// (`[classes]`); both are included in `in_*` / `out_*`, so billable = in - free_in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Figures {
@@ -63,7 +64,18 @@ pub struct Figures {
     pub local_out_bytes: u64,
     pub local_in_packets: u64,
     pub local_out_packets: u64,
+    #[serde(default)]
+    pub free_in_bytes: u64,
+    #[serde(default)]
+    pub free_out_bytes: u64,
+    #[serde(default)]
+    pub free_in_packets: u64,
+    #[serde(default)]
+    pub free_out_packets: u64,
 }
+
+/// How many figures there are (CSV columns after date and CTID, ledger columns).
+pub const FIGURES: usize = 12;
 
 impl Figures {
     /// Credit one rule's counter delta.
@@ -71,6 +83,12 @@ impl Figures {
         let (bytes, packets) = match kind {
             Kind::ForwardIn | Kind::LocalIn => (&mut self.in_bytes, &mut self.in_packets),
             Kind::ForwardOut | Kind::LocalOut => (&mut self.out_bytes, &mut self.out_packets),
+            Kind::FreeForwardIn | Kind::FreeLocalIn => {
+                (&mut self.free_in_bytes, &mut self.free_in_packets)
+            }
+            Kind::FreeForwardOut | Kind::FreeLocalOut => {
+                (&mut self.free_out_bytes, &mut self.free_out_packets)
+            }
         };
         *bytes = bytes.saturating_add(d.bytes);
         *packets = packets.saturating_add(d.packets);
@@ -91,8 +109,8 @@ impl Figures {
         }
     }
 
-    /// The eight figures in CSV column order.
-    pub fn fields(&self) -> [u64; 8] {
+    /// The figures in CSV column order.
+    pub fn fields(&self) -> [u64; FIGURES] {
         [
             self.in_bytes,
             self.out_bytes,
@@ -102,10 +120,23 @@ impl Figures {
             self.local_out_bytes,
             self.local_in_packets,
             self.local_out_packets,
+            self.free_in_bytes,
+            self.free_out_bytes,
+            self.free_in_packets,
+            self.free_out_packets,
         ]
     }
 
-    fn fields_mut(&mut self) -> [&mut u64; 8] {
+    /// [`Figures::fields`], read back.
+    pub fn from_fields(v: [u64; FIGURES]) -> Figures {
+        let mut f = Figures::default();
+        for (a, b) in f.fields_mut().into_iter().zip(v) {
+            *a = b;
+        }
+        f
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; FIGURES] {
         [
             &mut self.in_bytes,
             &mut self.out_bytes,
@@ -115,7 +146,21 @@ impl Figures {
             &mut self.local_out_bytes,
             &mut self.local_in_packets,
             &mut self.local_out_packets,
+            &mut self.free_in_bytes,
+            &mut self.free_out_bytes,
+            &mut self.free_in_packets,
+            &mut self.free_out_packets,
         ]
+    }
+
+    /// Billable bytes in: what did not come from a free network.
+    pub fn billable_in_bytes(&self) -> u64 {
+        self.in_bytes.saturating_sub(self.free_in_bytes)
+    }
+
+    /// Billable bytes out.
+    pub fn billable_out_bytes(&self) -> u64 {
+        self.out_bytes.saturating_sub(self.free_out_bytes)
     }
 
     pub fn is_zero(&self) -> bool {
@@ -806,7 +851,7 @@ mod tests {
 
     /// vzacct created the four rules of `ip` for `ct`: zero baselines.
     fn created(l: &mut Ledger, ct: &str, ip: &str) {
-        for kind in Kind::ALL {
+        for kind in Kind::BASE {
             let iface = if kind.chain() == Chain::Forward {
                 ""
             } else {
@@ -863,6 +908,7 @@ mod tests {
             local_out_bytes: 70,
             local_in_packets: 1,
             local_out_packets: 4,
+            ..Figures::default()
         };
         assert_eq!(total(&l, "101"), want);
         // Unchanged counters add nothing; grown ones add the difference.

@@ -56,12 +56,12 @@ impl FromStr for Direction {
     }
 }
 
-/// The bytes of a period's figures that count against a quota: (in, out). Traffic of the
-/// node's free networks (`free_*` of [`Figures`](crate::ledger::Figures), coming with the
-/// `[classes]` config) is to be subtracted here, and only here: quotas, the Prometheus
-/// period gauges and the thresholds all take their bytes from this function.
+/// The bytes of a period's figures that count against a quota: (in, out), without the
+/// traffic of free networks (`free_*` of [`Figures`](crate::ledger::Figures), with the
+/// `[classes]` config). Quotas, the Prometheus period gauges and the thresholds all take
+/// their bytes from this function.
 pub fn billable(f: &crate::ledger::Figures) -> (u64, u64) {
-    (f.in_bytes, f.out_bytes)
+    (f.billable_in_bytes(), f.billable_out_bytes())
 }
 
 /// The units a quantity may carry: SI (powers of 1000) and IEC (powers of 1024).

@@ -792,3 +792,49 @@ pub fn ct_bucket_file(ctid: &str) -> String {
 pub fn ip_bucket_file(ip: &str) -> String {
     format!("ip:{ip}")
 }
+
+/// Send UDP datagrams from `src` in namespace `ns` to `dst` until `stop` is set; returns
+/// how many were sent.
+pub fn blast(
+    ns: &str,
+    src: IpAddr,
+    dst: IpAddr,
+    payload: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        let to = std::net::SocketAddr::new(dst, 9);
+        let data = vec![0x42u8; payload];
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            sock.send_to(&data, to).unwrap();
+            n += 1;
+            if n % 64 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+        n
+    })
+}
+
+/// The byte counter of the mangle FORWARD rule that ends with `spec`.
+pub fn mangle_bytes(node: &Node, v: Variant, spec: &str) -> u64 {
+    let save = node.ns.must(
+        &format!("{}-save", v.iptables(false)),
+        &["-c", "-t", "mangle"],
+    );
+    let line = save
+        .lines()
+        .find(|l| l.ends_with(spec))
+        .unwrap_or_else(|| panic!("{spec} not in {save}"));
+    line[1..line.find(']').unwrap()]
+        .split_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,271 @@
+//! Free networks (`[classes]`): traffic with them, and between containers when
+//! `container_to_container = free`, is counted apart in `free_*` and still in `in_*`/`out_*`;
+//! quotas count the rest. Changing the classes loses and doubles nothing. Real iptables
+//! (legacy and nft, per-IP rules and ipset), real packets, exact bytes.
+
+mod common;
+
+use common::*;
+use std::net::IpAddr;
+
+const CTS: &[(&str, &str, &str)] = &[
+    ("101", "10.0.0.1", "2001:db8:1::1"),
+    ("102", "10.0.0.2", "2001:db8:1::2"),
+];
+const DAY1: &str = "2026-11-29T10:00:00Z";
+/// The world's networks (its addresses are 198.51.100.2 and 2001:db8:ff::2).
+const WORLD_NETS: &str = "198.51.100.0/24 2001:db8:ff::/48";
+
+/// (in, out, free_in, free_out) bytes of a container's total.
+fn figures(node: &Node, ctid: &str) -> [u64; 4] {
+    let show = node.show(DAY1);
+    let t = &ct_of(&show, ctid)["total"];
+    ["in_bytes", "out_bytes", "free_in_bytes", "free_out_bytes"].map(|k| {
+        t[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {t}"))
+    })
+}
+
+fn set_classes(node: &Node, classes: &str) {
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let base = cfg.split("[classes]").next().unwrap().to_string();
+    write(&node.config, format!("{base}[classes]\n{classes}"));
+}
+
+fn addrs(node: &Node, ctid: &str, v6: bool) -> IpAddr {
+    if v6 {
+        node.ct(ctid).v6
+    } else {
+        node.ct(ctid).v4
+    }
+}
+
+/// Every direction and both families: traffic with the world's network is free once it
+/// is named, traffic with the node and between containers is not, until the node's
+/// address and `container_to_container = free` make it so. Every figure exact.
+fn free_networks_are_counted_apart(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    set_classes(&node, &format!("free = {WORLD_NETS}\n"));
+    node.at(DAY1, &["add", "101", "10.0.0.1", "2001:db8:1::1"]);
+    node.at(DAY1, &["add", "102", "10.0.0.2", "2001:db8:1::2"]);
+    let mut want = [[0u64; 4]; 2];
+    let round = |node: &Node, node_free: bool, c2c_free: bool, want: &mut [[u64; 4]; 2]| {
+        for v6 in [false, true] {
+            let (a, b) = (addrs(node, "101", v6), addrs(node, "102", v6));
+            let (venet, world): (IpAddr, IpAddr) = if v6 {
+                (NODE_VENET_V6.parse().unwrap(), WORLD_V6.parse().unwrap())
+            } else {
+                (NODE_VENET_V4.parse().unwrap(), WORLD_V4.parse().unwrap())
+            };
+            let ct_a = &node.ct("101").ns;
+            let ct_b = &node.ct("102").ns;
+            let len = |p| udp_ip_len(a, p);
+            send_udp(node.world(), world, ct_a, a, 100, 3); // world -> 101: free
+            send_udp(ct_a, a, node.world(), world, 200, 2); // 101 -> world: free
+            send_udp(&node.ns, venet, ct_a, a, 50, 4); // node -> 101
+            send_udp(ct_a, a, &node.ns, venet, 70, 5); // 101 -> node
+            send_udp(ct_a, a, ct_b, b, 30, 6); // 101 -> 102
+            let (w, local, c2c) = (3 * len(100), 4 * len(50), 6 * len(30));
+            let (wo, local_out) = (2 * len(200), 5 * len(70));
+            want[0][0] += w + local;
+            want[0][1] += wo + local_out + c2c;
+            want[0][2] += w + if node_free { local } else { 0 };
+            want[0][3] +=
+                wo + if node_free { local_out } else { 0 } + if c2c_free { c2c } else { 0 };
+            want[1][0] += c2c;
+            want[1][2] += if c2c_free { c2c } else { 0 };
+        }
+        node.at(DAY1, &["dump"]);
+    };
+    round(&node, false, false, &mut want);
+    assert_eq!(figures(&node, "101"), want[0], "{v:?}: world free");
+    assert_eq!(figures(&node, "102"), want[1], "{v:?}: world free");
+    set_classes(
+        &node,
+        &format!(
+            "free = {WORLD_NETS} {NODE_VENET_V4} {NODE_VENET_V6}\ncontainer_to_container = free\n"
+        ),
+    );
+    node.at(DAY1, &["dump"]);
+    round(&node, true, true, &mut want);
+    assert_eq!(figures(&node, "101"), want[0], "{v:?}: all free");
+    assert_eq!(figures(&node, "102"), want[1], "{v:?}: all free");
+    // The free networks' set holds the networks and, for container_to_container, every
+    // accounted address.
+    let sets = node.ns.must("ipset", &["save"]);
+    for net in [
+        "198.51.100.0/24",
+        "10.0.0.1",
+        "10.0.0.2",
+        NODE_VENET_V4,
+        "2001:db8:ff::/48",
+        "2001:db8:1::1",
+    ] {
+        assert!(
+            sets.lines()
+                .any(|l| l.starts_with("add vzacct-free") && l.ends_with(&format!(" {net}"))),
+            "{net} not in {sets}"
+        );
+    }
+    // The CSV has the free columns at the end, and `show` a line for them.
+    let table = node.at(DAY1, &["show", "101"]);
+    let row = table
+        .lines()
+        .skip_while(|l| !l.contains("PERIOD FREE IN"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no free table in {table}"));
+    let human = |b: u64| format!("{:.2} KiB", b as f64 / 1024.0);
+    assert!(
+        row.starts_with("101 ") && row.contains(&human(want[0][2])),
+        "{row} in {table}"
+    );
+    // The day closes into the CSV, the free figures in the four columns at the end.
+    node.at("2026-11-30T00:10:00Z", &["dump"]);
+    let csv = std::fs::read_to_string(node.path("csv/101.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].ends_with(",free_in_bytes,free_out_bytes,free_in_packets,free_out_packets"),
+        "{csv}"
+    );
+    let row: Vec<u64> = lines[1]
+        .split(',')
+        .skip(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(lines[1].split(',').next(), Some("2026-11-29"), "{csv}");
+    assert_eq!([row[0], row[1], row[8], row[9]], want[0], "{csv}");
+}
+
+/// The classes changed while a free network sends without a pause: networks added and
+/// removed, `container_to_container` on and off, the classes removed and named again.
+/// Nothing is lost or doubled: `in_bytes` equals a reference counter in another table
+/// throughout, and so does `free_in_bytes` while the network is named.
+fn a_change_of_classes_loses_nothing(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.ns.must(
+        &v.iptables(false),
+        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
+    );
+    set_classes(&node, "free = 198.51.100.0/24\n");
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = blast(
+        &node.world().name,
+        WORLD_V4.parse().unwrap(),
+        "10.0.0.1".parse().unwrap(),
+        200,
+        stop.clone(),
+    );
+    let mut said = Vec::new();
+    for classes in [
+        "free = 198.51.100.0/24 203.0.113.0/24\n",
+        "free = 198.51.100.0/24\ncontainer_to_container = free\n",
+        "free = 198.51.100.0/25 198.51.100.128/25\n",
+        "free = 198.51.100.0/24\n",
+    ] {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        set_classes(&node, classes);
+        said.push(node.at(DAY1, &["dump"]));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    node.at(DAY1, &["dump"]);
+    let reference = mangle_bytes(&node, v, "-A FORWARD -d 10.0.0.1/32");
+    assert!(sent > 100, "only {sent} datagrams sent");
+    let [inb, _, free_in, _] = figures(&node, "101");
+    assert_eq!(inb, reference, "{sent} datagrams; the dumps said {said:#?}");
+    assert_eq!(
+        free_in, reference,
+        "{sent} datagrams; the dumps said {said:#?}"
+    );
+    // No classes: the free counters and the free set go, in_bytes stays exact.
+    set_classes(&node, "");
+    node.at(DAY1, &["sync"]);
+    let sets = node.ns.must("ipset", &["list", "-n"]);
+    assert!(
+        !sets.lines().any(|l| l.starts_with("vzacct-f")
+            && !l.starts_with("vzacct-fi")
+            && !l.starts_with("vzacct-fo")),
+        "{sets}"
+    );
+    let save = node.ns.must(&format!("{}-save", v.iptables(false)), &[]);
+    assert!(!save.contains("vzacct-free"), "{save}");
+    let c = node.ct("101");
+    send_udp(node.world(), WORLD_V4.parse().unwrap(), &c.ns, c.v4, 300, 4);
+    node.at(DAY1, &["dump"]);
+    // (101 answers with ICMP port unreachable now and then: out figures, not checked.)
+    let reference = mangle_bytes(&node, v, "-A FORWARD -d 10.0.0.1/32");
+    let f = figures(&node, "101");
+    assert_eq!([f[0], f[2]], [reference, free_in]);
+    // Named again: counted apart again from then on.
+    set_classes(&node, "free = 198.51.100.0/24\n");
+    node.at(DAY1, &["sync"]);
+    send_udp(node.world(), WORLD_V4.parse().unwrap(), &c.ns, c.v4, 300, 4);
+    node.at(DAY1, &["dump"]);
+    let again = 4 * udp_ip_len(c.v4, 300);
+    let f = figures(&node, "101");
+    assert_eq!([f[0], f[2]], [reference + again, free_in + again]);
+}
+
+/// A quota counts billable traffic only: free traffic never crosses a threshold.
+fn quotas_count_billable_traffic_only(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    set_classes(&node, &format!("free = {WORLD_NETS}\n"));
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    node.at(
+        DAY1,
+        &["set", "101", "--quota", "10000B", "--quota-direction", "in"],
+    );
+    let c = node.ct("101");
+    let world: IpAddr = WORLD_V4.parse().unwrap();
+    send_udp(node.world(), world, &c.ns, c.v4, 1000, 20); // 20,560 bytes, all free
+    let out = node.at(DAY1, &["dump"]);
+    assert!(!out.contains("threshold"), "{out}");
+    let show = node.show(DAY1);
+    let q = &ct_of(&show, "101")["total"];
+    assert_eq!(q["free_in_bytes"], q["in_bytes"]);
+    send_udp(
+        &node.ns,
+        NODE_VENET_V4.parse().unwrap(),
+        &c.ns,
+        c.v4,
+        1000,
+        9,
+    ); // 9,252 billable
+    let out = node.at(DAY1, &["dump"]);
+    assert!(out.contains("threshold 80"), "{out}");
+    assert!(!out.contains("threshold 100"), "{out}");
+}
+
+/// Bad `[classes]` lines are refused with the word at fault, before anything runs.
+#[test]
+fn bad_classes_are_named() {
+    let node = Node::new(Variant::Legacy);
+    for (line, word) in [
+        ("free = 10.0.0.1/8\n", "10.0.0.1/8"),
+        ("free = 10.0.0.0/33\n", "10.0.0.0/33"),
+        ("free = 0.0.0.0/0\n", "0.0.0.0/0"),
+        (
+            "free = 10.0.0.0/8,192.168.0.0/16\n",
+            "10.0.0.0/8,192.168.0.0/16",
+        ),
+        ("container_to_container = yes\n", "yes"),
+    ] {
+        set_classes(&node, line);
+        let out = node.vzacct(&["dump"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{line}");
+        assert!(
+            err.contains(word) && err.contains("[classes]"),
+            "{line}: {err}"
+        );
+    }
+}
+
+per_variant!(
+    free_networks_are_counted_apart,
+    a_change_of_classes_loses_nothing,
+    quotas_count_billable_traffic_only,
+);
