@@ -24,6 +24,12 @@
 #                          backend's per-packet cost: vzacct's set rules built by hand on sets
 #                          without counters, with counters (no comment), and native nftables
 #                          sets with per-element counters (needs nft, package nftables)
+#   FWD_FREE=1             also a group per variant at the largest size for free networks
+#                          ([classes], issue 14): backend = ipset without classes, then with
+#                          FWD_FREE_NETS networks of 4 prefix lengths, the flow billable
+#                          (free), and with the sender's network among them (freeflow)
+#   FWD_FREE_NETS=100
+#   FWD_CONFS="none wiki iptables ipset"  the configurations of the size table
 #   --- 2..6 ---
 #   N=10000                containers (2 IPv4 each) for hooks, dump, show, bring-up, memory
 #   HOOK_RUNS=20           hook net-add + umount pairs per backend
@@ -52,6 +58,9 @@ FWD_SECS=${FWD_SECS:-5}
 FWD_LEN=${FWD_LEN:-64}
 PIN=${PIN:-1}
 FWD_DETAIL=${FWD_DETAIL:-1}
+FWD_FREE=${FWD_FREE:-1}
+FWD_FREE_NETS=${FWD_FREE_NETS:-100}
+FWD_CONFS=${FWD_CONFS:-"none wiki iptables ipset"}
 N=${N:-10000}
 HOOK_RUNS=${HOOK_RUNS:-20}
 CMD_RUNS=${CMD_RUNS:-9}
@@ -288,6 +297,14 @@ fwd_setup() { # CONF VARIANT N
       gen_config "$dir" "$conf" "$v" "$WORK/fwd-veinfo-$n"
       NS=$NODE vz "$dir/vzacct.conf" sync
       ;;
+    # Free networks: the ipset backend with [classes]; the flow billable, or free.
+    free | freeflow)
+      dir=$WORK/fwd-state
+      rm -rf "$dir"
+      gen_config "$dir" ipset "$v" "$WORK/fwd-veinfo-$n"
+      printf '[classes]\nfree = %s\n' "$(tr '\n' ' ' <"$WORK/fwd-nets-$conf")" >>"$dir/vzacct.conf"
+      NS=$NODE vz "$dir/vzacct.conf" sync
+      ;;
     # Detail group: what the ipset backend's per-packet cost is made of.
     dnone) ;;
     setnc | setc)
@@ -310,7 +327,7 @@ fwd_counted() { # CONF VARIANT
       awk -v d="-d $DEST/32" 'index($0, d) && / -A FORWARD / { gsub(/[\[\]]/, "", $1); split($1, c, ":"); print c[1] }' ;;
     iptables) ip netns exec "$NODE" "iptables-$2-save" -c -t filter |
       awk -v d="-d $DEST/32" 'index($0, d) && / -A VZACCT-FORWARD / { gsub(/[\[\]]/, "", $1); split($1, c, ":"); print c[1] }' ;;
-    ipset | setc) ip netns exec "$NODE" ipset save vzacct-fi4 |
+    ipset | setc | free | freeflow) ip netns exec "$NODE" ipset save vzacct-fi4 |
       awk -v d="$DEST" '$1 == "add" && $3 == d { for (i = 4; i < NF; i++) if ($i == "packets") print $(i + 1) }' ;;
     nftset) ip netns exec "$NODE" nft list set ip vzb6 fi | tr ',{}' '\n\n\n' |
       awk -v d="$DEST" '$1 == d { for (i = 2; i < NF; i++) if ($i == "packets") print $(i + 1) }' ;;
@@ -363,6 +380,17 @@ if part fwd; then
     fwd_veinfo "$n" "$WORK/fwd-veinfo-$n"
     fwd_wiki_batch "$n" "$WORK/fwd-wiki-$n"
   done
+  if [ "$FWD_FREE" = 1 ]; then
+    # FWD_FREE_NETS networks in 4 prefix lengths (/16 /20 /22 /24: a hash:net lookup costs a
+    # hash per prefix length in the set), none holding the sender (10.250.1.2) or a
+    # container; for freeflow the last one is the sender's /24.
+    awk -v n="$FWD_FREE_NETS" 'BEGIN { for (i = 0; i < n; i++) { k = int(i / 4)
+        if (i % 4 == 0) printf "172.%d.0.0/16\n", 16 + k % 16 + 32 * int(k / 16)
+        else if (i % 4 == 1) printf "100.%d.%d.0/20\n", 64 + int(k / 16), (k % 16) * 16
+        else if (i % 4 == 2) printf "100.%d.%d.0/22\n", 96 + int(k / 64), (k % 64) * 4
+        else printf "192.168.%d.0/24\n", k % 256 } }' >"$WORK/fwd-nets-free"
+    { head -n $((FWD_FREE_NETS - 1)) "$WORK/fwd-nets-free"; echo 10.250.1.0/24; } >"$WORK/fwd-nets-freeflow"
+  fi
   if [ "$FWD_DETAIL" = 1 ]; then
     for c in setnc setc; do
       ext=""
@@ -400,11 +428,14 @@ RULES
   confs=()
   for v in $FWD_VARIANTS; do
     for n in $FWD_SIZES; do
-      for c in none wiki iptables ipset; do
+      for c in $FWD_CONFS; do
         [ "$c" = wiki ] && [ "$n" -eq 0 ] && continue
         confs+=("$c $v $n")
       done
     done
+    if [ "$FWD_FREE" = 1 ]; then
+      for c in none ipset free freeflow; do confs+=("$c $v $fwd_max free"); done
+    fi
   done
   DV=${FWD_VARIANTS%% *}
   if [ "$FWD_DETAIL" = 1 ]; then
@@ -416,7 +447,7 @@ RULES
   log "forwarding: ${#confs[@]} configurations x $FWD_RUNS rounds x ${FWD_SECS} s"
   for r in $(seq "$FWD_RUNS"); do
     for cfg in "${confs[@]}"; do
-      read -r c v n <<<"$cfg"
+      read -r c v n group <<<"$cfg"
       topo_up
       fwd_setup "$c" "$v" "$n"
       # Not in $(...): PIDS must be this shell's. A broken run is repeated, twice at most.
@@ -430,6 +461,12 @@ RULES
         fwd_setup "$c" "$v" "$n"
       done
       read -r pps rx counted <"$WORK/fwd.res"
+      free_counted=""
+      case $c in free | freeflow)
+        free_counted=$(ip netns exec "$NODE" ipset save vzacct-ffi4 |
+          awk -v d="$DEST" '$1 == "add" && $3 == d { for (i = 4; i < NF; i++) if ($i == "packets") print $(i + 1) }')
+        ;;
+      esac
       topo_down
       if [ "$c" != none ] && [ "$c" != dnone ] && [ "$c" != setnc ] && [ "$n" -gt 0 ]; then
         # The counting path must have been taken: the destination's counter saw the flow.
@@ -437,10 +474,21 @@ RULES
           die "forwarding $cfg: destination counted $counted packets, receiver got $rx"
       fi
       key="$c,$v,$n"
+      [ -n "${group:-}" ] && key+=",$group"
       RAW[fwd,$key]+="$pps "
       RAW[fwdratio,$key]+="$(awk -v a="$counted" -v b="$rx" 'BEGIN { if (a == "-") print "-"; else printf "%.4f", a / b }') "
-      case $c in none | dnone) base_this_round=$pps ;; esac
+      case $c in none | dnone) base_this_round=$pps ;; ipset) ipset_this_round=$pps ;; esac
       RAW[fwdrel,$key]+="$(awk -v a="$pps" -v b="$base_this_round" 'BEGIN { printf "%.4f", a / b }') "
+      case $c in free | freeflow)
+        RAW[fwdvsipset,$key]+="$(awk -v a="$pps" -v b="$ipset_this_round" 'BEGIN { printf "%.4f", a / b }') "
+        # The flow is counted as free exactly when it is (all of it, or none).
+        if [ "$c" = freeflow ]; then
+          [ "${free_counted:-0}" -eq "$counted" ] || die "forwarding $cfg: $counted packets counted, $free_counted of them free"
+        else
+          [ "${free_counted:-0}" -eq 0 ] || die "forwarding $cfg: $free_counted packets counted as free"
+        fi
+        ;;
+      esac
       log "forwarding round $r: $c ($v, $n IPs): $pps packets/s (received $rx, counted ${counted})"
     done
   done
@@ -862,6 +910,7 @@ if part fwd; then
       line="| $(fmt_int "$n") | $(fmt_int "$(median 1 0 ${RAW[fwd,none,$v,$n]})") |"
       for c in wiki iptables ipset; do
         if [ "$c" = wiki ] && [ "$n" -eq 0 ]; then line+=" = (a) |"; continue; fi
+        if [ -z "${RAW[fwd,$c,$v,$n]:-}" ]; then line+=" (not run) |"; continue; fi
         # shellcheck disable=SC2086
         line+=" $(fmt_int "$(median 1 0 ${RAW[fwd,$c,$v,$n]})") ($(median 0.01 1 ${RAW[fwdrel,$c,$v,$n]}) %) |"
       done
@@ -896,11 +945,24 @@ if part fwd; then
       row "native nftables: 2 sets with per-element counters, 2 lookups in a forward chain" nftset "$fwd_max" dnone
     echo
   fi
+  if [ "$FWD_FREE" = 1 ]; then
+    echo "Free networks ([classes]), $(fmt_int "$fwd_max") accounted IPs, backend = ipset: one more group per variant and round (no accounting, then vzacct without classes, then with $FWD_FREE_NETS free networks in 4 prefix lengths: the flow billable, then the flow from a free network). In parentheses: the median over rounds of the rate relative to the run without classes just before it (same round)."
+    echo
+    echo "| iptables | (a) no accounting | (d) backend = ipset, no classes | (e) $FWD_FREE_NETS free networks, billable flow | (f) $FWD_FREE_NETS free networks, free flow |"
+    echo "|---|---:|---:|---:|---:|"
+    for v in $FWD_VARIANTS; do
+      k=$v,$fwd_max,free
+      # shellcheck disable=SC2086
+      echo "| $v | $(fmt_int "$(median 1 0 ${RAW[fwd,none,$k]})") | $(fmt_int "$(median 1 0 ${RAW[fwd,ipset,$k]})") ($(median 0.01 1 ${RAW[fwdrel,ipset,$k]}) % of (a)) | $(fmt_int "$(median 1 0 ${RAW[fwd,free,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,free,$k]}) %) | $(fmt_int "$(median 1 0 ${RAW[fwd,freeflow,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,freeflow,$k]}) %) |"
+    done
+    echo
+  fi
   echo "Single runs (packets/s), to judge the noise:"
   echo
   for key in $(for v in $FWD_VARIANTS; do for n in $FWD_SIZES; do for c in none wiki iptables ipset; do
     [ "$c" = wiki ] && [ "$n" -eq 0 ] && continue; echo "$c,$v,$n"; done; done; done
-    [ "$FWD_DETAIL" = 1 ] && for c in dnone setnc setc nftset; do echo "$c,$DV,$fwd_max"; done); do
+    [ "$FWD_DETAIL" = 1 ] && for c in dnone setnc setc nftset; do echo "$c,$DV,$fwd_max"; done
+    [ "$FWD_FREE" = 1 ] && for v in $FWD_VARIANTS; do for c in none ipset free freeflow; do echo "$c,$v,$fwd_max,free"; done; done); do
     [ -n "${RAW[fwd,$key]:-}" ] || continue
     ratio=""
     [[ $key == *none* ]] || [[ $key == setnc* ]] || [[ $key == *,0 ]] || ratio="; counted/received at the destination: $(minmax 1 3 ${RAW[fwdratio,$key]})"
@@ -1026,8 +1088,15 @@ echo
 if part fwd && [[ " $FWD_SIZES " == *" 10000 "* ]]; then
   for v in $FWD_VARIANTS; do
     # shellcheck disable=SC2086
-    rel=$(median 0.01 1 ${RAW[fwdrel,ipset,$v,10000]})
-    echo "- forwarding with backend = ipset at 10,000 IPs >= 90 % of no accounting (iptables-$v): $rel % $(met "$rel" 90 ">=")"
+    if [ -n "${RAW[fwdrel,ipset,$v,10000]:-}" ]; then
+      rel=$(median 0.01 1 ${RAW[fwdrel,ipset,$v,10000]})
+      echo "- forwarding with backend = ipset at 10,000 IPs >= 90 % of no accounting (iptables-$v): $rel % $(met "$rel" 90 ">=")"
+    fi
+    if [ "$FWD_FREE" = 1 ]; then
+      # shellcheck disable=SC2086
+      rel=$(median 0.01 1 ${RAW[fwdvsipset,free,$v,10000,free]})
+      echo "- forwarding with $FWD_FREE_NETS free networks >= 95 % of no classes, 10,000 IPs (iptables-$v): $rel % $(met "$rel" 95 ">=")"
+    fi
   done
 fi
 for b in $BACKENDS; do

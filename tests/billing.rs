@@ -78,7 +78,7 @@ fn csv_rows(node: &Node, ctid: &str) -> Vec<(String, F)> {
         .skip(1)
         .map(|l| {
             let fields: Vec<&str> = l.split(',').collect();
-            assert_eq!(fields.len(), 10, "{l}");
+            assert_eq!(fields.len(), 14, "{l}");
             let mut f = F::default();
             for i in 0..8 {
                 f.0[i] = fields[i + 2].parse().unwrap();

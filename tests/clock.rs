@@ -15,7 +15,7 @@ const CTS: &[(&str, &str, &str)] = &[
     ("101", "10.0.0.1", "2001:db8:1::1"),
     ("102", "10.0.0.2", "2001:db8:1::2"),
 ];
-const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
+const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets,free_in_bytes,free_out_bytes,free_in_packets,free_out_packets";
 const BERLIN: &str = "Europe/Berlin";
 /// Run vzacct at `now` (RFC 3339), with `timezone = tz` in its config (UTC when None); it
 /// must succeed. The caller's TZ is set to a zone 14 hours ahead of UTC every time: the
@@ -92,7 +92,7 @@ fn total(node: &Node, ctid: &str) -> F {
     F::of(&ledger(node)["containers"][ctid]["total"])
 }
 
-/// The container's CSV rows, checked for form: the header, ten fields, the ctid, figures
+/// The container's CSV rows, checked for form: the header, fourteen fields, the ctid, figures
 /// that are non-negative integers, dates strictly increasing (so each date at most once).
 fn rows(node: &Node, ctid: &str) -> Vec<(String, F)> {
     let text = std::fs::read_to_string(node.path(&format!("csv/{ctid}.csv"))).unwrap_or_default();
@@ -105,7 +105,7 @@ fn rows(node: &Node, ctid: &str) -> Vec<(String, F)> {
     let mut out: Vec<(String, F)> = Vec::new();
     for l in lines {
         let fields: Vec<&str> = l.split(',').collect();
-        assert_eq!(fields.len(), 10, "row {l:?}");
+        assert_eq!(fields.len(), 14, "row {l:?}");
         assert_eq!(fields[1], ctid, "row {l:?}");
         let mut f = F::default();
         for i in 0..8 {

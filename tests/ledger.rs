@@ -13,7 +13,7 @@ const CTS: &[(&str, &str, &str)] = &[
     ("102", "10.0.0.2", "2001:db8:1::2"),
 ];
 const DAY1: &str = "2026-11-29T10:00:00Z";
-const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets";
+const CSV_HEADER: &str = "date,ctid,in_bytes,out_bytes,in_packets,out_packets,local_in_bytes,local_out_bytes,local_in_packets,local_out_packets,free_in_bytes,free_out_bytes,free_in_packets,free_out_packets";
 
 fn ct<'a>(show: &'a Value, ctid: &str) -> &'a Value {
     ct_of(show, ctid)
@@ -96,14 +96,14 @@ fn exact_bytes_in_show_and_csv(v: Variant) {
     assert_eq!(
         csv(&node, "101"),
         format!(
-            "{CSV_HEADER}\n2026-11-29,101,{},{},{},{},{},{},{},{}\n",
+            "{CSV_HEADER}\n2026-11-29,101,{},{},{},{},{},{},{},{},0,0,0,0\n",
             w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
         )
     );
     assert_eq!(
         csv(&node, "102"),
         format!(
-            "{CSV_HEADER}\n2026-11-29,102,{},0,{},0,0,0,0,0\n",
+            "{CSV_HEADER}\n2026-11-29,102,{},0,{},0,0,0,0,0,0,0,0,0\n",
             want102.0[0], want102.0[2]
         )
     );
@@ -281,7 +281,7 @@ fn day_boundaries(v: Variant) {
     let row = |d: &str, f: F| {
         let f = f.0;
         format!(
-            "{d},101,{},{},{},{},{},{},{},{}\n",
+            "{d},101,{},{},{},{},{},{},{},{},0,0,0,0\n",
             f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
         )
     };
@@ -356,7 +356,7 @@ fn sigkill_at_random_points(v: Variant) {
             "torn: {text:?}"
         );
         for l in text.lines().skip(1) {
-            assert_eq!(l.split(',').count(), 10, "torn row {l:?}");
+            assert_eq!(l.split(',').count(), 14, "torn row {l:?}");
         }
         let n = dates.len();
         dates.dedup();

@@ -301,6 +301,58 @@ fn core_scenario(u: Userland) {
     }
 }
 
+/// Free networks (`[classes]`) on each old userland: the free-network set is a `hash:net`
+/// without counters, which ipset 6.11 has too, so OpenVZ 6's per-IP rules count free traffic
+/// apart as well. Exact bytes, both families.
+fn free_networks(u: Userland) {
+    let Some(dir) = tools() else { return };
+    let o = Old::new(u, dir);
+    let node = &o.node;
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    write(
+        &node.config,
+        format!("{cfg}[classes]\nfree = 198.51.100.0/24 2001:db8:ff::/48\n"),
+    );
+    o.ok(&["add", "101", "10.0.0.1", "2001:db8:1::1"]);
+    let mut want = F::default();
+    let mut free = (0, 0);
+    for ip in [node.ct("101").v4, node.ct("101").v6] {
+        want = want.add(traffic(node, "101", ip));
+        let l = |p| udp_ip_len(ip, p);
+        free = (free.0 + 3 * l(300), free.1 + 2 * l(200));
+    }
+    o.ok(&["dump"]);
+    let doc: serde_json::Value = serde_json::from_str(&o.ok(&["show", "--json"])).unwrap();
+    let total = &ct_of(&doc, "101")["total"];
+    assert_eq!(F::of(total), want, "{total}");
+    assert_eq!(
+        (
+            total["free_in_bytes"].as_u64().unwrap(),
+            total["free_out_bytes"].as_u64().unwrap()
+        ),
+        free,
+        "{total}"
+    );
+    let sets = o.ipset_save();
+    assert!(
+        sets.contains("create vzacct-free4 hash:net")
+            && sets.contains("add vzacct-free4 198.51.100.0/24"),
+        "{sets}"
+    );
+    let check = stdout(&o.run(&["check"]));
+    assert!(check.contains("ok   free networks"), "{check}");
+}
+
+#[test]
+fn free_networks_openvz7_userland() {
+    free_networks(EL7);
+}
+
+#[test]
+fn free_networks_openvz6_userland() {
+    free_networks(EL6);
+}
+
 #[test]
 fn core_scenario_openvz7_userland() {
     core_scenario(EL7);

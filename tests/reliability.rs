@@ -51,7 +51,7 @@ fn csv_rows_ok(node: &Node, ctid: &str) {
         .map(|l| l.split(',').next().unwrap())
         .collect();
     for l in text.lines().skip(1) {
-        assert_eq!(l.split(',').count(), 10, "torn row {l:?}");
+        assert_eq!(l.split(',').count(), 14, "torn row {l:?}");
     }
     let n = dates.len();
     dates.dedup();

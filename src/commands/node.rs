@@ -301,6 +301,35 @@ pub fn check(
         Err(e) => item("kernel rules", Err(chain(e))),
         Ok(k) => item("backend", Ok(k.backend_line())),
     }
+    if let Ok(k) = &kernel
+        && ctx.config.classes.active()
+    {
+        let c = &ctx.config.classes;
+        item(
+            "free networks",
+            match (&k.classes, &k.sets.read) {
+                (Some(_), Some(sets)) => Ok(format!(
+                    "{} network(s){}; in the kernel: {} IPv4 and {} IPv6 element(s) in vzacct-free4/6",
+                    c.free.len(),
+                    if c.container_to_container {
+                        ", and traffic between containers"
+                    } else {
+                        ""
+                    },
+                    sets.free
+                        .get(&crate::model::Family::V4)
+                        .map_or(0, |n| n.len()),
+                    sets.free
+                        .get(&crate::model::Family::V6)
+                        .map_or(0, |n| n.len()),
+                )),
+                _ => Err(format!(
+                    "[classes] names free traffic, but `{} save` does not work: nothing is                      counted as free (the free networks are an ipset hash:net set, with either                      backend; install ipset)",
+                    ctx.config.ipset
+                )),
+            },
+        );
+    }
     // The ledger, the rules and the running containers: read under a shared lock, creating
     // nothing.
     let ledger = store::lock_shared(&ctx.config.state_dir, ctx.lock_wait).and_then(|l| l.load());

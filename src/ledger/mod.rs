@@ -378,9 +378,10 @@ impl Ledger {
         serde_json::from_slice(bytes).map_err(json)
     }
 
+    /// The ledger in format 1 (`ledger.json`), as the earlier release wrote it.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain maps of strings and integers cannot fail.
-        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        let mut v = legacy::without_free(serde_json::to_vec(self).unwrap_or_default());
         v.push(b'\n');
         v
     }
