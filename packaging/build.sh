@@ -68,6 +68,12 @@ stage() {
   install -D -m 0644 packaging/vzacct.logrotate "$r/etc/logrotate.d/vzacct"
   install -D -m 0644 README.md "$r/usr/share/doc/vzacct/README.md"
   install -D -m 0644 LICENSE "$r/usr/share/doc/vzacct/LICENSE"
+  # The example threshold actions, outside /usr/share/doc, which minimal images and
+  # `rpm --excludedocs` leave out: an operator copies one to /etc/vz/vzacct-threshold, or
+  # runs vzacct-threshold-tc's hourly sweep from here.
+  install -d -m 0755 "$r/usr/share/vzacct" "$r/usr/share/vzacct/examples"
+  install -m 0755 conf-templates/vzacct-threshold-mail conf-templates/vzacct-threshold-tc \
+    "$r/usr/share/vzacct/examples/"
   install -d -m 0755 "$r/usr/share/man/man8"
   local page
   for page in "$dist"/man/*.8; do

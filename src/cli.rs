@@ -81,7 +81,8 @@ pub enum Command {
     /// as the starting point, not counted (they may come from a saved ruleset).
     Restore,
     /// Show each container's traffic: totals since its last reset, today, this month so far,
-    /// and its billing period: the current one and the previous one. A period starts at local
+    /// its billing period (the current one and the previous one), and its quota with what the
+    /// current period used of it (`vzacct set --quota`). A period starts at local
     /// midnight of the cycle day (`cycle_day` under [billing], or the container's own, see
     /// `vzacct set`) and ends where the next begins. Live: the kernel's counters are read under a shared lock and nothing is
     /// written (a read-only state dir is fine). When iptables or ipset cannot be read, the
@@ -123,7 +124,9 @@ pub enum Command {
     },
     /// A container's traffic per day (the last 30 by default) or per calendar month: in, out
     /// and total, with a bar scaled to the largest row (`#` in, `+` out), as `vnstat -d` and
-    /// `-m` print it. The start of each billing period is marked with a line. Live, like
+    /// `-m` print it. The start of each billing period is marked with a line, and so are the
+    /// day the period's figure reached the container's quota and, under the title, what the
+    /// current period used of it. Live, like
     /// `show`, and read-only. Days come from the daily history (`history_days` under
     /// [billing]); days on which the container was not accounted have no row.
     History {
@@ -136,8 +139,8 @@ pub enum Command {
         /// The last N calendar months, this one included.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1200))]
         months: Option<u32>,
-        /// One JSON document: `{"jsonversion": 2, "ctid": ..., "days": [{"date": ...,
-        /// <figures>}]}` or `"months": [{"month": "YYYY-MM", ...}]`.
+        /// One JSON document: `{"jsonversion": 2, "ctid": ..., "quota": {...} or null,
+        /// "days": [{"date": ..., <figures>}]}` or `"months": [{"month": "YYYY-MM", ...}]`.
         #[arg(long)]
         json: bool,
     },

@@ -64,7 +64,8 @@ pub struct Config {
     /// The day of the month (1..=28) on which every container's billing period starts, at
     /// local midnight; `vzacct set CTID --cycle-day N` overrides it per container.
     pub cycle_day: u8,
-    /// How many closed days the ledger keeps (`days`: `show --period`, `history`).
+    /// How many closed days the ledger keeps (`days`: `show --period`, `history`), and the
+    /// `thresholds` records of the periods they hold.
     pub history_days: u64,
     /// The percentages of a container's quota at which a dump acts (ascending).
     pub thresholds: Vec<u32>,

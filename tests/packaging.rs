@@ -25,6 +25,10 @@ use dist::{VERSION, run};
 #[path = "../examples/manpage.rs"]
 mod manpage;
 
+/// The example threshold actions of `conf-templates/`, shipped in
+/// `/usr/share/vzacct/examples/`, executable.
+const EXAMPLES: [&str; 2] = ["vzacct-threshold-mail", "vzacct-threshold-tc"];
+
 fn rpm_name() -> String {
     format!("vzacct-{VERSION}-1.x86_64.rpm")
 }
@@ -106,9 +110,11 @@ fn rpm_contents_and_dependencies() {
         assert!(parts <= vec![2, 17], "{r} is above glibc 2.17");
     }
     assert!(glibc.contains(&"libc.so.6(GLIBC_2.17)(64bit)"), "{glibc:?}");
+    // /bin/sh: the three scriptlets, and the interpreter of the example threshold actions.
     assert_eq!(
         rest,
         [
+            "/bin/sh",
             "/bin/sh",
             "/bin/sh",
             "/bin/sh",
@@ -188,6 +194,14 @@ fn rpm_contents_and_dependencies() {
         assert!(l.starts_with("-rw-r--r-- root root "), "{l}");
     }
     expected.extend(man.iter().map(|l| l.to_string()));
+    expected.push("drwxr-xr-x root root 0 /usr/share/vzacct".to_string());
+    expected.push("drwxr-xr-x root root 0 /usr/share/vzacct/examples".to_string());
+    for example in EXAMPLES {
+        expected.push(format!(
+            "-rwxr-xr-x root root {} /usr/share/vzacct/examples/{example}",
+            size(&repo(&format!("conf-templates/{example}")))
+        ));
+    }
     expected.push("drwx------ root root 0 /var/log/vzacct".to_string());
     assert_eq!(lines(&files), expected);
     assert_eq!(
@@ -310,6 +324,16 @@ fn deb_contents_and_dependencies() {
         man_files()
     );
     expected.extend(man.iter().map(|e| e.to_string()));
+    expected.extend(
+        ["./usr/share/vzacct/", "./usr/share/vzacct/examples/"]
+            .map(|d| format!("drwxr-xr-x root/root 0 {d}")),
+    );
+    for example in EXAMPLES {
+        expected.push(format!(
+            "-rwxr-xr-x root/root {} ./usr/share/vzacct/examples/{example}",
+            size(&format!("conf-templates/{example}"))
+        ));
+    }
     expected.extend(["./var/", "./var/log/"].map(|d| format!("drwxr-xr-x root/root 0 {d}")));
     expected.push("drwx------ root/root 0 ./var/log/vzacct/".into());
     assert_eq!(entries, expected);
@@ -532,10 +556,13 @@ fn package_files(deb: bool) -> Vec<String> {
         "usr/share/doc/vzacct",
         "usr/share/doc/vzacct/LICENSE",
         "usr/share/doc/vzacct/README.md",
+        "usr/share/vzacct",
+        "usr/share/vzacct/examples",
         "var/log/vzacct",
     ]
     .map(String::from)
     .to_vec();
+    v.extend(EXAMPLES.map(|e| format!("usr/share/vzacct/examples/{e}")));
     if deb {
         v.push("usr/share/doc/vzacct/copyright".into());
     }
@@ -596,6 +623,15 @@ fn check_package_files(r: &Path) {
     );
     same_bytes(r, "usr/share/doc/vzacct/README.md", &repo("README.md"));
     same_bytes(r, "usr/share/doc/vzacct/LICENSE", &repo("LICENSE"));
+    for example in EXAMPLES {
+        let installed = format!("usr/share/vzacct/examples/{example}");
+        same_bytes(r, &installed, &repo(&format!("conf-templates/{example}")));
+        assert_eq!(
+            std::fs::metadata(r.join(&installed)).unwrap().mode() & 0o7777,
+            0o755,
+            "{installed}"
+        );
+    }
     for (file, text) in manpage::pages().unwrap() {
         let page = run(
             "gzip",

@@ -108,6 +108,50 @@ fn check_thresholds(node: &Node, now: &str) -> (bool, String) {
     )
 }
 
+/// A `quota` object of `show --json` or `history --json`: (bytes, direction, used_bytes,
+/// percent), `None` for `null`.
+fn quota_of(v: &Value) -> Option<(u64, String, u64, f64)> {
+    if v.is_null() {
+        return None;
+    }
+    let o = v.as_object().unwrap_or_else(|| panic!("quota: {v}"));
+    assert_eq!(o.len(), 4, "{v}");
+    Some((
+        v["bytes"].as_u64().unwrap(),
+        v["direction"].as_str().unwrap().to_string(),
+        v["used_bytes"].as_u64().unwrap(),
+        v["percent"].as_f64().unwrap(),
+    ))
+}
+
+/// `used` in percent of `quota`, rounded down to two decimals.
+fn pct(used: u64, quota: u64) -> f64 {
+    (used * 10_000 / quota) as f64 / 100.0
+}
+
+fn q(bytes: u64, direction: &str, used: u64) -> Option<(u64, String, u64, f64)> {
+    Some((bytes, direction.to_string(), used, pct(used, bytes)))
+}
+
+/// The ledger's `thresholds` rows: "ctid period_start threshold state".
+fn threshold_rows(node: &Node) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        node.path("state/ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = db
+        .prepare(
+            "SELECT ctid || ' ' || period_start || ' ' || threshold || ' ' || state
+             FROM thresholds ORDER BY ctid, period_start, threshold",
+        )
+        .unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// A small random number generator (the seed is printed, to replay a failure).
 struct Rng(u64);
 
@@ -223,8 +267,9 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     assert!(log.contains(&format!("used {used} bytes")), "{log}");
     // Repeated dumps, random kills, a reset: nothing more.
     let mut rng = Rng::new();
+    let mut period_used = used;
     for _ in 0..8 {
-        to_ct(&node, "101", 100, 1);
+        period_used += to_ct(&node, "101", 100, 1);
         killed_dump(&node, now, Duration::from_millis(rng.below(400)));
     }
     node.at(now, &["reset", "101"]);
@@ -233,9 +278,16 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     assert_eq!(ran(&node, "101", 50).len(), 1);
     assert_eq!(lines(&node, "tried").len(), 1);
     assert!(check_thresholds(&node, now).0);
-    // history marks nothing yet: 50% is not the quota.
+    // history marks no day yet (50% is not the quota); it says how much of it is used.
     let h = node.at(now, &["history", "101", "--days", "15"]);
-    assert!(!h.contains("quota"), "{h}");
+    assert!(!h.contains("reached"), "{h}");
+    assert!(
+        h.contains(&format!(
+            "of 20000B total ({:.2}%) used in the current period 2027-02-01 .. 2027-03-01",
+            pct(period_used, 20_000)
+        )),
+        "{period_used}: {h}"
+    );
 
     // Past 100% with a failing action: retried at every dump, through random kills and a
     // reboot, shown by check; then it succeeds, once.
@@ -317,9 +369,17 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
 
 /// A quota counts only its direction of its period's traffic (the figure `show` gives as
 /// the period); `--quota none` takes it away; the Prometheus gauges give the period's bytes
-/// and the quota.
+/// and the quota; `show` and `history` give the quota and its use in the current period
+/// (table and JSON); with `history_days = 62`, the threshold records of a period go with its
+/// last day.
 fn directions_periods_and_gauges(v: Variant) {
     let node = node(v);
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        cfg.replace("[billing]\n", "[billing]\nhistory_days = 62\n"),
+    )
+    .unwrap();
     let jan = "2027-01-20T12:00:00Z";
     node.at(jan, &["add", "101", "10.0.0.1"]);
     node.at(jan, &["add", "102", "10.0.0.2"]);
@@ -345,6 +405,46 @@ fn directions_periods_and_gauges(v: Variant) {
     assert!(ran(&node, "101", 50).is_empty(), "{jan_in}");
     let show: Value = serde_json::from_str(&node.at(feb, &["show", "--json", "101"])).unwrap();
     assert_eq!(ct_of(&show, "101")["period"]["in_bytes"], feb_in);
+    // The quota and its use in the current period: in show's JSON and table, also with
+    // --period (January's figures, February's use).
+    assert_eq!(feb_in, 3084);
+    let show: Value = serde_json::from_str(&node.at(feb, &["show", "--json"])).unwrap();
+    assert_eq!(show["jsonversion"], 2);
+    assert_eq!(
+        quota_of(&ct_of(&show, "101")["quota"]),
+        q(10_000, "in", 3084)
+    );
+    assert_eq!(pct(3084, 10_000), 30.84);
+    assert_eq!(quota_of(&ct_of(&show, "102")["quota"]), q(1536, "total", 0));
+    let show: Value =
+        serde_json::from_str(&node.at(feb, &["show", "--json", "--period", "previous"])).unwrap();
+    let one = ct_of(&show, "101");
+    assert_eq!(one["period"]["in_bytes"], jan_in);
+    assert_eq!(quota_of(&one["quota"]), q(10_000, "in", 3084));
+    let table = node.at(feb, &["show"]);
+    let line = |ctid: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{ctid} ")))
+            .unwrap_or_else(|| panic!("{ctid}: {table}"))
+            .to_string()
+    };
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("  QUOTA (USED IN THIS PERIOD)"),
+        "{table}"
+    );
+    assert!(
+        line("101").ends_with("  3.01 KiB of 10000B in (30.84%)"),
+        "{table}"
+    );
+    assert!(
+        line("102").ends_with("  0 B of 1536B total (0.00%)"),
+        "{table}"
+    );
     let prom = std::fs::read_to_string(node.path("vzacct.prom")).unwrap();
     for want in [
         format!("vzacct_period_bytes{{ctid=\"101\",direction=\"in\"}} {feb_in}\n"),
@@ -373,6 +473,52 @@ fn directions_periods_and_gauges(v: Variant) {
     assert_eq!(ran(&node, "101", 100).len(), 1);
     let h = node.at(feb5, &["history", "101", "--days", "2"]);
     assert!(h.contains("quota 10000B (in) reached on 2027-02-05"), "{h}");
+    // 3084 + 3084 + 4112 bytes in: 102.8%.
+    let used = feb_in + more + 4 * 1028;
+    assert_eq!(used, 10_280);
+    assert_eq!(
+        h.lines().nth(1),
+        Some(
+            "quota: 10.04 KiB of 10000B in (102.80%) used in the current period 2027-02-01 .. \
+             2027-03-01 (end not included)"
+        ),
+        "{h}"
+    );
+    let hj: Value =
+        serde_json::from_str(&node.at(feb5, &["history", "101", "--days", "2", "--json"])).unwrap();
+    assert_eq!(hj["jsonversion"], 2);
+    assert_eq!(quota_of(&hj["quota"]), q(10_000, "in", 10_280));
+    let days: Vec<(String, u64, bool)> = hj["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert!(d.get("quota_reached").is_none_or(|r| r == true), "{d}");
+            (
+                d["date"].as_str().unwrap().to_string(),
+                d["in_bytes"].as_u64().unwrap(),
+                d.get("quota_reached").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        days,
+        [
+            ("2027-02-04".to_string(), 0, false),
+            ("2027-02-05".to_string(), 4112, true)
+        ]
+    );
+    // Per month: the quota, no day marked.
+    let hm: Value =
+        serde_json::from_str(&node.at(feb5, &["history", "101", "--months", "2", "--json"]))
+            .unwrap();
+    assert_eq!(quota_of(&hm["quota"]), q(10_000, "in", 10_280));
+    let months = hm["months"].as_array().unwrap();
+    assert_eq!(months.len(), 2, "{hm}");
+    assert!(
+        months.iter().all(|m| m.get("quota_reached").is_none()),
+        "{hm}"
+    );
     // Taken away: no more actions, no quota gauge.
     let out = node.at(feb5, &["set", "101", "--quota", "none"]);
     assert!(out.contains("quota taken away"), "{out}");
@@ -381,6 +527,16 @@ fn directions_periods_and_gauges(v: Variant) {
     assert_eq!(lines(&node, "ran").len(), 3, "{:?}", lines(&node, "ran"));
     let prom = std::fs::read_to_string(node.path("vzacct.prom")).unwrap();
     assert!(!prom.contains("vzacct_quota_bytes{ctid=\"101\""), "{prom}");
+    let show: Value = serde_json::from_str(&node.at(feb5, &["show", "--json"])).unwrap();
+    assert!(ct_of(&show, "101")["quota"].is_null(), "{show}");
+    assert!(
+        node.at(feb5, &["show"])
+            .lines()
+            .any(|l| l.starts_with("101 ") && l.ends_with("  -"))
+    );
+    let hj: Value = serde_json::from_str(&node.at(feb5, &["history", "101", "--json"])).unwrap();
+    assert!(hj["quota"].is_null(), "{hj}");
+    assert!(!node.at(feb5, &["history", "101"]).contains("quota"));
     // Bad quotas are refused before anything runs.
     for bad in [
         &["--quota", "5gb"][..],
@@ -392,6 +548,39 @@ fn directions_periods_and_gauges(v: Variant) {
         let o = node.vzacct(&args);
         assert!(!o.status.success(), "{bad:?}");
     }
+
+    // history_days = 62: a period's threshold records go with its last day, whatever the
+    // container's quota now, when a dump closes the day after it.
+    let oldest_day = || {
+        rusqlite::Connection::open_with_flags(
+            node.path("state/ledger.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+        .query_row("SELECT min(date) FROM days", [], |r| r.get::<_, String>(0))
+        .unwrap()
+    };
+    let all = [
+        "101 2027-02-01 50 done",
+        "101 2027-02-01 100 done",
+        "102 2027-01-01 50 done",
+    ];
+    assert_eq!(threshold_rows(&node), all);
+    // Closes up to 2027-04-03: days from 2027-01-31 on stay, January's last among them.
+    node.at("2027-04-04T12:00:00Z", &["dump"]);
+    assert_eq!(oldest_day(), "2027-01-31");
+    assert_eq!(threshold_rows(&node), all);
+    // Closes 2027-04-04: January's last day goes, and its record.
+    node.at("2027-04-05T12:00:00Z", &["dump"]);
+    assert_eq!(oldest_day(), "2027-02-01");
+    assert_eq!(threshold_rows(&node), &all[..2]);
+    node.at("2027-05-02T12:00:00Z", &["dump"]);
+    assert_eq!(oldest_day(), "2027-02-28");
+    assert_eq!(threshold_rows(&node), &all[..2]);
+    node.at("2027-05-03T12:00:00Z", &["dump"]);
+    assert_eq!(oldest_day(), "2027-03-01");
+    assert_eq!(threshold_rows(&node), Vec::<String>::new());
+    assert_eq!(lines(&node, "ran").len(), 3, "{:?}", lines(&node, "ran"));
 }
 
 per_variant!(

@@ -23,6 +23,45 @@ pub(crate) struct PeriodDoc {
     pub figures: Figures,
 }
 
+/// A container's quota as JSON, with what its current period used of it:
+/// `{"bytes": N, "direction": "total", "used_bytes": N, "percent": 86.35}`.
+#[derive(Serialize)]
+pub(crate) struct QuotaDoc {
+    /// Bytes per billing period.
+    pub bytes: u64,
+    /// `in`, `out` or `total`.
+    pub direction: &'static str,
+    /// The billable bytes of that direction in the container's current period.
+    pub used_bytes: u64,
+    /// `used_bytes` in percent of `bytes`, rounded down to two decimals.
+    pub percent: f64,
+}
+
+impl QuotaDoc {
+    /// `q` against `current`, the figures of the period holding today.
+    pub fn of(q: Quota, current: &Figures) -> QuotaDoc {
+        let (inb, outb) = quota::billable(current);
+        let used = q.direction.of(inb, outb);
+        QuotaDoc {
+            bytes: q.bytes,
+            direction: q.direction.name(),
+            used_bytes: used,
+            percent: quota::percent_two_decimals(used, q.bytes),
+        }
+    }
+
+    /// As the tables print it: `1.23 GiB of 500GiB total (0.24%)`.
+    pub fn text(&self) -> String {
+        format!(
+            "{} of {} {} ({:.2}%)",
+            super::view::human(self.used_bytes),
+            quota::format_bytes(self.bytes),
+            self.direction,
+            self.percent
+        )
+    }
+}
+
 /// What the periods of a view are computed from: the cycle days, the ledger as read
 /// (under the shared lock) and the days its live harvest closed.
 pub(crate) struct Periods<'a> {
@@ -161,6 +200,9 @@ struct HistoryRow {
     /// The open day (still counting), or the month holding it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     open: bool,
+    /// The period's figure reached the container's quota on this day (days only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    quota_reached: bool,
 }
 
 #[derive(Serialize)]
@@ -171,6 +213,8 @@ struct HistoryDoc {
     /// The container's cycle day today.
     cycle_day: u8,
     live: bool,
+    /// The container's quota and its use in the current period; `null` without one.
+    quota: Option<QuotaDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     days: Option<Vec<HistoryRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +278,11 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
             before.insert(p.start, q.direction.of(i, o));
         }
     }
+    let current = schedule.period(today);
+    let quota_doc = match quota {
+        Some(q) => Some(QuotaDoc::of(q, &periods.figures(ctid, c, current)?)),
+        None => None,
+    };
     drop(shared);
     let starts = schedule.starts_within(span);
     let mut rows = Vec::new();
@@ -253,6 +302,7 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
                     figures,
                     period_start,
                     open,
+                    quota_reached: false,
                 });
             }
         }
@@ -270,12 +320,14 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
                         figures,
                         period_start: false,
                         open,
+                        quota_reached: false,
                     }),
                 }
             }
         }
     }
     // The day each period's figure reaches the quota: a line above that day's row.
+    let mut reached = Vec::new();
     if let (Some(q), Per::Days(_)) = (quota, per) {
         let mut current: Option<(Span, u64)> = None;
         for (i, r) in rows.iter().enumerate() {
@@ -289,10 +341,14 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
             let now = used.saturating_add(q.direction.of(inb, outb));
             if used < q.bytes && now >= q.bytes {
                 marks.push((i, Mark::QuotaReached(q, date)));
+                reached.push(i);
             }
             current = Some((p, now));
         }
         marks.sort_by_key(|m| m.0);
+    }
+    for i in reached {
+        rows[i].quota_reached = true;
     }
     let cycle_day = schedule.day_on(today).0;
     if json {
@@ -306,6 +362,7 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
             timezone: ctx.tz.name().to_string(),
             cycle_day,
             live: view.not_live_because.is_none(),
+            quota: quota_doc,
             days,
             months,
         };
@@ -327,6 +384,14 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
             None => String::new(),
         }
     ))?;
+    if let Some(q) = &quota_doc {
+        ctx.say(format!(
+            "quota: {} used in the current period {} .. {} (end not included)",
+            q.text(),
+            current.start,
+            current.end
+        ))?;
+    }
     if rows.is_empty() {
         return ctx.say("no traffic recorded in this span");
     }

@@ -295,8 +295,7 @@ pub(crate) fn plan(
             ));
         }
     }
-    let forget = today - chrono::Days::new(ctx.config.history_days);
-    thresholds::record(loaded, &write, Some(forget))?;
+    thresholds::record(loaded, &write)?;
     for a in &finished {
         step.said.push(format!(
             "container {}: the action for threshold {}% has run (attempt {})",
@@ -453,7 +452,7 @@ pub(crate) fn act(ctx: &Ctx, step: Step) -> Result<(Vec<String>, Vec<String>), E
                 && r.state == State::Running
         })
     });
-    thresholds::record(&loaded, &outcomes, None)?;
+    thresholds::record(&loaded, &outcomes)?;
     drop(loaded);
     for a in outcomes.iter().filter(|a| a.state == State::Done) {
         remove_files(state_dir, a);

@@ -27,6 +27,9 @@ struct ShowCt {
     /// The period before the current one (without `--period`).
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_period: Option<super::billing::PeriodDoc>,
+    /// The container's quota and its use in the current period (also with `--period`);
+    /// `null` without one.
+    quota: Option<super::billing::QuotaDoc>,
     by_ip: Vec<ShowIp>,
 }
 
@@ -104,6 +107,7 @@ pub fn show(
         not_live_because,
     } = live(ctx, &shared)?;
     let periods = super::billing::Periods::new(ctx, &loaded, &closed)?;
+    let quotas = crate::ledger::thresholds::quotas(&loaded)?;
     let today = ctx.today();
     let month = month_of(today);
     for c in only {
@@ -139,6 +143,16 @@ pub fn show(
             None => Some(doc(schedule.previous(today))?),
             Some(_) => None,
         };
+        let quota = match quotas.get(ctid) {
+            None => None,
+            Some(q) => {
+                let current = match wanted {
+                    None => period.figures,
+                    Some(_) => periods.figures(ctid, c, schedule.period(today))?,
+                };
+                Some(super::billing::QuotaDoc::of(*q, &current))
+            }
+        };
         cts.push(ShowCt {
             ctid: ctid.clone(),
             ips: c.ips.iter().copied().collect(),
@@ -155,6 +169,7 @@ pub fn show(
             cycle_day: schedule.day_on(today).0,
             period,
             previous_period,
+            quota,
             by_ip: c
                 .by_ip
                 .iter()
@@ -232,7 +247,7 @@ pub fn show(
         return Ok(());
     }
     ctx.say(format!(
-        "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  {}",
         "CTID",
         "IPS",
         "TOTAL IN",
@@ -244,7 +259,8 @@ pub fn show(
         "PERIOD IN",
         "PERIOD OUT",
         "PREV IN",
-        "PREV OUT"
+        "PREV OUT",
+        "QUOTA (USED IN THIS PERIOD)"
     ))?;
     for ct in &doc.containers {
         let prev = ct
@@ -253,7 +269,7 @@ pub fn show(
             .map(|p| p.figures)
             .unwrap_or_default();
         ctx.say(format!(
-            "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            "{:<idw$} {:<w$} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  {}",
             ct.ctid.as_str(),
             ips_of(ct),
             human(ct.total.in_bytes),
@@ -265,7 +281,10 @@ pub fn show(
             human(ct.period.figures.in_bytes),
             human(ct.period.figures.out_bytes),
             human(prev.in_bytes),
-            human(prev.out_bytes)
+            human(prev.out_bytes),
+            ct.quota
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |q| q.text())
         ))?;
     }
     free_table(ctx, &doc, idw, false)?;

@@ -33,7 +33,8 @@
 //! quotas      (ctid PRIMARY KEY, quota_bytes, direction 'in'|'out'|'total')  a container's quota
 //! thresholds  (ctid, period_start, threshold, period_end, direction, used_bytes, quota_bytes,
 //!              state 'running'|'failed'|'done', attempts, first_at, last_at, last_error)
-//!             the action of each threshold crossed in a period; see [`crate::ledger::thresholds`]
+//!             the action of each threshold crossed in a period; see [`crate::ledger::thresholds`];
+//!             a period's records go with the last of its days in `days`
 //! ```
 //! A missing database is an empty ledger; a node still on a format of an earlier release
 //! (the `ledger/` directory, or `ledger.json`) is converted by the first command that may
@@ -122,8 +123,9 @@ pub enum StateError {
 pub const FILE: &str = "ledger.sqlite";
 /// The schema version this vzacct reads and writes.
 pub const VERSION: i32 = 5;
-/// Closed days older than this are dropped from `days` (the CSV keeps every row), unless
-/// [`Loaded::keep_days`] says otherwise (`history_days` of the config).
+/// Closed days older than this are dropped from `days` (the CSV keeps every row), and the
+/// `thresholds` records of the periods that ended before them, unless [`Loaded::keep_days`]
+/// says otherwise (`history_days` of the config).
 pub const HISTORY_DAYS: u64 = 800;
 
 const FIGS: [&str; crate::ledger::FIGURES] = [
@@ -1158,6 +1160,11 @@ impl Loaded {
                 let cutoff = newest - chrono::Days::new(self.history_days);
                 tx.prepare_cached("DELETE FROM days WHERE date < ?1")?
                     .execute([cutoff.to_string()])?;
+                // The threshold records of the periods whose every day went (`period_end`
+                // is not included), whatever their state: such a period is never acted on
+                // again.
+                tx.prepare_cached("DELETE FROM thresholds WHERE period_end <= ?1")?
+                    .execute([cutoff.to_string()])?;
             }
             tx.commit()
         })();
@@ -1567,6 +1574,126 @@ mod tests {
             loaded.holders(&[ip("2001:db8::3")]).unwrap(),
             [BTreeSet::new()]
         );
+    }
+
+    /// A dump that closes a day drops, in its transaction, the days older than
+    /// `history_days` before the newest and the threshold records of every period all of
+    /// whose days went, whatever their state; nothing else.
+    #[test]
+    fn old_threshold_records_go_with_their_days() {
+        use crate::ledger::period::Span;
+        use crate::ledger::quota::Direction;
+        use crate::ledger::thresholds::{self, Attempt, State};
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        loaded.keep_days(62);
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        let row = |ct: &str, date: &str| Row {
+            date: d(date),
+            ctid: id(ct),
+            figures: Figures {
+                in_bytes: 1,
+                ..Figures::default()
+            },
+        };
+        let attempt = |ct: &str, start: &str, end: &str, threshold: u32, state: State| Attempt {
+            ctid: id(ct),
+            period: Span {
+                start: d(start),
+                end: d(end),
+            },
+            threshold,
+            direction: Direction::Total,
+            used: 900,
+            quota: 1000,
+            state,
+            attempts: 1,
+            first_at: "2027-01-20T10:00:00Z".into(),
+            last_at: "2027-01-20T10:00:00Z".into(),
+            last_error: None,
+        };
+        thresholds::record(
+            &loaded,
+            &[
+                attempt("101", "2027-01-01", "2027-02-01", 80, State::Done),
+                attempt("101", "2027-01-01", "2027-02-01", 90, State::Failed),
+                attempt("101", "2027-02-01", "2027-03-01", 80, State::Done),
+                attempt("102", "2027-01-15", "2027-02-15", 100, State::Running),
+            ],
+        )
+        .unwrap();
+        let l = node();
+        let closed = ["2027-01-30", "2027-01-31", "2027-02-01"].map(|day| row("101", day));
+        loaded.save(&l, None, &closed).unwrap();
+        let left = |loaded: &Loaded| {
+            let conn = loaded.conn().unwrap();
+            let days: Vec<String> = conn
+                .prepare("SELECT ctid || ' ' || date FROM days ORDER BY ctid, date")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let records: Vec<String> = conn
+                .prepare(
+                    "SELECT ctid || ' ' || period_start || ' ' || threshold FROM thresholds
+                     ORDER BY ctid, period_start, threshold",
+                )
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            (days, records)
+        };
+        let all = vec![
+            "101 2027-01-01 80".to_string(),
+            "101 2027-01-01 90".into(),
+            "101 2027-02-01 80".into(),
+            "102 2027-01-15 100".into(),
+        ];
+        // 2027-04-03 closed: days before 2027-01-31 go; January's last day stays, and with it
+        // January's records.
+        loaded.save(&l, None, &[row("102", "2027-04-03")]).unwrap();
+        assert_eq!(
+            left(&loaded),
+            (
+                vec![
+                    "101 2027-01-31".to_string(),
+                    "101 2027-02-01".into(),
+                    "102 2027-04-03".into()
+                ],
+                all.clone()
+            )
+        );
+        // Nothing closed, nothing dropped.
+        loaded.save(&l, None, &[]).unwrap();
+        assert_eq!(left(&loaded).1, all);
+        // 2027-04-04 closed: 2027-01-31 goes, and January's records (done or failed).
+        loaded.save(&l, None, &[row("102", "2027-04-04")]).unwrap();
+        assert_eq!(
+            left(&loaded),
+            (
+                vec![
+                    "101 2027-02-01".to_string(),
+                    "102 2027-04-03".into(),
+                    "102 2027-04-04".into()
+                ],
+                vec!["101 2027-02-01 80".to_string(), "102 2027-01-15 100".into()]
+            )
+        );
+        // 2027-04-17: 102's period ends 2027-02-15, its last day 2027-02-14 is the cutoff.
+        loaded.save(&l, None, &[row("102", "2027-04-17")]).unwrap();
+        assert_eq!(left(&loaded).1.len(), 2);
+        // 2027-04-18: it goes, though its action is still `running`.
+        loaded.save(&l, None, &[row("102", "2027-04-18")]).unwrap();
+        assert_eq!(left(&loaded).1, ["101 2027-02-01 80"]);
+        // With the default (800 days), a day closed in 2029 keeps them all.
+        let (_, mut loaded) = load(dir.path(), &Scope::All).unwrap();
+        loaded.save(&l, None, &[row("102", "2029-04-12")]).unwrap();
+        assert_eq!(left(&loaded).1, ["101 2027-02-01 80"]);
+        loaded.save(&l, None, &[row("102", "2029-05-12")]).unwrap();
+        assert_eq!(left(&loaded).1, Vec::<String>::new());
     }
 
     #[test]

@@ -153,6 +153,17 @@ pub fn percent(used: u64, quota: u64) -> u64 {
     u64::try_from(u128::from(used) * 100 / u128::from(quota)).unwrap_or(u64::MAX)
 }
 
+/// `used` as a percentage of `quota` rounded down to two decimals, for the views:
+/// `86.35` (past 100 when the quota is exceeded).
+pub fn percent_two_decimals(used: u64, quota: u64) -> f64 {
+    if quota == 0 {
+        return 0.0;
+    }
+    let hundredths = u128::from(used) * 10_000 / u128::from(quota);
+    // Exact below 2^53 hundredths (90 quadrillion percent).
+    hundredths as f64 / 100.0
+}
+
 /// Parse `thresholds = 80 90 100` (percent, each 1..=1000, any order, no repeats).
 pub fn parse_thresholds(text: &str) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
@@ -230,6 +241,13 @@ mod tests {
         assert_eq!(crossed(u64::MAX, u64::MAX, &t, &none), [80, 90, 100]);
         assert_eq!(percent(899, 1000), 89);
         assert_eq!(percent(5, 0), 0);
+        assert_eq!(percent_two_decimals(8635, 10_000), 86.35);
+        assert_eq!(percent_two_decimals(3084, 10_000), 30.84);
+        assert_eq!(percent_two_decimals(2, 3), 66.66);
+        assert_eq!(percent_two_decimals(25_000, 10_000), 250.0);
+        assert_eq!(percent_two_decimals(0, 10_000), 0.0);
+        assert_eq!(percent_two_decimals(5, 0), 0.0);
+        assert_eq!(percent_two_decimals(u64::MAX, u64::MAX), 100.0);
         for bad in ["0", "80 80", "x", "1001"] {
             assert!(parse_thresholds(bad).is_err(), "{bad}");
         }

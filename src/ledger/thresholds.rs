@@ -180,13 +180,9 @@ pub fn records(loaded: &Loaded, date: NaiveDate) -> Result<Vec<Attempt>, StateEr
     rows.collect::<Result<Vec<_>, _>>().map_err(err)
 }
 
-/// Write `attempts` (each replacing its record) in one committed transaction; records of
-/// periods that ended before `forget_before` go (they can never be acted on again).
-pub fn record(
-    loaded: &Loaded,
-    attempts: &[Attempt],
-    forget_before: Option<NaiveDate>,
-) -> Result<(), StateError> {
+/// Write `attempts` (each replacing its record) in one committed transaction. Records of
+/// old periods go with their days, when a dump closes a day ([`Loaded::save`]).
+pub fn record(loaded: &Loaded, attempts: &[Attempt]) -> Result<(), StateError> {
     let conn = loaded.conn()?;
     let err = |e| db_error(Some(conn), loaded.path(), e);
     let tx = conn.unchecked_transaction().map_err(err)?;
@@ -214,13 +210,6 @@ pub fn record(
             ])
             .map_err(err)?;
         }
-    }
-    if let Some(before) = forget_before {
-        tx.execute(
-            "DELETE FROM thresholds WHERE period_end < ?1 AND state = 'done'",
-            params![before.to_string()],
-        )
-        .map_err(err)?;
     }
     tx.commit().map_err(err)
 }
@@ -270,15 +259,15 @@ mod tests {
             last_at: "2027-02-20T10:00:00Z".into(),
             last_error: None,
         };
-        record(&loaded, std::slice::from_ref(&a), None).unwrap();
+        record(&loaded, std::slice::from_ref(&a)).unwrap();
         assert_eq!(records(&loaded, d("2027-02-20")).unwrap(), vec![a.clone()]);
         let done = Attempt {
             state: State::Done,
             ..a.clone()
         };
-        record(&loaded, std::slice::from_ref(&done), None).unwrap();
+        record(&loaded, std::slice::from_ref(&done)).unwrap();
         assert_eq!(records(&loaded, d("2027-02-20")).unwrap(), vec![done]);
-        // Ended, done and old: forgotten; a failing one of an old period stays.
+        // Ended and done: not among a later day's records; a failing one of an old period is.
         assert!(records(&loaded, d("2027-03-01")).unwrap().is_empty());
         let failed = Attempt {
             threshold: 90,
@@ -286,12 +275,7 @@ mod tests {
             last_error: Some("boom".into()),
             ..a
         };
-        record(
-            &loaded,
-            std::slice::from_ref(&failed),
-            Some(d("2027-04-01")),
-        )
-        .unwrap();
+        record(&loaded, std::slice::from_ref(&failed)).unwrap();
         assert_eq!(records(&loaded, d("2027-04-01")).unwrap(), vec![failed]);
         assert_eq!(set_quota(&loaded, &ct, None).unwrap(), Some(q));
         assert!(quotas(&loaded).unwrap().is_empty());
