@@ -242,6 +242,35 @@ fn quotas_count_billable_traffic_only(v: Variant) {
     assert!(!out.contains("threshold 100"), "{out}");
 }
 
+/// Free networks named on a node without the ipset program (per-IP rules): counting goes
+/// on exactly, nothing is counted as free, and `check` says why.
+#[test]
+fn without_ipset_nothing_is_free_and_check_says_so() {
+    let node = Node::with_topology(Variant::Legacy, CTS);
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    write(
+        &node.config,
+        cfg.replace("[netfilter]\n", "[netfilter]\nipset = /nonexistent/ipset\n"),
+    );
+    set_classes(&node, &format!("free = {WORLD_NETS}\n"));
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let c = node.ct("101");
+    send_udp(node.world(), WORLD_V4.parse().unwrap(), &c.ns, c.v4, 100, 3);
+    node.at(DAY1, &["dump"]);
+    assert_eq!(figures(&node, "101"), [3 * udp_ip_len(c.v4, 100), 0, 0, 0]);
+    let save = node.ns.must("iptables-legacy-save", &[]);
+    assert!(!save.contains("vzacct-free"), "{save}");
+    let check = stdout(&node.vzacct_env(&["check"], &[("VZACCT_NOW", DAY1)]));
+    let line = check
+        .lines()
+        .find(|l| l.contains("free networks"))
+        .unwrap_or_else(|| panic!("{check}"));
+    assert!(
+        line.starts_with("FAIL") && line.contains("/nonexistent/ipset save"),
+        "{line}"
+    );
+}
+
 /// Bad `[classes]` lines are refused with the word at fault, before anything runs.
 #[test]
 fn bad_classes_are_named() {

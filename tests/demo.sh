@@ -181,6 +181,14 @@ nsx "$NODE" tc filter show dev venet0 parent 1: | grep -e flowid
 echo "--- a second dump acts on nothing: each threshold once per period"
 VZACCT_NOW=$DUMPED_AT vz dump
 
+step "Free networks: the world's network 198.51.100.0/24 is the provider's backup net, not billed"
+printf '[classes]\nfree = 198.51.100.0/24\n' >> "$CONF_FILE"
+VZACCT_NOW=$DUMPED_AT vz sync
+ping_ct 10.0.0.20 4 1000
+VZACCT_NOW=$DUMPED_AT vz dump
+echo "102 in: 4x1000 = 4000 bytes from the free network, counted in IN and again apart as free:"
+VZACCT_NOW=$DUMPED_AT vz show 102
+
 step "What the hooks did (the log an operator reads when something goes wrong)"
 cat "$WORK/hook.log"
 

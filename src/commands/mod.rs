@@ -509,6 +509,14 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
             sets.destroy.len()
         ))?;
     }
+    if !sets.free_add.is_empty() || !sets.free_del.is_empty() || !sets.free_destroy.is_empty() {
+        ctx.say(format!(
+            "free networks ([classes]): {} entry(ies) added to vzacct-free4/6, {} removed, {} set(s) destroyed",
+            sets.free_add.len(),
+            sets.free_del.len(),
+            sets.free_destroy.len()
+        ))?;
+    }
     for (family, plan) in &c.plan.rules {
         if plan.is_empty() {
             ctx.say(format!("{family}: rules already in place"))?;
