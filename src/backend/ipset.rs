@@ -174,6 +174,15 @@ impl SaveParser {
     pub fn finish(self) -> Sets {
         self.sets
     }
+
+    /// The counted elements parsed so far (frozen sets' and live ones'), taken out: for a
+    /// reader that handles each as it comes instead of holding them all.
+    pub fn take_counted(&mut self) -> impl Iterator<Item = Counted> {
+        self.sets
+            .frozen
+            .drain(..)
+            .chain(self.sets.elements.drain(..))
+    }
 }
 
 /// The rest of an `add SET IP [packets N] [bytes N] [comment "ct:X"]` line of the set of

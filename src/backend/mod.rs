@@ -207,24 +207,30 @@ impl Kernel {
 
     /// Apply: sets created and filled first (rules may refer to them), and the sets that
     /// lose elements swapped with their wanted contents (`set_batch`, from
-    /// [`SetPlan::render_with`]); then one iptables-restore batch per family. Returns the
-    /// final counters of the frozen old contents: the caller credits them and then calls
-    /// [`Kernel::finish`].
+    /// [`SetPlan::render_with`], dropped once applied); then one iptables-restore batch per
+    /// family. The final counters of the frozen old contents go to `frozen` one by one as
+    /// they are read (a large node's are never held at once): the caller credits them and
+    /// then calls [`Kernel::finish`]. Returns how many there were.
     pub fn apply(
         &self,
         config: &Config,
         plan: &KernelPlan,
-        set_batch: &str,
-    ) -> Result<Vec<Counted>, BackendError> {
+        set_batch: String,
+        frozen: &mut dyn FnMut(&Counted),
+    ) -> Result<usize, BackendError> {
         let ipset = Ipset::new(config);
-        ipset.apply(set_batch)?;
-        let mut frozen = Vec::new();
+        ipset.apply(&set_batch)?;
+        drop(set_batch);
+        let mut read = 0;
         for ((t, current), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
             t.apply(&self::pending(current))?;
             t.apply(p)?;
             // The chains this batch rebuilt are unhooked: their rules' values are final.
             if !p.swapped().is_empty() {
-                frozen.extend(t.read()?.frozen);
+                for c in &t.read()?.frozen {
+                    frozen(c);
+                    read += 1;
+                }
             }
         }
         // Sets the iptables batch stopped using count no more: their final values too.
@@ -233,9 +239,9 @@ impl Kernel {
             stopped.extend(plan.sets.destroy.iter().cloned());
         }
         if !stopped.is_empty() {
-            frozen.extend(ipset.read_frozen(&stopped)?);
+            read += ipset.read_frozen(&stopped, frozen)?;
         }
-        Ok(frozen)
+        Ok(read)
     }
 
     /// The final counters of chains and sets a killed command froze and left: credited

@@ -297,26 +297,27 @@ fn run_within(
     let mut child = spawn(&mut cmd, program)?;
     let dog = Watchdog::start(&child, limit);
     // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(data), Some(mut pipe)) => {
-            let data = data.to_vec();
-            Some(std::thread::spawn(move || pipe.write_all(&data)))
+    // The thread borrows the input (a scoped thread): a batch of megabytes is not copied.
+    let (fired, waited) = std::thread::scope(|scope| {
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A broken pipe here means the child exited early; its status tells the real
+            // story. The scope joins the thread before it ends.
+            scope.spawn(move || {
+                let _ = pipe.write_all(data);
+            });
         }
-        _ => None,
-    };
-    // Drain both pipes (the watchdog's kill closes them), then stop the watchdog before the
-    // child is reaped.
-    let (stdout, stderr) = drain(&mut child);
-    exited(&child);
-    let fired = dog.finish();
-    let status = child.wait().map_err(|source| ProcessError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
-    // A broken pipe here means the child exited early; its status tells the real story.
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+        // Drain both pipes (the watchdog's kill closes them), then stop the watchdog before
+        // the child is reaped.
+        let (stdout, stderr) = drain(&mut child);
+        exited(&child);
+        let fired = dog.finish();
+        let status = child.wait().map_err(|source| ProcessError::Spawn {
+            program: program.to_string(),
+            source,
+        });
+        (fired, status.map(|s| (s, stdout, stderr)))
+    });
+    let (status, stdout, stderr) = waited?;
     if fired {
         return Err(ProcessError::timeout(program, args, limit));
     }

@@ -444,12 +444,15 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
     let mut stopped = Figures::default();
     if !apply {
-        s.kernel.apply(&ctx.config, &plan, &set_batch)?;
+        s.kernel.apply(&ctx.config, &plan, set_batch, &mut |_| {})?;
     } else {
         // Rules and set elements that no longer count (frozen chains and sets, sets the batch
-        // stopped using): what they counted between this read and the batch is credited now.
-        let frozen = s.kernel.apply(&ctx.config, &plan, &set_batch)?;
-        stopped = s.ledger.credit_frozen(&frozen, ctx.today());
+        // stopped using): what they counted between this read and the batch is credited now,
+        // each as it is read.
+        let (ledger, today) = (&mut s.ledger, ctx.today());
+        let frozen = s.kernel.apply(&ctx.config, &plan, set_batch, &mut |c| {
+            ledger.credit_frozen_one(c, today, &mut stopped)
+        })?;
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
         let coverage = s.kernel.coverage();
@@ -459,7 +462,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         // The frozen copies go before the credit is written: killed in between, the credit
         // is lost (milliseconds of traffic), never made twice by the next command.
         s.kernel.finish(&ctx.config, &plan)?;
-        if forgot || !frozen.is_empty() {
+        if forgot || frozen > 0 {
             s.loaded.save(&s.ledger, None, &[])?;
         }
     }
