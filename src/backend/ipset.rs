@@ -388,6 +388,7 @@ pub fn plan(
     let mut want: HashMap<IpAddr, &Ctid> = HashMap::new();
     let mut created: Vec<(Kind, Family)> = Vec::new();
     if use_sets {
+        want.reserve(wanted.values().map(BTreeSet::len).sum());
         for (ctid, ips) in wanted {
             for ip in ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
                 want.insert(*ip, ctid);
@@ -406,35 +407,41 @@ pub fn plan(
     } else {
         p.destroy.extend(current.present.keys().cloned());
     }
-    let mut have: HashMap<(Kind, IpAddr), Option<&Ctid>> = HashMap::new();
-    for (kind, ip, owner) in current.all() {
-        have.insert((kind, ip), owner);
-    }
+    // What the sets hold, sorted by kind and IP for lookups (a large node's 80,000 elements
+    // take less room so than in a hash map): an element found twice counts as its last.
+    let mut have: Vec<(Kind, IpAddr, Option<&Ctid>)> = current.all().collect();
+    have.reverse();
+    have.sort_by_key(|(k, ip, _)| (*k, *ip));
+    have.dedup_by_key(|(k, ip, _)| (*k, *ip));
+    let had = |kind: Kind, ip: IpAddr| {
+        have.binary_search_by_key(&(kind, ip), |(k, i, _)| (*k, *i))
+            .ok()
+            .map(|i| have[i].2)
+    };
     // An element goes when its IP is no longer wanted, or when it names no container (its
     // past is unknown). An element of another container stays: the `add` below only puts the
     // new owner in its comment (`restore -exist` keeps its counters), so it never stops
     // counting; the ledger charges its deltas to the new owner from the move's read on.
-    let mut del: Vec<(Kind, IpAddr)> = Vec::new();
-    for (key, owner) in &have {
-        if use_sets && (!want.contains_key(&key.1) || owner.is_none()) {
-            del.push(*key);
-        }
+    // (`have` is sorted: so is `del`.)
+    if use_sets {
+        p.del = (have.iter())
+            .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
+            .map(|(k, ip, _)| (*k, *ip))
+            .collect();
     }
-    del.sort();
-    p.del = del;
     let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
     for (ip, ctid) in &want {
         for kind in Kind::ALL {
             let fresh = created.contains(&(kind, Family::of(ip)));
-            let had = have.get(&(kind, *ip));
-            if had != Some(&Some(*ctid)) || fresh {
+            let had = had(kind, *ip);
+            if had != Some(Some(*ctid)) || fresh {
                 add.push((kind, *ip, (*ctid).clone()));
             }
             if let Some(Some(from)) = had
-                && *from != *ctid
+                && from != *ctid
                 && !fresh
             {
-                p.moved.push((kind, *ip, (*from).clone()));
+                p.moved.push((kind, *ip, from.clone()));
             }
         }
     }
@@ -447,7 +454,7 @@ pub fn plan(
         for (ip, ctid) in &want {
             for kind in Kind::ALL {
                 if freeze.contains(&(kind, Family::of(ip))) {
-                    let existing = matches!(have.get(&(kind, *ip)), Some(Some(_)));
+                    let existing = matches!(had(kind, *ip), Some(Some(_)));
                     p.refill.push((kind, *ip, (*ctid).clone(), existing));
                 }
             }
