@@ -408,10 +408,10 @@ pub fn plan(
         p.destroy.extend(current.present.keys().cloned());
     }
     // What the sets hold, sorted by kind and IP for lookups (a large node's 80,000 elements
-    // take less room so than in a hash map): an element found twice counts as its last.
+    // take less room so than in a hash map). A set holds an address once, so no two share
+    // a kind and IP; the sorts here are unstable, which needs no scratch copy of the list.
     let mut have: Vec<(Kind, IpAddr, Option<&Ctid>)> = current.all().collect();
-    have.reverse();
-    have.sort_by_key(|(k, ip, _)| (*k, *ip));
+    have.sort_unstable_by_key(|(k, ip, _)| (*k, *ip));
     have.dedup_by_key(|(k, ip, _)| (*k, *ip));
     let had = |kind: Kind, ip: IpAddr| {
         have.binary_search_by_key(&(kind, ip), |(k, i, _)| (*k, *i))
@@ -445,8 +445,8 @@ pub fn plan(
             }
         }
     }
-    add.sort();
-    p.moved.sort();
+    add.sort_unstable();
+    p.moved.sort_unstable();
     p.add = add;
     if use_sets {
         let freeze: BTreeSet<(Kind, Family)> =
@@ -459,7 +459,7 @@ pub fn plan(
                 }
             }
         }
-        p.refill.sort();
+        p.refill.sort_unstable();
         p.freeze = freeze.into_iter().collect();
     }
     p.leftover = current.frozen_present.clone();
