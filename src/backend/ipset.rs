@@ -310,35 +310,58 @@ impl SetPlan {
         &self,
         counters: &dyn Fn(Kind, IpAddr, &Ctid) -> Option<Counters>,
     ) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
+        self.write_with(&mut out, counters)
+            .expect("writing into memory cannot fail");
+        String::from_utf8(out).expect("the batch is ASCII")
+    }
+
+    /// Whether [`SetPlan::render_with`] would be empty: no set to create, fill, change or
+    /// swap, no leftover to destroy, no generation to write.
+    pub fn batch_is_empty(&self) -> bool {
+        self.leftover.is_empty()
+            && self.create.is_empty()
+            && self.del.is_empty()
+            && self.add.is_empty()
+            && self.freeze.is_empty()
+            && self.live.is_empty()
+    }
+
+    /// [`SetPlan::render_with`] written to `out` as it is made (a large node's swapped sets
+    /// are megabytes of batch).
+    pub fn write_with(
+        &self,
+        out: &mut dyn std::io::Write,
+        counters: &dyn Fn(Kind, IpAddr, &Ctid) -> Option<Counters>,
+    ) -> std::io::Result<()> {
         for name in &self.leftover {
-            let _ = writeln!(out, "destroy {name}");
+            writeln!(out, "destroy {name}")?;
         }
-        let create = |out: &mut String, name: &str, family: Family| {
+        let create = |out: &mut dyn std::io::Write, name: &str, family: Family| {
             let family = match family {
                 Family::V6 => "inet6",
                 Family::V4 => "inet",
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
-            );
+            )
         };
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
-            create(&mut out, name, family);
+            create(out, name, family)?;
         }
         let frozen = |kind: Kind, ip: &IpAddr| self.freeze.contains(&(kind, Family::of(ip)));
         for (kind, ip) in self.del.iter().filter(|(k, ip)| !frozen(*k, ip)) {
-            let _ = writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)));
+            writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)))?;
         }
         for (kind, ip, ctid) in self.add.iter().filter(|(k, ip, _)| !frozen(*k, ip)) {
             let set = set_name(*kind, Family::of(ip));
-            let _ = writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"");
+            writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"")?;
         }
         for (kind, family) in &self.freeze {
             let z = frozen_name(*kind, *family);
-            create(&mut out, &z, *family);
+            create(out, &z, *family)?;
             for (k, ip, ctid, existing) in &self.refill {
                 if k != kind || Family::of(ip) != *family {
                     continue;
@@ -348,21 +371,21 @@ impl SetPlan {
                 } else {
                     Counters::default()
                 };
-                let _ = writeln!(
+                writeln!(
                     out,
                     "add {z} {ip} packets {} bytes {} comment \"{COMMENT_PREFIX}{ctid}\"",
                     c.packets, c.bytes
-                );
+                )?;
             }
-            let _ = writeln!(out, "swap {} {z}", set_name(*kind, *family));
+            writeln!(out, "swap {} {z}", set_name(*kind, *family))?;
         }
         for (name, g) in &self.live {
             let comment = crate::model::generation_comment(*g);
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
             let ip = crate::model::generation_ip(family);
-            let _ = writeln!(out, "add {name} {ip} comment \"{comment}\"");
+            writeln!(out, "add {name} {ip} comment \"{comment}\"")?;
         }
-        out
+        Ok(())
     }
 
     /// Destructions (run after the iptables batch removed the rules that use the sets).

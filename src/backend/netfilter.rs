@@ -263,15 +263,16 @@ impl Ipset {
         if batch.is_empty() {
             return Ok(());
         }
-        process::run(
-            &self.program,
-            &["restore", "-exist"],
-            Some(batch.as_bytes()),
-        )
-        .map(|_| ())
-        .map_err(|source| IpsetError::Apply {
-            program: self.program.clone(),
-            source,
-        })
+        self.apply_fed(&mut |w| w.write_all(batch.as_bytes()))
+    }
+
+    /// Apply one `ipset restore` batch written by `feed` as ipset reads it (never empty).
+    pub fn apply_fed(&self, feed: process::Feed) -> Result<(), IpsetError> {
+        process::run_fed(&self.program, &["restore", "-exist"], feed)
+            .map(|_| ())
+            .map_err(|source| IpsetError::Apply {
+                program: self.program.clone(),
+                source,
+            })
     }
 }

@@ -151,7 +151,10 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     // credited, and the sets destroyed.
     let today = ctx.today();
     let mut credited = crate::ledger::Figures::default();
-    let frozen = kernel.apply(&ctx.config, &teardown, teardown.sets.render(), &mut |c| {
+    kernel.apply(&ctx.config, &teardown, &mut |w| {
+        teardown.sets.write_with(w, &|_, _, _| None)
+    })?;
+    let frozen = kernel.read_stopped(&ctx.config, &teardown, &mut |c| {
         ledger.credit_frozen_one(c, today, &mut credited)
     })?;
     if frozen > 0 {
