@@ -628,6 +628,36 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             off.render_destroy(),
             "destroy vzacct-fi4\ndestroy vzacct-fo4\n"
         );
+        for p in [&p, &off] {
+            assert_eq!(p.batch_is_empty(), p.render().is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_plan_with_nothing_to_change_writes_no_batch() {
+        let save: String = Kind::ALL
+            .iter()
+            .map(|k| {
+                let name = set_name(*k, Family::V4);
+                format!(
+                    "create {name} hash:ip family inet hashsize 1024 maxelem 65536 counters comment\n\
+                     add {name} 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n"
+                )
+            })
+            .collect();
+        let s = parse_save(&save).unwrap();
+        let mut wanted = BTreeMap::new();
+        wanted.insert(
+            "101".parse::<Ctid>().unwrap(),
+            ["10.0.0.1".parse().unwrap()].into(),
+        );
+        let mut p = plan(&wanted, &[Family::V4], true, &s);
+        assert!(p.batch_is_empty(), "{p:?}");
+        assert_eq!(p.render(), "");
+        // The generation stamp alone is a batch.
+        p.live = vec![(set_name(Kind::ForwardIn, Family::V4), 3)];
+        assert!(!p.batch_is_empty());
+        assert!(!p.render().is_empty());
     }
 
     /// The real `ipset save` of 6.11 (header and create lines end in a space, no counters)

@@ -523,6 +523,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fed_input_is_written_as_it_is_made_while_the_output_is_read() {
+        // Far more than a pipe holds, both ways: neither side may wait for the other.
+        let mut feed = |w: &mut dyn Write| {
+            for i in 0..100_000 {
+                writeln!(w, "line {i}")?;
+            }
+            Ok(())
+        };
+        let out = run_fed("cat", &[], &mut feed).unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 100_000);
+        assert_eq!(text.lines().last(), Some("line 99999"));
+        let e = run_fed("sh", &["-c", "head -c 10 >/dev/null; exit 3"], &mut feed).unwrap_err();
+        assert!(e.to_string().contains("exit"), "{e}");
+    }
+
+    #[test]
     fn a_detached_program_gets_its_environment_and_input_and_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in");
