@@ -452,9 +452,13 @@ pub fn plan(
             .map(|(k, ip, _)| (*k, *ip))
             .collect();
     }
+    // The wanted IPs in order, each kind in turn: the lookups then walk `have` from start
+    // to end (in cache), where the hash map's order sent each one to a random place.
+    let mut order: Vec<(&IpAddr, &&Ctid)> = want.iter().collect();
+    order.sort_unstable_by_key(|(ip, _)| **ip);
     let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
-    for (ip, ctid) in &want {
-        for kind in Kind::ALL {
+    for kind in Kind::ALL {
+        for &(ip, ctid) in &order {
             let fresh = created.contains(&(kind, Family::of(ip)));
             let had = had(kind, *ip);
             if had != Some(Some(*ctid)) || fresh {
@@ -474,8 +478,8 @@ pub fn plan(
     if use_sets {
         let freeze: BTreeSet<(Kind, Family)> =
             p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
-        for (ip, ctid) in &want {
-            for kind in Kind::ALL {
+        for kind in Kind::ALL {
+            for &(ip, ctid) in &order {
                 if freeze.contains(&(kind, Family::of(ip))) {
                     let existing = matches!(had(kind, *ip), Some(Some(_)));
                     p.refill.push((kind, *ip, (*ctid).clone(), existing));
