@@ -197,6 +197,15 @@ impl SaveParser {
     pub fn finish(self) -> Sets {
         self.sets
     }
+
+    /// The counted elements parsed so far (frozen sets' and live ones'), taken out: for a
+    /// reader that handles each as it comes instead of holding them all.
+    pub fn take_counted(&mut self) -> impl Iterator<Item = Counted> {
+        self.sets
+            .frozen
+            .drain(..)
+            .chain(self.sets.elements.drain(..))
+    }
 }
 
 /// The rest of an `add SET IP [packets N] [bytes N] [comment "ct:X"]` line of the set of
@@ -339,54 +348,80 @@ impl SetPlan {
         &self,
         counters: &dyn Fn(Kind, IpAddr, &Ctid) -> Option<Counters>,
     ) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
+        self.write_with(&mut out, counters)
+            .expect("writing into memory cannot fail");
+        String::from_utf8(out).expect("the batch is ASCII")
+    }
+
+    /// Whether [`SetPlan::render_with`] would be empty: no set to create, fill, change or
+    /// swap, no leftover to destroy, no generation to write.
+    pub fn batch_is_empty(&self) -> bool {
+        self.leftover.is_empty()
+            && self.create.is_empty()
+            && self.del.is_empty()
+            && self.add.is_empty()
+            && self.freeze.is_empty()
+            && self.live.is_empty()
+            && self.free_create.is_empty()
+            && self.free_add.is_empty()
+            && self.free_del.is_empty()
+    }
+
+    /// [`SetPlan::render_with`] written to `out` as it is made (a large node's swapped sets
+    /// are megabytes of batch).
+    pub fn write_with(
+        &self,
+        out: &mut dyn std::io::Write,
+        counters: &dyn Fn(Kind, IpAddr, &Ctid) -> Option<Counters>,
+    ) -> std::io::Result<()> {
         for name in &self.leftover {
-            let _ = writeln!(out, "destroy {name}");
+            writeln!(out, "destroy {name}")?;
         }
-        let create = |out: &mut String, name: &str, family: Family| {
+        let create = |out: &mut dyn std::io::Write, name: &str, family: Family| {
             let family = match family {
                 Family::V6 => "inet6",
                 Family::V4 => "inet",
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
-            );
+            )
         };
         for family in &self.free_create {
             let inet = match family {
                 Family::V6 => "inet6",
                 Family::V4 => "inet",
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "create {} hash:net family {inet} maxelem {MAXELEM}",
                 free_set_name(*family)
-            );
+            )?;
         }
         // Added before the others go: an address in both the old and the new networks
         // (a network split in two, say) is free throughout.
         for net in &self.free_add {
-            let _ = writeln!(out, "add {} {net}", free_set_name(family_of(net)));
+            writeln!(out, "add {} {net}", free_set_name(family_of(net)))?;
         }
         for net in &self.free_del {
-            let _ = writeln!(out, "del {} {net}", free_set_name(family_of(net)));
+            writeln!(out, "del {} {net}", free_set_name(family_of(net)))?;
         }
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
-            create(&mut out, name, family);
+            create(out, name, family)?;
         }
         let frozen = |kind: Kind, ip: &IpAddr| self.freeze.contains(&(kind, Family::of(ip)));
         for (kind, ip) in self.del.iter().filter(|(k, ip)| !frozen(*k, ip)) {
-            let _ = writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)));
+            writeln!(out, "del {} {ip}", set_name(*kind, Family::of(ip)))?;
         }
         for (kind, ip, ctid) in self.add.iter().filter(|(k, ip, _)| !frozen(*k, ip)) {
             let set = set_name(*kind, Family::of(ip));
-            let _ = writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"");
+            writeln!(out, "add {set} {ip} comment \"{COMMENT_PREFIX}{ctid}\"")?;
         }
         for (kind, family) in &self.freeze {
             let z = frozen_name(*kind, *family);
-            create(&mut out, &z, *family);
+            create(out, &z, *family)?;
             for (k, ip, ctid, existing) in &self.refill {
                 if k != kind || Family::of(ip) != *family {
                     continue;
@@ -396,21 +431,21 @@ impl SetPlan {
                 } else {
                     Counters::default()
                 };
-                let _ = writeln!(
+                writeln!(
                     out,
                     "add {z} {ip} packets {} bytes {} comment \"{COMMENT_PREFIX}{ctid}\"",
                     c.packets, c.bytes
-                );
+                )?;
             }
-            let _ = writeln!(out, "swap {} {z}", set_name(*kind, *family));
+            writeln!(out, "swap {} {z}", set_name(*kind, *family))?;
         }
         for (name, g) in &self.live {
             let comment = crate::model::generation_comment(*g);
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
             let ip = crate::model::generation_ip(family);
-            let _ = writeln!(out, "add {name} {ip} comment \"{comment}\"");
+            writeln!(out, "add {name} {ip} comment \"{comment}\"")?;
         }
-        out
+        Ok(())
     }
 
     /// Destructions (run after the iptables batch removed the rules that use the sets).
@@ -497,6 +532,7 @@ pub fn plan(
     let mut want: HashMap<IpAddr, &Ctid> = HashMap::new();
     let mut created: Vec<(Kind, Family)> = Vec::new();
     if use_sets {
+        want.reserve(wanted.values().map(BTreeSet::len).sum());
         for (ctid, ips) in wanted {
             for ip in ips.iter().filter(|ip| families.contains(&Family::of(ip))) {
                 want.insert(*ip, ctid);
@@ -519,53 +555,67 @@ pub fn plan(
             .filter(|name| parse_set_name(name).is_some_and(|(k, _)| !kinds.contains(&k)))
             .cloned(),
     );
-    let mut have: HashMap<(Kind, IpAddr), Option<&Ctid>> = HashMap::new();
-    for (kind, ip, owner) in current.all().filter(|(k, _, _)| kinds.contains(k)) {
-        have.insert((kind, ip), owner);
-    }
+    // What the sets of the kinds in use hold, sorted by kind and IP for lookups (a large
+    // node's 80,000 elements take less room so than in a hash map). A set holds an address
+    // once, so no two share a kind and IP; the sorts here are unstable, which needs no
+    // scratch copy of the list.
+    let mut have: Vec<(Kind, IpAddr, Option<&Ctid>)> = current
+        .all()
+        .filter(|(k, _, _)| kinds.contains(k))
+        .collect();
+    have.sort_unstable_by_key(|(k, ip, _)| (*k, *ip));
+    have.dedup_by_key(|(k, ip, _)| (*k, *ip));
+    let had = |kind: Kind, ip: IpAddr| {
+        have.binary_search_by_key(&(kind, ip), |(k, i, _)| (*k, *i))
+            .ok()
+            .map(|i| have[i].2)
+    };
     // An element goes when its IP is no longer wanted, or when it names no container (its
     // past is unknown). An element of another container stays: the `add` below only puts the
     // new owner in its comment (`restore -exist` keeps its counters), so it never stops
     // counting; the ledger charges its deltas to the new owner from the move's read on.
-    let mut del: Vec<(Kind, IpAddr)> = Vec::new();
-    for (key, owner) in &have {
-        if use_sets && (!want.contains_key(&key.1) || owner.is_none()) {
-            del.push(*key);
-        }
+    // (`have` is sorted: so is `del`.)
+    if use_sets {
+        p.del = (have.iter())
+            .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
+            .map(|(k, ip, _)| (*k, *ip))
+            .collect();
     }
-    del.sort();
-    p.del = del;
+    // The wanted IPs in order, each kind in turn: the lookups then walk `have` from start
+    // to end (in cache), where the hash map's order sent each one to a random place.
+    let mut order: Vec<(&IpAddr, &&Ctid)> = want.iter().collect();
+    order.sort_unstable_by_key(|(ip, _)| **ip);
     let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
-    for (ip, ctid) in &want {
-        for &kind in kinds {
+    for &kind in kinds {
+        for &(ip, ctid) in &order {
             let fresh = created.contains(&(kind, Family::of(ip)));
-            let had = have.get(&(kind, *ip));
-            if had != Some(&Some(*ctid)) || fresh {
+            let had = had(kind, *ip);
+            if had != Some(Some(*ctid)) || fresh {
                 add.push((kind, *ip, (*ctid).clone()));
             }
             if let Some(Some(from)) = had
-                && *from != *ctid
+                && from != *ctid
                 && !fresh
             {
-                p.moved.push((kind, *ip, (*from).clone()));
+                p.moved.push((kind, *ip, from.clone()));
             }
         }
     }
-    add.sort();
-    p.moved.sort();
+    add.sort_unstable();
+    p.moved.sort_unstable();
     p.add = add;
     if use_sets {
         let freeze: BTreeSet<(Kind, Family)> =
             p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
-        for (ip, ctid) in &want {
-            for &kind in kinds {
+        for &kind in kinds {
+            for &(ip, ctid) in &order {
                 if freeze.contains(&(kind, Family::of(ip))) {
-                    let existing = matches!(have.get(&(kind, *ip)), Some(Some(_)));
+                    let existing = matches!(had(kind, *ip), Some(Some(_)));
                     p.refill.push((kind, *ip, (*ctid).clone(), existing));
                 }
             }
         }
-        p.refill.sort();
+        p.refill.sort_unstable();
         p.freeze = freeze.into_iter().collect();
     }
     p.leftover = current.frozen_present.clone();
@@ -641,6 +691,16 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         assert_eq!(
             none.render_destroy(),
             "destroy vzacct-ffi4\ndestroy vzacct-free4\n"
+        );
+        // Only the free networks change: the batch still runs.
+        let only_free = SetPlan {
+            free_add: p.free_add.clone(),
+            ..SetPlan::default()
+        };
+        assert!(!only_free.batch_is_empty());
+        assert_eq!(
+            only_free.render(),
+            "add vzacct-free4 10.0.0.1/32\nadd vzacct-free4 198.51.100.0/25\nadd vzacct-free6 2001:db8::/32\n"
         );
     }
 
@@ -772,6 +832,36 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             off.render_destroy(),
             "destroy vzacct-fi4\ndestroy vzacct-fo4\n"
         );
+        for p in [&p, &off] {
+            assert_eq!(p.batch_is_empty(), p.render().is_empty(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_plan_with_nothing_to_change_writes_no_batch() {
+        let save: String = Kind::ALL
+            .iter()
+            .map(|k| {
+                let name = set_name(*k, Family::V4);
+                format!(
+                    "create {name} hash:ip family inet hashsize 1024 maxelem 65536 counters comment\n\
+                     add {name} 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n"
+                )
+            })
+            .collect();
+        let s = parse_save(&save).unwrap();
+        let mut wanted = BTreeMap::new();
+        wanted.insert(
+            "101".parse::<Ctid>().unwrap(),
+            ["10.0.0.1".parse().unwrap()].into(),
+        );
+        let mut p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
+        assert!(p.batch_is_empty(), "{p:?}");
+        assert_eq!(p.render(), "");
+        // The generation stamp alone is a batch.
+        p.live = vec![(set_name(Kind::ForwardIn, Family::V4), 3)];
+        assert!(!p.batch_is_empty());
+        assert!(!p.render().is_empty());
     }
 
     /// The real `ipset save` of 6.11 (header and create lines end in a space, no counters)

@@ -233,36 +233,53 @@ impl Kernel {
     }
 
     /// Apply: sets created and filled first (rules may refer to them), and the sets that
-    /// lose elements swapped with their wanted contents (`set_batch`, from
-    /// [`SetPlan::render_with`]); then one iptables-restore batch per family. Returns the
-    /// final counters of the frozen old contents: the caller credits them and then calls
-    /// [`Kernel::finish`].
+    /// lose elements swapped with their wanted contents (the batch `write_sets` writes,
+    /// [`SetPlan::write_with`], as ipset reads it: a large node's is megabytes); then one
+    /// iptables-restore batch per family. The caller then reads what stopped counting
+    /// ([`Kernel::read_stopped`]), credits it, and calls [`Kernel::finish`].
     pub fn apply(
         &self,
         config: &Config,
         plan: &KernelPlan,
-        set_batch: &str,
-    ) -> Result<Vec<Counted>, BackendError> {
-        let ipset = Ipset::new(config);
-        ipset.apply(set_batch)?;
-        let mut frozen = Vec::new();
+        write_sets: process::Feed,
+    ) -> Result<(), BackendError> {
+        if !plan.sets.batch_is_empty() {
+            Ipset::new(config).apply_fed(write_sets)?;
+        }
         for ((t, current), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
             t.apply(&self::pending(current))?;
             t.apply(p)?;
-            // The chains this batch rebuilt are unhooked: their rules' values are final.
+        }
+        Ok(())
+    }
+
+    /// After [`Kernel::apply`]: the final counters of what its plan stopped, the rules of
+    /// the chains it rebuilt (unhooked) and the elements of the sets it froze or stopped
+    /// using, each handed to `frozen` as it is read (a large node's are never held at
+    /// once). Returns how many there were.
+    pub fn read_stopped(
+        &self,
+        config: &Config,
+        plan: &KernelPlan,
+        frozen: &mut dyn FnMut(&Counted),
+    ) -> Result<usize, BackendError> {
+        let mut read = 0;
+        for ((t, _), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
             if !p.swapped().is_empty() {
-                frozen.extend(t.read()?.frozen);
+                for c in &t.read()?.frozen {
+                    frozen(c);
+                    read += 1;
+                }
             }
         }
-        // Sets the iptables batch stopped using count no more: their final values too.
         let mut stopped = plan.sets.frozen_names();
         if self.sets.read.is_some() {
             stopped.extend(plan.sets.destroy.iter().cloned());
         }
         if !stopped.is_empty() {
-            frozen.extend(ipset.read_frozen(&stopped)?);
+            read += Ipset::new(config).read_frozen(&stopped, frozen)?;
         }
-        Ok(frozen)
+        Ok(read)
     }
 
     /// The final counters of chains and sets a killed command froze and left: credited

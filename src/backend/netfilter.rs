@@ -231,25 +231,31 @@ impl Ipset {
     }
 
     /// The final counters of the sets `names`, which no rule uses any more (frozen old
-    /// contents, or sets about to be destroyed): one `ipset save NAME` each, keyed as the
-    /// live sets' elements.
+    /// contents, or sets about to be destroyed): one `ipset save NAME` each, each element
+    /// handed to `each` as it is parsed, keyed as the live sets' elements. Returns how many.
     pub fn read_frozen(
         &self,
         names: &[String],
-    ) -> Result<Vec<crate::backend::iptables::Counted>, IpsetError> {
+        each: &mut dyn FnMut(&crate::backend::iptables::Counted),
+    ) -> Result<usize, IpsetError> {
         let mut parser = crate::backend::ipset::SaveParser::default();
+        let mut read = 0;
         for name in names {
-            process::run_lines(&self.program, &["save", name], |line| parser.line(line))
-                .map_err(IpsetError::Read)?
-                .map_err(|source| IpsetError::Parse {
-                    program: self.program.clone(),
-                    source,
-                })?;
+            process::run_lines(&self.program, &["save", name], |line| {
+                parser.line(line)?;
+                for c in parser.take_counted() {
+                    each(&c);
+                    read += 1;
+                }
+                Ok(())
+            })
+            .map_err(IpsetError::Read)?
+            .map_err(|source| IpsetError::Parse {
+                program: self.program.clone(),
+                source,
+            })?;
         }
-        let sets = parser.finish();
-        let mut all = sets.frozen;
-        all.extend(sets.elements);
-        Ok(all)
+        Ok(read)
     }
 
     /// Apply one `ipset restore` batch; nothing is run for an empty one.
@@ -257,15 +263,16 @@ impl Ipset {
         if batch.is_empty() {
             return Ok(());
         }
-        process::run(
-            &self.program,
-            &["restore", "-exist"],
-            Some(batch.as_bytes()),
-        )
-        .map(|_| ())
-        .map_err(|source| IpsetError::Apply {
-            program: self.program.clone(),
-            source,
-        })
+        self.apply_fed(&mut |w| w.write_all(batch.as_bytes()))
+    }
+
+    /// Apply one `ipset restore` batch written by `feed` as ipset reads it (never empty).
+    pub fn apply_fed(&self, feed: process::Feed) -> Result<(), IpsetError> {
+        process::run_fed(&self.program, &["restore", "-exist"], feed)
+            .map(|_| ())
+            .map_err(|source| IpsetError::Apply {
+                program: self.program.clone(),
+                source,
+            })
     }
 }

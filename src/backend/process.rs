@@ -229,7 +229,28 @@ fn time_for(program: &str) -> Result<Duration, ProcessError> {
 /// Run `program` with `args`, feeding `stdin` (or /dev/null), and wait for it.
 /// A non-zero exit is an error carrying the program, its arguments, status and stderr.
 pub fn run(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ProcessError> {
-    let (status, out) = run_any(program, args, stdin)?;
+    checked(program, args, run_any(program, args, stdin)?)
+}
+
+/// [`run`] with its standard input written by `feed` as the program reads it, so that a
+/// large input (a batch of megabytes) is never held whole.
+pub fn run_fed(program: &str, args: &[&str], feed: Feed) -> Result<Output, ProcessError> {
+    checked(
+        program,
+        args,
+        run_within(program, args, Some(feed), time_for(program)?)?,
+    )
+}
+
+/// What writes a program's standard input (through a buffer): its errors are ignored, as a
+/// child that stops reading early tells the real story by its exit status.
+pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>;
+
+fn checked(
+    program: &str,
+    args: &[&str],
+    (status, out): (ExitStatus, Output),
+) -> Result<Output, ProcessError> {
     if !status.success() {
         return Err(ProcessError::failed(
             program,
@@ -248,7 +269,13 @@ pub fn run_any(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<(ExitStatus, Output), ProcessError> {
-    run_within(program, args, stdin, time_for(program)?)
+    let mut feed = stdin.map(bytes);
+    run_within(
+        program,
+        args,
+        feed.as_mut().map(|f| f as _),
+        time_for(program)?,
+    )
 }
 
 /// [`run_any`] for a quick question (a probe): it may take at most `max`, and less when the
@@ -259,7 +286,14 @@ pub fn run_any_for(
     stdin: Option<&[u8]>,
     max: Duration,
 ) -> Result<(ExitStatus, Output), ProcessError> {
-    run_within(program, args, stdin, time_for(program)?.min(max))
+    let mut feed = stdin.map(bytes);
+    let limit = time_for(program)?.min(max);
+    run_within(program, args, feed.as_mut().map(|f| f as _), limit)
+}
+
+/// A [`Feed`] of fixed bytes.
+fn bytes(data: &[u8]) -> impl FnMut(&mut dyn Write) -> std::io::Result<()> + '_ {
+    move |w| w.write_all(data)
 }
 
 /// Start `cmd`. A program file that is open for writing somewhere cannot be executed
@@ -279,11 +313,11 @@ fn spawn(cmd: &mut Command, program: &str) -> Result<Child, ProcessError> {
     }
 }
 
-/// [`run_any`] with the time it may take.
+/// [`run_any`] with the time it may take; `stdin` written by a feed, or /dev/null.
 fn run_within(
     program: &str,
     args: &[&str],
-    stdin: Option<&[u8]>,
+    stdin: Option<Feed>,
     limit: Duration,
 ) -> Result<(ExitStatus, Output), ProcessError> {
     let mut cmd = command(program, args);
@@ -296,27 +330,29 @@ fn run_within(
     .stderr(Stdio::piped());
     let mut child = spawn(&mut cmd, program)?;
     let dog = Watchdog::start(&child, limit);
-    // Feed stdin from a thread so a child that writes a lot before reading cannot deadlock us.
-    let writer = match (stdin, child.stdin.take()) {
-        (Some(data), Some(mut pipe)) => {
-            let data = data.to_vec();
-            Some(std::thread::spawn(move || pipe.write_all(&data)))
+    // Both pipes are drained on threads (the watchdog's kill closes them) while this one
+    // feeds stdin, so a child that writes a lot before reading cannot deadlock us, and the
+    // input is written as it is made.
+    let (pipe, out, err) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let (stdout, stderr) = std::thread::scope(|scope| {
+        let out = scope.spawn(move || read_all(out));
+        let err = scope.spawn(move || read_all(err));
+        if let (Some(feed), Some(pipe)) = (stdin, pipe) {
+            // A broken pipe means the child exited early; its status tells the real story.
+            // Dropping the writer closes the pipe: the child sees the end of its input.
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, pipe);
+            let _ = feed(&mut w).and_then(|()| w.flush());
         }
-        _ => None,
-    };
-    // Drain both pipes (the watchdog's kill closes them), then stop the watchdog before the
-    // child is reaped.
-    let (stdout, stderr) = drain(&mut child);
+        let joined = |t: std::thread::ScopedJoinHandle<'_, Vec<u8>>| t.join().unwrap_or_default();
+        (joined(out), joined(err))
+    });
+    // Stop the watchdog before the child is reaped.
     exited(&child);
     let fired = dog.finish();
     let status = child.wait().map_err(|source| ProcessError::Spawn {
         program: program.to_string(),
         source,
     })?;
-    // A broken pipe here means the child exited early; its status tells the real story.
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
     if fired {
         return Err(ProcessError::timeout(program, args, limit));
     }
@@ -380,22 +416,13 @@ fn exited(child: &Child) {
     }
 }
 
-/// Read a child's stdout and stderr to their ends (stderr on a thread).
-fn drain(child: &mut Child) -> (Vec<u8>, Vec<u8>) {
-    use std::io::Read;
-    let err_reader = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = e.read_to_end(&mut buf);
-            buf
-        })
-    });
-    let mut stdout = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_end(&mut stdout);
+/// Read one of a child's pipes to its end.
+fn read_all(pipe: Option<impl std::io::Read>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf);
     }
-    let stderr = err_reader.and_then(|t| t.join().ok()).unwrap_or_default();
-    (stdout, stderr)
+    buf
 }
 
 /// Run `program` with `args` (stdin /dev/null) and hand each line of its stdout to `each`
@@ -496,6 +523,23 @@ mod tests {
     }
 
     #[test]
+    fn a_fed_input_is_written_as_it_is_made_while_the_output_is_read() {
+        // Far more than a pipe holds, both ways: neither side may wait for the other.
+        let mut feed = |w: &mut dyn Write| {
+            for i in 0..100_000 {
+                writeln!(w, "line {i}")?;
+            }
+            Ok(())
+        };
+        let out = run_fed("cat", &[], &mut feed).unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 100_000);
+        assert_eq!(text.lines().last(), Some("line 99999"));
+        let e = run_fed("sh", &["-c", "head -c 10 >/dev/null; exit 3"], &mut feed).unwrap_err();
+        assert!(e.to_string().contains("exit"), "{e}");
+    }
+
+    #[test]
     fn a_detached_program_gets_its_environment_and_input_and_is_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in");
@@ -585,7 +629,7 @@ mod tests {
             "trap '' PIPE TERM; sleep 30",
         ] {
             let started = Instant::now();
-            let e = run_within("sh", &["-c", script], Some(b"x"), t).unwrap_err();
+            let e = run_within("sh", &["-c", script], Some(&mut bytes(b"x")), t).unwrap_err();
             let took = started.elapsed();
             assert!(
                 took >= t && took < Duration::from_secs(5),

@@ -391,6 +391,8 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
     // A new generation with every harvest written: a saved copy of the rules or sets
     // restored later shows an older one.
     plan.stamp(&mut s.ledger.generations, &s.kernel);
+    // Planning is done: the set elements read are not needed to save and apply.
+    s.kernel.drop_elements();
     // Elements given to another container in place take their last-seen values along.
     for (kind, ip, from) in &plan.sets.moved {
         if let Some(to) = s.ledger.owner(ip).cloned() {
@@ -427,29 +429,30 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
                 .baseline_zero(ctid, crate::model::CounterId::set(*kind, *ip));
         }
     }
-    // A set that loses elements is swapped with its wanted contents, which start from the
-    // counters just read (the ledger's last-seen values).
-    let set_batch = {
-        let ledger = &s.ledger;
-        plan.sets.render_with(&|kind, ip, ctid| {
-            let key = crate::model::CounterId::set(kind, ip);
-            ledger.containers.get(ctid)?.seen.get(&key).copied()
-        })
-    };
-    s.kernel.drop_elements();
     let rows_written = csv::append(&ctx.config.csv_dir, &s.rows, &ctx.csv_perms()?)?;
     s.ledger.prune();
     s.loaded.keep_days(ctx.config.history_days);
     s.loaded
         .save(&s.ledger, Some(s.kernel.backend_name()), &s.rows)?;
+    // A set that loses elements is swapped with its wanted contents, which start from the
+    // counters just read (the ledger's last-seen values, which the pruning above keeps).
+    let ledger = &s.ledger;
+    let counters = |kind, ip, ctid: &Ctid| {
+        let key = crate::model::CounterId::set(kind, ip);
+        ledger.containers.get(ctid)?.seen.get(&key).copied()
+    };
+    s.kernel.apply(&ctx.config, &plan, &mut |w| {
+        plan.sets.write_with(w, &counters)
+    })?;
     let mut stopped = Figures::default();
-    if !apply {
-        s.kernel.apply(&ctx.config, &plan, &set_batch)?;
-    } else {
+    if apply {
         // Rules and set elements that no longer count (frozen chains and sets, sets the batch
-        // stopped using): what they counted between this read and the batch is credited now.
-        let frozen = s.kernel.apply(&ctx.config, &plan, &set_batch)?;
-        stopped = s.ledger.credit_frozen(&frozen, ctx.today());
+        // stopped using): what they counted between this read and the batch is credited now,
+        // each as it is read.
+        let (ledger, today) = (&mut s.ledger, ctx.today());
+        let frozen = s.kernel.read_stopped(&ctx.config, &plan, &mut |c| {
+            ledger.credit_frozen_one(c, today, &mut stopped)
+        })?;
         // Confirmed gone: their baselines go too (a crash before this save only keeps them,
         // which sends the next hook for such an IP through the full run).
         let coverage = s.kernel.coverage();
@@ -459,7 +462,7 @@ fn commit(ctx: &Ctx, s: &mut Session, apply: bool) -> Result<Committed, Error> {
         // The frozen copies go before the credit is written: killed in between, the credit
         // is lost (milliseconds of traffic), never made twice by the next command.
         s.kernel.finish(&ctx.config, &plan)?;
-        if forgot || !frozen.is_empty() {
+        if forgot || frozen > 0 {
             s.loaded.save(&s.ledger, None, &[])?;
         }
     }

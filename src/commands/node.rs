@@ -149,9 +149,15 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
     loaded.save(&ledger, Some(kernel.backend_name()), &rows)?;
     // The iptables batch stops every set from counting; their final values are then read,
     // credited, and the sets destroyed.
-    let frozen = kernel.apply(&ctx.config, &teardown, &teardown.sets.render())?;
-    ledger.credit_frozen(&frozen, ctx.today());
-    if !frozen.is_empty() {
+    let today = ctx.today();
+    let mut credited = crate::ledger::Figures::default();
+    kernel.apply(&ctx.config, &teardown, &mut |w| {
+        teardown.sets.write_with(w, &|_, _, _| None)
+    })?;
+    let frozen = kernel.read_stopped(&ctx.config, &teardown, &mut |c| {
+        ledger.credit_frozen_one(c, today, &mut credited)
+    })?;
+    if frozen > 0 {
         loaded.save(&ledger, None, &[])?;
     }
     kernel.finish(&ctx.config, &teardown)?;

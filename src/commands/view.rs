@@ -192,8 +192,12 @@ pub fn show(
         ctx.warn(why);
     }
     if json {
-        let text = serde_json::to_string(&doc).map_err(|e| Error::Output(e.into()))?;
-        return ctx.say(text);
+        // Written as it is made (a large node's document is megabytes), then a newline.
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut *ctx.out);
+        serde_json::to_writer(&mut out, &doc).map_err(|e| Error::Output(e.into()))?;
+        return writeln!(out)
+            .and_then(|()| out.flush())
+            .map_err(Error::Output);
     }
     if doc.containers.is_empty() {
         return ctx.say(

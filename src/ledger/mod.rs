@@ -675,44 +675,50 @@ impl Ledger {
     pub fn credit_frozen(&mut self, frozen: &[Counted], today: NaiveDate) -> Figures {
         let mut credited = Figures::default();
         for e in frozen {
-            let key = &e.key;
-            let holder = if self
-                .containers
-                .get(&e.ctid)
-                .is_some_and(|c| c.seen.contains_key(key))
-            {
-                Some(e.ctid.clone())
-            } else {
-                self.containers
-                    .iter()
-                    .find(|(_, c)| c.seen.contains_key(key))
-                    .map(|(id, _)| id.clone())
-            };
-            // An element with no last-seen value was taken as a starting point at the read.
-            let Some(id) = holder else { continue };
-            let Some(c) = self.containers.get_mut(&id) else {
-                continue;
-            };
-            let base = c.seen[key];
-            let (now, delta) = (
-                e.counters,
-                Counters {
-                    packets: e.counters.packets.saturating_sub(base.packets),
-                    bytes: e.counters.bytes.saturating_sub(base.bytes),
-                },
-            );
-            let plausible = delta.bytes <= delta.packets.saturating_mul(MAX_COUNTED_PACKET);
-            if now.packets < base.packets || now.bytes < base.bytes || !plausible {
-                continue;
-            }
-            if delta.packets > 0 || delta.bytes > 0 {
-                c.total.credit(e.kind(), delta);
-                c.by_ip.entry(e.ip()).or_default().credit(e.kind(), delta);
-                c.open_day(today).figures.credit(e.kind(), delta);
-                credited.credit(e.kind(), delta);
-            }
+            self.credit_frozen_one(e, today, &mut credited);
         }
         credited
+    }
+
+    /// [`Ledger::credit_frozen`] of one counter, as it is read: what it credits is added to
+    /// `credited`.
+    pub fn credit_frozen_one(&mut self, e: &Counted, today: NaiveDate, credited: &mut Figures) {
+        let key = &e.key;
+        let holder = if self
+            .containers
+            .get(&e.ctid)
+            .is_some_and(|c| c.seen.contains_key(key))
+        {
+            Some(e.ctid.clone())
+        } else {
+            self.containers
+                .iter()
+                .find(|(_, c)| c.seen.contains_key(key))
+                .map(|(id, _)| id.clone())
+        };
+        // An element with no last-seen value was taken as a starting point at the read.
+        let Some(id) = holder else { return };
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        let base = c.seen[key];
+        let (now, delta) = (
+            e.counters,
+            Counters {
+                packets: e.counters.packets.saturating_sub(base.packets),
+                bytes: e.counters.bytes.saturating_sub(base.bytes),
+            },
+        );
+        let plausible = delta.bytes <= delta.packets.saturating_mul(MAX_COUNTED_PACKET);
+        if now.packets < base.packets || now.bytes < base.bytes || !plausible {
+            return;
+        }
+        if delta.packets > 0 || delta.bytes > 0 {
+            c.total.credit(e.kind(), delta);
+            c.by_ip.entry(e.ip()).or_default().credit(e.kind(), delta);
+            c.open_day(today).figures.credit(e.kind(), delta);
+            credited.credit(e.kind(), delta);
+        }
     }
 
     /// A counter about to be created from zero for `ctid`: zero is its last-seen value
