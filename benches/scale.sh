@@ -384,8 +384,10 @@ if part fwd; then
     # FWD_FREE_NETS networks in 4 prefix lengths (/16 /20 /22 /24: a hash:net lookup costs a
     # hash per prefix length in the set), none holding the sender (10.250.1.2) or a
     # container; for freeflow the last one is the sender's /24.
-    awk -v n="$FWD_FREE_NETS" 'BEGIN { for (i = 0; i < n; i++) { k = int(i / 4)
-        if (i % 4 == 0) printf "172.%d.0.0/16\n", 16 + k % 16 + 32 * int(k / 16)
+    # FWD_FREE_LENS=24: all of them /24s (one prefix length: one hash per lookup).
+    awk -v n="$FWD_FREE_NETS" -v only="${FWD_FREE_LENS:-}" 'BEGIN { for (i = 0; i < n; i++) { k = int(i / 4)
+        if (only == 24) printf "192.%d.%d.0/24\n", 168 + int(i / 256), i % 256
+        else if (i % 4 == 0) printf "172.%d.0.0/16\n", 16 + k % 16 + 32 * int(k / 16)
         else if (i % 4 == 1) printf "100.%d.%d.0/20\n", 64 + int(k / 16), (k % 16) * 16
         else if (i % 4 == 2) printf "100.%d.%d.0/22\n", 96 + int(k / 64), (k % 64) * 4
         else printf "192.168.%d.0/24\n", k % 256 } }' >"$WORK/fwd-nets-free"

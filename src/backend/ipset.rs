@@ -499,6 +499,7 @@ fn plan_free(
                     .map(|ip| IpNet::from(*ip)),
             );
         }
+        let want = fewer_prefix_lengths(want, FREE_ENTRIES);
         let have = match current.free.get(family) {
             Some(h) => h.clone(),
             None => {
@@ -509,6 +510,61 @@ fn plan_free(
         p.free_add.extend(want.difference(&have));
         p.free_del.extend(have.difference(&want));
     }
+}
+
+/// How many entries a free-network set may get from [`fewer_prefix_lengths`] (its kernel
+/// memory is about 32 bytes each; every dump reads them back with `ipset save`).
+const FREE_ENTRIES: usize = 16_384;
+
+/// The free networks as the set holds them: networks inside others (or adjacent halves of
+/// one) merged, then the shorter prefixes split into the longer prefixes present, as long as
+/// the set stays within `budget` entries. A `hash:net` lookup, made for every packet the free
+/// rules see, costs one hash per prefix length in the set, not one per network: 100
+/// networks in 4 lengths cost 4, split into /24s 1 (BENCHMARKS.md, *Free networks*). The
+/// addresses covered are the same.
+pub fn fewer_prefix_lengths(nets: BTreeSet<IpNet>, budget: usize) -> BTreeSet<IpNet> {
+    let nets = IpNet::aggregate(&nets.into_iter().collect());
+    let mut count: BTreeMap<u8, usize> = BTreeMap::new();
+    for n in &nets {
+        *count.entry(n.prefix_len()).or_default() += 1;
+    }
+    let split =
+        |n: usize, from: u8, to: u8| n.checked_shl(u32::from(to - from)).filter(|c| *c <= budget);
+    let mut total: usize = count.values().sum();
+    loop {
+        let lens: Vec<u8> = count.keys().copied().collect();
+        // Fold one length into the next longer one: the fold that adds fewest entries.
+        let best = lens
+            .windows(2)
+            .filter_map(|w| {
+                let more = split(count[&w[0]], w[0], w[1])?.checked_sub(count[&w[0]])?;
+                let after = total.checked_add(more).filter(|t| *t <= budget)?;
+                Some((after, w[0], w[1]))
+            })
+            .min();
+        let Some((after, from, to)) = best else {
+            break;
+        };
+        let moved = count.remove(&from).unwrap_or(0) << (to - from);
+        *count.entry(to).or_default() += moved;
+        total = after;
+    }
+    let lens: Vec<u8> = count.keys().copied().collect();
+    let mut out = BTreeSet::new();
+    for n in nets {
+        let to = lens
+            .iter()
+            .copied()
+            .find(|l| *l >= n.prefix_len())
+            .unwrap_or(n.prefix_len());
+        match n.subnets(to) {
+            Ok(subnets) => out.extend(subnets),
+            Err(_) => {
+                out.insert(n);
+            }
+        }
+    }
+    out
 }
 
 /// Compare the wanted elements (every accounted IP of `families` in each of its four sets,
@@ -633,6 +689,56 @@ add vzacct-fi4 10.0.0.1 packets 3 bytes 384 comment \"ct:101\"\n\
 add vzacct-fi4 10.0.0.9 packets 1 bytes 100 comment \"ct:109\"\n\
 create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x2\n";
 
+    /// Fewer prefix lengths, the same addresses: shorter networks split into the longer
+    /// lengths present while the budget allows; nested and adjacent ones merged first.
+    #[test]
+    fn free_networks_are_split_into_fewer_prefix_lengths() {
+        let nets =
+            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
+        let shown = |s: BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        // A /22 and a /23 become /24s; the /24 inside the /22 goes.
+        assert_eq!(
+            shown(fewer_prefix_lengths(
+                nets(&["10.0.0.0/22", "10.0.1.0/24", "10.1.0.0/23", "10.2.0.0/24"]),
+                100
+            )),
+            [
+                "10.0.0.0/24",
+                "10.0.1.0/24",
+                "10.0.2.0/24",
+                "10.0.3.0/24",
+                "10.1.0.0/24",
+                "10.1.1.0/24",
+                "10.2.0.0/24"
+            ]
+        );
+        // Over budget: a /16 stays a /16 beside the /24 (two lengths), 10.3.0.0/25 and its
+        // other half merge.
+        assert_eq!(
+            shown(fewer_prefix_lengths(
+                nets(&[
+                    "172.16.0.0/16",
+                    "10.2.0.0/24",
+                    "10.3.0.0/25",
+                    "10.3.0.128/25"
+                ]),
+                100
+            )),
+            ["10.2.0.0/24", "10.3.0.0/24", "172.16.0.0/16"]
+        );
+        // A host beside a /24, budget 300: the /24 becomes 256 hosts.
+        let hosts = fewer_prefix_lengths(nets(&["10.9.0.0/24", "192.0.2.7/32"]), 300);
+        assert_eq!(hosts.len(), 257);
+        assert!(hosts.iter().all(|n| n.prefix_len() == 32));
+        assert_eq!(
+            shown(fewer_prefix_lengths(
+                nets(&["2001:db8::/32", "2001:db9::1/128"]),
+                16_384
+            )),
+            ["2001:db8::/32", "2001:db9::1/128"]
+        );
+    }
+
     /// The free-network sets: created with the networks (and, for traffic between
     /// containers, the accounted addresses); new networks added before old ones go; all
     /// destroyed, like the free kinds' sets, when no class is left.
@@ -671,13 +777,21 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         );
         assert_eq!(p.free_create, [Family::V6]);
         let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        // The /25 beside the container's /32: split into 128 /32s (one prefix length).
+        let added = shown(&p.free_add);
+        assert_eq!(added.len(), 130, "{added:?}");
         assert_eq!(
-            shown(&p.free_add),
-            ["10.0.0.1/32", "198.51.100.0/25", "2001:db8::/32"]
+            [&added[0], &added[1], &added[128], &added[129]],
+            [
+                "10.0.0.1/32",
+                "198.51.100.0/32",
+                "198.51.100.127/32",
+                "2001:db8::/32"
+            ]
         );
         assert_eq!(shown(&p.free_del), ["10.0.0.2/32", "198.51.100.0/24"]);
         let batch = p.render();
-        let add = batch.find("add vzacct-free4 198.51.100.0/25").unwrap();
+        let add = batch.find("add vzacct-free4 198.51.100.0/32").unwrap();
         let del = batch.find("del vzacct-free4 198.51.100.0/24").unwrap();
         assert!(add < del, "{batch}");
         assert!(
@@ -698,9 +812,11 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             ..SetPlan::default()
         };
         assert!(!only_free.batch_is_empty());
-        assert_eq!(
-            only_free.render(),
-            "add vzacct-free4 10.0.0.1/32\nadd vzacct-free4 198.51.100.0/25\nadd vzacct-free6 2001:db8::/32\n"
+        let batch = only_free.render();
+        assert_eq!(batch.lines().count(), 130);
+        assert!(
+            batch.starts_with("add vzacct-free4 10.0.0.1/32\n"),
+            "{batch}"
         );
     }
 
