@@ -35,8 +35,6 @@ pub struct Want<'a> {
     pub kinds: &'a [crate::model::Kind],
     /// What the free-network sets hold, when free traffic is counted.
     pub free: Option<ipset::FreeWant<'a>>,
-    /// The covers of the free networks per family ([`ipset::covers`]).
-    pub covers: &'a std::collections::BTreeMap<Family, Vec<ipnet::IpNet>>,
 }
 
 /// One part of the kernel that vzacct counts with.
@@ -91,8 +89,7 @@ impl Driver for RuleTables {
             .iter()
             .map(|(t, current)| {
                 let wanted = if want.use_sets {
-                    let covers = want.covers.get(&t.family).map_or(&[][..], |c| &c[..]);
-                    iptables::set_matches(t.family, want.venet, want.kinds, covers)
+                    iptables::set_matches(t.family, want.venet, want.kinds)
                 } else {
                     iptables::desired_rules(want.accounted, t.family, want.venet, want.kinds)
                 };

@@ -486,7 +486,20 @@ fn plan_free(
         return;
     };
     for family in families {
-        let want = fewer_prefix_lengths(free_networks(free, wanted, *family), FREE_ENTRIES);
+        let mut want: BTreeSet<IpNet> = free
+            .networks
+            .iter()
+            .filter(|n| family_of(n) == *family)
+            .copied()
+            .collect();
+        if free.c2c {
+            want.extend(
+                (wanted.values().flatten())
+                    .filter(|ip| Family::of(ip) == *family)
+                    .map(|ip| IpNet::from(*ip)),
+            );
+        }
+        let want = fewer_prefix_lengths(want, FREE_ENTRIES);
         let have = match current.free.get(family) {
             Some(h) => h.clone(),
             None => {
@@ -497,63 +510,6 @@ fn plan_free(
         p.free_add.extend(want.difference(&have));
         p.free_del.extend(have.difference(&want));
     }
-}
-
-/// The free networks of `family`: those of the config, and every accounted address when
-/// traffic between containers is free.
-pub fn free_networks(
-    free: FreeWant,
-    wanted: &BTreeMap<Ctid, BTreeSet<IpAddr>>,
-    family: Family,
-) -> BTreeSet<IpNet> {
-    let mut want: BTreeSet<IpNet> = (free.networks.iter())
-        .filter(|n| family_of(n) == family)
-        .copied()
-        .collect();
-    if free.c2c {
-        want.extend(
-            (wanted.values().flatten())
-                .filter(|ip| Family::of(ip) == family)
-                .map(|ip| IpNet::from(*ip)),
-        );
-    }
-    want
-}
-
-/// How many covers [`covers`] gives at most: each is one more rule per free kind, and one
-/// more native comparison for a packet far from every free network.
-pub const COVERS: usize = 4;
-
-/// At most `k` disjoint networks that hold all of `nets` and as little else as they can:
-/// neighbours (in address order) are joined under their common supernet, the closest first.
-/// Empty when that would take the whole address space (nothing to filter with).
-pub fn covers(nets: &BTreeSet<IpNet>, k: usize) -> Vec<IpNet> {
-    let mut groups = IpNet::aggregate(&nets.iter().copied().collect());
-    while groups.len() > k.max(1) {
-        let Some((i, joined)) = (groups.windows(2).enumerate())
-            .filter_map(|(i, w)| Some((i, common_supernet(w[0], w[1])?)))
-            .max_by_key(|(i, n)| (n.prefix_len(), std::cmp::Reverse(*i)))
-        else {
-            return Vec::new();
-        };
-        groups[i] = joined;
-        groups.remove(i + 1);
-        // The supernet may hold further groups: they go in it.
-        groups = IpNet::aggregate(&groups);
-    }
-    if groups.iter().any(|g| g.prefix_len() == 0) {
-        return Vec::new();
-    }
-    groups
-}
-
-/// The longest network that holds both `a` and `b` (`None` across families).
-fn common_supernet(a: IpNet, b: IpNet) -> Option<IpNet> {
-    let mut s = a.trunc();
-    while !s.contains(&b) {
-        s = s.supernet()?;
-    }
-    Some(s)
 }
 
 /// How many entries a free-network set may get from [`fewer_prefix_lengths`] (its kernel
@@ -780,43 +736,6 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
                 16_384
             )),
             ["2001:db8::/32", "2001:db9::1/128"]
-        );
-    }
-
-    /// Covers: at most k, disjoint, holding every network; the whole space is no cover.
-    #[test]
-    fn free_networks_get_few_disjoint_covers() {
-        let nets =
-            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
-        let shown = |v: Vec<IpNet>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let set = nets(&[
-            "10.0.0.0/24",
-            "10.0.1.0/24",
-            "10.200.0.0/24",
-            "172.16.0.0/16",
-            "172.20.0.0/16",
-            "192.168.5.0/24",
-        ]);
-        assert_eq!(
-            shown(covers(&set, 4)),
-            [
-                "10.0.0.0/23",
-                "10.200.0.0/24",
-                "172.16.0.0/13",
-                "192.168.5.0/24"
-            ]
-        );
-        assert_eq!(
-            shown(covers(&set, 3)),
-            ["10.0.0.0/8", "172.16.0.0/13", "192.168.5.0/24"]
-        );
-        // 10/8 and 172.16/13 join under 0.0.0.0/0 would be the next: 128.0.0.0/1 first.
-        assert_eq!(shown(covers(&set, 2)), ["10.0.0.0/8", "128.0.0.0/1"]);
-        assert!(covers(&set, 1).is_empty());
-        assert!(covers(&BTreeSet::new(), 4).is_empty());
-        assert_eq!(
-            shown(covers(&nets(&["2001:db8::/48", "2001:db8:1::1/128"]), 1)),
-            ["2001:db8::/47"]
         );
     }
 

@@ -59,25 +59,16 @@ pub struct SetMatch {
     /// looked up in one set, not two, and a packet with a container's source address that
     /// did not come from venet (spoofed) is not billed to the container.
     pub iface: String,
-    /// For a free kind: a network holding some of the free networks, matched on the other
-    /// end of the packet before the free-network set is looked up (`-s` towards the
-    /// container, `-d` from it): a native comparison, so that traffic far from every free
-    /// network never pays the set's lookup. `None`: every packet is looked up.
-    pub cover: Option<ipnet::IpNet>,
 }
 
 impl SetMatch {
     /// The rule's specification after `-A CHAIN`, exactly as iptables-save prints it.
     pub fn spec(&self) -> String {
         let set = crate::model::set_name(self.kind, self.family);
-        let (mut iface, dir) = match self.kind.is_in() {
+        let (iface, dir) = match self.kind.is_in() {
             true => (format!("-o {}", self.iface), "dst"),
             false => (format!("-i {}", self.iface), "src"),
         };
-        if let Some(c) = self.cover {
-            let end = if self.kind.is_in() { "-s" } else { "-d" };
-            iface = format!("{end} {c} {iface}");
-        }
         match self.kind.is_free() {
             false => format!("{iface} -m set --match-set {set} {dir}"),
             true => format!(
@@ -122,31 +113,19 @@ impl Wanted {
     }
 }
 
-/// The ipset backend's fixed rules of one family, one per kind in use, and for a free kind
-/// one per cover of the free networks (`covers`, see [`crate::backend::ipset::covers`]).
-pub fn set_matches(
-    family: Family,
-    venet: &str,
-    kinds: &[Kind],
-    covers: &[ipnet::IpNet],
-) -> Vec<Wanted> {
-    let mut out = Vec::new();
-    for &kind in kinds {
-        let rule = |cover| {
+/// The ipset backend's fixed rules of one family, one per kind in use.
+pub fn set_matches(family: Family, venet: &str, kinds: &[Kind]) -> Vec<Wanted> {
+    kinds
+        .iter()
+        .copied()
+        .map(|kind| {
             Wanted::Match(SetMatch {
                 kind,
                 family,
                 iface: venet.to_string(),
-                cover,
             })
-        };
-        if kind.is_free() && !covers.is_empty() {
-            out.extend(covers.iter().map(|c| rule(Some(*c))));
-        } else {
-            out.push(rule(None));
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// Every rule vzacct wants in one family, one per kind in use and IP, in a stable order.
@@ -557,13 +536,7 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
 /// Recognise one of the ipset backend's set-matching rules.
 fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
     let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    let (cover, t) = match t.as_slice() {
-        [end @ ("-s" | "-d"), net, rest @ ..] => {
-            (Some((*end, net.parse::<ipnet::IpNet>().ok()?)), rest)
-        }
-        rest => (None, rest),
-    };
-    let (iface_opt, rest) = match t {
+    let (iface_opt, rest) = match t.as_slice() {
         [opt @ ("-i" | "-o"), iface, rest @ ..] => (Some((*opt, *iface)), rest),
         rest => (None, rest),
     };
@@ -591,23 +564,10 @@ fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
             kind.is_free() && f == family && fdir == if kind.is_in() { "src" } else { "dst" }
         }
     };
-    let cover_fits = match cover {
-        None => true,
-        Some((end, net)) => {
-            kind.is_free()
-                && end == if kind.is_in() { "-s" } else { "-d" }
-                && net.trunc() == net
-                && matches!(
-                    (net, family),
-                    (ipnet::IpNet::V4(_), Family::V4) | (ipnet::IpNet::V6(_), Family::V6)
-                )
-        }
-    };
-    (fits && free_fits && cover_fits && kind.chain() == chain).then(|| SetMatch {
+    (fits && free_fits && kind.chain() == chain).then(|| SetMatch {
         kind,
         family,
         iface: iface_opt.map(|(_, i)| i.to_string()).unwrap_or_default(),
-        cover: cover.map(|(_, n)| n),
     })
 }
 
@@ -1036,22 +996,15 @@ mod tests {
                 })
                 .collect();
             assert_eq!(kinds, Kind::ALL.into_iter().collect(), "{text}");
-            let covers: Vec<ipnet::IpNet> = vec!["198.51.100.0/24".parse().unwrap()];
             let want = if sets {
-                set_matches(Family::V4, "venet0", &Kind::ALL, &covers)
+                set_matches(Family::V4, "venet0", &Kind::ALL)
             } else {
                 desired_rules(&acc, Family::V4, "venet0", &Kind::ALL)
             };
             assert!(plan(&want, &cur).is_empty(), "{text}");
             // Without classes, the free rules go (and the chain is rebuilt without them).
-            // Another cover: the four free rules are replaced.
-            if sets {
-                let other = vec!["198.51.0.0/16".parse().unwrap()];
-                let p = plan(&set_matches(Family::V4, "venet0", &Kind::ALL, &other), &cur);
-                assert_eq!((p.added(), p.deleted()), (4, 4), "{text}");
-            }
             let base = if sets {
-                set_matches(Family::V4, "venet0", &Kind::BASE, &[])
+                set_matches(Family::V4, "venet0", &Kind::BASE)
             } else {
                 desired_rules(&acc, Family::V4, "venet0", &Kind::BASE)
             };
@@ -1063,9 +1016,6 @@ mod tests {
             "-d 10.0.0.1/32 -m set --match-set vzacct-free4 dst -m comment --comment \"ct:1\"",
             "-o venet0 -m set --match-set vzacct-free4 dst -m set --match-set vzacct-ffi4 dst",
             "-o venet0 -m set --match-set vzacct-free4 src -m set --match-set vzacct-fi4 dst",
-            "-d 198.51.100.0/24 -o venet0 -m set --match-set vzacct-free4 src -m set --match-set vzacct-ffi4 dst",
-            "-s 198.51.100.0/24 -o venet0 -m set --match-set vzacct-fi4 dst",
-            "-s 198.51.100.1/24 -o venet0 -m set --match-set vzacct-free4 src -m set --match-set vzacct-ffi4 dst",
         ] {
             let t = tokenize(spec).unwrap();
             assert_eq!(recognise(Chain::Forward, &t), None, "{spec}");

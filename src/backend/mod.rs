@@ -133,21 +133,6 @@ impl Kernel {
         Kind::in_use(self.classes.is_some())
     }
 
-    /// The covers of the free networks of `family` ([`ipset::covers`]), none without classes.
-    pub fn covers(&self, accounted: &Accounted, family: Family) -> Vec<ipnet::IpNet> {
-        match self.free_want() {
-            Some(f) => ipset::covers(&ipset::free_networks(f, accounted, family), ipset::COVERS),
-            None => Vec::new(),
-        }
-    }
-
-    fn free_want(&self) -> Option<ipset::FreeWant<'_>> {
-        self.classes.as_ref().map(|c| ipset::FreeWant {
-            networks: &c.free,
-            c2c: c.container_to_container,
-        })
-    }
-
     /// Whether traffic between containers is free (their addresses go into the free sets).
     pub fn c2c_free(&self) -> bool {
         self.classes
@@ -178,7 +163,7 @@ impl Kernel {
     /// The rules vzacct wants in one family under the backend in use.
     pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
         if self.use_sets {
-            iptables::set_matches(family, venet, self.kinds(), &self.covers(accounted, family))
+            iptables::set_matches(family, venet, self.kinds())
         } else {
             iptables::desired_rules(accounted, family, venet, self.kinds())
         }
@@ -199,18 +184,16 @@ impl Kernel {
     /// Pure: what to change so the kernel matches `accounted`.
     pub fn plan(&self, accounted: &Accounted, venet: &str) -> KernelPlan {
         let families: Vec<Family> = self.rules.tables.iter().map(|(t, _)| t.family).collect();
-        let covers = families
-            .iter()
-            .map(|f| (*f, self.covers(accounted, *f)))
-            .collect();
         let want = Want {
             accounted,
             families: &families,
             venet,
             use_sets: self.use_sets,
             kinds: self.kinds(),
-            free: self.free_want(),
-            covers: &covers,
+            free: self.classes.as_ref().map(|c| ipset::FreeWant {
+                networks: &c.free,
+                c2c: c.container_to_container,
+            }),
         };
         KernelPlan {
             rules: self.rules.plan(&want),
