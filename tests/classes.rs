@@ -97,7 +97,10 @@ fn free_networks_are_counted_apart(v: Variant) {
     // accounted address; beside those hosts the world's /24 is split into 256 of them (one
     // prefix length, one hash per lookup), the IPv6 /48 is not (2^80 hosts).
     let sets = node.ns.must("ipset", &["save"]);
-    let free4 = sets.lines().filter(|l| l.starts_with("add vzacct-free4 ")).count();
+    let free4 = sets
+        .lines()
+        .filter(|l| l.starts_with("add vzacct-free4 "))
+        .count();
     assert_eq!(free4, 256 + 3, "{sets}");
     for net in [
         "198.51.100.2",

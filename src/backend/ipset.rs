@@ -19,7 +19,8 @@ pub use crate::model::{parse_set_name, set_name};
 const MAXELEM: u32 = 1_048_576;
 /// Buckets from the start (512 KiB of kernel memory per set): a lookup on every forwarded
 /// packet then scans about one element even with tens of thousands of IPs, where the
-/// default 1024 buckets would hold a dozen each before the kernel grows the table.
+/// default 1024 buckets would hold a dozen each before the kernel grows the table. The
+/// free-network set too: folded into few prefix lengths it may hold 16,384 networks.
 const HASHSIZE: u32 = 65_536;
 
 /// The name a set's old contents take while frozen (`vzacct-zfi4`): swapped out of use, so
@@ -395,7 +396,7 @@ impl SetPlan {
             };
             writeln!(
                 out,
-                "create {} hash:net family {inet} maxelem {MAXELEM}",
+                "create {} hash:net family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}",
                 free_set_name(*family)
             )?;
         }
