@@ -152,20 +152,9 @@ fn free_networks_are_counted_apart(v: Variant) {
 /// throughout, and so does `free_in_bytes` while the network is named.
 fn a_change_of_classes_loses_nothing(v: Variant) {
     let node = Node::with_topology(v, CTS);
-    node.ns.must(
-        &v.iptables(false),
-        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
-    );
     set_classes(&node, "free = 198.51.100.0/24\n");
     node.at(DAY1, &["add", "101", "10.0.0.1"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = blast(
-        &node.world().name,
-        WORLD_V4.parse().unwrap(),
-        "10.0.0.1".parse().unwrap(),
-        200,
-        stop.clone(),
-    );
+    let steady = Steady::start(&node, v, "10.0.0.1", 200);
     let mut said = Vec::new();
     for classes in [
         "free = 198.51.100.0/24 203.0.113.0/24\n",
@@ -178,9 +167,7 @@ fn a_change_of_classes_loses_nothing(v: Variant) {
         said.push(node.at(DAY1, &["dump"]));
     }
     std::thread::sleep(std::time::Duration::from_millis(150));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let sent = sender.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let sent = steady.stop();
     node.at(DAY1, &["dump"]);
     let reference = mangle_bytes(&node, v, "-A FORWARD -d 10.0.0.1/32");
     assert!(sent > 100, "only {sent} datagrams sent");

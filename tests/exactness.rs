@@ -307,20 +307,8 @@ fn an_ip_moved_six_times_under_steady_traffic(v: Variant) {
             ("102", "10.0.0.2", "2001:db8:1::2"),
         ],
     );
-    // The reference: a rule of the mangle table, which vzacct never touches.
-    node.ns.must(
-        &v.iptables(false),
-        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
-    );
     node.at(DAY1, &["add", "101", "10.0.0.1"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = blast(
-        &node.world().name,
-        WORLD_V4.parse().unwrap(),
-        "10.0.0.1".parse().unwrap(),
-        200,
-        stop.clone(),
-    );
+    let steady = Steady::start(&node, v, "10.0.0.1", 200);
     for i in 0..6 {
         std::thread::sleep(std::time::Duration::from_millis(150));
         let to = if i % 2 == 0 { "102" } else { "101" };
@@ -330,9 +318,7 @@ fn an_ip_moved_six_times_under_steady_traffic(v: Variant) {
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(150));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let sent = sender.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let sent = steady.stop();
     node.at(DAY1, &["dump"]);
     let bytes = mangle_bytes(&node, v, "-A FORWARD -d 10.0.0.1/32");
     let show = node.show(DAY1);
@@ -483,28 +469,15 @@ fn switch_backend_under_steady_traffic(v: Variant) {
         ("backend = iptables\n", "backend = ipset\n")
     };
     let node = Node::with_topology(v, CTS);
-    node.ns.must(
-        &v.iptables(false),
-        &["-w", "-t", "mangle", "-A", "FORWARD", "-d", "10.0.0.1/32"],
-    );
     node.at(DAY1, &["add", "101", "10.0.0.1"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = blast(
-        &node.world().name,
-        WORLD_V4.parse().unwrap(),
-        "10.0.0.1".parse().unwrap(),
-        250,
-        stop.clone(),
-    );
+    let steady = Steady::start(&node, v, "10.0.0.1", 250);
     std::thread::sleep(std::time::Duration::from_millis(200));
     set_config(&node, from, to);
     // (What counted between the read and the batch is credited, and said, only if a
     // datagram fell in that window: the reference comparison below is what must hold.)
     node.at(DAY1, &["sync"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let sent = sender.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let sent = steady.stop();
     node.at(DAY1, &["dump"]);
     assert_eq!(
         in_bytes(&node, "101"),

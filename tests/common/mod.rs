@@ -838,3 +838,38 @@ pub fn mangle_bytes(node: &Node, v: Variant, spec: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Steady UDP from the world to the container address `ip` until [`Steady::stop`], counted
+/// also by a rule of the node's mangle table, which vzacct never touches: the reference
+/// that [`mangle_bytes`] reads (`-A FORWARD -d IP/32`).
+pub struct Steady {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<u64>,
+}
+
+impl Steady {
+    pub fn start(node: &Node, v: Variant, ip: &str, payload: usize) -> Steady {
+        let dst = format!("{ip}/32");
+        node.ns.must(
+            &v.iptables(false),
+            &["-w", "-t", "mangle", "-A", "FORWARD", "-d", &dst],
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = blast(
+            &node.world().name,
+            WORLD_V4.parse().unwrap(),
+            ip.parse().unwrap(),
+            payload,
+            stop.clone(),
+        );
+        Steady { stop, sender }
+    }
+
+    /// Stop sending and let the last datagrams land; how many were sent.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = self.sender.join().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        sent
+    }
+}
