@@ -341,6 +341,38 @@ fn free_networks(u: Userland) {
     );
     let check = stdout(&o.run(&["check"]));
     assert!(check.contains("ok   free networks"), "{check}");
+    // The /24 narrowed to a /25: its prefix length empties, so the set is rebuilt under
+    // another name and swapped in (`swap` in an `ipset restore` batch), then the old
+    // contents destroyed. Traffic from the network is free as before.
+    write(
+        &node.config,
+        format!("{cfg}[classes]\nfree = 198.51.100.0/25 2001:db8:ff::/48\n"),
+    );
+    let out = o.ok(&["dump"]);
+    assert!(out.contains("free networks"), "{out}");
+    let sets = o.ipset_save();
+    assert!(
+        sets.contains("add vzacct-free4 198.51.100.0/25")
+            && !sets.contains("198.51.100.0/24")
+            && !sets.contains("vzacct-zfree"),
+        "{sets}"
+    );
+    let ip = node.ct("101").v4;
+    want = want.add(traffic(node, "101", ip));
+    free = (
+        free.0 + 3 * udp_ip_len(ip, 300),
+        free.1 + 2 * udp_ip_len(ip, 200),
+    );
+    o.ok(&["dump"]);
+    let doc: serde_json::Value = serde_json::from_str(&o.ok(&["show", "--json"])).unwrap();
+    let total = &ct_of(&doc, "101")["total"];
+    assert_eq!(F::of(total), want, "{total}");
+    let got = |k: &str| total[k].as_u64().unwrap();
+    assert_eq!(
+        (got("free_in_bytes"), got("free_out_bytes")),
+        free,
+        "{total}"
+    );
 }
 
 #[test]

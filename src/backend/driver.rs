@@ -201,6 +201,12 @@ impl Driver for SetStore {
                 .iter()
                 .flat_map(|s| s.free.keys().copied())
                 .collect(),
+            // Frozen sets a killed command left (their counts are credited at the read).
+            leftover: self
+                .read
+                .iter()
+                .flat_map(|s| s.frozen_present.iter().cloned())
+                .collect(),
             ..SetPlan::default()
         }
     }

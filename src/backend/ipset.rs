@@ -29,6 +29,12 @@ pub fn frozen_name(kind: Kind, family: Family) -> String {
     format!("{PREFIX}z{}", &set_name(kind, family)[PREFIX.len()..])
 }
 
+/// The name a free-network set's new contents are built under before they are swapped in
+/// (`vzacct-zfree4`); after the swap it holds the old contents until they are destroyed.
+pub fn free_swap_name(family: Family) -> String {
+    format!("{PREFIX}z{}", &free_set_name(family)[PREFIX.len()..])
+}
+
 /// Which kind and family a frozen set's name stands for.
 pub fn parse_frozen_name(name: &str) -> Option<(Kind, Family)> {
     let rest = name.strip_prefix(PREFIX)?.strip_prefix('z')?;
@@ -146,6 +152,14 @@ impl SaveParser {
                 if let Some(e) = element(words, kind, family, &err)? {
                     sets.frozen.push(e);
                 }
+            }
+            (Some("create"), Some(name))
+                if [Family::V4, Family::V6]
+                    .iter()
+                    .any(|f| free_swap_name(*f) == name) =>
+            {
+                // Left by a command killed before it destroyed it: destroyed first.
+                sets.frozen_present.push(name.to_string());
             }
             (Some("create"), Some(name)) if parse_free_set_name(name).is_some() => {
                 let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
@@ -314,6 +328,13 @@ pub struct SetPlan {
     pub free_add: Vec<IpNet>,
     pub free_del: Vec<IpNet>,
     pub free_destroy: Vec<Family>,
+    /// Free-network sets whose change would empty a prefix length: built whole under
+    /// [`free_swap_name`] and swapped in, so no packet is ever looked up in a half-changed
+    /// set. (The kernel's `hash:net` keeps the prefix lengths in use in a sorted array; a
+    /// delete that empties one shifts the others down, and a lookup running at that moment
+    /// skips a length: its packet is briefly not free.) The old contents are destroyed with
+    /// [`SetPlan::render_destroy`].
+    pub free_rebuild: Vec<(Family, Vec<IpNet>)>,
 }
 
 impl SetPlan {
@@ -326,6 +347,7 @@ impl SetPlan {
             && self.free_add.is_empty()
             && self.free_del.is_empty()
             && self.free_destroy.is_empty()
+            && self.free_rebuild.is_empty()
     }
 
     /// The names of the sets frozen by this plan.
@@ -367,6 +389,7 @@ impl SetPlan {
             && self.free_create.is_empty()
             && self.free_add.is_empty()
             && self.free_del.is_empty()
+            && self.free_rebuild.is_empty()
     }
 
     /// [`SetPlan::render_with`] written to `out` as it is made (a large node's swapped sets
@@ -407,6 +430,21 @@ impl SetPlan {
         }
         for net in &self.free_del {
             writeln!(out, "del {} {net}", free_set_name(family_of(net)))?;
+        }
+        for (family, nets) in &self.free_rebuild {
+            let (name, new) = (free_set_name(*family), free_swap_name(*family));
+            let inet = match family {
+                Family::V6 => "inet6",
+                Family::V4 => "inet",
+            };
+            writeln!(
+                out,
+                "create {new} hash:net family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}"
+            )?;
+            for net in nets {
+                writeln!(out, "add {new} {net}")?;
+            }
+            writeln!(out, "swap {name} {new}")?;
         }
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
@@ -453,6 +491,7 @@ impl SetPlan {
     pub fn render_destroy(&self) -> String {
         (self.destroy.iter().cloned())
             .chain(self.free_destroy.iter().map(|f| free_set_name(*f)))
+            .chain(self.free_rebuild.iter().map(|(f, _)| free_swap_name(*f)))
             .map(|s| format!("destroy {s}\n"))
             .collect()
     }
@@ -508,6 +547,13 @@ fn plan_free(
                 BTreeSet::new()
             }
         };
+        let lengths = |nets: &BTreeSet<IpNet>| -> BTreeSet<u8> {
+            nets.iter().map(IpNet::prefix_len).collect()
+        };
+        if !lengths(&have).is_subset(&lengths(&want)) {
+            p.free_rebuild.push((*family, want.into_iter().collect()));
+            continue;
+        }
         p.free_add.extend(want.difference(&have));
         p.free_del.extend(have.difference(&want));
     }
@@ -778,27 +824,74 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         );
         assert_eq!(p.free_create, [Family::V6]);
         let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        // The /25 beside the container's /32: split into 128 /32s (one prefix length).
-        let added = shown(&p.free_add);
-        assert_eq!(added.len(), 130, "{added:?}");
+        // The /25 beside the container's /32: split into 128 /32s (one prefix length). The
+        // /24's length would empty: the IPv4 set is rebuilt and swapped in, not changed.
+        assert_eq!(shown(&p.free_add), ["2001:db8::/32"]);
+        assert!(p.free_del.is_empty(), "{:?}", p.free_del);
+        assert_eq!(p.free_rebuild.len(), 1);
+        let (family, nets) = &p.free_rebuild[0];
+        assert_eq!(*family, Family::V4);
+        let rebuilt = shown(nets);
+        assert_eq!(rebuilt.len(), 129, "{rebuilt:?}");
         assert_eq!(
-            [&added[0], &added[1], &added[128], &added[129]],
-            [
-                "10.0.0.1/32",
-                "198.51.100.0/32",
-                "198.51.100.127/32",
-                "2001:db8::/32"
-            ]
+            [&rebuilt[0], &rebuilt[1], &rebuilt[128]],
+            ["10.0.0.1/32", "198.51.100.0/32", "198.51.100.127/32"]
         );
-        assert_eq!(shown(&p.free_del), ["10.0.0.2/32", "198.51.100.0/24"]);
         let batch = p.render();
-        let add = batch.find("add vzacct-free4 198.51.100.0/32").unwrap();
-        let del = batch.find("del vzacct-free4 198.51.100.0/24").unwrap();
-        assert!(add < del, "{batch}");
         assert!(
             batch.starts_with("create vzacct-free6 hash:net family inet6"),
             "{batch}"
         );
+        let lines: Vec<&str> = batch.lines().collect();
+        let at = |l: &str| {
+            lines
+                .iter()
+                .position(|x| *x == l)
+                .unwrap_or_else(|| panic!("{l}: {batch}"))
+        };
+        let create = at("create vzacct-zfree4 hash:net family inet hashsize 65536 maxelem 1048576");
+        let swap = at("swap vzacct-free4 vzacct-zfree4");
+        assert_eq!(swap - create, 130, "{batch}");
+        assert_eq!(lines[create + 1], "add vzacct-zfree4 10.0.0.1/32");
+        assert!(!batch.contains("del vzacct-free4"), "{batch}");
+        assert!(
+            p.render_destroy().ends_with("destroy vzacct-zfree4\n"),
+            "{}",
+            p.render_destroy()
+        );
+        // Every prefix length stays: changed in place, new networks before old ones go.
+        let two = parse_save(
+            "create vzacct-free4 hash:net family inet hashsize 1024 maxelem 1048576\n\
+             add vzacct-free4 192.0.2.0/24\n\
+             add vzacct-free4 198.51.100.0/24\n",
+        )
+        .unwrap();
+        let nets: Vec<IpNet> = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
+        ];
+        let networks = FreeWant {
+            networks: &nets,
+            c2c: false,
+        };
+        let q = plan(&wanted, &[Family::V4], false, &[], Some(networks), &two);
+        assert!(q.free_rebuild.is_empty(), "{q:?}");
+        assert_eq!(shown(&q.free_add), ["203.0.113.0/24"]);
+        assert_eq!(shown(&q.free_del), ["192.0.2.0/24"]);
+        assert_eq!(
+            q.render(),
+            "add vzacct-free4 203.0.113.0/24\ndel vzacct-free4 192.0.2.0/24\n"
+        );
+        // A rebuilt set a killed command left is destroyed before anything else.
+        let left = parse_save(&format!(
+            "{save}create vzacct-zfree4 hash:net family inet hashsize 1024 maxelem 1048576\n\
+             add vzacct-zfree4 192.0.2.0/24\n"
+        ))
+        .unwrap();
+        assert_eq!(left.frozen_present, ["vzacct-zfree4"]);
+        assert_eq!(left.free, s.free);
+        let r = plan(&wanted, &[Family::V4], true, &Kind::ALL, Some(free), &left);
+        assert!(r.render().starts_with("destroy vzacct-zfree4\n"));
         let none = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(none.free_destroy, [Family::V4]);
         assert_eq!(none.destroy, ["vzacct-ffi4"]);
@@ -814,11 +907,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         };
         assert!(!only_free.batch_is_empty());
         let batch = only_free.render();
-        assert_eq!(batch.lines().count(), 130);
-        assert!(
-            batch.starts_with("add vzacct-free4 10.0.0.1/32\n"),
-            "{batch}"
-        );
+        assert_eq!(batch, "add vzacct-free6 2001:db8::/32\n");
     }
 
     #[test]

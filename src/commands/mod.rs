@@ -503,7 +503,11 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
         ))?;
     }
     let sets = &c.plan.sets;
-    if !sets.is_empty() || !sets.destroy.is_empty() {
+    if !(sets.create.is_empty()
+        && sets.add.is_empty()
+        && sets.del.is_empty()
+        && sets.destroy.is_empty())
+    {
         ctx.say(format!(
             "ipset: {} element(s) added, {} removed, {} set(s) created, {} destroyed",
             sets.add.len(),
@@ -518,6 +522,13 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
             sets.free_add.len(),
             sets.free_del.len(),
             sets.free_destroy.len()
+        ))?;
+    }
+    for (family, nets) in &sets.free_rebuild {
+        ctx.say(format!(
+            "free networks ([classes]): {} rebuilt with {} entry(ies) and swapped in (a prefix length went)",
+            crate::model::free_set_name(*family),
+            nets.len()
         ))?;
     }
     for (family, plan) in &c.plan.rules {
