@@ -207,7 +207,9 @@ pub fn add(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Error> 
             )));
         }
     }
-    let a = account(ctx, ctid, &ips, false)?;
+    // Over this container alone when that suffices, as its hooks are (the ipset backend:
+    // its elements added without reading the node); otherwise over the node.
+    let a = account(ctx, ctid, &ips, true)?;
     if a.new.is_empty() {
         ctx.say(format!("container {ctid}: already accounted"))?;
     } else {
@@ -236,6 +238,8 @@ pub fn remove(ctx: &mut Ctx, ctid: &Ctid, ip_args: &[String]) -> Result<(), Erro
             )));
         }
     }
+    // Over the node: the elements are harvested and removed now (with the ipset backend a
+    // container's hook leaves them parked for the next dump instead).
     let u = unaccount(ctx, ctid, (!ips.is_empty()).then_some(&ips[..]), false)?;
     for ip in &u.not_found {
         ctx.warn(format!("container {ctid} was not accounting {ip}"));
