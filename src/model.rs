@@ -312,9 +312,12 @@ pub fn free_set_name(family: Family) -> String {
 
 /// The family of a free-network set's name.
 pub fn parse_free_set_name(name: &str) -> Option<Family> {
-    [Family::V4, Family::V6]
-        .into_iter()
-        .find(|f| free_set_name(*f) == name)
+    // (Without building the names: `ipset save` asks this of every line.)
+    match name.strip_prefix(SET_PREFIX)?.strip_prefix("free")? {
+        "4" => Some(Family::V4),
+        "6" => Some(Family::V6),
+        _ => None,
+    }
 }
 
 /// The identity of a kernel counter within its container's `seen` map: a per-IP rule of

@@ -394,8 +394,15 @@ pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
     });
     let harvest = s.harvest.clone();
     let done = commit(ctx, &mut s, true)?;
-    // Each container's current period as saved, for its quota and the gauges.
-    let periods = super::quota::period_figures(ctx, &s.ledger, &s.loaded)?;
+    // Each container's current period as saved, for its quota and the gauges: only the
+    // containers with a quota when no textfile is written (summing every container's
+    // closed days of the period was a tenth of a large node's dump).
+    let quotas = crate::ledger::thresholds::quotas(&s.loaded)?;
+    let periods = if ctx.config.prometheus_textfile.is_some() {
+        super::quota::period_figures(ctx, &s.ledger, &s.loaded, &|_| true)?
+    } else {
+        super::quota::period_figures(ctx, &s.ledger, &s.loaded, &|c| quotas.contains_key(c))?
+    };
     let step = if act {
         super::quota::plan(ctx, &s.loaded, &periods)?
     } else {
@@ -409,7 +416,6 @@ pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
             timestamp: ctx.now,
             duration: started.elapsed(),
         };
-        let quotas = crate::ledger::thresholds::quotas(&s.loaded)?;
         let mut body = prometheus::render(&s.ledger, &info);
         body.push_str(&prometheus::render_periods(&periods, &quotas));
         prometheus::write(path, &body)?;

@@ -98,11 +98,12 @@ pub(crate) fn period_figures(
     ctx: &Ctx,
     ledger: &Ledger,
     loaded: &Loaded,
+    wanted: &dyn Fn(&Ctid) -> bool,
 ) -> Result<BTreeMap<Ctid, (Span, Figures)>, Error> {
     let periods = super::billing::Periods::new(ctx, loaded, &[])?;
     let today = ctx.today();
     let mut out = BTreeMap::new();
-    for (ctid, c) in &ledger.containers {
+    for (ctid, c) in ledger.containers.iter().filter(|(id, _)| wanted(id)) {
         let span = periods.schedule(ctid).period(today);
         out.insert(ctid.clone(), (span, periods.figures(ctid, c, span)?));
     }
