@@ -284,6 +284,49 @@ fn sync_follows_veinfo(v: Variant) {
         "IPv6 rules of 101 are gone: {:?}",
         node.ours(true)
     );
+    // An IP that veinfo now lists for another container moves to it, either way round
+    // (the containers are walked in CTID order).
+    for (veinfo, holder) in [
+        (
+            "0 0 1
+101 0 15 10.0.0.1
+104 0 3 10.0.0.4 10.0.0.3
+",
+            "104",
+        ),
+        (
+            "0 0 1
+101 0 15 10.0.0.1 10.0.0.3
+104 0 3 10.0.0.4
+",
+            "101",
+        ),
+    ] {
+        write(&node.path("veinfo"), veinfo);
+        let out = node.ok(&["sync"]);
+        assert!(
+            out.contains(
+                "2 running container(s); 0 newly accounted, 0 no longer, 2 with changed IPs"
+            ),
+            "{out}"
+        );
+        let rule = format!("-A VZACCT-FORWARD -d 10.0.0.3/32 -m comment --comment \"ct:{holder}\"");
+        let ours = node.ours(false);
+        assert_eq!(
+            ours.iter().filter(|l| l.ends_with(&rule)).count(),
+            1,
+            "{ours:?}"
+        );
+        // Its four rules (forwarded in and out, node-local in and out), all the holder's.
+        let of_ip: Vec<&String> = ours.iter().filter(|l| l.contains("10.0.0.3/32")).collect();
+        assert_eq!(of_ip.len(), 4, "{ours:?}");
+        assert!(
+            of_ip
+                .iter()
+                .all(|l| l.contains(&format!("\"ct:{holder}\""))),
+            "{ours:?}"
+        );
+    }
 }
 
 /// `remove` of some IPs, then of the rest; an IP added to another container moves.

@@ -263,7 +263,6 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
     for w in &live.warnings {
         ctx.warn(w);
     }
-    let before = s.ledger.accounted();
     // What veinfo lists, an IP kept for the first container listing it. The file's contents
     // and the owners go before the ledger changes (a node of 10,000 containers holds each
     // of these maps at once otherwise).
@@ -289,39 +288,49 @@ fn align_with_veinfo(ctx: &mut Ctx, s: &mut Session) -> Result<(), Error> {
         want
     };
     drop(live);
-    for (ctid, ips) in &before {
-        for ip in ips {
-            if want.get(ctid).is_none_or(|w| !w.contains(ip)) {
-                s.ledger.unassign(ctid, ip);
+    // The ledger's containers and veinfo's, both in CTID order, walked side by side: each
+    // record's IPs become what veinfo lists for it (none when it is not listed). An IP
+    // veinfo lists for another container leaves this one here and joins that one in its
+    // turn, so no owner is looked up. (One walk: no copy of what is accounted, and no
+    // lookup per IP, on a node of 10,000 containers.)
+    let (now, today) = (ctx.now, ctx.today());
+    let (mut accounted, mut started, mut changed, mut stopped) = (0, 0, 0, 0);
+    let mut want = want.into_iter().peekable();
+    let mut unknown = Vec::new();
+    for (ctid, c) in &mut s.ledger.containers {
+        while let Some(w) = want.next_if(|(w, _)| w < ctid) {
+            unknown.push(w);
+        }
+        let listed = want.next_if(|(w, _)| w == ctid).map(|(_, ips)| ips);
+        let listed = listed.unwrap_or_default();
+        let was = c.accounted();
+        if c.ips != listed {
+            c.ips.retain(|ip| listed.contains(ip));
+            c.ips.extend(listed.iter().copied());
+            match (was, c.accounted()) {
+                (true, true) => changed += 1,
+                (false, true) => started += 1,
+                (true, false) => stopped += 1,
+                (false, false) => {}
+            }
+        }
+        if c.accounted() {
+            accounted += 1;
+            c.total_since.get_or_insert(now);
+            c.open_day(today);
+            if !c.parked.is_empty() {
+                c.parked.retain(|ip| !listed.contains(ip));
             }
         }
     }
-    // Every IP veinfo does not list for its current owner was unassigned above, so no IP
-    // is taken from another container here: no search for owners is needed.
-    let (now, today) = (ctx.now, ctx.today());
-    for (ctid, ips) in &want {
+    unknown.extend(want);
+    for (ctid, ips) in unknown {
         for ip in ips {
-            s.ledger.assign_from(ctid, *ip, None, now, today);
-        }
-    }
-    drop(want);
-    // What changed, from the ledger as it is now (no second copy of what is accounted).
-    let (mut accounted, mut started, mut changed) = (0, 0, 0);
-    for (ctid, c) in &s.ledger.containers {
-        if !c.accounted() {
-            continue;
+            s.ledger.assign_from(&ctid, ip, None, now, today);
         }
         accounted += 1;
-        match before.get(ctid) {
-            None => started += 1,
-            Some(b) if *b != c.ips => changed += 1,
-            Some(_) => {}
-        }
+        started += 1;
     }
-    let stopped = before
-        .keys()
-        .filter(|c| !s.ledger.containers.get(*c).is_some_and(|c| c.accounted()))
-        .count();
     ctx.say(format!(
         "{}: {} running container(s); {started} newly accounted, {stopped} no longer, {changed} with changed IPs",
         ctx.config.veinfo.display(),
