@@ -110,13 +110,18 @@ pub fn set_cycle_day(
 /// The sum of `ctid`'s closed days in `span` (the open day is not among them).
 pub fn sum_closed(loaded: &Loaded, ctid: &Ctid, span: Span) -> Result<Figures, StateError> {
     let conn = loaded.conn()?;
-    let sums = FIGS
-        .split(", ")
-        .map(|f| format!("coalesce(sum({f}), 0)"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("SELECT {sums} FROM days WHERE ctid = ?1 AND date >= ?2 AND date < ?3");
-    conn.prepare_cached(&sql)
+    // Made once: `show` asks this twice for each container (its current and previous
+    // period), 20,000 times on a large node.
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let sums = FIGS
+            .split(", ")
+            .map(|f| format!("coalesce(sum({f}), 0)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("SELECT {sums} FROM days WHERE ctid = ?1 AND date >= ?2 AND date < ?3")
+    });
+    conn.prepare_cached(sql)
         .and_then(|mut st| {
             st.query_row(
                 params![ctid.as_str(), span.start.to_string(), span.end.to_string()],
