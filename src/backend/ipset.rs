@@ -410,26 +410,23 @@ impl SetPlan {
         for name in &self.leftover {
             writeln!(out, "destroy {name}")?;
         }
+        // A counter set (`hash:ip` with counters), or a free-network set (`hash:net`, none).
         let create = |out: &mut dyn std::io::Write, name: &str, family: Family| {
-            let family = match family {
-                Family::V6 => "inet6",
-                Family::V4 => "inet",
-            };
             writeln!(
                 out,
-                "create {name} hash:ip family {family} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment"
+                "create {name} hash:ip family {} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment",
+                inet(family)
+            )
+        };
+        let create_free = |out: &mut dyn std::io::Write, name: &str, family: Family| {
+            writeln!(
+                out,
+                "create {name} hash:net family {} hashsize {HASHSIZE} maxelem {MAXELEM}",
+                inet(family)
             )
         };
         for family in &self.free_create {
-            let inet = match family {
-                Family::V6 => "inet6",
-                Family::V4 => "inet",
-            };
-            writeln!(
-                out,
-                "create {} hash:net family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}",
-                free_set_name(*family)
-            )?;
+            create_free(out, &free_set_name(*family), *family)?;
         }
         // Added before the others go: an address in both the old and the new networks
         // (a network split in two, say) is free throughout.
@@ -441,14 +438,7 @@ impl SetPlan {
         }
         for (family, nets) in &self.free_rebuild {
             let (name, new) = (free_set_name(*family), free_swap_name(*family));
-            let inet = match family {
-                Family::V6 => "inet6",
-                Family::V4 => "inet",
-            };
-            writeln!(
-                out,
-                "create {new} hash:net family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}"
-            )?;
+            create_free(out, &new, *family)?;
             for net in nets {
                 writeln!(out, "add {new} {net}")?;
             }
@@ -502,6 +492,14 @@ impl SetPlan {
             .chain(self.free_rebuild.iter().map(|(f, _)| free_swap_name(*f)))
             .map(|s| format!("destroy {s}\n"))
             .collect()
+    }
+}
+
+/// ipset's name of a family.
+fn inet(family: Family) -> &'static str {
+    match family {
+        Family::V6 => "inet6",
+        Family::V4 => "inet",
     }
 }
 
