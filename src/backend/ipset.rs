@@ -351,10 +351,16 @@ impl SetPlan {
             && self.add.is_empty()
             && self.del.is_empty()
             && self.leftover.is_empty()
-            && self.free_create.is_empty()
+            && self.free_unchanged()
+            && self.free_destroy.is_empty()
+    }
+
+    /// Whether no free-network set is created, changed or rebuilt (before the iptables
+    /// batch; their destruction comes after it).
+    fn free_unchanged(&self) -> bool {
+        self.free_create.is_empty()
             && self.free_add.is_empty()
             && self.free_del.is_empty()
-            && self.free_destroy.is_empty()
             && self.free_rebuild.is_empty()
     }
 
@@ -394,10 +400,7 @@ impl SetPlan {
             && self.add.is_empty()
             && self.freeze.is_empty()
             && self.live.is_empty()
-            && self.free_create.is_empty()
-            && self.free_add.is_empty()
-            && self.free_del.is_empty()
-            && self.free_rebuild.is_empty()
+            && self.free_unchanged()
     }
 
     /// [`SetPlan::render_with`] written to `out` as it is made (a large node's swapped sets

@@ -413,7 +413,7 @@ pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
         super::quota::period_figures(ctx, &s.ledger, &s.loaded, &|c| quotas.contains_key(c))?
     };
     let step = if act {
-        super::quota::plan(ctx, &s.loaded, &periods)?
+        super::quota::plan(ctx, &s.loaded, &quotas, &periods)?
     } else {
         Default::default()
     };

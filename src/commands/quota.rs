@@ -162,10 +162,10 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 pub(crate) fn plan(
     ctx: &Ctx,
     loaded: &Loaded,
+    quotas: &std::collections::HashMap<Ctid, thresholds::Quota>,
     periods: &BTreeMap<Ctid, (Span, Figures)>,
 ) -> Result<Step, Error> {
     let mut step = Step::default();
-    let quotas = thresholds::quotas(loaded)?;
     let today = ctx.today();
     let records = thresholds::records(loaded, today)?;
     if quotas.is_empty() && records.is_empty() {
@@ -182,7 +182,7 @@ pub(crate) fn plan(
     let mut write = Vec::new();
     let mut finished = Vec::new();
     let mut log = Vec::new();
-    for (ctid, q) in &quotas {
+    for (ctid, q) in quotas {
         let Some((span, figures)) = periods.get(ctid) else {
             continue;
         };
