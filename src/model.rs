@@ -229,6 +229,31 @@ impl Kind {
         }
     }
 
+    /// The free kind counting a part of this base kind's traffic.
+    pub fn free_twin(self) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.is_free() && k.base() == self && !self.is_free())
+    }
+
+    /// The chain a free kind's rules live in with the ipset backend (`VZACCT-FFI`): its base
+    /// kind's rule jumps there after counting, so only packets of accounted addresses pay the
+    /// free-network lookup, and first a test on a few covering prefixes (`-s NET`).
+    pub fn free_chain(self) -> Option<&'static str> {
+        match self {
+            Kind::FreeForwardIn => Some("VZACCT-FFI"),
+            Kind::FreeForwardOut => Some("VZACCT-FFO"),
+            Kind::FreeLocalIn => Some("VZACCT-FLI"),
+            Kind::FreeLocalOut => Some("VZACCT-FLO"),
+            _ => None,
+        }
+    }
+
+    /// The free kind whose chain this is.
+    pub fn by_free_chain(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.free_chain() == Some(name))
+    }
+
     /// The letters of its set's name (`fi` in `vzacct-fi4`).
     fn code(self) -> &'static str {
         match self {

@@ -298,7 +298,71 @@ fn bad_classes_are_named() {
     }
 }
 
+/// Five free networks, so the ipset backend's four covers must join two of them
+/// (198.51.100.0/31 and .4/30 into 198.51.100.0/29), and the world's address (198.51.100.2)
+/// lies inside that cover but in no free network: its traffic walks the cover's rule, fails
+/// the free-network lookup and stays billable, exactly, while a free network named next to
+/// it (.2/31) makes it free. The chains are exactly as designed: each counting rule jumps to
+/// its free twin's chain, one rule per cover.
+fn a_cover_is_not_a_free_network(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    let others = "203.0.113.0/24 192.0.2.0/24 100.64.0.0/10";
+    set_classes(
+        &node,
+        &format!("free = 198.51.100.0/31 198.51.100.4/30 {others}\n"),
+    );
+    node.at(DAY1, &["add", "101", "10.0.0.1"]);
+    let c = node.ct("101");
+    let world: IpAddr = WORLD_V4.parse().unwrap();
+    send_udp(node.world(), world, &c.ns, c.v4, 500, 7);
+    send_udp(&c.ns, c.v4, node.world(), world, 400, 3);
+    node.at(DAY1, &["dump"]);
+    let (i, o) = (7 * udp_ip_len(c.v4, 500), 3 * udp_ip_len(c.v4, 400));
+    assert_eq!(figures(&node, "101"), [i, o, 0, 0], "{v:?}: billable");
+    if v.ipset() {
+        let save = node.save(false);
+        let ours = |chain: &str| -> Vec<String> {
+            let head = format!("-A {chain} ");
+            (save.lines())
+                .filter_map(|l| l.split_once("] ").map(|(_, r)| r))
+                .filter_map(|r| r.strip_prefix(&head))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            ours("VZACCT-FORWARD"),
+            [
+                "-o venet0 -m set --match-set vzacct-fi4 dst -j VZACCT-FFI",
+                "-i venet0 -m set --match-set vzacct-fo4 src -j VZACCT-FFO",
+            ],
+            "{save}"
+        );
+        let lookup = "-m set --match-set vzacct-free4 src -m set --match-set vzacct-ffi4 dst";
+        assert_eq!(
+            ours("VZACCT-FFI"),
+            [
+                "100.64.0.0/10",
+                "192.0.2.0/24",
+                "198.51.100.0/29",
+                "203.0.113.0/24"
+            ]
+            .map(|n| format!("-s {n} {lookup}")),
+            "{save}"
+        );
+    }
+    // The world's own /31 named too: now its traffic is free, from the next sync on.
+    set_classes(
+        &node,
+        &format!("free = 198.51.100.0/31 198.51.100.2/31 198.51.100.4/30 {others}\n"),
+    );
+    node.at(DAY1, &["sync"]);
+    send_udp(node.world(), world, &c.ns, c.v4, 500, 7);
+    node.at(DAY1, &["dump"]);
+    assert_eq!(figures(&node, "101"), [2 * i, o, i, 0], "{v:?}: free");
+}
+
 per_variant!(
+    a_cover_is_not_a_free_network,
     free_networks_are_counted_apart,
     a_change_of_classes_loses_nothing,
     quotas_count_billable_traffic_only,

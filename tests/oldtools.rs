@@ -341,6 +341,9 @@ fn free_networks(u: Userland) {
     );
     let check = stdout(&o.run(&["check"]));
     assert!(check.contains("ok   free networks"), "{check}");
+    // Both families' rules in place as this iptables-save prints them (with the ipset
+    // backend, the free chains' rules name their covers: `-s 2001:db8:ff::/48`).
+    assert_eq!(check.matches(" rule(s) in place (").count(), 2, "{check}");
     // The /24 narrowed to a /25: its prefix length empties, so the set is rebuilt under
     // another name and swapped in (`swap` in an `ipset restore` batch), then the old
     // contents destroyed. Traffic from the network is free as before.

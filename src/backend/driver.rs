@@ -6,7 +6,9 @@
 
 use crate::backend::BackendError;
 use crate::backend::ipset::{self, SetPlan, Sets};
-use crate::backend::iptables::{self, Accounted, Counted, Current, Family, Plan};
+use crate::backend::iptables::{
+    self, Accounted, Counted, Current, Family, FreeChains, Plan, Wanted,
+};
 use crate::backend::netfilter::{Ipset, Tables};
 use crate::backend::probe::Probes;
 use crate::config::{Backend, Config};
@@ -35,6 +37,20 @@ pub struct Want<'a> {
     pub kinds: &'a [crate::model::Kind],
     /// What the free-network sets hold, when free traffic is counted.
     pub free: Option<ipset::FreeWant<'a>>,
+}
+
+impl Want<'_> {
+    /// The rules wanted in `family`'s table, and the free kinds' chains (ipset backend).
+    pub fn rules(&self, family: Family) -> (Vec<Wanted>, FreeChains) {
+        if !self.use_sets {
+            let rules = iptables::desired_rules(self.accounted, family, self.venet, self.kinds);
+            return (rules, FreeChains::new());
+        }
+        let covers = self.free.map_or_else(Vec::new, |f| {
+            ipset::covers(&f.entries(self.accounted, family), ipset::FREE_COVERS)
+        });
+        iptables::set_rules(family, self.venet, self.kinds, &covers)
+    }
 }
 
 /// One part of the kernel that vzacct counts with.
@@ -88,12 +104,8 @@ impl Driver for RuleTables {
         self.tables
             .iter()
             .map(|(t, current)| {
-                let wanted = if want.use_sets {
-                    iptables::set_matches(t.family, want.venet, want.kinds)
-                } else {
-                    iptables::desired_rules(want.accounted, t.family, want.venet, want.kinds)
-                };
-                (t.family, iptables::plan(&wanted, current))
+                let (wanted, free) = want.rules(t.family);
+                (t.family, iptables::plan(&wanted, &free, current))
             })
             .collect()
     }

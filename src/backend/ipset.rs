@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 use crate::ctid::Ctid;
 use crate::model::{
-    Counted, CounterId, Counters, Family, Kind, free_set_name, parse_free_set_name,
+    Accounted, Counted, CounterId, Counters, Family, Kind, free_set_name, parse_free_set_name,
 };
 
 pub use crate::model::SET_PREFIX as PREFIX;
@@ -522,6 +522,102 @@ pub struct FreeWant<'a> {
     pub c2c: bool,
 }
 
+impl FreeWant<'_> {
+    /// The addresses free in `family`, merged: `[classes] free`, and with `c2c` every
+    /// accounted address.
+    pub fn entries(&self, accounted: &Accounted, family: Family) -> BTreeSet<IpNet> {
+        let mut want: Vec<IpNet> = (self.networks.iter())
+            .filter(|n| family_of(n) == family)
+            .copied()
+            .collect();
+        if self.c2c {
+            want.extend(
+                (accounted.values().flatten())
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|ip| IpNet::from(*ip)),
+            );
+        }
+        IpNet::aggregate(&want).into_iter().collect()
+    }
+}
+
+/// How many covering prefixes the free rules of a family test before the set lookup.
+/// Each is one more rule a billable packet of an accounted address walks (a few ns: an
+/// address compare); more covers fit the networks tighter (BENCHMARKS.md, *Free networks*).
+pub const FREE_COVERS: usize = 4;
+
+/// At most `max` disjoint prefixes that together cover every one of `nets` (merged, as from
+/// [`FreeWant::entries`]) with the fewest addresses: a packet outside them cannot be free,
+/// so the free rules test them (`-s NET`, an address compare) before looking the packet up
+/// in the free-network set. Empty for no networks.
+pub fn covers(nets: &BTreeSet<IpNet>, max: usize) -> Vec<IpNet> {
+    let nets: Vec<IpNet> = nets.iter().copied().collect();
+    if nets.is_empty() || max == 0 {
+        return Vec::new();
+    }
+    best_covers(&nets, max)
+        .pop()
+        .map(|(_, c)| c)
+        .unwrap_or_default()
+}
+
+/// The addresses in a prefix (saturating: a v6 /0 counts as u128::MAX).
+fn span(net: &IpNet) -> u128 {
+    1u128
+        .checked_shl(u32::from(net.max_prefix_len() - net.prefix_len()))
+        .unwrap_or(u128::MAX)
+}
+
+/// The smallest prefix holding all of `nets` (sorted, disjoint, one family).
+fn hull(nets: &[IpNet]) -> IpNet {
+    let (first, last) = (nets[0], nets[nets.len() - 1]);
+    let mut len = first.prefix_len().min(last.prefix_len());
+    loop {
+        let h = IpNet::new(first.network(), len)
+            .map(|n| n.trunc())
+            .unwrap_or(first);
+        if h.contains(&last.network()) || len == 0 {
+            return h;
+        }
+        len -= 1;
+    }
+}
+
+/// For j = 1..=max, the best cover of `nets` with at most j prefixes: (addresses, prefixes).
+/// Dynamic programming over the binary trie of the networks: the hull itself, or the best
+/// split of the covers between the hull's two halves.
+fn best_covers(nets: &[IpNet], max: usize) -> Vec<(u128, Vec<IpNet>)> {
+    let h = hull(nets);
+    let one = (span(&h), vec![h]);
+    if nets.len() == 1 || max == 1 {
+        return vec![one; max];
+    }
+    // The hull's halves: every network lies in one (disjoint networks inside the hull, more
+    // than one of them, so none is the hull itself).
+    let half = nets.partition_point(|n| {
+        IpNet::new(h.network(), h.prefix_len() + 1)
+            .map(|lower| lower.trunc().contains(&n.network()))
+            .unwrap_or(true)
+    });
+    let (lo, hi) = (
+        best_covers(&nets[..half], max - 1),
+        best_covers(&nets[half..], max - 1),
+    );
+    let mut out = vec![one];
+    for j in 2..=max {
+        let mut best = out[j - 2].clone();
+        for a in 1..j {
+            let (l, r) = (&lo[(a - 1).min(max - 2)], &hi[(j - a - 1).min(max - 2)]);
+            let cost = l.0.saturating_add(r.0);
+            if cost < best.0 {
+                best = (cost, l.1.iter().chain(&r.1).copied().collect());
+            }
+        }
+        out.push(best);
+    }
+    out
+}
+
 /// Plan the free-network sets of `families` against the ones found.
 fn plan_free(
     p: &mut SetPlan,
@@ -535,20 +631,7 @@ fn plan_free(
         return;
     };
     for family in families {
-        let mut want: BTreeSet<IpNet> = free
-            .networks
-            .iter()
-            .filter(|n| family_of(n) == *family)
-            .copied()
-            .collect();
-        if free.c2c {
-            want.extend(
-                (wanted.values().flatten())
-                    .filter(|ip| Family::of(ip) == *family)
-                    .map(|ip| IpNet::from(*ip)),
-            );
-        }
-        let want = fewer_prefix_lengths(want, FREE_ENTRIES);
+        let want = fewer_prefix_lengths(free.entries(wanted, *family), FREE_ENTRIES);
         let have = match current.free.get(family) {
             Some(h) => h.clone(),
             None => {
@@ -759,6 +842,59 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
 
     /// Fewer prefix lengths, the same addresses: shorter networks split into the longer
     /// lengths present while the budget allows; nested and adjacent ones merged first.
+    /// The covers the free rules test first: at most `max` disjoint prefixes, holding every
+    /// free network and as few other addresses as can be.
+    #[test]
+    fn free_networks_get_the_tightest_covers() {
+        let nets = |list: &[&str]| -> BTreeSet<IpNet> {
+            list.iter().map(|n| n.parse().unwrap()).collect()
+        };
+        let cover = |list: &[&str], max| -> Vec<String> {
+            covers(&nets(list), max)
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        let free = ["10.0.0.0/23", "10.0.3.0/24", "192.168.0.0/16"];
+        assert_eq!(cover(&free, 1), ["0.0.0.0/0"]);
+        assert_eq!(cover(&free, 2), ["10.0.0.0/22", "192.168.0.0/16"]);
+        assert_eq!(cover(&free, 3), free);
+        assert_eq!(cover(&free, 4), free);
+        assert_eq!(
+            cover(&["2001:db8::/32", "2001:db9::/32"], 1),
+            ["2001:db8::/31"]
+        );
+        assert_eq!(cover(&["::/0"], 4), ["::/0"]);
+        assert!(cover(&[], 4).is_empty());
+        // The benchmark's 100 networks in 4 lengths: 4 covers, none holding its sender.
+        let bench: Vec<String> = (0..100)
+            .map(|i| {
+                let k = i / 4;
+                match i % 4 {
+                    0 => format!("172.{}.0.0/16", 16 + k % 16 + 32 * (k / 16)),
+                    1 => format!("100.{}.{}.0/20", 64 + k / 16, (k % 16) * 16),
+                    2 => format!("100.{}.{}.0/22", 96 + k / 64, (k % 64) * 4),
+                    _ => format!("192.168.{}.0/24", k % 256),
+                }
+            })
+            .collect();
+        let merged: Vec<IpNet> = bench.iter().map(|n| n.parse().unwrap()).collect();
+        let merged: BTreeSet<IpNet> = IpNet::aggregate(&merged).into_iter().collect();
+        let got: Vec<String> = covers(&merged, FREE_COVERS)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "100.64.0.0/15",
+                "100.96.0.0/17",
+                "172.0.0.0/10",
+                "192.168.0.0/19"
+            ]
+        );
+    }
+
     #[test]
     fn free_networks_are_split_into_fewer_prefix_lengths() {
         let nets =

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::ctid::Ctid;
 pub use crate::model::{Accounted, Chain, Counted, CounterId, Counters, Family, Kind};
 
@@ -59,6 +61,8 @@ pub struct SetMatch {
     /// looked up in one set, not two, and a packet with a container's source address that
     /// did not come from venet (spoofed) is not billed to the container.
     pub iface: String,
+    /// A packet it counted goes on to its free twin's chain ([`Kind::free_chain`]).
+    pub free_jump: bool,
 }
 
 impl SetMatch {
@@ -69,15 +73,71 @@ impl SetMatch {
             true => (format!("-o {}", self.iface), "dst"),
             false => (format!("-i {}", self.iface), "src"),
         };
-        match self.kind.is_free() {
-            false => format!("{iface} -m set --match-set {set} {dir}"),
-            true => format!(
-                "{iface} {} -m set --match-set {set} {dir}",
-                free_match(self.kind, self.family)
-            ),
+        match self.kind.free_twin().and_then(Kind::free_chain) {
+            Some(chain) if self.free_jump => {
+                format!("{iface} -m set --match-set {set} {dir} -j {chain}")
+            }
+            _ => format!("{iface} -m set --match-set {set} {dir}"),
         }
     }
 }
+
+/// The rules of a free kind's chain ([`Kind::free_chain`]), ipset backend: one per covering
+/// prefix of the free networks (the other end of the packet inside it), each looking the
+/// packet up in the free-network set and counting it in the kind's set. The covers are
+/// disjoint, so a packet is counted at most once. No covers: no rule.
+pub fn free_chain_rules(kind: Kind, family: Family, covers: &[IpNet]) -> Vec<String> {
+    let (addr, dir) = if kind.is_in() {
+        ("-s", "dst")
+    } else {
+        ("-d", "src")
+    };
+    let set = crate::model::set_name(kind, family);
+    let lookup = format!(
+        "{} -m set --match-set {set} {dir}",
+        free_match(kind, family)
+    );
+    covers
+        .iter()
+        .map(|c| match c.prefix_len() {
+            0 => lookup.clone(),
+            _ => format!("{addr} {c} {lookup}"),
+        })
+        .collect()
+}
+
+/// What the ipset backend wants in one family: the set-matching rules of the kinds in use
+/// (base kinds; each jumps to its free twin's chain when that is in use and `covers` is
+/// not empty), and the free kinds' chains.
+pub fn set_rules(
+    family: Family,
+    venet: &str,
+    kinds: &[Kind],
+    covers: &[IpNet],
+) -> (Vec<Wanted>, FreeChains) {
+    let free: FreeChains = match covers.is_empty() {
+        true => FreeChains::new(),
+        false => (kinds.iter().copied())
+            .filter(|k| k.is_free())
+            .map(|k| (k, free_chain_rules(k, family, covers)))
+            .collect(),
+    };
+    let wanted = (kinds.iter().copied())
+        .filter(|k| !k.is_free())
+        .map(|kind| {
+            Wanted::Match(SetMatch {
+                kind,
+                family,
+                iface: venet.to_string(),
+                free_jump: kind.free_twin().is_some_and(|t| free.contains_key(&t)),
+            })
+        })
+        .collect();
+    (wanted, free)
+}
+
+/// The free kinds' chains and their rules, in order, as `iptables-save` prints them.
+pub type FreeChains = BTreeMap<Kind, Vec<String>>;
 
 /// The match of a free kind's rule on the free-network set: the other end of the packet
 /// (the source of traffic towards the container, the destination of traffic from it).
@@ -111,21 +171,6 @@ impl Wanted {
             Wanted::Match(m) => m.spec(),
         }
     }
-}
-
-/// The ipset backend's fixed rules of one family, one per kind in use.
-pub fn set_matches(family: Family, venet: &str, kinds: &[Kind]) -> Vec<Wanted> {
-    kinds
-        .iter()
-        .copied()
-        .map(|kind| {
-            Wanted::Match(SetMatch {
-                kind,
-                family,
-                iface: venet.to_string(),
-            })
-        })
-        .collect()
 }
 
 /// Every rule vzacct wants in one family, one per kind in use and IP, in a stable order.
@@ -227,6 +272,8 @@ pub struct Current {
     /// Whether the generation chain exists, and the generation its rule names.
     pub generation_chain: bool,
     pub generation: Option<u64>,
+    /// The free kinds' chains found (ipset backend), with their rules.
+    pub free_chains: FreeChains,
 }
 
 /// `iptables-save` output that could not be understood.
@@ -270,6 +317,8 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             let name = words.next().unwrap_or("");
             if name == crate::model::GENERATION_CHAIN {
                 cur.generation_chain = true;
+            } else if let Some(kind) = Kind::by_free_chain(name) {
+                cur.free_chains.entry(kind).or_default();
             } else if let Some(chain) = Chain::by_name(name) {
                 cur.chains.insert(chain);
             } else if let Some(chain) = Chain::by_next_name(name) {
@@ -301,6 +350,13 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             {
                 cur.generation = crate::model::parse_generation(c);
             }
+            continue;
+        }
+        if let Some(kind) = Kind::by_free_chain(chain_name) {
+            cur.free_chains
+                .entry(kind)
+                .or_default()
+                .push(spec.to_string());
             continue;
         }
         let ours = Chain::by_name(chain_name).map(|c| (c, false));
@@ -533,42 +589,34 @@ fn recognise(chain: Chain, tokens: &[String]) -> Option<Rule> {
     })
 }
 
-/// Recognise one of the ipset backend's set-matching rules.
+/// Recognise one of the ipset backend's set-matching rules (anything else in our chains,
+/// such as a free rule of the layout before the free chains, is a stray).
 fn recognise_set(chain: Chain, tokens: &[String]) -> Option<SetMatch> {
     let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    let (iface_opt, rest) = match t.as_slice() {
-        [opt @ ("-i" | "-o"), iface, rest @ ..] => (Some((*opt, *iface)), rest),
-        rest => (None, rest),
+    let (opt, iface, rest) = match t.as_slice() {
+        [opt @ ("-i" | "-o"), iface, rest @ ..] => (*opt, *iface, rest),
+        _ => return None,
     };
-    let (free, rest) = match rest {
-        ["-m", "set", "--match-set", free, fdir, rest @ ..] if !rest.is_empty() => (
-            Some((crate::model::parse_free_set_name(free)?, *fdir)),
-            rest,
-        ),
-        rest => (None, rest),
-    };
-    let ["-m", "set", "--match-set", name, dir] = rest else {
-        return None;
+    let (name, dir, jump) = match rest {
+        ["-m", "set", "--match-set", name, dir] => (*name, *dir, None),
+        ["-m", "set", "--match-set", name, dir, "-j", to] => (*name, *dir, Some(*to)),
+        _ => return None,
     };
     let (kind, family) = crate::model::parse_set_name(name)?;
-    if iface_opt.is_some_and(|(_, i)| !crate::model::valid_interface(i)) {
-        return None;
-    }
     let fits = matches!(
-        (kind.is_in(), iface_opt, *dir),
-        (true, Some(("-o", _)), "dst") | (false, Some(("-i", _)), "src")
+        (kind.is_in(), opt, dir),
+        (true, "-o", "dst") | (false, "-i", "src")
     );
-    let free_fits = match free {
-        None => !kind.is_free(),
-        Some((f, fdir)) => {
-            kind.is_free() && f == family && fdir == if kind.is_in() { "src" } else { "dst" }
-        }
-    };
-    (fits && free_fits && kind.chain() == chain).then(|| SetMatch {
-        kind,
-        family,
-        iface: iface_opt.map(|(_, i)| i.to_string()).unwrap_or_default(),
-    })
+    let jump_fits = jump.is_none() || jump == kind.free_twin().and_then(Kind::free_chain);
+    (fits && jump_fits && !kind.is_free() && kind.chain() == chain)
+        .then_some(())
+        .filter(|_| crate::model::valid_interface(iface))
+        .map(|_| SetMatch {
+            kind,
+            family,
+            iface: iface.to_string(),
+            free_jump: jump.is_some(),
+        })
 }
 
 impl Current {
@@ -641,10 +689,27 @@ pub struct Swap {
     pub removed: usize,
 }
 
+/// A change to a free kind's chain (ipset backend). Its rules count nothing themselves (the
+/// sets do), so a changed chain is flushed and filled again within the same batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreeOp {
+    /// Create the chain (`new`) or flush it, then append `rules`; it held `old` rules.
+    Fill {
+        kind: Kind,
+        new: bool,
+        rules: Vec<String>,
+        old: usize,
+    },
+    /// Flush and delete it, at the end of the batch (no rule jumps to it by then).
+    Remove { kind: Kind, old: usize },
+}
+
 /// The changes that make one family's kernel ruleset match what is accounted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,
+    /// The free kinds' chains.
+    pub free: Vec<FreeOp>,
     /// The generation to write with the batch (and whether its chain must be created).
     pub generation: Option<(u64, bool)>,
     /// Policy lines to restore with the batch: legacy iptables zeroes the built-in chains'
@@ -655,7 +720,7 @@ pub struct Plan {
 impl Plan {
     /// Whether nothing of the accounting changes (a new generation alone is not a change).
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.free.is_empty()
     }
 
     /// Write `generation` with this batch (the generation chain exists: `exists`).
@@ -671,7 +736,13 @@ impl Plan {
                 Op::Swap(s) => s.added,
                 _ => 0,
             })
-            .sum()
+            .sum::<usize>()
+            + (self.free.iter())
+                .map(|f| match f {
+                    FreeOp::Fill { rules, .. } => rules.len(),
+                    FreeOp::Remove { .. } => 0,
+                })
+                .sum::<usize>()
     }
 
     pub fn deleted(&self) -> usize {
@@ -682,7 +753,12 @@ impl Plan {
                 Op::Swap(s) => s.removed,
                 _ => 0,
             })
-            .sum()
+            .sum::<usize>()
+            + (self.free.iter())
+                .map(|f| match f {
+                    FreeOp::Fill { old, .. } | FreeOp::Remove { old, .. } => *old,
+                })
+                .sum::<usize>()
     }
 
     /// The chains this plan rebuilds.
@@ -711,7 +787,7 @@ impl Plan {
         Plan {
             ops,
             policies,
-            generation: None,
+            ..Plan::default()
         }
     }
 
@@ -725,6 +801,19 @@ impl Plan {
         for op in &self.ops {
             if let Op::NewChain(c) = op {
                 let _ = writeln!(out, ":{} - [0:0]", c.name());
+            }
+        }
+        // The free chains are filled first: the rules appended below may jump to them.
+        for f in &self.free {
+            if let FreeOp::Fill {
+                kind, new, rules, ..
+            } = f
+            {
+                let name = kind.free_chain().unwrap_or_default();
+                let _ = writeln!(out, "{} {name}", if *new { "-N" } else { "-F" });
+                for r in rules {
+                    let _ = writeln!(out, "-A {name} {r}");
+                }
             }
         }
         for op in &self.ops {
@@ -748,6 +837,15 @@ impl Plan {
                     writeln!(out, "-I {} 1 -j {next}", sw.chain.builtin())
                 }
             };
+        }
+        for f in &self.free {
+            if let FreeOp::Remove { kind, .. } = f {
+                let _ = writeln!(
+                    out,
+                    "-F {n}\n-X {n}",
+                    n = kind.free_chain().unwrap_or_default()
+                );
+            }
         }
         if let Some((g, exists)) = self.generation {
             let (c, verb) = (
@@ -782,13 +880,20 @@ pub fn teardown(current: &Current) -> Plan {
     if current.generation_chain {
         ops.push(Op::RemoveGeneration);
     }
-    let policies = if ops.is_empty() || current.nf_tables {
+    let free: Vec<FreeOp> = (current.free_chains.iter())
+        .map(|(kind, rules)| FreeOp::Remove {
+            kind: *kind,
+            old: rules.len(),
+        })
+        .collect();
+    let policies = if (ops.is_empty() && free.is_empty()) || current.nf_tables {
         Vec::new()
     } else {
         current.policies.clone()
     };
     Plan {
         ops,
+        free,
         policies,
         generation: None,
     }
@@ -796,8 +901,9 @@ pub fn teardown(current: &Current) -> Plan {
 
 /// Compare what is wanted with what is there. Rules already in place keep their counters;
 /// missing ones are appended; strays, stale rules and duplicates are deleted; each of our
-/// chains exists and is jumped to exactly once, from the top of its built-in chain.
-pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
+/// chains exists and is jumped to exactly once, from the top of its built-in chain. `free`:
+/// the free kinds' chains wanted (ipset backend).
+pub fn plan(desired: &[Wanted], free: &FreeChains, current: &Current) -> Plan {
     let mut ops = Vec::new();
     for chain in Chain::ALL {
         if !current.chains.contains(&chain) {
@@ -850,10 +956,46 @@ pub fn plan(desired: &[Wanted], current: &Current) -> Plan {
         }
     }
     Plan {
+        free: plan_free_chains(free, current, !swapped.is_empty()),
         ops,
         policies: current.policies_to_give_back(),
         generation: None,
     }
+}
+
+/// The free chains that differ from `free`. One no longer wanted is deleted, unless a
+/// chain is rebuilt in the same batch: its old copy may still jump there until the rebuild
+/// is finished, so the free chain is only emptied, and goes at the next run.
+fn plan_free_chains(free: &FreeChains, current: &Current, rebuilding: bool) -> Vec<FreeOp> {
+    let mut ops = Vec::new();
+    for (kind, rules) in free {
+        let have = current.free_chains.get(kind);
+        if have != Some(rules) {
+            ops.push(FreeOp::Fill {
+                kind: *kind,
+                new: have.is_none(),
+                rules: rules.clone(),
+                old: have.map_or(0, Vec::len),
+            });
+        }
+    }
+    for (kind, have) in &current.free_chains {
+        match (free.contains_key(kind), rebuilding) {
+            (true, _) => {}
+            (false, false) => ops.push(FreeOp::Remove {
+                kind: *kind,
+                old: have.len(),
+            }),
+            (false, true) if !have.is_empty() => ops.push(FreeOp::Fill {
+                kind: *kind,
+                new: false,
+                rules: Vec::new(),
+                old: have.len(),
+            }),
+            (false, true) => {}
+        }
+    }
+    ops
 }
 
 /// Which of the current rules stay as they are, and which chains must be rebuilt: those
@@ -967,60 +1109,116 @@ mod tests {
     #[test]
     fn free_rules_read_back_on_both_variants() {
         let acc = accounted(&[("101", &["10.0.0.1"])]);
-        for (text, sets) in [
-            (
-                include_str!("../../tests/fixtures/save/legacy-101-free.txt"),
-                false,
-            ),
-            (
-                include_str!("../../tests/fixtures/save/nft-101-free.txt"),
-                false,
-            ),
-            (
-                include_str!("../../tests/fixtures/save/legacy-101-free-sets.txt"),
-                true,
-            ),
-            (
-                include_str!("../../tests/fixtures/save/nft-101-free-sets.txt"),
-                true,
-            ),
+        for text in [
+            include_str!("../../tests/fixtures/save/legacy-101-free.txt"),
+            include_str!("../../tests/fixtures/save/nft-101-free.txt"),
         ] {
             let cur = parse_save(text).unwrap();
-            let kinds: BTreeSet<Kind> = cur
-                .rules
-                .iter()
-                .filter_map(|r| match (&r.rule, &r.set_match) {
-                    (Some(r), _) => Some(r.kind),
-                    (None, Some(m)) => Some(m.kind),
-                    _ => None,
-                })
+            let kinds: BTreeSet<Kind> = (cur.rules.iter())
+                .filter_map(|r| r.rule.as_ref().map(|r| r.kind))
                 .collect();
             assert_eq!(kinds, Kind::ALL.into_iter().collect(), "{text}");
-            let want = if sets {
-                set_matches(Family::V4, "venet0", &Kind::ALL)
-            } else {
-                desired_rules(&acc, Family::V4, "venet0", &Kind::ALL)
-            };
-            assert!(plan(&want, &cur).is_empty(), "{text}");
+            let want = desired_rules(&acc, Family::V4, "venet0", &Kind::ALL);
+            assert!(plan(&want, &FreeChains::new(), &cur).is_empty(), "{text}");
             // Without classes, the free rules go (and the chain is rebuilt without them).
-            let base = if sets {
-                set_matches(Family::V4, "venet0", &Kind::BASE)
-            } else {
-                desired_rules(&acc, Family::V4, "venet0", &Kind::BASE)
-            };
-            assert_eq!(plan(&base, &cur).deleted(), 4, "{text}");
+            let base = desired_rules(&acc, Family::V4, "venet0", &Kind::BASE);
+            assert_eq!(plan(&base, &FreeChains::new(), &cur).deleted(), 4, "{text}");
         }
         // A free rule on the other family's set, or matching the wrong end, is a stray.
         for spec in [
             "-d 10.0.0.1/32 -m set --match-set vzacct-free6 src -m comment --comment \"ct:1\"",
             "-d 10.0.0.1/32 -m set --match-set vzacct-free4 dst -m comment --comment \"ct:1\"",
-            "-o venet0 -m set --match-set vzacct-free4 dst -m set --match-set vzacct-ffi4 dst",
-            "-o venet0 -m set --match-set vzacct-free4 src -m set --match-set vzacct-fi4 dst",
         ] {
             let t = tokenize(spec).unwrap();
             assert_eq!(recognise(Chain::Forward, &t), None, "{spec}");
             assert_eq!(recognise_set(Chain::Forward, &t), None, "{spec}");
         }
+    }
+
+    /// The ipset backend's free chains (sync with `free = 198.51.100.0/24 203.0.113.0/24`,
+    /// saved by iptables-legacy and iptables-nft): each base rule jumps to its free twin's
+    /// chain, which holds one rule per cover. Read back, they are in place; without classes
+    /// the jumps and the chains go; the layout of before (free rules in the base chains) is
+    /// replaced in one batch.
+    #[test]
+    fn free_chains_read_back_on_both_variants() {
+        let covers: Vec<IpNet> = ["198.51.100.0/24", "203.0.113.0/24"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let (want, free) = set_rules(Family::V4, "venet0", &Kind::ALL, &covers);
+        assert_eq!(
+            free[&Kind::FreeForwardIn],
+            [
+                "-s 198.51.100.0/24 -m set --match-set vzacct-free4 src -m set --match-set vzacct-ffi4 dst",
+                "-s 203.0.113.0/24 -m set --match-set vzacct-free4 src -m set --match-set vzacct-ffi4 dst",
+            ]
+        );
+        assert_eq!(
+            want.iter().map(Wanted::spec).collect::<Vec<_>>(),
+            [
+                "-o venet0 -m set --match-set vzacct-fi4 dst -j VZACCT-FFI",
+                "-i venet0 -m set --match-set vzacct-fo4 src -j VZACCT-FFO",
+                "-o venet0 -m set --match-set vzacct-li4 dst -j VZACCT-FLI",
+                "-i venet0 -m set --match-set vzacct-lo4 src -j VZACCT-FLO",
+            ]
+        );
+        let (base, none) = set_rules(Family::V4, "venet0", &Kind::BASE, &[]);
+        assert!(none.is_empty());
+        for text in [
+            include_str!("../../tests/fixtures/save/legacy-101-free-sets.txt"),
+            include_str!("../../tests/fixtures/save/nft-101-free-sets.txt"),
+        ] {
+            let cur = parse_save(text).unwrap();
+            assert_eq!(cur.free_chains, free, "{text}");
+            assert!(plan(&want, &free, &cur).is_empty(), "{text}");
+            let off = plan(&base, &FreeChains::new(), &cur);
+            assert_eq!((off.added(), off.deleted()), (4, 4 + 8), "{text}");
+            let batch = off.render();
+            let removals: Vec<&str> = batch
+                .lines()
+                .filter(|l| l.contains("FL") || l.contains("FF"))
+                .collect();
+            // The jumping rules go before the chains they jump to.
+            assert_eq!(removals.len(), 4 + 8, "{batch}");
+            assert!(
+                removals[..4].iter().all(|l| l.starts_with("-D ")),
+                "{batch}"
+            );
+            assert!(
+                batch.ends_with("-F VZACCT-FLO\n-X VZACCT-FLO\nCOMMIT\n"),
+                "{batch}"
+            );
+            // Other covers: the chains are flushed and filled again, the jumps stay.
+            let fewer = set_rules(Family::V4, "venet0", &Kind::ALL, &covers[..1]).1;
+            let p = plan(&want, &fewer, &cur);
+            assert!(p.ops.is_empty(), "{:?}", p.ops);
+            assert!(
+                p.render()
+                    .contains("-F VZACCT-FFI\n-A VZACCT-FFI -s 198.51.100.0/24 ")
+            );
+            assert_eq!((p.added(), p.deleted()), (4, 8));
+        }
+        for text in [
+            include_str!("../../tests/fixtures/save/legacy-101-free-rules-in-chain.txt"),
+            include_str!("../../tests/fixtures/save/nft-101-free-rules-in-chain.txt"),
+        ] {
+            let cur = parse_save(text).unwrap();
+            let p = plan(&want, &free, &cur);
+            // 4 free rules and 4 base rules without a jump out, 4 base rules with it in.
+            assert_eq!((p.added(), p.deleted()), (4 + 8, 8), "{text}");
+            let batch = p.render();
+            let new = batch.find("-N VZACCT-FFI").unwrap();
+            assert!(new < batch.find("-A VZACCT-FORWARD").unwrap(), "{batch}");
+        }
+        // Torn down: jumps, chains, then the free chains they jumped to.
+        let cur = parse_save(include_str!(
+            "../../tests/fixtures/save/nft-101-free-sets.txt"
+        ))
+        .unwrap();
+        let batch = teardown(&cur).render();
+        let forward = batch.find("-X VZACCT-FORWARD").unwrap();
+        assert!(forward < batch.find("-X VZACCT-FFI").unwrap(), "{batch}");
     }
 
     #[test]
@@ -1098,7 +1296,7 @@ mod tests {
             "venet0",
             &Kind::BASE,
         );
-        let batch = plan(&want, &cur).render();
+        let batch = plan(&want, &FreeChains::new(), &cur).render();
         assert_eq!(
             batch,
             "*filter\n\
@@ -1193,7 +1391,10 @@ mod tests {
                 .map(|r| (r.counters.packets, r.counters.bytes))
                 .collect();
             assert_eq!(c, [(3, 384), (2, 256), (1, 128), (0, 0)], "{name}");
-            assert!(plan(&want, &cur).is_empty(), "{name}: in place");
+            assert!(
+                plan(&want, &FreeChains::new(), &cur).is_empty(),
+                "{name}: in place"
+            );
         }
         for (name, text) in [
             (
@@ -1226,7 +1427,7 @@ mod tests {
             &Kind::BASE,
         );
         for text in [LEGACY_101, NFT_101] {
-            let p = plan(&want, &parse_save(text).unwrap());
+            let p = plan(&want, &FreeChains::new(), &parse_save(text).unwrap());
             assert!(p.is_empty(), "{p:?}");
         }
         let want6 = desired_rules(
@@ -1235,7 +1436,7 @@ mod tests {
             "venet0",
             &Kind::BASE,
         );
-        assert!(plan(&want6, &parse_save(NFT_V6_101).unwrap()).is_empty());
+        assert!(plan(&want6, &FreeChains::new(), &parse_save(NFT_V6_101).unwrap()).is_empty());
     }
 
     #[test]
@@ -1253,7 +1454,7 @@ mod tests {
         let cur = parse_save(text).unwrap();
         assert_eq!(cur.jumps.len(), 4);
         assert_eq!(cur.jumps[1].position, 2);
-        let batch = plan(&[], &cur).render();
+        let batch = plan(&[], &FreeChains::new(), &cur).render();
         assert_eq!(
             batch,
             "*filter\n\
@@ -1286,7 +1487,7 @@ mod tests {
             "venet0",
             &Kind::BASE,
         );
-        let p = plan(&want, &cur);
+        let p = plan(&want, &FreeChains::new(), &cur);
         assert_eq!(p.deleted(), 4);
         assert_eq!(p.added(), 3);
         assert!(p.policies.is_empty(), "no policy lines were read");
@@ -1319,7 +1520,7 @@ mod tests {
                     [1:100] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
                     [0:0] -A VZACCT-FORWARD -p tcp -j ACCEPT\n\
                     COMMIT\n";
-        let p = plan(&want, &parse_save(text).unwrap());
+        let p = plan(&want, &FreeChains::new(), &parse_save(text).unwrap());
         assert_eq!(
             p.render(),
             "*filter\n\
@@ -1351,7 +1552,7 @@ mod tests {
         .filter(|r| r.kind == Kind::ForwardIn)
         .map(Wanted::Count)
         .collect();
-        let p = plan(&want, &parse_save(text).unwrap());
+        let p = plan(&want, &FreeChains::new(), &parse_save(text).unwrap());
         let sw = p.swapped();
         assert_eq!(sw.len(), 1);
         assert_eq!(
@@ -1427,14 +1628,14 @@ mod tests {
     fn nf_tables_keeps_policy_counters_itself() {
         let text = NFT_101.replace(":FORWARD ACCEPT [0:0]", ":FORWARD ACCEPT [5:500]");
         let cur = parse_save(&text).unwrap();
-        let p = plan(&[], &cur);
+        let p = plan(&[], &FreeChains::new(), &cur);
         assert!(!p.is_empty());
         assert!(p.policies.is_empty());
         let legacy =
             parse_save(&LEGACY_101.replace(":FORWARD ACCEPT [0:0]", ":FORWARD ACCEPT [5:500]"))
                 .unwrap();
         assert!(
-            plan(&[], &legacy)
+            plan(&[], &FreeChains::new(), &legacy)
                 .render()
                 .contains(":FORWARD ACCEPT [5:500]\n")
         );

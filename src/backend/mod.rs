@@ -21,9 +21,7 @@ use crate::backend::probe::Probes;
 use crate::config::Config;
 use std::collections::BTreeMap;
 
-use crate::backend::iptables::{
-    Accounted, Counted, CounterId, Current, Family, Kind, Plan, Wanted,
-};
+use crate::backend::iptables::{Accounted, Counted, CounterId, Current, Family, Kind, Plan};
 use crate::model::{Coverage, Generation};
 
 /// A failure to read or change our part of the kernel.
@@ -160,12 +158,29 @@ impl Kernel {
         }
     }
 
-    /// The rules vzacct wants in one family under the backend in use.
-    pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> Vec<Wanted> {
-        if self.use_sets {
-            iptables::set_matches(family, venet, self.kinds())
-        } else {
-            iptables::desired_rules(accounted, family, venet, self.kinds())
+    /// How many rules vzacct wants in one family under the backend in use.
+    pub fn wanted(&self, accounted: &Accounted, family: Family, venet: &str) -> usize {
+        let (rules, free) = self.want(accounted, &[family], venet).rules(family);
+        rules.len() + free.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// What the kernel should count in `families`.
+    fn want<'a>(
+        &'a self,
+        accounted: &'a Accounted,
+        families: &'a [Family],
+        venet: &'a str,
+    ) -> Want<'a> {
+        Want {
+            accounted,
+            families,
+            venet,
+            use_sets: self.use_sets,
+            kinds: self.kinds(),
+            free: self.classes.as_ref().map(|c| ipset::FreeWant {
+                networks: &c.free,
+                c2c: c.container_to_container,
+            }),
         }
     }
 
@@ -184,17 +199,7 @@ impl Kernel {
     /// Pure: what to change so the kernel matches `accounted`.
     pub fn plan(&self, accounted: &Accounted, venet: &str) -> KernelPlan {
         let families: Vec<Family> = self.rules.tables.iter().map(|(t, _)| t.family).collect();
-        let want = Want {
-            accounted,
-            families: &families,
-            venet,
-            use_sets: self.use_sets,
-            kinds: self.kinds(),
-            free: self.classes.as_ref().map(|c| ipset::FreeWant {
-                networks: &c.free,
-                c2c: c.container_to_container,
-            }),
-        };
+        let want = self.want(accounted, &families, venet);
         KernelPlan {
             rules: self.rules.plan(&want),
             sets: self.sets.plan(&want),
@@ -309,7 +314,7 @@ fn pending(current: &Current) -> Plan {
     Plan {
         ops: current.pending.clone(),
         policies: current.policies_to_give_back(),
-        generation: None,
+        ..Plan::default()
     }
 }
 

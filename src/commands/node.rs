@@ -362,7 +362,7 @@ pub fn check(
                         if structural + missing + p.deleted() == 0 {
                             Ok(format!(
                                 "chains, jumps and {} rule(s) in place ({} backend)",
-                                kernel.wanted(&accounted, *family, venet).len(),
+                                kernel.wanted(&accounted, *family, venet),
                                 kernel.backend_name()
                             ))
                         } else {
