@@ -27,7 +27,10 @@
 #   FWD_FREE=1             also a group per variant at the largest size for free networks
 #                          ([classes], issue 14): backend = ipset without classes, then with
 #                          FWD_FREE_NETS networks of 4 prefix lengths, the flow billable
-#                          (free), and with the sender's network among them (freeflow)
+#                          (free), and with the sender's network among them (freeflow);
+#                          then (covered) FWD_FREE_NETS /16s scattered over the address
+#                          space, so that the free rules' covers are wide and hold the
+#                          sender: the flow billable, and each packet looked up (worst case)
 #   FWD_FREE_NETS=100
 #   FWD_CONFS="none wiki iptables ipset"  the configurations of the size table
 #   --- 2..6 ---
@@ -298,7 +301,7 @@ fwd_setup() { # CONF VARIANT N
       NS=$NODE vz "$dir/vzacct.conf" sync
       ;;
     # Free networks: the ipset backend with [classes]; the flow billable, or free.
-    free | freeflow)
+    free | freeflow | covered)
       dir=$WORK/fwd-state
       rm -rf "$dir"
       gen_config "$dir" ipset "$v" "$WORK/fwd-veinfo-$n"
@@ -327,7 +330,7 @@ fwd_counted() { # CONF VARIANT
       awk -v d="-d $DEST/32" 'index($0, d) && / -A FORWARD / { gsub(/[\[\]]/, "", $1); split($1, c, ":"); print c[1] }' ;;
     iptables) ip netns exec "$NODE" "iptables-$2-save" -c -t filter |
       awk -v d="-d $DEST/32" 'index($0, d) && / -A VZACCT-FORWARD / { gsub(/[\[\]]/, "", $1); split($1, c, ":"); print c[1] }' ;;
-    ipset | setc | free | freeflow) ip netns exec "$NODE" ipset save vzacct-fi4 |
+    ipset | setc | free | freeflow | covered) ip netns exec "$NODE" ipset save vzacct-fi4 |
       awk -v d="$DEST" '$1 == "add" && $3 == d { for (i = 4; i < NF; i++) if ($i == "packets") print $(i + 1) }' ;;
     nftset) ip netns exec "$NODE" nft list set ip vzb6 fi | tr ',{}' '\n\n\n' |
       awk -v d="$DEST" '$1 == d { for (i = 2; i < NF; i++) if ($i == "packets") print $(i + 1) }' ;;
@@ -392,6 +395,9 @@ if part fwd; then
         else if (i % 4 == 2) printf "100.%d.%d.0/22\n", 96 + int(k / 64), (k % 64) * 4
         else printf "192.168.%d.0/24\n", k % 256 } }' >"$WORK/fwd-nets-free"
     { head -n $((FWD_FREE_NETS - 1)) "$WORK/fwd-nets-free"; echo 10.250.1.0/24; } >"$WORK/fwd-nets-freeflow"
+    # Scattered: /16s with odd first octets (1.0.0.0/16, 3.1.0.0/16, ...): no cover of at
+    # most four prefixes can leave out the sender's 10.250.1.2 without leaving out a network.
+    awk -v n="$FWD_FREE_NETS" 'BEGIN { for (i = 0; i < n; i++) printf "%d.%d.0.0/16\n", 1 + 2 * (i % 100), int(i / 100) }' >"$WORK/fwd-nets-covered"
   fi
   if [ "$FWD_DETAIL" = 1 ]; then
     for c in setnc setc; do
@@ -436,7 +442,7 @@ RULES
       done
     done
     if [ "$FWD_FREE" = 1 ]; then
-      for c in none ipset free freeflow; do confs+=("$c $v $fwd_max free"); done
+      for c in none ipset free freeflow covered; do confs+=("$c $v $fwd_max free"); done
     fi
   done
   DV=${FWD_VARIANTS%% *}
@@ -464,7 +470,7 @@ RULES
       done
       read -r pps rx counted <"$WORK/fwd.res"
       free_counted=""
-      case $c in free | freeflow)
+      case $c in free | freeflow | covered)
         free_counted=$(ip netns exec "$NODE" ipset save vzacct-ffi4 |
           awk -v d="$DEST" '$1 == "add" && $3 == d { for (i = 4; i < NF; i++) if ($i == "packets") print $(i + 1) }')
         ;;
@@ -481,7 +487,7 @@ RULES
       RAW[fwdratio,$key]+="$(awk -v a="$counted" -v b="$rx" 'BEGIN { if (a == "-") print "-"; else printf "%.4f", a / b }') "
       case $c in none | dnone) base_this_round=$pps ;; ipset) ipset_this_round=$pps ;; esac
       RAW[fwdrel,$key]+="$(awk -v a="$pps" -v b="$base_this_round" 'BEGIN { printf "%.4f", a / b }') "
-      case $c in free | freeflow)
+      case $c in free | freeflow | covered)
         RAW[fwdvsipset,$key]+="$(awk -v a="$pps" -v b="$ipset_this_round" 'BEGIN { printf "%.4f", a / b }') "
         # The flow is counted as free exactly when it is (all of it, or none).
         if [ "$c" = freeflow ]; then
@@ -948,14 +954,14 @@ if part fwd; then
     echo
   fi
   if [ "$FWD_FREE" = 1 ]; then
-    echo "Free networks ([classes]), $(fmt_int "$fwd_max") accounted IPs, backend = ipset: one more group per variant and round (no accounting, then vzacct without classes, then with $FWD_FREE_NETS free networks in 4 prefix lengths: the flow billable, then the flow from a free network). In parentheses: the median over rounds of the rate relative to the run without classes just before it (same round)."
+    echo "Free networks ([classes]), $(fmt_int "$fwd_max") accounted IPs, backend = ipset: one more group per variant and round (no accounting, then vzacct without classes, then with $FWD_FREE_NETS free networks in 4 prefix lengths: the flow billable, then the flow from a free network; then $FWD_FREE_NETS /16s scattered over the address space, the flow billable but inside a cover of the free rules, so looked up: the worst case). In parentheses: the median over rounds of the rate relative to the run without classes just before it (same round)."
     echo
-    echo "| iptables | (a) no accounting | (d) backend = ipset, no classes | (e) $FWD_FREE_NETS free networks, billable flow | (f) $FWD_FREE_NETS free networks, free flow |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| iptables | (a) no accounting | (d) backend = ipset, no classes | (e) $FWD_FREE_NETS free networks, billable flow | (f) $FWD_FREE_NETS free networks, free flow | (g) $FWD_FREE_NETS scattered /16s, billable flow inside a cover |"
+    echo "|---|---:|---:|---:|---:|---:|"
     for v in $FWD_VARIANTS; do
       k=$v,$fwd_max,free
       # shellcheck disable=SC2086
-      echo "| $v | $(fmt_int "$(median 1 0 ${RAW[fwd,none,$k]})") | $(fmt_int "$(median 1 0 ${RAW[fwd,ipset,$k]})") ($(median 0.01 1 ${RAW[fwdrel,ipset,$k]}) % of (a)) | $(fmt_int "$(median 1 0 ${RAW[fwd,free,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,free,$k]}) %) | $(fmt_int "$(median 1 0 ${RAW[fwd,freeflow,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,freeflow,$k]}) %) |"
+      echo "| $v | $(fmt_int "$(median 1 0 ${RAW[fwd,none,$k]})") | $(fmt_int "$(median 1 0 ${RAW[fwd,ipset,$k]})") ($(median 0.01 1 ${RAW[fwdrel,ipset,$k]}) % of (a)) | $(fmt_int "$(median 1 0 ${RAW[fwd,free,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,free,$k]}) %) | $(fmt_int "$(median 1 0 ${RAW[fwd,freeflow,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,freeflow,$k]}) %) | $(fmt_int "$(median 1 0 ${RAW[fwd,covered,$k]})") ($(median 0.01 1 ${RAW[fwdvsipset,covered,$k]}) %) |"
     done
     echo
   fi
@@ -964,7 +970,7 @@ if part fwd; then
   for key in $(for v in $FWD_VARIANTS; do for n in $FWD_SIZES; do for c in none wiki iptables ipset; do
     [ "$c" = wiki ] && [ "$n" -eq 0 ] && continue; echo "$c,$v,$n"; done; done; done
     [ "$FWD_DETAIL" = 1 ] && for c in dnone setnc setc nftset; do echo "$c,$DV,$fwd_max"; done
-    [ "$FWD_FREE" = 1 ] && for v in $FWD_VARIANTS; do for c in none ipset free freeflow; do echo "$c,$v,$fwd_max,free"; done; done); do
+    [ "$FWD_FREE" = 1 ] && for v in $FWD_VARIANTS; do for c in none ipset free freeflow covered; do echo "$c,$v,$fwd_max,free"; done; done); do
     [ -n "${RAW[fwd,$key]:-}" ] || continue
     ratio=""
     [[ $key == *none* ]] || [[ $key == setnc* ]] || [[ $key == *,0 ]] || ratio="; counted/received at the destination: $(minmax 1 3 ${RAW[fwdratio,$key]})"

@@ -359,6 +359,24 @@ fn a_cover_is_not_a_free_network(v: Variant) {
     send_udp(node.world(), world, &c.ns, c.v4, 500, 7);
     node.at(DAY1, &["dump"]);
     assert_eq!(figures(&node, "101"), [2 * i, o, i, 0], "{v:?}: free");
+    // Purged: every chain of ours goes, the free chains with the others.
+    // (--root: the files of an install are looked for in the test's directory only.)
+    let root = node.path("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = node.at(
+        DAY1,
+        &["uninstall", "--purge", "--root", root.to_str().unwrap()],
+    );
+    let chains = if v.ipset() { 4 + 4 } else { 4 };
+    assert!(
+        out.contains(&format!("IPv4: removed 3 jump(s) and {chains} chain(s)")),
+        "{out}"
+    );
+    assert!(
+        !node.save_all(false).contains("VZACCT"),
+        "{}",
+        node.save_all(false)
+    );
 }
 
 per_variant!(

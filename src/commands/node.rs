@@ -174,6 +174,7 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
                 .iter()
                 .filter(|o| matches!(o, Op::RemoveChain(_) | Op::RemoveGeneration))
                 .count()
+                + p.free.len()
         ))?;
     }
     if !teardown.sets.destroy.is_empty() {
