@@ -407,10 +407,19 @@ pub fn untrusted<'k>(
         );
     };
     for (t, current) in &kernel.rules.tables {
+        // Frozen copies first: where a live counter has the same key (a rebuilt chain's
+        // rule), the live one is what the harvest compares with its last-seen value, so it
+        // is the one judged (a frozen copy's final value is below it, and judged alone it
+        // would make the live counter's last-seen value forgotten: its counts since lost).
         let counted = || {
-            (kernel.rules.counted.iter())
-                .filter(|c| c.key.family() == t.family)
-                .chain(current.frozen.iter())
+            (current.frozen.iter())
+                .chain(
+                    kernel
+                        .rules
+                        .counted
+                        .iter()
+                        .filter(|c| c.key.family() == t.family),
+                )
                 .collect()
         };
         let scope = rules_scope(t.family);
@@ -425,7 +434,7 @@ pub fn untrusted<'k>(
         for name in sets.present.keys() {
             let set = ipset::parse_set_name(name);
             let counted = || {
-                (sets.elements.iter().chain(sets.frozen.iter()))
+                (sets.frozen.iter().chain(sets.elements.iter()))
                     .filter(|c| c.key.is_set() && set == Some((c.key.kind, c.key.family())))
                     .collect()
             };
