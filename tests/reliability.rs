@@ -173,14 +173,10 @@ fn every_command_killed_at_random_points(v: Variant) {
     }
 }
 
-/// iptables-restore rejecting the batch, or killed while it runs: the error names it,
-/// nothing is lost or doubled, and the next command heals.
-fn failing_iptables_restore(v: Variant) {
-    let node = Node::with_topology(v, &[("101", "10.0.0.1", "2001:db8:1::1")]);
-    node.ok(&["add", "101", "10.0.0.1"]);
-    let mut sent = send(&node, "101", 200, 3);
-    node.ok(&["dump"]);
-    // A wrapper around the real tools: save is the real one, restore fails or dies.
+/// The node's iptables and ip6tables behind wrappers in `<node>/fake` (`ipfake-save` is
+/// the real save; `ipfake-restore` is the script `restore(real tool)` returns). Returns the
+/// config as it was and the config naming the wrappers; neither is written.
+fn fake_restore(node: &Node, v: Variant, restore: impl Fn(&str) -> String) -> (String, String) {
     let bin = node.path("fake");
     std::fs::create_dir_all(&bin).unwrap();
     for fam in [false, true] {
@@ -188,20 +184,11 @@ fn failing_iptables_restore(v: Variant) {
         let name = if fam { "ip6fake" } else { "ipfake" };
         let save = bin.join(format!("{name}-save"));
         write(&save, format!("#!/bin/sh\nexec {real}-save \"$@\"\n"));
-        std::fs::set_permissions(&save, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let script = format!(
-            "#!/bin/sh\nmode=$(cat {m})\ncase $mode in\n\
-             reject) cat >/dev/null; echo \"{real}-restore: line 2 failed\" >&2; exit 1;;\n\
-             kill) {real}-restore \"$@\" & pid=$!; kill -9 $pid; wait $pid; exit $?;;\n\
-             *) exec {real}-restore \"$@\";;\nesac\n",
-            m = node.path("mode").display()
-        );
-        write(&bin.join(format!("{name}-restore")), script);
-        std::fs::set_permissions(
-            bin.join(format!("{name}-restore")),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
+        let script = bin.join(format!("{name}-restore"));
+        write(&script, restore(&real));
+        for f in [save, script] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
     let text = std::fs::read_to_string(&node.config).unwrap();
     let faulty = text
@@ -213,6 +200,26 @@ fn failing_iptables_restore(v: Variant) {
             &format!("ip6tables = {}", v.iptables(true)),
             &format!("ip6tables = {}/ip6fake", bin.display()),
         );
+    (text, faulty)
+}
+
+/// iptables-restore rejecting the batch, or killed while it runs: the error names it,
+/// nothing is lost or doubled, and the next command heals.
+fn failing_iptables_restore(v: Variant) {
+    let node = Node::with_topology(v, &[("101", "10.0.0.1", "2001:db8:1::1")]);
+    node.ok(&["add", "101", "10.0.0.1"]);
+    let mut sent = send(&node, "101", 200, 3);
+    node.ok(&["dump"]);
+    // A wrapper around the real tools: save is the real one, restore fails or dies.
+    let mode = node.path("mode").display().to_string();
+    let (text, faulty) = fake_restore(&node, v, |real| {
+        format!(
+            "#!/bin/sh\nmode=$(cat {mode})\ncase $mode in\n\
+             reject) cat >/dev/null; echo \"{real}-restore: line 2 failed\" >&2; exit 1;;\n\
+             kill) {real}-restore \"$@\" & pid=$!; kill -9 $pid; wait $pid; exit $?;;\n\
+             *) exec {real}-restore \"$@\";;\nesac\n"
+        )
+    });
     for mode in ["reject", "kill"] {
         std::fs::write(node.path("mode"), mode).unwrap();
         std::fs::write(&node.config, &faulty).unwrap();
@@ -258,40 +265,17 @@ fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
     node.ok(&["dump"]);
     // The real tools behind a wrapper whose restore rejects, by mode: nothing ("all"), the
     // batch that finishes a rebuild (it renames the -NEXT copy: "finish"), or nothing ("").
-    let bin = node.path("fake");
-    std::fs::create_dir_all(&bin).unwrap();
-    for fam in [false, true] {
-        let real = v.iptables(fam);
-        let name = if fam { "ip6fake" } else { "ipfake" };
-        let save = bin.join(format!("{name}-save"));
-        write(&save, format!("#!/bin/sh\nexec {real}-save \"$@\"\n"));
-        let restore = bin.join(format!("{name}-restore"));
-        write(
-            &restore,
-            format!(
-                "#!/bin/sh\nbatch=$(cat)\nmode=$(cat {m})\n\
-                 case $mode in\n\
-                 all) echo rejected >&2; exit 1;;\n\
-                 finish) if printf '%s\\n' \"$batch\" | grep -q '^-E '; then echo rejected >&2; exit 1; fi;;\n\
-                 esac\n\
-                 printf '%s\\n' \"$batch\" | exec {real}-restore \"$@\"\n",
-                m = node.path("mode").display()
-            ),
-        );
-        for f in [save, restore] {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-    }
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    let faulty = text
-        .replace(
-            &format!("iptables = {}", v.iptables(false)),
-            &format!("iptables = {}/ipfake", bin.display()),
+    let mode = node.path("mode").display().to_string();
+    let (text, faulty) = fake_restore(&node, v, |real| {
+        format!(
+            "#!/bin/sh\nbatch=$(cat)\nmode=$(cat {mode})\n\
+             case $mode in\n\
+             all) echo rejected >&2; exit 1;;\n\
+             finish) if printf '%s\\n' \"$batch\" | grep -q '^-E '; then echo rejected >&2; exit 1; fi;;\n\
+             esac\n\
+             printf '%s\\n' \"$batch\" | exec {real}-restore \"$@\"\n"
         )
-        .replace(
-            &format!("ip6tables = {}", v.iptables(true)),
-            &format!("ip6tables = {}/ip6fake", bin.display()),
-        );
+    });
     std::fs::write(&node.config, &faulty).unwrap();
     // 102 stops: its rules go, so the chain is rebuilt; the rebuild is not finished.
     std::fs::write(node.path("mode"), "finish").unwrap();

@@ -607,7 +607,7 @@ fn best_covers(nets: &[IpNet], max: usize) -> Vec<(u128, Vec<IpNet>)> {
     for j in 2..=max {
         let mut best = out[j - 2].clone();
         for a in 1..j {
-            let (l, r) = (&lo[(a - 1).min(max - 2)], &hi[(j - a - 1).min(max - 2)]);
+            let (l, r) = (&lo[a - 1], &hi[j - a - 1]);
             let cost = l.0.saturating_add(r.0);
             if cost < best.0 {
                 best = (cost, l.1.iter().chain(&r.1).copied().collect());
