@@ -589,26 +589,32 @@ fn concurrency_under_traffic(v: Variant) {
                 let ip = format!("10.0.1.{}", ct.parse::<u32>().unwrap() - 199);
                 timed(
                     &node,
-                    "hook",
+                    "hook mount",
                     &["hook", "mount"],
                     &[("VEID", ct), ("VE_CONFFILE", &conf)],
                     &ops,
                 );
                 timed(
                     &node,
-                    "hook",
+                    "hook net-add",
                     &["hook", "net-add"],
                     &[("VEID", ct), ("VE_STATE", "starting"), ("IP_ADDR", &ip)],
                     &ops,
                 );
                 timed(
                     &node,
-                    "hook",
+                    "hook net-del",
                     &["hook", "net-del"],
                     &[("VEID", ct), ("VE_STATE", "stopping"), ("IP_ADDR", &ip)],
                     &ops,
                 );
-                timed(&node, "hook", &["hook", "umount"], &[("VEID", ct)], &ops);
+                timed(
+                    &node,
+                    "hook umount",
+                    &["hook", "umount"],
+                    &[("VEID", ct)],
+                    &ops,
+                );
                 i += 1;
             }
         }));
@@ -623,7 +629,7 @@ fn concurrency_under_traffic(v: Variant) {
                 let conf = node.path(&format!("conf/{ct}.conf")).display().to_string();
                 timed(
                     &node,
-                    "hook",
+                    "hook mount",
                     &["hook", "mount"],
                     &[("VEID", ct), ("VE_CONFFILE", &conf)],
                     &ops,
@@ -680,7 +686,7 @@ fn concurrency_under_traffic(v: Variant) {
     let sorted = |inner: bool| {
         let mut v: Vec<f64> = ops
             .iter()
-            .filter(|(n, _, _)| *n == "hook")
+            .filter(|(n, _, _)| n.starts_with("hook"))
             .map(|(_, d, i)| if inner { i } else { d }.as_secs_f64() * 1000.0)
             .collect();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -694,7 +700,7 @@ fn concurrency_under_traffic(v: Variant) {
     eprintln!(
         "LOAD {v:?}: {elapsed:.1} s, {:.1} ops/s ({} hooks, {} dumps, {} shows, {} statuses), hook latency p50 {:.1} ms p99 {:.1} ms (inside the namespace: p50 {:.1} ms p99 {:.1} ms), {} bytes to {} steady containers exact",
         ops.len() as f64 / elapsed,
-        count("hook"),
+        ops.iter().filter(|(n, _, _)| n.starts_with("hook")).count(),
         count("dump"),
         count("show"),
         count("status"),
@@ -705,6 +711,38 @@ fn concurrency_under_traffic(v: Variant) {
         bytes,
         steady.len()
     );
+    // Inside the namespace, per event and for the full runs: where the tail comes from.
+    for name in [
+        "hook mount",
+        "hook net-add",
+        "hook net-del",
+        "hook umount",
+        "dump",
+    ] {
+        let mut v: Vec<f64> = ops
+            .iter()
+            .filter(|(n, _, _)| *n == name)
+            .map(|(_, _, i)| i.as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if !v.is_empty() {
+            eprintln!(
+                "  {name}: {} runs, inside p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms",
+                v.len(),
+                at(&v, 0.5),
+                at(&v, 0.9),
+                at(&v, 0.99),
+                v[v.len() - 1]
+            );
+        }
+    }
+    // How many hooks had to run over the whole node (the hook log says why).
+    let log = std::fs::read_to_string(node.path("hook.log")).unwrap_or_default();
+    let mut full = std::collections::BTreeMap::<&str, usize>::new();
+    for l in log.lines().filter(|l| l.contains("[full run: ")) {
+        *full.entry(l.split(' ').nth(1).unwrap_or("?")).or_default() += 1;
+    }
+    eprintln!("  hooks run over the whole node: {full:?}");
     assert!(count("dump") as u64 >= secs / 3, "dumps starved");
 }
 

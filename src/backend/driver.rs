@@ -82,12 +82,16 @@ impl Driver for RuleTables {
 
     /// A missing or broken iptables stops the command before anything changes.
     fn read(r: &Reading) -> Result<RuleTables, BackendError> {
-        let mut tables = Vec::new();
-        for family in r.families {
-            let t = Tables::probed(r.config, *family, r.probes);
-            let current = t.read()?;
-            tables.push((t, current));
-        }
+        // Probed one after the other (a probe takes the xtables lock to see who waits),
+        // read at once: each family's save is a process of its own.
+        let tools: Vec<Tables> = r
+            .families
+            .iter()
+            .map(|f| Tables::probed(r.config, *f, r.probes))
+            .collect();
+        let tables = super::at_once(tools, |t| t.read().map(|current| (t, current)))
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         let counted = tables.iter().flat_map(|(_, c)| c.counted()).collect();
         Ok(RuleTables { tables, counted })
     }

@@ -269,8 +269,9 @@ pub struct Current {
     /// describes the table as it is once these have run, which [`crate::backend::Kernel`]
     /// does first.
     pub pending: Vec<Op>,
-    /// Whether the generation chain exists, and the generation its rule names.
-    pub generation_chain: bool,
+    /// How many rules the generation chain holds (`None`: no such chain), and the newest
+    /// generation they name.
+    pub generation_chain: Option<usize>,
     pub generation: Option<u64>,
     /// The free kinds' chains found (ipset backend), with their rules.
     pub free_chains: FreeChains,
@@ -316,7 +317,7 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             let mut words = decl.split_whitespace();
             let name = words.next().unwrap_or("");
             if name == crate::model::GENERATION_CHAIN {
-                cur.generation_chain = true;
+                cur.generation_chain.get_or_insert(0);
             } else if let Some(kind) = Kind::by_free_chain(name) {
                 cur.free_chains.entry(kind).or_default();
             } else if let Some(chain) = Chain::by_name(name) {
@@ -341,6 +342,7 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
         };
         let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
         if chain_name == crate::model::GENERATION_CHAIN {
+            *cur.generation_chain.get_or_insert(0) += 1;
             let tokens = tokenize(spec).ok_or_else(|| err("unbalanced quotes"))?;
             if let ["-m", "comment", "--comment", c] = tokens
                 .iter()
@@ -348,7 +350,7 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
                 .collect::<Vec<_>>()
                 .as_slice()
             {
-                cur.generation = crate::model::parse_generation(c);
+                cur.generation = cur.generation.max(crate::model::parse_generation(c));
             }
             continue;
         }
@@ -646,6 +648,10 @@ impl Current {
     }
 }
 
+/// How many generation rules a chain may hold before a batch that deletes nothing else
+/// flushes them (see [`Plan::render`]).
+pub const GENERATION_RULES: usize = 16;
+
 /// One change to the kernel's ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -710,8 +716,9 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// The free kinds' chains.
     pub free: Vec<FreeOp>,
-    /// The generation to write with the batch (and whether its chain must be created).
-    pub generation: Option<(u64, bool)>,
+    /// The generation to write with the batch, and how many rules its chain holds (`None`:
+    /// the chain must be created).
+    pub generation: Option<(u64, Option<usize>)>,
     /// Policy lines to restore with the batch: legacy iptables zeroes the built-in chains'
     /// policy counters on every table replace, so they are given back as they were read.
     pub policies: Vec<Policy>,
@@ -723,9 +730,18 @@ impl Plan {
         self.ops.is_empty() && self.free.is_empty()
     }
 
-    /// Write `generation` with this batch (the generation chain exists: `exists`).
-    pub fn set_generation(&mut self, generation: u64, exists: bool) {
-        self.generation = Some((generation, exists));
+    /// Write `generation` with this batch (the generation chain holds `rules`, if it
+    /// exists).
+    pub fn set_generation(&mut self, generation: u64, rules: Option<usize>) {
+        self.generation = Some((generation, rules));
+    }
+
+    /// Whether the batch deletes a rule or chain. With nf_tables such a commit waits for
+    /// the kernel's RCU grace period (10-20 ms), one that only adds does not (2-3 ms).
+    fn deletes(&self) -> bool {
+        !self.free.is_empty()
+            || (self.ops.iter())
+                .any(|o| !matches!(o, Op::NewChain(_) | Op::Append(_) | Op::InsertJump(_)))
     }
 
     pub fn added(&self) -> usize {
@@ -847,13 +863,18 @@ impl Plan {
                 );
             }
         }
-        if let Some((g, exists)) = self.generation {
-            let (c, verb) = (
-                crate::model::GENERATION_CHAIN,
-                if exists { "-F" } else { "-N" },
-            );
+        if let Some((g, rules)) = self.generation {
+            // The new generation is appended: the newest a chain names counts. Older ones
+            // go when the batch deletes anyway, or when GENERATION_RULES have piled up.
+            let c = crate::model::GENERATION_CHAIN;
+            match rules {
+                None => writeln!(out, "-N {c}"),
+                Some(n) if n >= GENERATION_RULES || self.deletes() => writeln!(out, "-F {c}"),
+                Some(_) => Ok(()),
+            }
+            .unwrap_or_default();
             let comment = crate::model::generation_comment(g);
-            let _ = writeln!(out, "{verb} {c}\n-A {c} -m comment --comment \"{comment}\"");
+            let _ = writeln!(out, "-A {c} -m comment --comment \"{comment}\"");
         }
         out.push_str("COMMIT\n");
         out
@@ -877,7 +898,7 @@ pub fn teardown(current: &Current) -> Plan {
             .filter(|c| current.chains.contains(c))
             .map(|c| Op::RemoveChain(*c)),
     );
-    if current.generation_chain {
+    if current.generation_chain.is_some() {
         ops.push(Op::RemoveGeneration);
     }
     let free: Vec<FreeOp> = (current.free_chains.iter())
@@ -1245,6 +1266,51 @@ mod tests {
             ]
         );
         assert!(teardown(&Current::default()).is_empty());
+    }
+
+    /// A generation is appended (an nf_tables commit that deletes nothing is 5x quicker);
+    /// the older ones go with a batch that deletes anyway, or once 16 have piled up. A
+    /// read takes the newest.
+    #[test]
+    fn generations_are_appended_and_flushed_with_deletions() {
+        let stamp = |rules: Option<usize>, ops: Vec<Op>| {
+            let mut p = Plan {
+                ops,
+                ..Plan::default()
+            };
+            p.set_generation(7, rules);
+            let batch = p.render();
+            batch
+                .lines()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let add = "-A VZACCT-GENERATION -m comment --comment \"generation:7\"";
+        assert_eq!(stamp(None, vec![]), ["-N VZACCT-GENERATION", add, "COMMIT"]);
+        assert_eq!(stamp(Some(1), vec![]), [add, "COMMIT"]);
+        assert_eq!(stamp(Some(15), vec![Op::InsertJump(Chain::Input)]).len(), 3);
+        assert_eq!(
+            stamp(Some(16), vec![]),
+            ["-F VZACCT-GENERATION", add, "COMMIT"]
+        );
+        let delete = Op::Delete {
+            chain: "VZACCT-INPUT",
+            spec: "-s 10.0.0.1/32 -i venet0".into(),
+        };
+        assert_eq!(
+            stamp(Some(2), vec![delete])[1..],
+            [
+                "-F VZACCT-GENERATION".to_string(),
+                add.into(),
+                "COMMIT".into()
+            ]
+        );
+        let text = "*filter\n:VZACCT-GENERATION - [0:0]\n\
+            [0:0] -A VZACCT-GENERATION -m comment --comment \"generation:5\"\n\
+            [0:0] -A VZACCT-GENERATION -m comment --comment \"generation:6\"\nCOMMIT\n";
+        let cur = parse_save(text).unwrap();
+        assert_eq!((cur.generation_chain, cur.generation), (Some(2), Some(6)));
     }
 
     #[test]

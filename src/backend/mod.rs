@@ -62,8 +62,13 @@ impl Kernel {
             expected,
             sets_in_use,
         };
-        let rules = RuleTables::read(&r)?;
-        let sets = SetStore::read(&r)?;
+        // The sets are read while the tables are.
+        let (rules, sets) = std::thread::scope(|s| {
+            let sets = s.spawn(|| SetStore::read(&r));
+            let rules = RuleTables::read(&r);
+            (rules, joined(sets.join()))
+        });
+        let (rules, sets) = (rules?, sets?);
         let classes =
             (config.classes.active() && sets.read.is_some()).then(|| config.classes.clone());
         Ok(Kernel {
@@ -251,11 +256,13 @@ impl Kernel {
         if !plan.sets.batch_is_empty() {
             Ipset::new(config).apply_fed(write_sets)?;
         }
-        for ((t, current), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
+        let families: Vec<_> = self.rules.tables.iter().zip(&plan.rules).collect();
+        at_once(families, |((t, current), (_, p))| {
             t.apply(&self::pending(current))?;
-            t.apply(p)?;
-        }
-        Ok(())
+            t.apply(p)
+        })
+        .into_iter()
+        .try_for_each(|r| r.map_err(BackendError::from))
     }
 
     /// After [`Kernel::apply`]: the final counters of what its plan stopped, the rules of
@@ -269,12 +276,14 @@ impl Kernel {
         frozen: &mut dyn FnMut(&Counted),
     ) -> Result<usize, BackendError> {
         let mut read = 0;
-        for ((t, _), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
-            if !p.swapped().is_empty() {
-                for c in &t.read()?.frozen {
-                    frozen(c);
-                    read += 1;
-                }
+        let swapped: Vec<_> = (self.rules.tables.iter().zip(&plan.rules))
+            .filter(|(_, (_, p))| !p.swapped().is_empty())
+            .map(|((t, _), _)| t)
+            .collect();
+        for current in at_once(swapped, |t| t.read()) {
+            for c in &current?.frozen {
+                frozen(c);
+                read += 1;
             }
         }
         let mut stopped = plan.sets.frozen_names();
@@ -297,9 +306,10 @@ impl Kernel {
     /// (the new ones take their names), destroy the frozen sets and the sets no longer used
     /// (after the iptables batch removed the rules that use them).
     pub fn finish(&self, config: &Config, plan: &KernelPlan) -> Result<(), BackendError> {
-        for ((t, _), (_, p)) in self.rules.tables.iter().zip(&plan.rules) {
-            t.apply(&p.finish())?;
-        }
+        let families: Vec<_> = self.rules.tables.iter().zip(&plan.rules).collect();
+        at_once(families, |((t, _), (_, p))| t.apply(&p.finish()))
+            .into_iter()
+            .collect::<Result<(), _>>()?;
         let mut batch = plan.sets.render_destroy();
         for name in plan.sets.frozen_names() {
             batch.push_str(&format!("destroy {name}\n"));
@@ -307,6 +317,27 @@ impl Kernel {
         Ipset::new(config).apply(&batch)?;
         Ok(())
     }
+}
+
+/// `f` on every item at once, a thread each but the first (each family's iptables tool is
+/// a process of its own: their waits overlap), the results in the items' order.
+pub(crate) fn at_once<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut items = items.into_iter();
+        let first = items.next();
+        let rest: Vec<_> = items.map(|t| s.spawn(move || f(t))).collect();
+        let first = first.map(f);
+        first
+            .into_iter()
+            .chain(rest.into_iter().map(|h| joined(h.join())))
+            .collect()
+    })
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn joined<R>(r: std::thread::Result<R>) -> R {
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// What finishes a rebuild a killed command left half-done, as a batch of its own.
