@@ -299,10 +299,86 @@ fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
     assert!(!node.save_all(false).contains("NEXT"));
 }
 
+/// Packets counted between a rebuild's read and its batch (the "window") are in the frozen
+/// chain's final values only. A rebuild whose finishing batch fails leaves that chain, then
+/// a command credits it and its own batch does not run: the next command finds the same
+/// frozen chain beside a live copy whose last-seen value advanced less than the window. It
+/// must not credit the window again (the table's generation is the one the ledger's last
+/// batch did not reach: its counters are only taken as a starting point). Exact throughout.
+fn a_frozen_window_is_credited_once(v: Variant) {
+    let node = Node::with_topology(
+        v,
+        &[
+            ("101", "10.0.0.1", "2001:db8:1::1"),
+            ("102", "10.0.0.2", "2001:db8:1::2"),
+        ],
+    );
+    node.ok(&["add", "101", "10.0.0.1"]);
+    node.ok(&["add", "102", "10.0.0.2"]);
+    let mut sent = send(&node, "101", 200, 1);
+    node.ok(&["dump"]);
+    // Modes: "window" holds a rebuild's batch (it creates a -NEXT copy) until the test has
+    // sent the window's traffic, and rejects the batch that finishes it (it renames the
+    // copy); "all" rejects every batch; "" passes all.
+    let (mode, waiting, go) = (node.path("mode"), node.path("waiting"), node.path("go"));
+    let (text, faulty) = fake_restore(&node, v, |real| {
+        format!(
+            "#!/bin/sh\nbatch=$(cat)\nmode=$(cat {mode})\n\
+             case $mode in\n\
+             all) echo rejected >&2; exit 1;;\n\
+             window) if printf '%s\\n' \"$batch\" | grep -q '^-E '; then echo rejected >&2; exit 1; fi\n\
+               if printf '%s\\n' \"$batch\" | grep -q '^-N VZACCT-.*-NEXT'; then\n\
+                 touch {waiting}; while [ ! -e {go} ]; do sleep 0.01; done; fi;;\n\
+             esac\n\
+             printf '%s\\n' \"$batch\" | exec {real}-restore \"$@\"\n",
+            mode = mode.display(),
+            waiting = waiting.display(),
+            go = go.display()
+        )
+    });
+    std::fs::write(&node.config, &faulty).unwrap();
+    std::fs::write(&mode, "window").unwrap();
+    // 102 stops: the chains are rebuilt; 101 receives the window's traffic meanwhile.
+    let mut hook = node
+        .command(&["hook", "umount"], &[("VEID", "102")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !waiting.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no rebuild batch");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sent += send(&node, "101", 1000, 3);
+    write(&go, "");
+    assert!(hook.wait().unwrap().success());
+    let save = node.save_all(false);
+    assert!(save.contains(":VZACCT-FORWARD-NEXT"), "{save}");
+    // A command that credits the frozen chain, and whose batch does not run; twice.
+    std::fs::write(&mode, "all").unwrap();
+    for _ in 0..2 {
+        assert_eq!(node.vzacct(&["sync"]).status.code(), Some(1));
+    }
+    std::fs::write(&mode, "").unwrap();
+    let out = node.ok(&["dump"]);
+    assert_eq!(in_bytes(&show(&node), "101"), sent, "after the dump: {out}");
+    std::fs::write(&node.config, &text).unwrap();
+    sent += send(&node, "101", 120, 2);
+    node.ok(&["dump"]);
+    assert_eq!(in_bytes(&show(&node), "101"), sent, "at the end");
+    assert!(!node.save_all(false).contains("NEXT"));
+}
+
 /// (Per-IP rules only: their chains are rebuilt; a module of its own beside `per_variant!`'s.)
 mod rebuild {
-    use super::a_half_done_rebuild_then_a_batch_that_did_not_run;
-    crate::per_rules_variant!(a_half_done_rebuild_then_a_batch_that_did_not_run);
+    use super::{
+        a_frozen_window_is_credited_once, a_half_done_rebuild_then_a_batch_that_did_not_run,
+    };
+    crate::per_rules_variant!(
+        a_half_done_rebuild_then_a_batch_that_did_not_run,
+        a_frozen_window_is_credited_once
+    );
 }
 
 /// A mounted tmpfs of our own, unmounted when dropped.
