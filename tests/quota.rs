@@ -30,9 +30,7 @@ echo "$CTID $THRESHOLD $PERIOD_START $PERIOD_END $DIRECTION $USED_BYTES $QUOTA_B
 fn node(v: Variant) -> Node {
     let node = Node::with_topology(v, CTS);
     let d = node.dir.path().display().to_string();
-    let cfg = std::fs::read_to_string(&node.config)
-        .unwrap()
-        .replace("[vzctl]\n", &format!("[vzctl]\nhook_log = {d}/hook.log\n"));
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
     std::fs::write(
         &node.config,
         format!(

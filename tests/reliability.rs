@@ -425,8 +425,7 @@ fn full_disk_and_read_only_state(v: Variant) {
         .replace(
             &format!("csv_dir = {d}/csv"),
             &format!("csv_dir = {d}/small/csv"),
-        )
-        .replace("[vzctl]\n", &format!("[vzctl]\nhook_log = {d}/hook.log\n")),
+        ),
     )
     .unwrap();
     node.at("2026-12-01T10:00:00Z", &["add", "101", "10.0.0.1"]);
@@ -492,8 +491,8 @@ fn permissions_symlinks_and_injection(v: Variant) {
     std::fs::write(
         &node.config,
         text.replace(
-            "[vzctl]\n",
-            &format!("[vzctl]\nhook_log = {d}/log/hook.log\n"),
+            &format!("hook_log = {d}/hook.log\n"),
+            &format!("hook_log = {d}/log/hook.log\n"),
         ),
     )
     .unwrap();

@@ -68,15 +68,40 @@ impl Kernel {
             let rules = RuleTables::read(&r);
             (rules, joined(sets.join()))
         });
-        let (rules, sets) = (rules?, sets?);
+        Ok(Kernel::of(config, rules?, sets?))
+    }
+
+    fn of(config: &Config, rules: RuleTables, sets: SetStore) -> Kernel {
         let classes =
             (config.classes.active() && sets.read.is_some()).then(|| config.classes.clone());
-        Ok(Kernel {
+        Kernel {
             use_sets: sets.usable,
             rules,
             sets,
             classes,
-        })
+        }
+    }
+
+    /// A read of the tables alone ([`Kernel::read_tables`]) completed with the sets, as
+    /// [`Kernel::read`] would have read them (a run for one container that has to cover the
+    /// node after all: the tables are not read twice).
+    pub fn with_sets(
+        self,
+        config: &Config,
+        probes: &Probes,
+        expected: usize,
+        sets_in_use: bool,
+    ) -> Result<Kernel, BackendError> {
+        let families: Vec<Family> = self.rules.tables.iter().map(|(t, _)| t.family).collect();
+        let r = Reading {
+            config,
+            probes,
+            families: &families,
+            expected,
+            sets_in_use,
+        };
+        let sets = SetStore::read(&r)?;
+        Ok(Kernel::of(config, self.rules, sets))
     }
 
     /// Read every family's table but no set, for a run that adds set elements without

@@ -243,7 +243,13 @@ impl Session {
     /// harvest.
     fn widen(self, ctx: &Ctx) -> Result<Session, Error> {
         let (ledger, loaded) = self.locked.load_scope(&Scope::All)?;
-        let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+        // The tables as the narrow run read them (under the same lock), the sets now.
+        let kernel = self.kernel.with_sets(
+            &ctx.config,
+            &ctx.probes(true),
+            ledger.expected_elements(),
+            loaded.backend.as_deref() == Some("ipset"),
+        )?;
         harvested(ctx, self.locked, ledger, loaded, kernel)
     }
 }
