@@ -657,7 +657,64 @@ fn install_refuses_proxmox() {
     );
 }
 
+/// vzctl's stop runs net_del for each IP, then umount: the umount of a container that holds
+/// nothing any more has nothing to stop, and reads no kernel (so it is quick, and a broken
+/// iptables does not touch it). One that still holds an address does read it.
+fn a_stop_reads_the_kernel_once(v: Variant) {
+    let node = Node::with_topology(v, CTS);
+    node.ok(&["add", "101", "10.0.0.1"]);
+    node.ok(&["add", "102", "10.0.0.2"]);
+    let (mut sent, _) = send(&node, "101", "10.0.0.1", 300, 2);
+    node.ok(&["dump"]);
+    sent += send(&node, "101", "10.0.0.1", 200, 1).0;
+    let net_del = &[
+        ("VEID", "101"),
+        ("VE_STATE", "stopping"),
+        ("IP_ADDR", "10.0.0.1"),
+    ];
+    let hook = |args: &[&str], env: &[(&str, &str)]| {
+        let out = node.vzacct_env(args, env);
+        assert!(out.status.success(), "{args:?} {env:?}: {}", stderr(&out));
+    };
+    hook(&["hook", "net-del"], net_del);
+    let good = std::fs::read_to_string(&node.config).unwrap();
+    let broken = good.replace(
+        &format!("iptables = {}", v.iptables(false)),
+        "iptables = /nonexistent/iptables",
+    );
+    std::fs::write(&node.config, broken).unwrap();
+    for ct in ["101", "999", "102"] {
+        hook(&["hook", "umount"], &[("VEID", ct)]);
+    }
+    let log = std::fs::read_to_string(node.path("hook.log")).unwrap();
+    let umounts: Vec<&str> = log.lines().filter(|l| l.contains(" umount ")).collect();
+    assert_eq!(umounts.len(), 3, "{log}");
+    assert!(
+        umounts[0].ends_with("umount ct=101 ok: stopped accounting none"),
+        "{log}"
+    );
+    assert!(
+        umounts[1].ends_with("umount ct=999 ok: stopped accounting none"),
+        "{log}"
+    );
+    assert!(
+        umounts[2].contains("umount ct=102 error: ")
+            && umounts[2].contains("/nonexistent/iptables-save"),
+        "{log}"
+    );
+    std::fs::write(&node.config, good).unwrap();
+    node.ok(&["dump"]);
+    let doc = show(&node);
+    assert_eq!(in_bytes(&doc, "101"), sent);
+    let accounted = accounted(&node);
+    assert_eq!(
+        accounted,
+        [("102".to_string(), vec!["10.0.0.2".to_string()])]
+    );
+}
+
 per_variant!(
+    a_stop_reads_the_kernel_once,
     only_net_add_moves_an_ip_vzctl4,
     only_net_add_moves_an_ip_openvz7,
     strict_leaves_nothing_half_applied_vzctl4,

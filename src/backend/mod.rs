@@ -71,6 +71,28 @@ impl Kernel {
         Ok(Kernel::of(config, rules?, sets?))
     }
 
+    /// Nothing read: a run for one container that changes nothing in the kernel.
+    pub fn unread() -> Kernel {
+        Kernel {
+            rules: RuleTables {
+                tables: Vec::new(),
+                counted: Vec::new(),
+            },
+            sets: SetStore {
+                read: None,
+                usable: false,
+                why_not: None,
+            },
+            use_sets: false,
+            classes: None,
+        }
+    }
+
+    /// Whether this is [`Kernel::unread`].
+    pub fn is_unread(&self) -> bool {
+        self.rules.tables.is_empty()
+    }
+
     fn of(config: &Config, rules: RuleTables, sets: SetStore) -> Kernel {
         let classes =
             (config.classes.active() && sets.read.is_some()).then(|| config.classes.clone());

@@ -45,7 +45,7 @@ pub(crate) fn account(
     one: bool,
 ) -> Result<Accounted, Error> {
     let (mut s, mut widened) = if one {
-        begin_container(ctx, ctid)?
+        begin_container(ctx, ctid, &|_| false)?
     } else {
         (begin(ctx)?, None)
     };
@@ -132,8 +132,16 @@ pub(crate) fn unaccount(
     ips: Option<&[IpAddr]>,
     one: bool,
 ) -> Result<Unaccounted, Error> {
+    // Nothing to stop: the container holds none of the addresses (or none at all) and has
+    // no parked one (vzctl's stop runs net_del for each IP, then umount).
+    let idle = |l: &Ledger| match (l.containers.get(ctid), ips) {
+        (None, _) => true,
+        (Some(c), _) if !c.parked.is_empty() => false,
+        (Some(c), None) => c.ips.is_empty(),
+        (Some(c), Some(ips)) => ips.iter().all(|ip| !c.ips.contains(ip)),
+    };
     let (mut s, mut widened) = if one {
-        begin_container(ctx, ctid)?
+        begin_container(ctx, ctid, &idle)?
     } else {
         (begin(ctx)?, None)
     };

@@ -172,9 +172,16 @@ pub(crate) type Widened = Option<String>;
 /// once vzctl removed the routes, for the next dump to harvest). Whatever needs more (an IP
 /// another container holds, the first event of a boot, rules to repair, the per-IP rules
 /// backend, a node no full run has written yet) runs over the whole node: [`Session::widen`].
-fn begin_container(ctx: &Ctx, ctid: &Ctid) -> Result<(Session, Widened), Error> {
+/// `idle`: whether the event has nothing to do for the container as loaded (it stops
+/// accounting addresses the container does not hold): then, on either backend, the run
+/// reads no kernel at all (strays are the next dump's).
+fn begin_container(
+    ctx: &Ctx,
+    ctid: &Ctid,
+    idle: &dyn Fn(&Ledger) -> bool,
+) -> Result<(Session, Widened), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
-    let (locked, why) = match narrow(ctx, locked, ctid)? {
+    let (locked, why) = match narrow(ctx, locked, ctid, idle)? {
         Ok(s) => return Ok((s, None)),
         Err(no) => no,
     };
@@ -188,8 +195,32 @@ fn narrow(
     ctx: &Ctx,
     locked: Locked,
     ctid: &Ctid,
+    idle: &dyn Fn(&Ledger) -> bool,
 ) -> Result<Result<Session, (Locked, String)>, Error> {
     use crate::config::Backend;
+    let session = |locked, mut ledger: Ledger, loaded, kernel| Session {
+        rows: ledger.close_days(ctx.today()),
+        locked,
+        ledger,
+        loaded,
+        kernel,
+        harvest: Harvest::default(),
+        container: Some(ctid.clone()),
+        elements: Vec::new(),
+    };
+    let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
+    if !loaded.node_known {
+        return Ok(Err((
+            locked,
+            "no full run has written the ledger yet".into(),
+        )));
+    }
+    if ledger.boot_id.as_deref() != Some(ctx.boot_id()?.as_str()) {
+        return Ok(Err((locked, "first event of a new boot".into())));
+    }
+    if idle(&ledger) {
+        return Ok(Ok(session(locked, ledger, loaded, Kernel::unread())));
+    }
     let usable = match ctx.config.backend {
         Backend::Iptables => Err("backend = iptables".to_string()),
         Backend::Ipset => Ok(()),
@@ -204,38 +235,18 @@ fn narrow(
     if let Err(why) = usable {
         return Ok(Err((locked, why)));
     }
-    let (mut ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
-    if !loaded.node_known {
-        return Ok(Err((
-            locked,
-            "no full run has written the ledger yet".into(),
-        )));
-    }
     if loaded.backend.as_deref() != Some("ipset") {
         return Ok(Err((
             locked,
             "the last full run did not use the ipset backend".into(),
         )));
     }
-    if ledger.boot_id.as_deref() != Some(ctx.boot_id()?.as_str()) {
-        return Ok(Err((locked, "first event of a new boot".into())));
-    }
     let kernel = Kernel::read_tables(&ctx.config, &ctx.probes(true), &ctx.families())?;
     let plan = kernel.plan(&Default::default(), &ctx.config.venet_interface);
     if let Some((family, _)) = plan.rules.iter().find(|(_, p)| !p.is_empty()) {
         return Ok(Err((locked, format!("the {family} rules need repair"))));
     }
-    let rows = ledger.close_days(ctx.today());
-    Ok(Ok(Session {
-        locked,
-        ledger,
-        loaded,
-        kernel,
-        harvest: Harvest::default(),
-        rows,
-        container: Some(ctid.clone()),
-        elements: Vec::new(),
-    }))
+    Ok(Ok(session(locked, ledger, loaded, kernel)))
 }
 
 impl Session {
@@ -243,6 +254,10 @@ impl Session {
     /// harvest.
     fn widen(self, ctx: &Ctx) -> Result<Session, Error> {
         let (ledger, loaded) = self.locked.load_scope(&Scope::All)?;
+        if self.kernel.is_unread() {
+            let kernel = read_kernel(ctx, &ledger, &loaded, true)?;
+            return harvested(ctx, self.locked, ledger, loaded, kernel);
+        }
         // The tables as the narrow run read them (under the same lock), the sets now.
         let kernel = self.kernel.with_sets(
             &ctx.config,
