@@ -421,13 +421,15 @@ struct Next {
 
 impl Next {
     /// Describe the table as it is once a half-done rebuild is finished: a copy that is
-    /// jumped to (and its old chain not) is the live chain, the old one's counting rules
-    /// are frozen; any other copy never counted and goes.
+    /// jumped to (and its old chain not, or only behind [`GUARD`]) is the live chain, the
+    /// old one's counting rules are frozen; any other copy never counted and goes.
     fn settle(self, cur: &mut Current) {
         for chain in Chain::ALL.into_iter().filter(|c| self.declared.contains(c)) {
             let to_next = |j: &&SeenJump| j.chain == chain;
+            let guarded =
+                (cur.rules.iter().find(|r| r.chain == chain)).is_some_and(|r| r.spec == GUARD);
             let live = self.jumps.iter().any(|j| j.chain == chain)
-                && !cur.jumps.iter().any(|j| j.chain == chain);
+                && (guarded || !cur.jumps.iter().any(|j| j.chain == chain));
             if !live {
                 for j in self.jumps.iter().filter(to_next) {
                     cur.pending.push(Op::Delete {
@@ -442,6 +444,17 @@ impl Next {
                 .into_iter()
                 .partition(|r| r.chain == chain);
             cur.rules = kept;
+            // The old chain's jumps (behind its guard) go first.
+            let (old_jumps, others): (Vec<SeenJump>, Vec<SeenJump>) =
+                std::mem::take(&mut cur.jumps)
+                    .into_iter()
+                    .partition(|j| j.chain == chain);
+            cur.jumps = others;
+            cur.pending
+                .extend(old_jumps.into_iter().map(|j| Op::Delete {
+                    chain: chain.builtin(),
+                    spec: j.spec,
+                }));
             cur.frozen.extend(
                 Current {
                     rules: old,
@@ -693,7 +706,16 @@ pub struct Swap {
     /// rules are not carried over.
     pub added: usize,
     pub removed: usize,
+    /// The jumps to the old chain, which stay (behind [`GUARD`]) until the rebuild is
+    /// finished.
+    pub old_jumps: Vec<String>,
 }
+
+/// The rule a rebuild puts first in the old chain: in the batch that hooks the `-NEXT` copy,
+/// it stops the old chain's rules from counting without deleting anything (with nf_tables a
+/// batch that deletes a rule waits 10-20 ms for the kernel, one that only adds 2-3 ms); the
+/// old jumps and chain go in the batch that finishes the rebuild.
+pub const GUARD: &str = "-j RETURN";
 
 /// A change to a free kind's chain (ipset backend). Its rules count nothing themselves (the
 /// sets do), so a changed chain is flushed and filled again within the same batch.
@@ -740,8 +762,12 @@ impl Plan {
     /// the kernel's RCU grace period (10-20 ms), one that only adds does not (2-3 ms).
     fn deletes(&self) -> bool {
         !self.free.is_empty()
-            || (self.ops.iter())
-                .any(|o| !matches!(o, Op::NewChain(_) | Op::Append(_) | Op::InsertJump(_)))
+            || (self.ops.iter()).any(|o| {
+                !matches!(
+                    o,
+                    Op::NewChain(_) | Op::Append(_) | Op::InsertJump(_) | Op::Swap(_)
+                )
+            })
     }
 
     pub fn added(&self) -> usize {
@@ -793,7 +819,13 @@ impl Plan {
         let ops: Vec<Op> = self
             .swapped()
             .iter()
-            .flat_map(|s| [Op::RemoveChain(s.chain), Op::Rename(s.chain)])
+            .flat_map(|s| {
+                let jumps = s.old_jumps.iter().map(|spec| Op::Delete {
+                    chain: s.chain.builtin(),
+                    spec: spec.clone(),
+                });
+                jumps.chain([Op::RemoveChain(s.chain), Op::Rename(s.chain)])
+            })
             .collect();
         let policies = if ops.is_empty() {
             Vec::new()
@@ -850,7 +882,8 @@ impl Plan {
                     for (w, c) in &sw.rules {
                         let _ = writeln!(out, "[{}:{}] -A {next} {}", c.packets, c.bytes, w.spec());
                     }
-                    writeln!(out, "-I {} 1 -j {next}", sw.chain.builtin())
+                    let _ = writeln!(out, "-I {} 1 -j {next}", sw.chain.builtin());
+                    writeln!(out, "-I {} 1 {GUARD}", sw.chain.name())
                 }
             };
         }
@@ -932,20 +965,19 @@ pub fn plan(desired: &[Wanted], free: &FreeChains, current: &Current) -> Plan {
         }
     }
     let (keep, swapped) = kept(desired, current);
-    for chain in Chain::ALL {
+    // (A rebuilt chain's jumps go when the rebuild is finished: [`Plan::finish`].)
+    for chain in Chain::ALL.into_iter().filter(|c| !swapped.contains(c)) {
         let jumps: Vec<&SeenJump> = current.jumps.iter().filter(|j| j.chain == chain).collect();
         let canonical = format!("-j {}", chain.name());
         let fine = matches!(jumps.as_slice(), [j] if j.position == 1 && j.spec == canonical);
-        if !fine || swapped.contains(&chain) {
+        if !fine {
             for j in jumps {
                 ops.push(Op::Delete {
                     chain: chain.builtin(),
                     spec: j.spec.clone(),
                 });
             }
-            if !swapped.contains(&chain) {
-                ops.push(Op::InsertJump(chain));
-            }
+            ops.push(Op::InsertJump(chain));
         }
     }
     for chain in &swapped {
@@ -1085,6 +1117,10 @@ fn swap(chain: Chain, desired: &[Wanted], current: &Current, keep: &[bool]) -> S
         moved: Vec::new(),
         added: 0,
         removed: current.rules.iter().filter(in_chain).count(),
+        old_jumps: (current.jumps.iter())
+            .filter(|j| j.chain == chain)
+            .map(|j| j.spec.clone())
+            .collect(),
     };
     for w in desired.iter().filter(|w| w.chain() == chain) {
         let counters = if let Some(c) = kept.remove(w) {
@@ -1558,26 +1594,31 @@ mod tests {
         assert_eq!(p.added(), 3);
         assert!(p.policies.is_empty(), "no policy lines were read");
         // Counting rules go (109's, and one on the wrong interface): their chains are
-        // rebuilt, the kept rule (the last copy) carrying its counters over.
+        // rebuilt, the kept rule (the last copy) carrying its counters over. The batch only
+        // adds: the copies are hooked first, the old chains guarded (they count no more);
+        // their jumps and rules go in the batch that finishes the rebuild.
         assert_eq!(
             p.render(),
             "*filter\n\
-             -D FORWARD -j VZACCT-FORWARD\n\
-             -D OUTPUT -j VZACCT-OUTPUT\n\
              -N VZACCT-FORWARD-NEXT\n\
              [1:100] -A VZACCT-FORWARD-NEXT -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
              [0:0] -A VZACCT-FORWARD-NEXT -s 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
              -I FORWARD 1 -j VZACCT-FORWARD-NEXT\n\
+             -I VZACCT-FORWARD 1 -j RETURN\n\
              -N VZACCT-OUTPUT-NEXT\n\
              [0:0] -A VZACCT-OUTPUT-NEXT -d 10.0.0.1/32 -o venet0 -m comment --comment \"ct:101\"\n\
              -I OUTPUT 1 -j VZACCT-OUTPUT-NEXT\n\
+             -I VZACCT-OUTPUT 1 -j RETURN\n\
              [0:0] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
              COMMIT\n"
         );
+        assert!(!p.deletes());
         assert_eq!(
             p.finish().render(),
-            "*filter\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n-E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\
-             -F VZACCT-OUTPUT\n-X VZACCT-OUTPUT\n-E VZACCT-OUTPUT-NEXT VZACCT-OUTPUT\nCOMMIT\n"
+            "*filter\n-D FORWARD -j VZACCT-FORWARD\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n\
+             -E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\
+             -D OUTPUT -j VZACCT-OUTPUT\n-F VZACCT-OUTPUT\n-X VZACCT-OUTPUT\n\
+             -E VZACCT-OUTPUT-NEXT VZACCT-OUTPUT\nCOMMIT\n"
         );
         // Only a duplicate and a stray: deleted in place, nothing rebuilt.
         let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-INPUT - [0:0]\n:VZACCT-OUTPUT - [0:0]\n\
@@ -1687,6 +1728,57 @@ mod tests {
             .render(),
             "*filter\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n-E VZACCT-FORWARD-NEXT VZACCT-FORWARD\n\
              -F VZACCT-INPUT-NEXT\n-X VZACCT-INPUT-NEXT\nCOMMIT\n"
+        );
+    }
+
+    /// The same, as a rebuild leaves it now: the old chain still jumped to (after the
+    /// copy), behind its guard. Its rules are frozen, its jump goes first; a chain whose
+    /// first rule is a RETURN but that has no copy is not frozen (the rule is a stray).
+    #[test]
+    fn a_guarded_half_done_rebuild_is_finished() {
+        let text = "*filter\n:VZACCT-FORWARD - [0:0]\n:VZACCT-FORWARD-NEXT - [0:0]\n:VZACCT-INPUT - [0:0]\n\
+                    :VZACCT-OUTPUT - [0:0]\n\
+                    [0:0] -A INPUT -j VZACCT-INPUT\n[0:0] -A FORWARD -j VZACCT-FORWARD-NEXT\n\
+                    [0:0] -A FORWARD -j VZACCT-FORWARD\n[0:0] -A OUTPUT -j VZACCT-OUTPUT\n\
+                    [3:300] -A VZACCT-FORWARD -j RETURN\n\
+                    [5:500] -A VZACCT-FORWARD -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [6:600] -A VZACCT-FORWARD-NEXT -d 10.0.0.1/32 -m comment --comment \"ct:101\"\n\
+                    [0:0] -A VZACCT-INPUT -j RETURN\n\
+                    [1:100] -A VZACCT-INPUT -s 10.0.0.1/32 -i venet0 -m comment --comment \"ct:101\"\n\
+                    COMMIT\n";
+        let cur = parse_save(text).unwrap();
+        let frozen: Vec<(String, u64)> = (cur.frozen.iter())
+            .map(|c| (c.key.to_string(), c.counters.bytes))
+            .collect();
+        assert_eq!(frozen, [("forward_in 10.0.0.1".into(), 500)]);
+        let live: Vec<u64> = cur.counted().iter().map(|c| c.counters.bytes).collect();
+        assert_eq!(live, [100, 600]);
+        assert_eq!(
+            Plan {
+                ops: cur.pending.clone(),
+                ..Plan::default()
+            }
+            .render(),
+            "*filter\n-D FORWARD -j VZACCT-FORWARD\n-F VZACCT-FORWARD\n-X VZACCT-FORWARD\n\
+             -E VZACCT-FORWARD-NEXT VZACCT-FORWARD\nCOMMIT\n"
+        );
+        let forward: Vec<&str> = (cur.jumps.iter())
+            .filter(|j| j.chain == Chain::Forward)
+            .map(|j| j.spec.as_str())
+            .collect();
+        assert_eq!(forward, ["-j VZACCT-FORWARD"]);
+        // The INPUT chain's RETURN is a stray of a live chain: deleted in place.
+        let want = desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        );
+        let p = plan(&want, &FreeChains::new(), &cur);
+        assert!(
+            p.render().contains("-D VZACCT-INPUT -j RETURN\n"),
+            "{}",
+            p.render()
         );
     }
 
