@@ -246,14 +246,8 @@ fn failing_iptables_restore(v: Variant) {
     }
 }
 
-/// A chain rebuild left half-done (a hook's batch ran, the batch that finishes it did not:
-/// the old chain, frozen, is still there beside the live copy), then a command whose batch
-/// never ran (the ledger wrote a generation the kernel does not have): the next command
-/// judges the counters against their last-seen values, and must judge a rule by its live
-/// copy, not by the frozen one's final value (below it), or the live rule's last-seen value
-/// is forgotten and what it counted since is lost. Exact, on the way and at the end. (Found
-/// by every_command_killed_at_random_points on a faster machine; deterministic here.)
-fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
+/// A node with 101 and 102 accounted, one datagram to 101 harvested: (node, bytes sent).
+fn two_accounted(v: Variant) -> (Node, u64) {
     let node = Node::with_topology(
         v,
         &[
@@ -263,8 +257,20 @@ fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
     );
     node.ok(&["add", "101", "10.0.0.1"]);
     node.ok(&["add", "102", "10.0.0.2"]);
-    let mut sent = send(&node, "101", 200, 1);
+    let sent = send(&node, "101", 200, 1);
     node.ok(&["dump"]);
+    (node, sent)
+}
+
+/// A chain rebuild left half-done (a hook's batch ran, the batch that finishes it did not:
+/// the old chain, frozen, is still there beside the live copy), then a command whose batch
+/// never ran (the ledger wrote a generation the kernel does not have): the next command
+/// judges the counters against their last-seen values, and must judge a rule by its live
+/// copy, not by the frozen one's final value (below it), or the live rule's last-seen value
+/// is forgotten and what it counted since is lost. Exact, on the way and at the end. (Found
+/// by every_command_killed_at_random_points on a faster machine; deterministic here.)
+fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
+    let (node, mut sent) = two_accounted(v);
     // The real tools behind a wrapper whose restore rejects, by mode: nothing ("all"), the
     // batch that finishes a rebuild (it renames the -NEXT copy: "finish"), or nothing ("").
     let mode = node.path("mode").display().to_string();
@@ -308,17 +314,7 @@ fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
 /// must not credit the window again (the table's generation is the one the ledger's last
 /// batch did not reach: its counters are only taken as a starting point). Exact throughout.
 fn a_frozen_window_is_credited_once(v: Variant) {
-    let node = Node::with_topology(
-        v,
-        &[
-            ("101", "10.0.0.1", "2001:db8:1::1"),
-            ("102", "10.0.0.2", "2001:db8:1::2"),
-        ],
-    );
-    node.ok(&["add", "101", "10.0.0.1"]);
-    node.ok(&["add", "102", "10.0.0.2"]);
-    let mut sent = send(&node, "101", 200, 1);
-    node.ok(&["dump"]);
+    let (node, mut sent) = two_accounted(v);
     // Modes: "window" holds a rebuild's batch (it creates a -NEXT copy) until the test has
     // sent the window's traffic, and rejects the batch that finishes it (it renames the
     // copy); "all" rejects every batch; "" passes all.

@@ -1156,6 +1156,16 @@ mod tests {
             .collect()
     }
 
+    /// The IPv4 base rules of container 101 holding 10.0.0.1 on venet0.
+    fn want_101() -> Vec<Wanted> {
+        desired_rules(
+            &accounted(&[("101", &["10.0.0.1"])]),
+            Family::V4,
+            "venet0",
+            &Kind::BASE,
+        )
+    }
+
     const LEGACY_EMPTY: &str = include_str!("../../tests/fixtures/save/legacy-empty.txt");
     const LEGACY_101: &str = include_str!("../../tests/fixtures/save/legacy-101.txt");
     const NFT_101: &str = include_str!("../../tests/fixtures/save/nft-101.txt");
@@ -1392,12 +1402,7 @@ mod tests {
         let cur = parse_save(LEGACY_EMPTY).unwrap();
         assert!(cur.chains.is_empty() && cur.jumps.is_empty() && cur.rules.is_empty());
         assert!(!cur.nf_tables);
-        let want = desired_rules(
-            &accounted(&[("101", &["10.0.0.1"])]),
-            Family::V4,
-            "venet0",
-            &Kind::BASE,
-        );
+        let want = want_101();
         let batch = plan(&want, &FreeChains::new(), &cur).render();
         assert_eq!(
             batch,
@@ -1446,12 +1451,7 @@ mod tests {
     /// every rule line in a space; all quote comments and escape `"` and `\`.
     #[test]
     fn parses_the_old_iptables_versions_output() {
-        let want = desired_rules(
-            &accounted(&[("101", &["10.0.0.1"])]),
-            Family::V4,
-            "venet0",
-            &Kind::BASE,
-        );
+        let want = want_101();
         for (name, text) in [
             (
                 "1.4.7",
@@ -1522,12 +1522,7 @@ mod tests {
 
     #[test]
     fn in_place_rules_give_an_empty_plan_on_both_variants() {
-        let want = desired_rules(
-            &accounted(&[("101", &["10.0.0.1"])]),
-            Family::V4,
-            "venet0",
-            &Kind::BASE,
-        );
+        let want = want_101();
         for text in [LEGACY_101, NFT_101] {
             let p = plan(&want, &FreeChains::new(), &parse_save(text).unwrap());
             assert!(p.is_empty(), "{p:?}");
@@ -1583,12 +1578,7 @@ mod tests {
                     [0:0] -A VZACCT-OUTPUT -d 10.0.0.1/32 -o eth7 -m comment --comment \"ct:101\"\n\
                     COMMIT\n";
         let cur = parse_save(text).unwrap();
-        let want = desired_rules(
-            &accounted(&[("101", &["10.0.0.1"])]),
-            Family::V4,
-            "venet0",
-            &Kind::BASE,
-        );
+        let want = want_101();
         let p = plan(&want, &FreeChains::new(), &cur);
         assert_eq!(p.deleted(), 4);
         assert_eq!(p.added(), 3);
@@ -1768,12 +1758,7 @@ mod tests {
             .collect();
         assert_eq!(forward, ["-j VZACCT-FORWARD"]);
         // The INPUT chain's RETURN is a stray of a live chain: deleted in place.
-        let want = desired_rules(
-            &accounted(&[("101", &["10.0.0.1"])]),
-            Family::V4,
-            "venet0",
-            &Kind::BASE,
-        );
+        let want = want_101();
         let p = plan(&want, &FreeChains::new(), &cur);
         assert!(
             p.render().contains("-D VZACCT-INPUT -j RETURN\n"),
