@@ -1098,38 +1098,34 @@ mod tests {
         );
     }
 
-    /// A fresh path under the temp dir; removed (file or dir) on drop.
-    struct TempPath(PathBuf);
+    /// A fresh path (nothing there yet) in a temp dir of its own, removed with it.
+    struct TempPath {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
 
     impl TempPath {
         fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let name = format!("vzacct-ctconf-{}-{tag}-{n}", std::process::id());
-            TempPath(std::env::temp_dir().join(name))
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-            let _ = std::fs::remove_dir(&self.0);
+            let dir = tempfile::tempdir().unwrap();
+            TempPath {
+                path: dir.path().join(tag),
+                _dir: dir,
+            }
         }
     }
 
     #[test]
     fn read_a_file() {
         let tmp = TempPath::new("ok");
-        std::fs::write(&tmp.0, "IP_ADDRESS=\"10.0.0.1 x\"\n").unwrap();
-        let c = read(&tmp.0).unwrap();
+        std::fs::write(&tmp.path, "IP_ADDRESS=\"10.0.0.1 x\"\n").unwrap();
+        let c = read(&tmp.path).unwrap();
         assert_eq!(c.ips, ips(&["10.0.0.1"]));
         assert_eq!(
             c.warnings,
             [format!(
                 "{}:1: IP_ADDRESS entry \"x\" is invalid ({NOT_IP}); \
                  vzctl 4.x ignores it and the rest of the line",
-                tmp.0.display()
+                tmp.path.display()
             )]
         );
     }
@@ -1137,11 +1133,11 @@ mod tests {
     #[test]
     fn read_missing_file() {
         let tmp = TempPath::new("missing");
-        let e = read(&tmp.0).unwrap_err();
+        let e = read(&tmp.path).unwrap_err();
         assert!(matches!(e, CtConfError::Missing { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
-            format!("CT config {} does not exist", tmp.0.display())
+            format!("CT config {} does not exist", tmp.path.display())
         );
         assert!(std::error::Error::source(&e).is_some());
     }
@@ -1149,35 +1145,38 @@ mod tests {
     #[test]
     fn read_a_directory() {
         let tmp = TempPath::new("dir");
-        std::fs::create_dir(&tmp.0).unwrap();
-        let e = read(&tmp.0).unwrap_err();
+        std::fs::create_dir(&tmp.path).unwrap();
+        let e = read(&tmp.path).unwrap_err();
         assert!(matches!(e, CtConfError::IsDirectory { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
-            format!("CT config {} is a directory, not a file", tmp.0.display())
+            format!(
+                "CT config {} is a directory, not a file",
+                tmp.path.display()
+            )
         );
     }
 
     #[test]
     fn read_oversize_file() {
         let tmp = TempPath::new("big");
-        let file = File::create(&tmp.0).unwrap();
+        let file = File::create(&tmp.path).unwrap();
         file.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
         drop(file);
-        let e = read(&tmp.0).unwrap_err();
+        let e = read(&tmp.path).unwrap_err();
         assert!(matches!(e, CtConfError::TooLarge { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
             format!(
                 "CT config {} is 16777217 bytes, more than the 16 MiB a CT config may have; \
                  refusing to read it",
-                tmp.0.display()
+                tmp.path.display()
             )
         );
-        let file = File::options().write(true).open(&tmp.0).unwrap();
+        let file = File::options().write(true).open(&tmp.path).unwrap();
         file.set_len(MAX_FILE_SIZE).unwrap();
         drop(file);
-        let c = read(&tmp.0).unwrap();
+        let c = read(&tmp.path).unwrap();
         assert!(c.ips.is_empty());
     }
 
@@ -1643,7 +1642,7 @@ mod tests {
     #[test]
     fn dialect_is_detected_from_what_is_installed() {
         let root = TempPath::new("root");
-        let r = &root.0;
+        let r = &root.path;
         std::fs::create_dir_all(r.join("usr/lib64")).unwrap();
         std::fs::create_dir_all(r.join("usr/libexec/vzctl/scripts")).unwrap();
         assert_eq!(Dialect::detect(r), Dialect::Vzctl4);
@@ -1662,7 +1661,7 @@ mod tests {
     #[test]
     fn read_assigned_combines_both_files() {
         let dir = TempPath::new("etc-vz");
-        let d = &dir.0;
+        let d = &dir.path;
         std::fs::create_dir_all(d.join("conf")).unwrap();
         let ct = d.join("conf/101.conf");
         let vz = d.join("vz.conf");

@@ -299,37 +299,33 @@ mod tests {
         }
     }
 
-    /// A fresh path under the temp dir; removed (file or dir) on drop.
-    struct TempPath(PathBuf);
+    /// A fresh path (nothing there yet) in a temp dir of its own, removed with it.
+    struct TempPath {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
 
     impl TempPath {
         fn new(tag: &str) -> Self {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let name = format!("vzacct-veinfo-{}-{tag}-{n}", std::process::id());
-            TempPath(std::env::temp_dir().join(name))
-        }
-    }
-
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-            let _ = std::fs::remove_dir(&self.0);
+            let dir = tempfile::tempdir().unwrap();
+            TempPath {
+                path: dir.path().join(tag),
+                _dir: dir,
+            }
         }
     }
 
     #[test]
     fn read_missing_is_none() {
         let tmp = TempPath::new("missing");
-        assert_eq!(read(&tmp.0).unwrap(), None);
+        assert_eq!(read(&tmp.path).unwrap(), None);
     }
 
     #[test]
     fn read_a_file() {
         let tmp = TempPath::new("ok");
-        std::fs::write(&tmp.0, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
-        let v = read(&tmp.0).unwrap().unwrap();
+        std::fs::write(&tmp.path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
+        let v = read(&tmp.path).unwrap().unwrap();
         assert_eq!(
             v.containers,
             BTreeMap::from([(ct("101"), ips(&["10.0.0.1"]))])
@@ -339,22 +335,22 @@ mod tests {
     #[test]
     fn read_errors_name_the_file() {
         let tmp = TempPath::new("dir");
-        std::fs::create_dir(&tmp.0).unwrap();
-        let e = read(&tmp.0).unwrap_err();
+        std::fs::create_dir(&tmp.path).unwrap();
+        let e = read(&tmp.path).unwrap_err();
         assert!(matches!(e, VeinfoError::Read { .. }), "{e:?}");
-        assert_eq!(e.to_string(), format!("cannot read {}", tmp.0.display()));
+        assert_eq!(e.to_string(), format!("cannot read {}", tmp.path.display()));
         assert!(std::error::Error::source(&e).is_some());
 
         let tmp = TempPath::new("big");
-        let file = File::create(&tmp.0).unwrap();
+        let file = File::create(&tmp.path).unwrap();
         file.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
         drop(file);
-        let e = read(&tmp.0).unwrap_err();
+        let e = read(&tmp.path).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
                 "{} is larger than 16 MiB; refusing to read it",
-                tmp.0.display()
+                tmp.path.display()
             )
         );
     }
