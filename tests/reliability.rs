@@ -262,6 +262,16 @@ fn two_accounted(v: Variant) -> (Node, u64) {
     (node, sent)
 }
 
+/// The real tools again (`config`): more traffic, a dump, 101's total exact (`sent` before
+/// it) and no rebuild left.
+fn healed_exactly(node: &Node, config: &str, sent: u64) {
+    std::fs::write(&node.config, config).unwrap();
+    let sent = sent + send(node, "101", 120, 2);
+    node.ok(&["dump"]);
+    assert_eq!(in_bytes(&show(node), "101"), sent, "at the end");
+    assert!(!node.save_all(false).contains("NEXT"));
+}
+
 /// A chain rebuild left half-done (a hook's batch ran, the batch that finishes it did not:
 /// the old chain, frozen, is still there beside the live copy), then a command whose batch
 /// never ran (the ledger wrote a generation the kernel does not have): the next command
@@ -300,11 +310,7 @@ fn a_half_done_rebuild_then_a_batch_that_did_not_run(v: Variant) {
     let out = node.ok(&["restore"]);
     assert!(!out.contains("unknown past"), "{out}");
     assert_eq!(in_bytes(&show(&node), "101"), sent, "after restore: {out}");
-    std::fs::write(&node.config, &text).unwrap();
-    sent += send(&node, "101", 120, 2);
-    node.ok(&["dump"]);
-    assert_eq!(in_bytes(&show(&node), "101"), sent, "at the end");
-    assert!(!node.save_all(false).contains("NEXT"));
+    healed_exactly(&node, &text, sent);
 }
 
 /// Packets counted between a rebuild's read and its batch (the "window") are in the frozen
@@ -361,11 +367,7 @@ fn a_frozen_window_is_credited_once(v: Variant) {
     std::fs::write(&mode, "").unwrap();
     let out = node.ok(&["dump"]);
     assert_eq!(in_bytes(&show(&node), "101"), sent, "after the dump: {out}");
-    std::fs::write(&node.config, &text).unwrap();
-    sent += send(&node, "101", 120, 2);
-    node.ok(&["dump"]);
-    assert_eq!(in_bytes(&show(&node), "101"), sent, "at the end");
-    assert!(!node.save_all(false).contains("NEXT"));
+    healed_exactly(&node, &text, sent);
 }
 
 /// (Per-IP rules only: their chains are rebuilt; a module of its own beside `per_variant!`'s.)

@@ -45,7 +45,7 @@ pub(crate) fn account(
     one: bool,
 ) -> Result<Accounted, Error> {
     let (mut s, mut widened) = if one {
-        begin_container(ctx, ctid, &|_| false)?
+        begin_container(ctx, ctid, None)?
     } else {
         (begin(ctx)?, None)
     };
@@ -141,7 +141,7 @@ pub(crate) fn unaccount(
         (Some(c), Some(ips)) => ips.iter().all(|ip| !c.ips.contains(ip)),
     };
     let (mut s, mut widened) = if one {
-        begin_container(ctx, ctid, &idle)?
+        begin_container(ctx, ctid, Some(&idle))?
     } else {
         (begin(ctx)?, None)
     };

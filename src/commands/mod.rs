@@ -172,13 +172,13 @@ pub(crate) type Widened = Option<String>;
 /// once vzctl removed the routes, for the next dump to harvest). Whatever needs more (an IP
 /// another container holds, the first event of a boot, rules to repair, the per-IP rules
 /// backend, a node no full run has written yet) runs over the whole node: [`Session::widen`].
-/// `idle`: whether the event has nothing to do for the container as loaded (it stops
-/// accounting addresses the container does not hold): then, on either backend, the run
-/// reads no kernel at all (strays are the next dump's).
+/// `idle` (for an event that may have nothing to do): whether it has nothing to do for the
+/// container as loaded (it stops accounting addresses the container does not hold): then,
+/// on either backend, the run reads no kernel at all (strays are the next dump's).
 fn begin_container(
     ctx: &Ctx,
     ctid: &Ctid,
-    idle: &dyn Fn(&Ledger) -> bool,
+    idle: Option<&dyn Fn(&Ledger) -> bool>,
 ) -> Result<(Session, Widened), Error> {
     let locked = store::lock(&ctx.config.state_dir, ctx.lock_wait)?;
     let (locked, why) = match narrow(ctx, locked, ctid, idle)? {
@@ -195,7 +195,7 @@ fn narrow(
     ctx: &Ctx,
     locked: Locked,
     ctid: &Ctid,
-    idle: &dyn Fn(&Ledger) -> bool,
+    idle: Option<&dyn Fn(&Ledger) -> bool>,
 ) -> Result<Result<Session, (Locked, String)>, Error> {
     use crate::config::Backend;
     let session = |locked, mut ledger: Ledger, loaded, kernel| Session {
@@ -208,19 +208,6 @@ fn narrow(
         container: Some(ctid.clone()),
         elements: Vec::new(),
     };
-    let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
-    if !loaded.node_known {
-        return Ok(Err((
-            locked,
-            "no full run has written the ledger yet".into(),
-        )));
-    }
-    if ledger.boot_id.as_deref() != Some(ctx.boot_id()?.as_str()) {
-        return Ok(Err((locked, "first event of a new boot".into())));
-    }
-    if idle(&ledger) {
-        return Ok(Ok(session(locked, ledger, loaded, Kernel::unread())));
-    }
     let usable = match ctx.config.backend {
         Backend::Iptables => Err("backend = iptables".to_string()),
         Backend::Ipset => Ok(()),
@@ -232,6 +219,23 @@ fn narrow(
             ))
         }
     };
+    // (With per-IP rules only an idle event can stay narrow: no rows loaded for others.)
+    if let (Err(why), None) = (&usable, idle) {
+        return Ok(Err((locked, why.clone())));
+    }
+    let (ledger, loaded) = locked.load_scope(&Scope::Containers(vec![ctid.clone()]))?;
+    if !loaded.node_known {
+        return Ok(Err((
+            locked,
+            "no full run has written the ledger yet".into(),
+        )));
+    }
+    if ledger.boot_id.as_deref() != Some(ctx.boot_id()?.as_str()) {
+        return Ok(Err((locked, "first event of a new boot".into())));
+    }
+    if idle.is_some_and(|idle| idle(&ledger)) {
+        return Ok(Ok(session(locked, ledger, loaded, Kernel::unread())));
+    }
     if let Err(why) = usable {
         return Ok(Err((locked, why)));
     }
