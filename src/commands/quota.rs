@@ -15,8 +15,8 @@
 //! twice; only a kill of the wrapper (or a crash of the node) between the program's exit
 //! and its receipt can (RELIABILITY.md).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,14 +120,7 @@ fn file(state_dir: &Path, a: &Attempt, what: &str) -> PathBuf {
 
 /// Take a threshold's lock without waiting; `None` when someone holds it (its wrapper).
 fn try_lock(path: &Path) -> std::io::Result<Option<File>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let f = crate::ledger::store::open_lock_file(path)?;
     match fs2::FileExt::try_lock_exclusive(&f) {
         Ok(()) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),

@@ -900,10 +900,7 @@ impl Loaded {
     ) -> Result<Ledger, StateError> {
         debug_assert!(!track || parts == Parts::All);
         let path = self.path.clone();
-        let conn = self.conn.as_ref().ok_or_else(|| StateError::Write {
-            path: path.clone(),
-            source: std::io::Error::other("internal: no database open"),
-        })?;
+        let conn = self.conn()?;
         let mut ledger = Ledger::default();
         let err = |e| db_error(Some(conn), &path, e);
         let node = conn
@@ -1152,10 +1149,15 @@ impl Loaded {
                 }
             }
             drop(w);
-            let days = closed
-                .iter()
-                .map(|r| with_figures(vec![text(&r.ctid), text(r.date)], &r.figures));
-            insert(&tx, "days", &format!("ctid, date, {}", figs("", "")), days)?;
+            let mut st = tx.prepare_cached(&insert_sql("days", "ctid, date, FIGS"))?;
+            for r in closed {
+                with_figs(
+                    &mut st,
+                    &[&r.ctid.as_str(), &r.date.to_string()],
+                    &r.figures,
+                )?;
+            }
+            drop(st);
             if let Some(newest) = closed.iter().map(|r| r.date).max() {
                 let cutoff = newest - chrono::Days::new(self.history_days);
                 tx.prepare_cached("DELETE FROM days WHERE date < ?1")?
@@ -1181,31 +1183,15 @@ impl Loaded {
     }
 }
 
-type Value = rusqlite::types::Value;
-
-fn text(s: impl ToString) -> Value {
-    Value::Text(s.to_string())
-}
-
-fn with_figures(mut row: Vec<Value>, f: &Figures) -> Vec<Value> {
-    row.extend(f.fields().map(|x| Value::Integer(to_i64(x))));
-    row
-}
-
-/// Insert `rows` into `table` (`cols` comma-separated), replacing rows of the same key.
-fn insert(
-    tx: &rusqlite::Transaction,
-    table: &str,
-    cols: &str,
-    rows: impl IntoIterator<Item = Vec<Value>>,
-) -> rusqlite::Result<()> {
+/// `INSERT OR REPLACE` into `table` of `cols` (comma-separated; `MONTH`, `TOTAL` and `FIGS`
+/// stand for the columns of the figures, prefixed `month_`, `total_` and not at all).
+fn insert_sql(table: &str, cols: &str) -> String {
+    let cols = cols
+        .replace("MONTH", &figs("month_", ""))
+        .replace("TOTAL", &figs("total_", ""))
+        .replace("FIGS", &figs("", ""));
     let marks = vec!["?"; cols.split(',').count()].join(", ");
-    let sql = format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})");
-    let mut st = tx.prepare_cached(&sql)?;
-    for r in rows {
-        st.execute(rusqlite::params_from_iter(r))?;
-    }
-    Ok(())
+    format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})")
 }
 
 /// The tables holding a container's parts, in [`Prints`] order, with their columns.
@@ -1244,13 +1230,7 @@ impl<'c> Writer<'c> {
     fn insert(&mut self, part: usize) -> rusqlite::Result<&mut rusqlite::Statement<'c>> {
         if self.insert[part].is_none() {
             let (table, cols) = PARTS[part];
-            let cols = cols
-                .replace("MONTH", &figs("month_", ""))
-                .replace("TOTAL", &figs("total_", ""))
-                .replace("FIGS", &figs("", ""));
-            let marks = vec!["?"; cols.split(',').count()].join(", ");
-            let sql = format!("INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})");
-            self.insert[part] = Some(self.tx.prepare(&sql)?);
+            self.insert[part] = Some(self.tx.prepare(&insert_sql(table, cols))?);
         }
         Ok(self.insert[part].as_mut().expect("prepared"))
     }

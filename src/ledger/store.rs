@@ -142,18 +142,10 @@ pub fn lock(dir: &Path, wait: Duration) -> Result<Locked, StateError> {
     }
     create_private_dir(dir)?;
     let path = dir.join(LOCK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|source| StateError::OpenLock {
-            path: path.clone(),
-            source,
-        })?;
+    let file = open_lock_file(&path).map_err(|source| StateError::OpenLock {
+        path: path.clone(),
+        source,
+    })?;
     wait_for(&file, &path, wait, Lock::Exclusive)?;
     Ok(Locked {
         dir: dir.to_path_buf(),
@@ -260,6 +252,18 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StateError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+/// Open (creating, 0600, never through a symlink) a file that is only ever locked.
+pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 #[cfg(test)]
