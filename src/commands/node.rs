@@ -331,7 +331,9 @@ pub fn check(
                         .map_or(0, |n| n.len()),
                 )),
                 _ => Err(format!(
-                    "[classes] names free traffic, but `{} save` does not work: nothing is                      counted as free (the free networks are an ipset hash:net set, with either                      backend; install ipset)",
+                    "[classes] names free traffic, but `{} save` does not work: nothing is \
+                     counted as free (the free networks are an ipset hash:net set, with \
+                     either backend; install ipset)",
                     ctx.config.ipset
                 )),
             },
