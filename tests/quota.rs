@@ -216,7 +216,7 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     node.at(now, &["add", "101", "10.0.0.1"]);
     node.at(now, &["add", "102", "10.0.0.2"]);
     let out = node.at(now, &["set", "101", "--quota", "20000B"]);
-    assert!(out.contains("quota 20000B (20000 bytes) of total"), "{out}");
+    assert!(out.contains("quota 20KB (20000 bytes) of total"), "{out}");
     let mut used = to_ct(&node, "101", 900, 5) + from_ct(&node, "101", 900, 4);
     assert!(used < 10_000);
     node.at(now, &["dump"]);
@@ -281,7 +281,7 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     assert!(!h.contains("reached"), "{h}");
     assert!(
         h.contains(&format!(
-            "of 20000B total ({:.2}%) used in the current period 2027-02-01 .. 2027-03-01",
+            "of 20KB total ({:.2}%) used in the current period 2027-02-01 .. 2027-03-01",
             pct(period_used, 20_000)
         )),
         "{period_used}: {h}"
@@ -341,7 +341,7 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     // history marks the day the period's figure reached the quota.
     let h = node.at(now, &["history", "101", "--days", "15"]);
     assert!(
-        h.contains("quota 20000B (total) reached on 2027-02-10"),
+        h.contains("quota 20KB (total) reached on 2027-02-10"),
         "{h}"
     );
     // Container 102 has no quota: nothing, whatever it sends.
@@ -436,7 +436,7 @@ fn directions_periods_and_gauges(v: Variant) {
         "{table}"
     );
     assert!(
-        line("101").ends_with("  3.01 KiB of 10000B in (30.84%)"),
+        line("101").ends_with("  3.01 KiB of 10KB in (30.84%)"),
         "{table}"
     );
     assert!(
@@ -470,14 +470,14 @@ fn directions_periods_and_gauges(v: Variant) {
     node.at(feb5, &["dump"]);
     assert_eq!(ran(&node, "101", 100).len(), 1);
     let h = node.at(feb5, &["history", "101", "--days", "2"]);
-    assert!(h.contains("quota 10000B (in) reached on 2027-02-05"), "{h}");
+    assert!(h.contains("quota 10KB (in) reached on 2027-02-05"), "{h}");
     // 3084 + 3084 + 4112 bytes in: 102.8%.
     let used = feb_in + more + 4 * 1028;
     assert_eq!(used, 10_280);
     assert_eq!(
         h.lines().nth(1),
         Some(
-            "quota: 10.04 KiB of 10000B in (102.80%) used in the current period 2027-02-01 .. \
+            "quota: 10.04 KiB of 10KB in (102.80%) used in the current period 2027-02-01 .. \
              2027-03-01 (end not included)"
         ),
         "{h}"

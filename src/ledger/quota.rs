@@ -120,15 +120,16 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| bad("too large"))
 }
 
-/// A quantity of bytes written back the way an operator would (the largest IEC unit it is
-/// a whole multiple of), so that `parse_bytes(format_bytes(b)) == b`.
+/// A quantity of bytes written back the way an operator would, so that
+/// `parse_bytes(format_bytes(b)) == b`: in the unit, IEC or SI, it is a whole multiple of
+/// with the fewest digits (IEC on a tie): `500GiB`, `1TB` (not `976562500KiB`), `20KB`.
 pub fn format_bytes(bytes: u64) -> String {
     UNITS
         .iter()
-        .rev()
-        .filter(|(u, _)| u.ends_with("iB"))
-        .find(|(_, s)| bytes.is_multiple_of(*s))
-        .map_or(format!("{bytes}B"), |(u, s)| format!("{}{u}", bytes / s))
+        .filter(|(_, s)| bytes.is_multiple_of(*s))
+        .map(|(u, s)| (bytes / s, *u))
+        .min_by_key(|(n, u)| (n.to_string().len(), !u.ends_with("iB")))
+        .map_or(format!("{bytes}B"), |(n, u)| format!("{n}{u}"))
 }
 
 /// The thresholds (percent of `quota`) that `used` has reached, in ascending order, leaving
@@ -223,7 +224,12 @@ mod tests {
             assert_eq!(parse_bytes(&format_bytes(b)), Ok(b), "{b}");
         }
         assert_eq!(format_bytes(500 << 30), "500GiB");
-        assert_eq!(format_bytes(1_000_000_000_000), "976562500KiB");
+        assert_eq!(format_bytes(1_000_000_000_000), "1TB");
+        assert_eq!(format_bytes(20_000), "20KB");
+        assert_eq!(format_bytes(1536), "1536B");
+        assert_eq!(format_bytes(1 << 40), "1TiB");
+        // A tie in digits: IEC.
+        assert_eq!(format_bytes(1_024_000), "1000KiB");
         assert_eq!(format_bytes(1_000_000_001), "1000000001B");
     }
 
