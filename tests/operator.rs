@@ -471,6 +471,7 @@ fn uninstall_and_purge(v: Variant) {
     node.ok(&["add", "101", "10.0.0.1", "2001:db8:1::1"]);
     let a = traffic(&node, 100, 2);
     node.ok(&["dump"]);
+    assert_eq!(ct_of(&show(&node), "101").get("uncounted_ips"), None);
     let b = traffic(&node, 200, 3);
     let out = site.vzacct_root(&["uninstall"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -504,6 +505,19 @@ fn uninstall_and_purge(v: Variant) {
     assert_eq!(total(&node, "101"), a.add(b));
     for v6 in [false, true] {
         assert_eq!(node.ours(v6), Vec::<String>::new());
+    }
+    // The ledger still accounts 101 (a `sync` would resume), but nothing counts: the views
+    // say so.
+    assert_eq!(
+        ct_of(&show(&node), "101")["uncounted_ips"],
+        serde_json::json!(["10.0.0.1", "2001:db8:1::1"])
+    );
+    let note = "note: 101 (10.0.0.1, 2001:db8:1::1): accounted, but not all of their counters \
+                are in the kernel, so their traffic is not all counted now (`vzacct status` \
+                shows which; `vzacct sync` or the next dump puts them back)";
+    for view in [&["show"][..], &["history", "101"]] {
+        let text = node.ok(view);
+        assert!(text.lines().any(|l| l == note), "{view:?}:\n{text}");
     }
     let sets = node.ns.must("ipset", &["list", "-n"]);
     assert!(!sets.contains("vzacct-"), "{sets}");

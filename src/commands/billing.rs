@@ -437,6 +437,9 @@ pub fn history(ctx: &mut Ctx, ctid: &Ctid, per: Per, json: bool) -> Result<(), E
         ))?;
     }
     ctx.say("* still counting")?;
+    if let Some(note) = super::view::uncounted_note(&view.uncounted, &[ctid]) {
+        ctx.say(note)?;
+    }
     if let Some(why) = &view.not_live_because {
         ctx.say(format!("note: {why}"))?;
     }

@@ -31,6 +31,11 @@ struct ShowCt {
     /// `null` without one.
     quota: Option<super::billing::QuotaDoc>,
     by_ip: Vec<ShowIp>,
+    /// Accounted IPs whose counters are not all in the kernel: their traffic is not all
+    /// counted until `vzacct sync` or the next dump puts the counters back (left out when
+    /// there is none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    uncounted_ips: Vec<IpAddr>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +61,9 @@ pub(crate) struct Live {
     pub closed: Vec<Row>,
     /// Why the kernel's counters since the last harvest are not included, if they are not.
     pub not_live_because: Option<String>,
+    /// The accounted IPs whose counters of the backend in use are not all in the kernel
+    /// (their traffic is not all counted now); empty when the kernel was not read.
+    pub uncounted: BTreeMap<Ctid, Vec<IpAddr>>,
 }
 
 /// Load the ledger and harvest the kernel's counters in memory; the caller holds the
@@ -63,18 +71,57 @@ pub(crate) struct Live {
 pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
     let (mut ledger, loaded, kernel) =
         super::change::load_reading_kernel(ctx, false, || shared.load())?;
-    let live = kernel.and_then(|kernel| Ok(super::fold(ctx, &mut ledger, &kernel)?.1));
+    let live = kernel.and_then(|kernel| {
+        let rows = super::fold(ctx, &mut ledger, &kernel)?.1;
+        let accounted = ledger.accounted();
+        let want = kernel.kinds().len() as u32;
+        let present = present_kinds(&kernel, &accounted, &ctx.config.venet_interface);
+        let mut uncounted: BTreeMap<Ctid, Vec<IpAddr>> = BTreeMap::new();
+        for (ctid, ips) in &accounted {
+            for ip in ips {
+                if present.get(&(ctid, *ip)).map_or(0, |b| b.count_ones()) < want {
+                    uncounted.entry(ctid.clone()).or_default().push(*ip);
+                }
+            }
+        }
+        Ok((rows, uncounted))
+    });
     ledger.stamp_since(ctx.now);
-    let (closed, not_live_because) = match live {
-        Ok(rows) => (rows, None),
-        Err(e) => (Vec::new(), Some(not_live(&ledger, &e))),
+    let (closed, uncounted, not_live_because) = match live {
+        Ok((rows, uncounted)) => (rows, uncounted, None),
+        Err(e) => (Vec::new(), BTreeMap::new(), Some(not_live(&ledger, &e))),
     };
     Ok(Live {
         ledger,
         loaded,
         closed,
         not_live_because,
+        uncounted,
     })
+}
+
+/// The note of a view that shows containers of `uncounted` (at most ten named).
+pub(crate) fn uncounted_note(
+    uncounted: &BTreeMap<Ctid, Vec<IpAddr>>,
+    shown: &[&Ctid],
+) -> Option<String> {
+    let named: Vec<String> = shown
+        .iter()
+        .filter_map(|c| uncounted.get(*c).map(|ips| format!("{c} ({})", join(ips))))
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    let more = match named.len() {
+        n if n > 10 => format!(" and {} more", n - 10),
+        _ => String::new(),
+    };
+    Some(format!(
+        "note: {}{more}: accounted, but not all of their counters are in the kernel, so their \
+         traffic is not all counted now (`vzacct status` shows which; `vzacct sync` or the next \
+         dump puts them back)",
+        named[..named.len().min(10)].join(", ")
+    ))
 }
 
 fn not_live(ledger: &Ledger, e: &Error) -> String {
@@ -105,6 +152,7 @@ pub fn show(
         loaded,
         closed,
         not_live_because,
+        uncounted,
     } = live(ctx, &shared)?;
     let periods = super::billing::Periods::new(ctx, &loaded, &closed)?;
     let quotas = crate::ledger::thresholds::quotas(&loaded)?;
@@ -175,6 +223,7 @@ pub fn show(
                 .iter()
                 .map(|(ip, f)| ShowIp { ip: *ip, total: *f })
                 .collect(),
+            uncounted_ips: uncounted.get(ctid).cloned().unwrap_or_default(),
         });
     }
     drop(periods);
@@ -205,6 +254,8 @@ pub fn show(
              `vzacct sync` every running one, and the installed hooks do it as containers start",
         );
     }
+    let shown: Vec<&Ctid> = doc.containers.iter().map(|c| &c.ctid).collect();
+    let note = uncounted_note(&uncounted, &shown);
     let ips_of = |ct: &ShowCt| {
         if ct.ips.is_empty() {
             "(not accounted)".to_string()
@@ -245,6 +296,9 @@ pub fn show(
             ))?;
         }
         free_table(ctx, &doc, idw, true)?;
+        if let Some(note) = &note {
+            ctx.say(note)?;
+        }
         if let Some(why) = &doc.not_live_because {
             ctx.say(format!("note: {why}"))?;
         }
@@ -292,6 +346,9 @@ pub fn show(
         ))?;
     }
     free_table(ctx, &doc, idw, false)?;
+    if let Some(note) = &note {
+        ctx.say(note)?;
+    }
     if let Some(why) = &doc.not_live_because {
         ctx.say(format!("note: {why}"))?;
     }
