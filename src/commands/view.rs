@@ -600,6 +600,29 @@ fn present_kinds<'a>(
         .iter()
         .flat_map(|(c, ips)| ips.iter().map(move |ip| ((c, *ip), 0)))
         .collect();
+    // The kinds whose packets reach their counters in each family: our chain is there and
+    // jumped to, and with sets, the rule matching the kind's set is in it. (A rule or element
+    // of a kind that no packet reaches counts nothing.)
+    let reached: Vec<(Family, Kind)> = kernel
+        .rules
+        .tables
+        .iter()
+        .flat_map(|(t, cur)| {
+            kernel.kinds().iter().filter_map(move |k| {
+                let chain = k.chain();
+                let hooked =
+                    cur.chains.contains(&chain) && cur.jumps.iter().any(|j| j.chain == chain);
+                let matched = !kernel.use_sets
+                    || cur.rules.iter().any(|r| {
+                        r.chain == chain
+                            && r.set_match
+                                .as_ref()
+                                .is_some_and(|m| m.kind == *k && m.iface == venet)
+                    });
+                (hooked && matched).then_some((t.family, *k))
+            })
+        })
+        .collect();
     for c in kernel.counted() {
         let in_set = c.key.is_set();
         // Every set is matched on venet; a rule of the local chains must name it.
@@ -608,7 +631,7 @@ fn present_kinds<'a>(
         } else {
             !kernel.use_sets && (c.kind().chain() == Chain::Forward || c.key.iface() == venet)
         };
-        let in_place = in_place && kernel.kinds().contains(&c.kind());
+        let in_place = in_place && reached.contains(&(Family::of(&c.ip()), c.kind()));
         if in_place && let Some(bits) = present.get_mut(&(&c.ctid, c.ip())) {
             let bit = Kind::ALL.iter().position(|k| *k == c.kind()).unwrap_or(0);
             *bits |= 1 << bit;
