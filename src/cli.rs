@@ -68,7 +68,13 @@ pub enum Command {
     /// strays. Read-only: takes a shared lock and creates nothing; when iptables cannot be
     /// read it lists what is accounted, says the rules are unknown, and exits 1.
     Status {
-        /// One JSON document instead of a table.
+        /// One JSON document instead of a table: `backend` (`iptables` or `ipset`),
+        /// `backend_fallback` (why `auto` chose per-IP rules, when it had to), `containers[]`
+        /// (`ctid`, `in_place`, `ips[]` with `ip`, `rules_expected` and `rules_present`: the
+        /// counters of the IP that packets reach), `netfilter[]` (`family`,
+        /// `chains_and_jumps_in_place`, `stray_rules`), `sets_missing`, `stray_set_elements`,
+        /// `set_elements_waiting_for_dump`, `rules_known` (true). When iptables cannot be
+        /// read: `rules_known` false, `error`, and `containers[]` with `ctid` and `ips`.
         #[arg(long)]
         json: bool,
     },
@@ -202,15 +208,17 @@ pub enum Command {
     /// last dump) is reported.
     Repair,
     /// Check every integration point, one line each: the config the hooks read (missing or
-    /// broken is a problem), hooks, wrappers, init script, unit, cron entry, the boot order
-    /// (systemd unit enabled, or the SysV init script enabled before vz), iptables, vzacct's
-    /// chains, rules and sets, running containers accounted, and the last dump (too old, or
-    /// in the future). Exit status 0 only when all is well. Creates nothing.
+    /// broken is a problem), the vzctl flavour, hooks, wrappers, init script, unit, cron
+    /// entry, the boot order (systemd unit enabled, or the SysV init script enabled before
+    /// vz), iptables, the backend, the free networks ([classes]), vzacct's chains, rules and
+    /// sets, running containers accounted, threshold actions that failed, and the last dump
+    /// (too old, or in the future). Exit status 0 only when all is well. Creates nothing.
     Check {
         /// Check this directory's standard locations.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
-        /// One JSON document instead of a list.
+        /// One JSON document instead of a list: `ok` (all is well) and `items[]`, each with
+        /// `name`, `ok` and `detail`, as the list prints them.
         #[arg(long)]
         json: bool,
     },
@@ -226,8 +234,9 @@ pub enum Command {
         #[arg(last = true, required = true)]
         program: PathBuf,
     },
-    /// Start a new billing period for one container: its totals go to zero. Its daily
-    /// history, its CSV rows, every other container and every kernel counter stay as they are.
+    /// Set one container's totals (since its last reset) to zero. Its billing period and
+    /// what the period used of its quota, its daily history, its CSV rows, every other
+    /// container and every kernel counter stay as they are.
     Reset {
         /// Container ID.
         ctid: Ctid,

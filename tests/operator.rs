@@ -773,6 +773,22 @@ fn views_under_degraded_conditions(v: Variant) {
         "{}",
         stdout(&out)
     );
+    // With --json, JSON all the same: what is accounted, and why the rules are unknown.
+    let out = node.vzacct(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["rules_known"], false);
+    assert_eq!(
+        doc["containers"],
+        serde_json::json!([{"ctid": "101", "ips": ["10.0.0.1", "2001:db8:1::1"]}])
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/iptables-save"),
+        "{doc}"
+    );
     write(&node.config, cfg);
     node.ok(&["dump"]);
     assert_eq!(total(&node, "101"), a.add(b));

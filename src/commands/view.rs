@@ -436,9 +436,26 @@ struct StatusFamily {
     stray_rules: usize,
 }
 
+/// `status --json` when the rules cannot be read: what is accounted, and why not.
+#[derive(Serialize)]
+struct StatusUnknown {
+    jsonversion: u32,
+    rules_known: bool,
+    error: String,
+    containers: Vec<StatusUnknownCt>,
+}
+
+#[derive(Serialize)]
+struct StatusUnknownCt {
+    ctid: Ctid,
+    ips: Vec<IpAddr>,
+}
+
 #[derive(Serialize)]
 struct StatusDoc {
     jsonversion: u32,
+    /// Whether the kernel's rules could be read (always true here; see [`StatusUnknown`]).
+    rules_known: bool,
     backend: &'static str,
     /// Why `backend = auto` uses per-IP rules (absent when it did not have to).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -468,6 +485,26 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
         Err(e) => {
             // Say what is accounted, then why the rules cannot be checked.
             let accounted = ledger.accounted();
+            if json {
+                let mut ids: Vec<&Ctid> = accounted.keys().collect();
+                ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+                let doc = StatusUnknown {
+                    jsonversion: super::billing::JSON_VERSION,
+                    rules_known: false,
+                    error: chain(&e).replace("\n  caused by: ", "; caused by: "),
+                    containers: ids
+                        .into_iter()
+                        .map(|c| StatusUnknownCt {
+                            ctid: c.clone(),
+                            ips: accounted[c].iter().copied().collect(),
+                        })
+                        .collect(),
+                };
+                let text =
+                    serde_json::to_string_pretty(&doc).map_err(|e| Error::Output(e.into()))?;
+                ctx.say(text)?;
+                return Err(e.into());
+            }
             for (ctid, ips) in &accounted {
                 for ip in ips {
                     ctx.say(format!(
@@ -524,6 +561,7 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     }
     let doc = StatusDoc {
         jsonversion: super::billing::JSON_VERSION,
+        rules_known: true,
         backend: kernel.backend_name(),
         backend_fallback: kernel.sets.why_not.clone(),
         containers: cts,
