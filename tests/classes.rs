@@ -365,9 +365,31 @@ fn a_cover_is_not_a_free_network(v: Variant) {
     // (--root: the files of an install are looked for in the test's directory only.)
     let root = node.path("root");
     std::fs::create_dir_all(&root).unwrap();
+    // Uninstalled without --purge, it says what stays: the free networks' sets and chains
+    // too.
+    let out = node.at(DAY1, &["uninstall", "--root", root.to_str().unwrap()]);
+    let sets = if v.ipset() {
+        "18 set(s) (vzacct-ffi4, vzacct-ffi6, vzacct-ffo4, vzacct-ffo6, vzacct-fi4, \
+         vzacct-fi6, vzacct-fli4, vzacct-fli6, vzacct-flo4, vzacct-flo6, vzacct-fo4, vzacct-fo6, \
+         vzacct-free4, vzacct-free6, vzacct-li4, vzacct-li6, vzacct-lo4, vzacct-lo6)"
+    } else {
+        "2 set(s) (vzacct-free4, vzacct-free6)"
+    };
+    let (chains, rules) = if v.ipset() { (18, 24) } else { (14, 8) };
+    assert!(
+        out.contains(&format!(
+            "still in the kernel, and counting: {chains} of vzacct's chain(s) and jump(s), \
+             {rules} rule(s) and {sets}; `vzacct uninstall --purge` harvests"
+        )),
+        "{out}"
+    );
     let out = node.at(
         DAY1,
         &["uninstall", "--purge", "--root", root.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("ipset: destroyed ") && out.contains("vzacct-free4, vzacct-free6"),
+        "{out}"
     );
     let chains = if v.ipset() { 4 + 4 } else { 4 };
     assert!(

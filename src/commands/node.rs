@@ -83,18 +83,25 @@ pub fn uninstall_cmd(
         match Kernel::read(&ctx.config, &ctx.probes(false), &ctx.families(), 0, false) {
             Ok(k) => {
                 let plan = k.teardown();
-                let jumps_chains: usize = plan.rules.iter().map(|(_, p)| p.ops.len()).sum();
-                let rules: usize = k.rules.tables.iter().map(|(_, c)| c.rules.len()).sum();
-                if jumps_chains + plan.sets.destroy.len() > 0 {
+                let jumps_chains: usize = (plan.rules.iter())
+                    .map(|(_, p)| p.ops.len() + p.free.len())
+                    .sum();
+                let rules: usize = (k.rules.tables.iter())
+                    .map(|(_, c)| {
+                        c.rules.len() + c.free_chains.values().map(Vec::len).sum::<usize>()
+                    })
+                    .sum();
+                let sets = sets_destroyed(&plan);
+                if jumps_chains + sets.len() > 0 {
                     ctx.say(format!(
                         "still in the kernel, and counting: {jumps_chains} of vzacct's chain(s) \
                          and jump(s), {rules} rule(s) and {} set(s) ({}); `vzacct uninstall \
                          --purge` harvests them into the ledger and removes them",
-                        plan.sets.destroy.len(),
-                        if plan.sets.destroy.is_empty() {
+                        sets.len(),
+                        if sets.is_empty() {
                             "no sets".to_string()
                         } else {
-                            plan.sets.destroy.join(", ")
+                            sets.join(", ")
                         }
                     ))?;
                 } else {
@@ -177,13 +184,19 @@ fn purge_kernel(ctx: &mut Ctx) -> Result<(), Error> {
                 + p.free.len()
         ))?;
     }
-    if !teardown.sets.destroy.is_empty() {
-        ctx.say(format!(
-            "ipset: destroyed {}",
-            teardown.sets.destroy.join(", ")
-        ))?;
+    let sets = sets_destroyed(&teardown);
+    if !sets.is_empty() {
+        ctx.say(format!("ipset: destroyed {}", sets.join(", ")))?;
     }
     Ok(())
+}
+
+/// Every set a teardown destroys, by name: the counting sets and the free networks'.
+fn sets_destroyed(plan: &KernelPlan) -> Vec<String> {
+    let mut names = plan.sets.destroy.clone();
+    names.extend((plan.sets.free_destroy.iter()).map(|f| crate::model::free_set_name(*f)));
+    names.sort();
+    names
 }
 
 #[derive(Serialize)]
