@@ -955,6 +955,17 @@ fn repair_after_a_lost_node_file(v: Variant) {
         ),
         "{text}"
     );
+    // No record was kept; each of the 8 counters (4 kinds, 2 IPs) is reported whole.
+    let whole = a.add(b).add(c);
+    assert!(
+        text.contains(&format!(
+            "0 container record(s) kept; 8 kernel counter(s) taken as new starting points\n\
+             not credited to anyone: at most {} bytes in / {} bytes out ({} / {} packets) that \
+             the kernel counted since they were made (no record of them was left)",
+            whole.0[0], whole.0[1], whole.0[2], whole.0[3]
+        )),
+        "{text}"
+    );
     let d = traffic(&node, 60, 2);
     node.ok(&["dump"]);
     assert_eq!(total(&node, "101"), d);

@@ -488,7 +488,7 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     // What the kernel counted that no baseline accounts for: since the last harvest where
     // the container's record survived, the whole counter where it did not.
     let mut uncounted = Figures::default();
-    let mut counters = 0usize;
+    let (mut counters, mut unknown) = (0usize, 0usize);
     for c in kernel.counted() {
         counters += 1;
         let base = ledger
@@ -502,10 +502,14 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
                     bytes: c.counters.bytes - b.bytes,
                 }
             }
-            _ => c.counters,
+            _ => {
+                unknown += 1;
+                c.counters
+            }
         };
         uncounted.credit(c.kind(), delta);
     }
+    let kept = ledger.containers.len();
     // A container whose record was lost is accounted again for the IPs its counters in the
     // kernel carry, unless the ledger has the IP for another container.
     let (now, today) = (ctx.now, ctx.today());
@@ -518,7 +522,6 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
             recovered.insert((ctid, ip));
         }
     }
-    let kept = ledger.containers.len();
     let mut session = harvested(ctx, locked, ledger, loaded, kernel)?;
     let done = commit(ctx, &mut session, true)?;
     for (from, to) in &found.moved_aside {
@@ -547,6 +550,12 @@ pub fn repair(ctx: &mut Ctx) -> Result<(), Error> {
     let since = match &found.last_dump {
         Some(d) => format!("since the last dump at {}", crate::clock::format(&d.at)),
         None => "since the last harvest (its time is lost)".to_string(),
+    };
+    // A counter no record was left for: its whole value, since it was made.
+    let since = match unknown {
+        0 => since,
+        n if n == counters => "since they were made (no record of them was left)".to_string(),
+        n => format!("{since}, and by {n} counter(s) no record was left for since they were made"),
     };
     ctx.say(format!(
         "not credited to anyone: at most {} bytes in / {} bytes out ({} / {} packets) that the \
