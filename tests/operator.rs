@@ -666,6 +666,21 @@ fn check_lines_and_a_dump_in_the_future() {
         "{}",
         stdout(&out)
     );
+    // Ten minutes later: how long ago, and what its duration covers.
+    let out = node.vzacct_env(
+        &["check", "--root", site.root.to_str().unwrap()],
+        &[("VZACCT_NOW", "2026-12-02T12:10:00Z")],
+    );
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.contains("last dump"))
+        .unwrap()
+        .to_string();
+    let ms = line
+        .strip_prefix("ok   last dump              2026-12-02T12:00:00Z (600 s ago; its read and harvest took ")
+        .and_then(|r| r.strip_suffix(" ms)"))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(ms.parse::<u64>().is_ok(), "{line}");
     std::fs::remove_file(&site.config).unwrap();
     std::fs::create_dir(&site.config).unwrap();
     let text = stdout(&site.vzacct_root(&["check"]));

@@ -454,13 +454,14 @@ pub fn check(
                             ))
                         } else if age > DUMP_MAX_AGE_SECS {
                             Err(format!(
-                                "{at} ({age} s ago, took {} ms): older than {} minutes",
+                                "{at} ({age} s ago; its read and harvest took {} ms): older than \
+                                 {} minutes",
                                 d.duration_ms,
                                 DUMP_MAX_AGE_SECS / 60
                             ))
                         } else {
                             Ok(format!(
-                                "{at} ({} s ago, took {} ms)",
+                                "{at} ({} s ago; its read and harvest took {} ms)",
                                 age.max(0),
                                 d.duration_ms
                             ))

@@ -293,7 +293,8 @@ pub struct Ledger {
     /// (see `backend::untrusted`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub generations: BTreeMap<String, crate::model::Generation>,
-    /// When the last successful dump ran, and how long it took.
+    /// When the last successful dump ran, and how long its read and harvest took (up to the
+    /// write that records it; the Prometheus textfile has the whole dump).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dump: Option<LastDump>,
     pub containers: BTreeMap<Ctid, Container>,
