@@ -281,7 +281,9 @@ fn exactly_once_through_kills_failures_and_a_reboot(v: Variant) {
     assert!(!h.contains("reached"), "{h}");
     assert!(
         h.contains(&format!(
-            "of 20KB total ({:.2}%) used in the current period 2027-02-01 .. 2027-03-01",
+            "quota: {:.2} KB of 20KB total ({:.2}%) used in the current period 2027-02-01 .. \
+             2027-03-01",
+            period_used as f64 / 1000.0,
             pct(period_used, 20_000)
         )),
         "{period_used}: {h}"
@@ -436,7 +438,7 @@ fn directions_periods_and_gauges(v: Variant) {
         "{table}"
     );
     assert!(
-        line("101").ends_with("  3.01 KiB of 10KB in (30.84%)"),
+        line("101").ends_with("  3.08 KB of 10KB in (30.84%)"),
         "{table}"
     );
     assert!(
@@ -477,7 +479,7 @@ fn directions_periods_and_gauges(v: Variant) {
     assert_eq!(
         h.lines().nth(1),
         Some(
-            "quota: 10.04 KiB of 10KB in (102.80%) used in the current period 2027-02-01 .. \
+            "quota: 10.28 KB of 10KB in (102.80%) used in the current period 2027-02-01 .. \
              2027-03-01 (end not included)"
         ),
         "{h}"

@@ -50,14 +50,23 @@ impl QuotaDoc {
         }
     }
 
-    /// As the tables print it: `1.23 GiB of 500GiB total (0.24%)`.
+    /// As the tables print it, the use in the quota's kind of unit: `1.23 GiB of 500GiB
+    /// total (0.24%)`, `931.32 GB of 1TB total (93.13%)`, `1000 B of 1536B in (65.10%)`.
     pub fn text(&self) -> String {
+        let quota = quota::format_bytes(self.bytes);
+        let used = if quota.ends_with("iB") {
+            super::view::human(self.used_bytes)
+        } else if ["KB", "MB", "GB", "TB", "PB"]
+            .iter()
+            .any(|u| quota.ends_with(u))
+        {
+            super::view::human_si(self.used_bytes)
+        } else {
+            format!("{} B", self.used_bytes)
+        };
         format!(
-            "{} of {} {} ({:.2}%)",
-            super::view::human(self.used_bytes),
-            quota::format_bytes(self.bytes),
-            self.direction,
-            self.percent
+            "{used} of {quota} {} ({:.2}%)",
+            self.direction, self.percent
         )
     }
 }
@@ -469,6 +478,25 @@ pub fn parse_cycle_day(v: &str) -> Result<u8, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_use_is_given_in_the_quotas_kind_of_unit() {
+        let doc = |bytes, used| QuotaDoc {
+            bytes,
+            direction: "total",
+            used_bytes: used,
+            percent: quota::percent_two_decimals(used, bytes),
+        };
+        assert_eq!(
+            doc(500 << 30, 1_320_702_444).text(),
+            "1.23 GiB of 500GiB total (0.24%)"
+        );
+        assert_eq!(
+            doc(1_000_000_000_000, 931_320_000_000).text(),
+            "931.32 GB of 1TB total (93.13%)"
+        );
+        assert_eq!(doc(1536, 1000).text(), "1000 B of 1536B total (65.10%)");
+    }
 
     #[test]
     fn bars_scale_to_the_largest() {

@@ -402,17 +402,25 @@ fn free_table(ctx: &mut Ctx, doc: &ShowDoc, idw: usize, period_only: bool) -> Re
 
 /// Bytes in binary units with two decimals: `1.23 GiB`.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
+    scaled(bytes, 1024, ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"])
+}
+
+/// Bytes in decimal units with two decimals: `1.23 GB` (beside a quantity given in them).
+pub fn human_si(bytes: u64) -> String {
+    scaled(bytes, 1000, ["KB", "MB", "GB", "TB", "PB", "EB"])
+}
+
+fn scaled(bytes: u64, base: u64, units: [&str; 6]) -> String {
+    if bytes < base {
         return format!("{bytes} B");
     }
-    let mut v = bytes as f64 / 1024.0;
+    let mut v = bytes as f64 / base as f64;
     let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
+    while v >= base as f64 && unit < units.len() - 1 {
+        v /= base as f64;
         unit += 1;
     }
-    format!("{v:.2} {}", UNITS[unit])
+    format!("{v:.2} {}", units[unit])
 }
 
 #[derive(Serialize)]
@@ -689,5 +697,9 @@ mod tests {
         assert_eq!(human(1024), "1.00 KiB");
         assert_eq!(human(1_320_702_444), "1.23 GiB");
         assert_eq!(human(u64::MAX), "16.00 EiB");
+        assert_eq!(human_si(999), "999 B");
+        assert_eq!(human_si(1000), "1.00 KB");
+        assert_eq!(human_si(999_999_999_999), "1000.00 GB");
+        assert_eq!(human_si(1_000_000_000_000), "1.00 TB");
     }
 }
