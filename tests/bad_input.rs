@@ -145,6 +145,25 @@ fn config_that_is_a_directory_or_missing(v: Variant) {
     assert_failed_cleanly(&out, &[&conf.display().to_string(), "is a directory"]);
     let out = node.vzacct(&["add", "102"]);
     assert_failed_cleanly(&out, &["conf/102.conf", "does not exist"]);
+    // As vzctl's mount script: exit 0, the cause on one line of the log, and a hint that fits.
+    let out = node.vzacct_env(&["hook", "mount"], &[("VEID", "102")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conf = node.path("conf/102.conf");
+    let cause = format!(
+        "CT config {} does not exist; caused by: No such file or directory (os error 2)",
+        conf.display()
+    );
+    assert!(
+        stderr(&out).contains(&format!("vzctl goes on, fix what it names): {cause}")),
+        "{}",
+        stderr(&out)
+    );
+    let log = std::fs::read_to_string(node.path("hook.log")).unwrap();
+    let line = log.lines().last().unwrap();
+    assert!(
+        line.ends_with(&format!(" mount ct=102 error: {cause}")),
+        "{line}"
+    );
     unchanged(&node, &snapshot);
 }
 

@@ -197,9 +197,15 @@ pub fn run_logged(ctx: &mut Ctx, event: Event, env: &HookEnv) -> Result<(), Erro
         }
         Err(e) if ctx.config.strict => Err(e),
         Err(e) => {
+            // What the next dump repairs is the kernel's side; a container's config or an
+            // IP_ADDR it cannot use is for the operator to fix.
+            let next = match e {
+                Error::CtConf(_) | Error::Ctid(_) | Error::Invalid(_) => "fix what it names",
+                _ => "`vzacct dump` repairs the rules",
+            };
             let _ = writeln!(
                 ctx.err,
-                "vzacct: hook {} {who} failed (logged in {}; vzctl goes on, `vzacct dump` repairs the rules): {}",
+                "vzacct: hook {} {who} failed (logged in {}; vzctl goes on, {next}): {}",
                 event.name(),
                 ctx.config.hook_log.display(),
                 one_line(&chain(&e))
@@ -368,9 +374,11 @@ fn join(ips: &[IpAddr]) -> String {
         .join(" ")
 }
 
-/// A message on one log line: control characters escaped, line breaks made visible.
+/// A message on one log line: a cause chain joined as the views join it, other line
+/// breaks made visible, control characters escaped.
 fn one_line(s: &str) -> String {
-    s.replace('\n', " | ")
+    s.replace("\n  caused by: ", "; caused by: ")
+        .replace('\n', " | ")
         .chars()
         .flat_map(|c| {
             if c.is_control() {
@@ -431,5 +439,9 @@ mod tests {
     #[test]
     fn log_lines_stay_on_one_line() {
         assert_eq!(one_line("a\nb\u{1b}c"), "a | b\\u{1b}c");
+        assert_eq!(
+            one_line("cannot read x\n  caused by: No such file"),
+            "cannot read x; caused by: No such file"
+        );
     }
 }
