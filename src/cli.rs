@@ -107,6 +107,8 @@ pub enum Command {
         json: bool,
     },
     /// Change a container's settings (the verb of `vzctl set`). Writes only the ledger.
+    #[command(group(clap::ArgGroup::new("setting").required(true).multiple(true)
+        .args(["cycle_day", "quota", "quota_direction"])))]
     Set {
         /// Container ID.
         ctid: Ctid,
@@ -115,8 +117,7 @@ pub enum Command {
         /// effect at the end of the container's current period: a period begun is never
         /// changed. Setting it again before then replaces the pending change; setting the
         /// day in force cancels it.
-        #[arg(long, value_name = "N", value_parser = crate::commands::billing::parse_cycle_day,
-              required_unless_present_any = ["quota", "quota_direction"])]
+        #[arg(long, value_name = "N", value_parser = crate::commands::billing::parse_cycle_day)]
         cycle_day: Option<u8>,
         /// The container's quota per billing period, in IEC or SI units (`500GiB`, `1TB`,
         /// `1.5TiB`), or `none` to take it away (the default: no quota). When a dump finds the

@@ -548,6 +548,15 @@ fn directions_periods_and_gauges(v: Variant) {
         let o = node.vzacct(&args);
         assert!(!o.status.success(), "{bad:?}");
     }
+    // With nothing to set, the error names every setting there is.
+    let o = node.vzacct(&["set", "101"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o)
+            .contains("<--cycle-day <N>|--quota <BYTES|none>|--quota-direction <in|out|total>>"),
+        "{}",
+        stderr(&o)
+    );
 
     // history_days = 62: a period's threshold records go with its last day, whatever the
     // container's quota now, when a dump closes the day after it.
