@@ -206,8 +206,8 @@ fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
         run(&["add", "101", "10.0.0.1", "2001:db8:1::1"], &[]),
         format!(
             "container 101: now accounting 10.0.0.1, 2001:db8:1::1\n{sets}\
-             IPv4: 4 rule(s) added, 0 removed (10 change(s) in one batch)\n\
-             IPv6: 4 rule(s) added, 0 removed (10 change(s) in one batch)\n"
+             IPv4: 4 rule(s) added, 0 removed (one batch of 10 operation(s))\n\
+             IPv6: 4 rule(s) added, 0 removed (one batch of 10 operation(s))\n"
         )
     );
     // With ipset the quick hook touches only this container's bucket and elements.

@@ -50,8 +50,8 @@ fn exact_rules_and_idempotent(v: Variant) {
     assert_eq!(
         out,
         "container 101: now accounting 10.0.0.1, 2001:db8:1::1\n\
-         IPv4: 4 rule(s) added, 0 removed (10 change(s) in one batch)\n\
-         IPv6: 4 rule(s) added, 0 removed (10 change(s) in one batch)\n"
+         IPv4: 4 rule(s) added, 0 removed (one batch of 10 operation(s))\n\
+         IPv6: 4 rule(s) added, 0 removed (one batch of 10 operation(s))\n"
     );
     node.ok(&["add", "102"]);
     assert_eq!(node.ours(false), lines(RULES_101_102_V4));

@@ -561,7 +561,7 @@ pub(crate) fn report(ctx: &mut Ctx, c: &Committed) -> Result<(), Error> {
             ctx.say(format!("{family}: rules already in place"))?;
         } else {
             ctx.say(format!(
-                "{family}: {} rule(s) added, {} removed ({} change(s) in one batch)",
+                "{family}: {} rule(s) added, {} removed (one batch of {} operation(s))",
                 plan.added(),
                 plan.deleted(),
                 plan.ops.len()
