@@ -91,17 +91,10 @@ impl Tables {
 
     /// How the restore is kept from racing other iptables commands.
     pub fn lock(&self) -> RestoreLock {
-        match &self.lock {
-            Some(l) => l.clone(),
-            None => {
-                probe::probe_restore_lock(
-                    &self.restore,
-                    &self.iptables,
-                    Path::new(probe::XTABLES_LOCK),
-                )
-                .0
-            }
-        }
+        self.lock.clone().unwrap_or_else(|| {
+            let path = Path::new(probe::XTABLES_LOCK);
+            probe::probe_restore_lock(&self.restore, &self.iptables, path).0
+        })
     }
 
     pub fn restore_program(&self) -> &str {

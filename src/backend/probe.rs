@@ -196,18 +196,12 @@ pub fn probe_ipset(ipset: &str) -> IpsetSupport {
     let args = [
         "create", &name, "hash:ip", "family", "inet", "counters", "comment", "-exist",
     ];
-    let run = |args: &[&str]| -> Result<(), process::ProcessError> {
-        let (status, out) = process::run_any_for(ipset, args, None, PROBE_TIME)?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(process::ProcessError::failed(
-                ipset,
-                &args.join(" "),
-                status,
-                out.stderr,
-            ))
-        }
+    let run = |args: &[&str]| {
+        process::checked(
+            ipset,
+            args,
+            process::run_any_for(ipset, args, None, PROBE_TIME)?,
+        )
     };
     if let Err(e) = run(&args) {
         return IpsetSupport {
@@ -288,14 +282,7 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     };
     // Someone holds iptables' lock now: it is the candidate that cannot be taken.
     let busy_now = refused();
-    // Created if missing, as iptables itself does (an unused file harms no version).
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock_path);
-    if let Ok(file) = file {
+    if let Ok(file) = open_lock(lock_path) {
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => {
                 let uses = !busy_now && refused();
@@ -324,6 +311,17 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     // Refused while neither candidate was held by anyone: a lock this probe does not know,
     // asked again next time.
     (RestoreLock::None, !busy_now)
+}
+
+/// The lock file, created if missing, as iptables itself does (an unused file harms no
+/// version).
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 fn bind_abstract() -> std::io::Result<UnixListener> {
@@ -358,22 +356,14 @@ pub fn take(lock: &RestoreLock, wait: Duration) -> Result<Held, LockBusy> {
     loop {
         let attempt = match lock {
             RestoreLock::Bounded | RestoreLock::None => return Ok(Held::Nothing),
-            RestoreLock::Flock(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path);
-                match file {
-                    // A lock file that cannot be opened is one no iptables can take either.
-                    Err(_) => return Ok(Held::Nothing),
-                    Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
-                        Ok(()) => Some(Held::Flock(f)),
-                        Err(_) => None,
-                    },
-                }
-            }
+            RestoreLock::Flock(path) => match open_lock(path) {
+                // A lock file that cannot be opened is one no iptables can take either.
+                Err(_) => return Ok(Held::Nothing),
+                Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
+                    Ok(()) => Some(Held::Flock(f)),
+                    Err(_) => None,
+                },
+            },
             RestoreLock::AbstractSocket => match bind_abstract() {
                 Ok(s) => Some(Held::Socket(s)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,
