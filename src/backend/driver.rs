@@ -206,23 +206,14 @@ impl Driver for SetStore {
 
     /// Every set of ours.
     fn teardown(&self) -> SetPlan {
+        let Some(s) = &self.read else {
+            return SetPlan::default();
+        };
         SetPlan {
-            destroy: self
-                .read
-                .iter()
-                .flat_map(|s| s.present.keys().cloned())
-                .collect(),
-            free_destroy: self
-                .read
-                .iter()
-                .flat_map(|s| s.free.keys().copied())
-                .collect(),
+            destroy: s.present.keys().cloned().collect(),
+            free_destroy: s.free.keys().copied().collect(),
             // Frozen sets a killed command left (their counts are credited at the read).
-            leftover: self
-                .read
-                .iter()
-                .flat_map(|s| s.frozen_present.iter().cloned())
-                .collect(),
+            leftover: s.frozen_present.clone(),
             ..SetPlan::default()
         }
     }

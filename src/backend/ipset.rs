@@ -142,37 +142,33 @@ impl SaveParser {
     pub fn line(&mut self, line: &str) -> Result<(), ParseError> {
         self.lines += 1;
         let sets = &mut self.sets;
-        let idx = self.lines - 1;
+        let n = self.lines;
         let err = |reason| ParseError {
-            line: idx + 1,
+            line: n,
             reason,
             text: line.chars().take(200).collect(),
         };
         let mut words = line.split_ascii_whitespace();
-        match (words.next(), words.next()) {
-            (Some("create"), Some(name)) if parse_frozen_name(name).is_some() => {
+        let (Some(verb @ ("create" | "add")), Some(name)) = (words.next(), words.next()) else {
+            return Ok(());
+        };
+        let create = verb == "create";
+        if let Some((kind, family)) = parse_frozen_name(name) {
+            if create {
                 sets.frozen_present.push(name.to_string());
+            } else if let Some(e) = element(words, kind, family, &err)? {
+                sets.frozen.push(e);
             }
-            (Some("add"), Some(name)) if parse_frozen_name(name).is_some() => {
-                let (kind, family) = parse_frozen_name(name).ok_or_else(|| err("bad set name"))?;
-                if let Some(e) = element(words, kind, family, &err)? {
-                    sets.frozen.push(e);
-                }
-            }
-            (Some("create"), Some(name))
-                if [Family::V4, Family::V6]
-                    .iter()
-                    .any(|f| free_swap_name(*f) == name) =>
-            {
-                // Left by a command killed before it destroyed it: destroyed first.
-                sets.frozen_present.push(name.to_string());
-            }
-            (Some("create"), Some(name)) if parse_free_set_name(name).is_some() => {
-                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
-                sets.free.entry(family).or_default();
-            }
-            (Some("add"), Some(name)) if parse_free_set_name(name).is_some() => {
-                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
+        } else if create
+            && [Family::V4, Family::V6]
+                .iter()
+                .any(|f| free_swap_name(*f) == name)
+        {
+            // Left by a command killed before it destroyed it: destroyed first.
+            sets.frozen_present.push(name.to_string());
+        } else if let Some(family) = parse_free_set_name(name) {
+            let nets = sets.free.entry(family).or_default();
+            if !create {
                 let net = words
                     .next()
                     .and_then(|w| {
@@ -181,36 +177,34 @@ impl SaveParser {
                             .or_else(|| w.parse::<IpAddr>().ok().map(IpNet::from))
                     })
                     .ok_or_else(|| err("bad network"))?;
-                sets.free.entry(family).or_default().insert(net);
+                nets.insert(net);
             }
-            (Some("create"), Some(name)) if parse_set_name(name).is_some() => {
+        } else if let Some((kind, family)) = parse_set_name(name) {
+            if create {
                 let rest: Vec<&str> = words.collect();
                 let usable = rest.contains(&"counters") && rest.contains(&"comment");
                 sets.present.insert(name.to_string(), usable);
+                return Ok(());
             }
-            (Some("add"), Some(name)) if parse_set_name(name).is_some() => {
-                let (kind, family) = parse_set_name(name).ok_or_else(|| err("bad set name"))?;
-                let mut w = words.clone();
-                let ip: IpAddr = w
-                    .next()
-                    .and_then(|w| w.parse().ok())
-                    .ok_or_else(|| err("bad element address"))?;
-                if ip == crate::model::generation_ip(family) {
-                    let rest: Vec<&str> = w.collect();
-                    let comment = rest.windows(2).find(|p| p[0] == "comment");
-                    if let Some(g) =
-                        comment.and_then(|p| crate::model::parse_generation(p[1].trim_matches('"')))
-                    {
-                        sets.generation.insert(name.to_string(), g);
-                    }
-                    return Ok(());
+            let mut w = words.clone();
+            let ip: IpAddr = w
+                .next()
+                .and_then(|w| w.parse().ok())
+                .ok_or_else(|| err("bad element address"))?;
+            if ip == crate::model::generation_ip(family) {
+                let rest: Vec<&str> = w.collect();
+                let comment = rest.windows(2).find(|p| p[0] == "comment");
+                if let Some(g) =
+                    comment.and_then(|p| crate::model::parse_generation(p[1].trim_matches('"')))
+                {
+                    sets.generation.insert(name.to_string(), g);
                 }
-                match element(words, kind, family, &err)? {
-                    Some(e) => sets.elements.push(e),
-                    None => sets.untagged.push((kind, ip)),
-                }
+                return Ok(());
             }
-            _ => {}
+            match element(words, kind, family, &err)? {
+                Some(e) => sets.elements.push(e),
+                None => sets.untagged.push((kind, ip)),
+            }
         }
         Ok(())
     }
@@ -247,19 +241,14 @@ fn element<'a>(
     }
     let mut counters = Counters::default();
     let mut ctid = None;
+    let number = |w: Option<&str>| w.and_then(|v| v.parse().ok());
     while let Some(w) = words.next() {
         match w {
             "packets" => {
-                counters.packets = words
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err("bad packet counter"))?
+                counters.packets = number(words.next()).ok_or_else(|| err("bad packet counter"))?
             }
             "bytes" => {
-                counters.bytes = words
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err("bad byte counter"))?
+                counters.bytes = number(words.next()).ok_or_else(|| err("bad byte counter"))?
             }
             "comment" => {
                 let c = words.next().unwrap_or("").trim_matches('"');
@@ -414,34 +403,35 @@ impl SetPlan {
             writeln!(out, "destroy {name}")?;
         }
         // A counter set (`hash:ip` with counters), or a free-network set (`hash:net`, none).
-        let create = |out: &mut dyn std::io::Write, name: &str, family: Family| {
+        let create = |out: &mut dyn std::io::Write, name: &str, family: Family, counters: bool| {
+            let (hash, tail) = match counters {
+                true => ("ip", " counters comment"),
+                false => ("net", ""),
+            };
+            let inet = if family == Family::V6 {
+                "inet6"
+            } else {
+                "inet"
+            };
             writeln!(
                 out,
-                "create {name} hash:ip family {} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment",
-                inet(family)
-            )
-        };
-        let create_free = |out: &mut dyn std::io::Write, name: &str, family: Family| {
-            writeln!(
-                out,
-                "create {name} hash:net family {} hashsize {HASHSIZE} maxelem {MAXELEM}",
-                inet(family)
+                "create {name} hash:{hash} family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}{tail}"
             )
         };
         for family in &self.free_create {
-            create_free(out, &free_set_name(*family), *family)?;
+            create(out, &free_set_name(*family), *family, false)?;
         }
         // Added before the others go: an address in both the old and the new networks
         // (a network split in two, say) is free throughout.
         for net in &self.free_add {
-            writeln!(out, "add {} {net}", free_set_name(family_of(net)))?;
+            writeln!(out, "add {} {net}", free_set_name(Family::of(&net.addr())))?;
         }
         for net in &self.free_del {
-            writeln!(out, "del {} {net}", free_set_name(family_of(net)))?;
+            writeln!(out, "del {} {net}", free_set_name(Family::of(&net.addr())))?;
         }
         for (family, nets) in &self.free_rebuild {
             let (name, new) = (free_set_name(*family), free_swap_name(*family));
-            create_free(out, &new, *family)?;
+            create(out, &new, *family, false)?;
             for net in nets {
                 writeln!(out, "add {new} {net}")?;
             }
@@ -449,7 +439,7 @@ impl SetPlan {
         }
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
-            create(out, name, family)?;
+            create(out, name, family, true)?;
         }
         let frozen = |kind: Kind, ip: &IpAddr| self.freeze.contains(&(kind, Family::of(ip)));
         for (kind, ip) in self.del.iter().filter(|(k, ip)| !frozen(*k, ip)) {
@@ -461,7 +451,7 @@ impl SetPlan {
         }
         for (kind, family) in &self.freeze {
             let z = frozen_name(*kind, *family);
-            create(out, &z, *family)?;
+            create(out, &z, *family, true)?;
             for (ip, ctid, existing) in &self.refill {
                 if Family::of(ip) != *family {
                     continue;
@@ -498,21 +488,6 @@ impl SetPlan {
     }
 }
 
-/// ipset's name of a family.
-fn inet(family: Family) -> &'static str {
-    match family {
-        Family::V6 => "inet6",
-        Family::V4 => "inet",
-    }
-}
-
-fn family_of(net: &IpNet) -> Family {
-    match net {
-        IpNet::V4(_) => Family::V4,
-        IpNet::V6(_) => Family::V6,
-    }
-}
-
 /// What the free-network sets should hold: the networks of `[classes] free`, and every
 /// accounted address when traffic between containers is free (`c2c`). `None`: no free
 /// traffic is counted (no set wanted).
@@ -527,7 +502,7 @@ impl FreeWant<'_> {
     /// accounted address.
     pub fn entries(&self, accounted: &Accounted, family: Family) -> BTreeSet<IpNet> {
         let mut want: Vec<IpNet> = (self.networks.iter())
-            .filter(|n| family_of(n) == family)
+            .filter(|n| Family::of(&n.addr()) == family)
             .copied()
             .collect();
         if self.c2c {
@@ -833,6 +808,17 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    fn accounted(list: &[(&str, &[&str])]) -> Accounted {
+        (list.iter())
+            .map(|(c, ips)| {
+                (
+                    c.parse().unwrap(),
+                    ips.iter().map(|i| i.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
     const SAVE: &str = "create other-set hash:ip family inet hashsize 1024 maxelem 65536\n\
 add other-set 192.0.2.1\n\
 create vzacct-fi4 hash:ip family inet hashsize 1024 maxelem 1048576 counters comment bucketsize 12 initval 0x1\n\
@@ -961,8 +947,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
                 .collect::<Vec<_>>(),
             ["10.0.0.2/32", "198.51.100.0/24"]
         );
-        let mut wanted: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
-        wanted.insert("101".parse().unwrap(), ["10.0.0.1".parse().unwrap()].into());
+        let wanted = accounted(&[("101", &["10.0.0.1"])]);
         let nets: Vec<IpNet> = vec![
             "198.51.100.0/25".parse().unwrap(),
             "2001:db8::/32".parse().unwrap(),
@@ -1120,11 +1105,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             parse_frozen_name(&frozen_name(Kind::LocalOut, Family::V6)),
             Some((Kind::LocalOut, Family::V6))
         );
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1", "10.0.0.3"])]);
         let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.freeze, [(Kind::ForwardIn, Family::V4)]);
         assert_eq!(p.leftover, ["vzacct-zfo4"]);
@@ -1158,15 +1139,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
     #[test]
     fn plans_creates_adds_and_moves_in_place() {
         let s = parse_save(SAVE).unwrap();
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap()].into(),
-        );
-        wanted.insert(
-            "102".parse::<Ctid>().unwrap(),
-            ["10.0.0.9".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1"]), ("102", &["10.0.0.9"])]);
         let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
         assert!(p.destroy.is_empty());
@@ -1213,11 +1186,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             })
             .collect();
         let s = parse_save(&save).unwrap();
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1"])]);
         let mut p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert!(p.batch_is_empty(), "{p:?}");
         assert_eq!(p.render(), "");
