@@ -71,6 +71,7 @@ pub trait Driver: Sized {
 
 /// Each family's filter table: our chains with the per-IP counting rules, or with the
 /// rules that match the sets.
+#[derive(Default)]
 pub struct RuleTables {
     pub tables: Vec<(Tables, Current)>,
     /// The per-IP rules found, as counted traffic.
@@ -124,6 +125,7 @@ impl Driver for RuleTables {
 }
 
 /// Our sets, and whether counters can live in them.
+#[derive(Default)]
 pub struct SetStore {
     /// What `ipset save` showed of ours, when the ipset program could be run.
     pub read: Option<Sets>,

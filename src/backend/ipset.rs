@@ -819,6 +819,14 @@ mod tests {
             .collect()
     }
 
+    fn nets<C: FromIterator<IpNet>>(list: &[&str]) -> C {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn shown<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Vec<String> {
+        nets.into_iter().map(IpNet::to_string).collect()
+    }
+
     const SAVE: &str = "create other-set hash:ip family inet hashsize 1024 maxelem 65536\n\
 add other-set 192.0.2.1\n\
 create vzacct-fi4 hash:ip family inet hashsize 1024 maxelem 1048576 counters comment bucketsize 12 initval 0x1\n\
@@ -832,15 +840,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
     /// free network and as few other addresses as can be.
     #[test]
     fn free_networks_get_the_tightest_covers() {
-        let nets = |list: &[&str]| -> BTreeSet<IpNet> {
-            list.iter().map(|n| n.parse().unwrap()).collect()
-        };
-        let cover = |list: &[&str], max| -> Vec<String> {
-            covers(&nets(list), max)
-                .iter()
-                .map(|n| n.to_string())
-                .collect()
-        };
+        let cover = |list: &[&str], max| shown(&covers(&nets(list), max));
         let free = ["10.0.0.0/23", "10.0.3.0/24", "192.168.0.0/16"];
         assert_eq!(cover(&free, 1), ["0.0.0.0/0"]);
         assert_eq!(cover(&free, 2), ["10.0.0.0/22", "192.168.0.0/16"]);
@@ -866,12 +866,8 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             .collect();
         let merged: Vec<IpNet> = bench.iter().map(|n| n.parse().unwrap()).collect();
         let merged: BTreeSet<IpNet> = IpNet::aggregate(&merged).into_iter().collect();
-        let got: Vec<String> = covers(&merged, FREE_COVERS)
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
         assert_eq!(
-            got,
+            shown(&covers(&merged, FREE_COVERS)),
             [
                 "100.64.0.0/15",
                 "100.96.0.0/17",
@@ -883,12 +879,9 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
 
     #[test]
     fn free_networks_are_split_into_fewer_prefix_lengths() {
-        let nets =
-            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
-        let shown = |s: BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // A /22 and a /23 become /24s; the /24 inside the /22 goes.
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&["10.0.0.0/22", "10.0.1.0/24", "10.1.0.0/23", "10.2.0.0/24"]),
                 100
             )),
@@ -905,7 +898,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         // Over budget: a /16 stays a /16 beside the /24 (two lengths), 10.3.0.0/25 and its
         // other half merge.
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&[
                     "172.16.0.0/16",
                     "10.2.0.0/24",
@@ -921,7 +914,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         assert_eq!(hosts.len(), 257);
         assert!(hosts.iter().all(|n| n.prefix_len() == 32));
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&["2001:db8::/32", "2001:db9::1/128"]),
                 16_384
             )),
@@ -941,19 +934,13 @@ create vzacct-ffi4 hash:ip family inet hashsize 65536 maxelem 1048576 counters c
 add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         let s = parse_save(save).unwrap();
         assert_eq!(
-            s.free[&Family::V4]
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>(),
+            shown(&s.free[&Family::V4]),
             ["10.0.0.2/32", "198.51.100.0/24"]
         );
         let wanted = accounted(&[("101", &["10.0.0.1"])]);
-        let nets: Vec<IpNet> = vec![
-            "198.51.100.0/25".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ];
+        let networks: Vec<IpNet> = nets(&["198.51.100.0/25", "2001:db8::/32"]);
         let free = FreeWant {
-            networks: &nets,
+            networks: &networks,
             c2c: true,
         };
         let p = plan(
@@ -965,15 +952,14 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             &s,
         );
         assert_eq!(p.free_create, [Family::V6]);
-        let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // The /25 beside the container's /32: split into 128 /32s (one prefix length). The
         // /24's length would empty: the IPv4 set is rebuilt and swapped in, not changed.
         assert_eq!(shown(&p.free_add), ["2001:db8::/32"]);
         assert!(p.free_del.is_empty(), "{:?}", p.free_del);
         assert_eq!(p.free_rebuild.len(), 1);
-        let (family, nets) = &p.free_rebuild[0];
+        let (family, rebuilt) = &p.free_rebuild[0];
         assert_eq!(*family, Family::V4);
-        let rebuilt = shown(nets);
+        let rebuilt = shown(rebuilt);
         assert_eq!(rebuilt.len(), 129, "{rebuilt:?}");
         assert_eq!(
             [&rebuilt[0], &rebuilt[1], &rebuilt[128]],
@@ -1008,12 +994,9 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
              add vzacct-free4 198.51.100.0/24\n",
         )
         .unwrap();
-        let nets: Vec<IpNet> = vec![
-            "203.0.113.0/24".parse().unwrap(),
-            "198.51.100.0/24".parse().unwrap(),
-        ];
+        let other: Vec<IpNet> = nets(&["203.0.113.0/24", "198.51.100.0/24"]);
         let networks = FreeWant {
-            networks: &nets,
+            networks: &other,
             c2c: false,
         };
         let q = plan(&wanted, &[Family::V4], false, &[], Some(networks), &two);

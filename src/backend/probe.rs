@@ -282,31 +282,24 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     };
     // Someone holds iptables' lock now: it is the candidate that cannot be taken.
     let busy_now = refused();
-    if let Ok(file) = open_lock(lock_path) {
-        match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => {
+    // Each candidate taken as vzacct takes it: one that cannot be made (a lock file that
+    // cannot be opened, a socket that cannot be bound) is not the one.
+    for candidate in [
+        RestoreLock::Flock(lock_path.to_path_buf()),
+        RestoreLock::AbstractSocket,
+    ] {
+        match take(&candidate, Duration::ZERO) {
+            Ok(Held::Nothing) => {}
+            Ok(held) => {
                 let uses = !busy_now && refused();
-                let _ = fs2::FileExt::unlock(&file);
+                drop(held);
                 if uses {
-                    return (RestoreLock::Flock(lock_path.to_path_buf()), true);
+                    return (candidate, true);
                 }
             }
-            // Someone holds the lock file: some program on this node locks that way.
-            Err(_) => return (RestoreLock::Flock(lock_path.to_path_buf()), false),
+            // Someone holds it: some program on this node locks that way.
+            Err(_) => return (candidate, false),
         }
-    }
-    match bind_abstract() {
-        Ok(held) => {
-            let uses = !busy_now && refused();
-            drop(held);
-            if uses {
-                return (RestoreLock::AbstractSocket, true);
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return (RestoreLock::AbstractSocket, false);
-        }
-        Err(_) => {}
     }
     // Refused while neither candidate was held by anyone: a lock this probe does not know,
     // asked again next time.

@@ -58,12 +58,15 @@ pub fn limit_now() -> Duration {
 /// group). For a hook whose time is up, just before it exits.
 pub fn end_all() {
     let groups = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for pgid in groups {
-        // SAFETY: kill(2) with a negative pid signals that process group; the group is one
-        // this process created for its own child and has not reaped yet.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+    groups.into_iter().for_each(kill_group);
+}
+
+/// SIGKILL to the process group `pgid`.
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; the group is one
+    // this process created for its own child and has not reaped yet.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
@@ -82,10 +85,8 @@ impl Watchdog {
         let (stop, rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || match rx.recv_timeout(limit) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // SAFETY: as in `end_all`: our child's own group, not yet reaped.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
+                // Our child's own group, not yet reaped.
+                kill_group(pgid);
                 true
             }
             _ => false,
