@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::ctid::Ctid;
+use crate::model::GENERATION_CHAIN;
 pub use crate::model::{Accounted, Chain, Counted, CounterId, Counters, Family, Kind};
 
 /// One counting rule: a container's IP, measured one way.
@@ -317,7 +318,7 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
         if let Some(decl) = line.strip_prefix(':') {
             let mut words = decl.split_whitespace();
             let name = words.next().unwrap_or("");
-            if name == crate::model::GENERATION_CHAIN {
+            if name == GENERATION_CHAIN {
                 cur.generation_chain.get_or_insert(0);
             } else if let Some(kind) = Kind::by_free_chain(name) {
                 cur.free_chains.entry(kind).or_default();
@@ -342,7 +343,7 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
             return Err(err("expected -A"));
         };
         let (chain_name, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-        if chain_name == crate::model::GENERATION_CHAIN {
+        if chain_name == GENERATION_CHAIN {
             *cur.generation_chain.get_or_insert(0) += 1;
             if let ["-m", "comment", "--comment", c] = tokens(spec)?
                 .iter()
@@ -437,21 +438,13 @@ impl Next {
                 cur.pending.push(Op::RemoveNext(chain));
                 continue;
             }
-            let (old, kept): (Vec<SeenRule>, Vec<SeenRule>) = std::mem::take(&mut cur.rules)
-                .into_iter()
-                .partition(|r| r.chain == chain);
-            cur.rules = kept;
+            let old: Vec<SeenRule> = cur.rules.extract_if(.., |r| r.chain == chain).collect();
             // The old chain's jumps (behind its guard) go first.
-            let (old_jumps, others): (Vec<SeenJump>, Vec<SeenJump>) =
-                std::mem::take(&mut cur.jumps)
-                    .into_iter()
-                    .partition(|j| j.chain == chain);
-            cur.jumps = others;
-            cur.pending
-                .extend(old_jumps.into_iter().map(|j| Op::Delete {
-                    chain: chain.builtin(),
-                    spec: j.spec,
-                }));
+            let old_jumps = cur.jumps.extract_if(.., |j| j.chain == chain);
+            cur.pending.extend(old_jumps.map(|j| Op::Delete {
+                chain: chain.builtin(),
+                spec: j.spec,
+            }));
             cur.frozen.extend(
                 Current {
                     rules: old,
@@ -864,9 +857,7 @@ impl Plan {
                 Op::RemoveChain(c) => writeln!(out, "-F {n}\n-X {n}", n = c.name()),
                 Op::RemoveNext(c) => writeln!(out, "-F {n}\n-X {n}", n = c.next_name()),
                 Op::Rename(c) => writeln!(out, "-E {} {}", c.next_name(), c.name()),
-                Op::RemoveGeneration => {
-                    writeln!(out, "-F {n}\n-X {n}", n = crate::model::GENERATION_CHAIN)
-                }
+                Op::RemoveGeneration => writeln!(out, "-F {n}\n-X {n}", n = GENERATION_CHAIN),
                 Op::Swap(sw) => {
                     let next = sw.chain.next_name();
                     let _ = writeln!(out, "-N {next}");
@@ -880,17 +871,14 @@ impl Plan {
         }
         for f in &self.free {
             if let FreeOp::Remove { kind, .. } = f {
-                let _ = writeln!(
-                    out,
-                    "-F {n}\n-X {n}",
-                    n = kind.free_chain().unwrap_or_default()
-                );
+                let n = kind.free_chain().unwrap_or_default();
+                let _ = writeln!(out, "-F {n}\n-X {n}");
             }
         }
         if let Some((g, rules)) = self.generation {
             // The new generation is appended: the newest a chain names counts. Older ones
             // go when the batch deletes anyway, or when GENERATION_RULES have piled up.
-            let c = crate::model::GENERATION_CHAIN;
+            let c = GENERATION_CHAIN;
             match rules {
                 None => writeln!(out, "-N {c}"),
                 Some(n) if n >= GENERATION_RULES || self.deletes() => writeln!(out, "-F {c}"),
@@ -1160,10 +1148,17 @@ mod tests {
         )
     }
 
-    const LEGACY_EMPTY: &str = include_str!("../../tests/fixtures/save/legacy-empty.txt");
-    const LEGACY_101: &str = include_str!("../../tests/fixtures/save/legacy-101.txt");
-    const NFT_101: &str = include_str!("../../tests/fixtures/save/nft-101.txt");
-    const NFT_V6_101: &str = include_str!("../../tests/fixtures/save/nft6-101.txt");
+    /// A fixture of real tool output: `tests/fixtures/NAME.txt`.
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../../tests/fixtures/", $name, ".txt"))
+        };
+    }
+
+    const LEGACY_EMPTY: &str = fixture!("save/legacy-empty");
+    const LEGACY_101: &str = fixture!("save/legacy-101");
+    const NFT_101: &str = fixture!("save/nft-101");
+    const NFT_V6_101: &str = fixture!("save/nft6-101");
 
     /// The rules of the free kinds (`[classes]`), as legacy and nft print them, read back
     /// as the kinds that wrote them, and in place against the same wanted rules.
@@ -1171,8 +1166,8 @@ mod tests {
     fn free_rules_read_back_on_both_variants() {
         let acc = accounted(&[("101", &["10.0.0.1"])]);
         for text in [
-            include_str!("../../tests/fixtures/save/legacy-101-free.txt"),
-            include_str!("../../tests/fixtures/save/nft-101-free.txt"),
+            fixture!("save/legacy-101-free"),
+            fixture!("save/nft-101-free"),
         ] {
             let cur = parse_save(text).unwrap();
             let kinds: BTreeSet<Kind> = (cur.rules.iter())
@@ -1227,8 +1222,8 @@ mod tests {
         let (base, none) = set_rules(Family::V4, "venet0", &Kind::BASE, &[]);
         assert!(none.is_empty());
         for text in [
-            include_str!("../../tests/fixtures/save/legacy-101-free-sets.txt"),
-            include_str!("../../tests/fixtures/save/nft-101-free-sets.txt"),
+            fixture!("save/legacy-101-free-sets"),
+            fixture!("save/nft-101-free-sets"),
         ] {
             let cur = parse_save(text).unwrap();
             assert_eq!(cur.free_chains, free, "{text}");
@@ -1261,8 +1256,8 @@ mod tests {
             assert_eq!((p.added(), p.deleted()), (4, 8));
         }
         for text in [
-            include_str!("../../tests/fixtures/save/legacy-101-free-rules-in-chain.txt"),
-            include_str!("../../tests/fixtures/save/nft-101-free-rules-in-chain.txt"),
+            fixture!("save/legacy-101-free-rules-in-chain"),
+            fixture!("save/nft-101-free-rules-in-chain"),
         ] {
             let cur = parse_save(text).unwrap();
             let p = plan(&want, &free, &cur);
@@ -1273,10 +1268,7 @@ mod tests {
             assert!(new < batch.find("-A VZACCT-FORWARD").unwrap(), "{batch}");
         }
         // Torn down: jumps, chains, then the free chains they jumped to.
-        let cur = parse_save(include_str!(
-            "../../tests/fixtures/save/nft-101-free-sets.txt"
-        ))
-        .unwrap();
+        let cur = parse_save(fixture!("save/nft-101-free-sets")).unwrap();
         let batch = teardown(&cur).render();
         let forward = batch.find("-X VZACCT-FORWARD").unwrap();
         assert!(forward < batch.find("-X VZACCT-FFI").unwrap(), "{batch}");
@@ -1447,22 +1439,10 @@ mod tests {
     fn parses_the_old_iptables_versions_output() {
         let want = want_101();
         for (name, text) in [
-            (
-                "1.4.7",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-101.txt"),
-            ),
-            (
-                "1.4.7-el6",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-el6-101.txt"),
-            ),
-            (
-                "1.4.21",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-101.txt"),
-            ),
-            (
-                "1.4.21-el7",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-el7-101.txt"),
-            ),
+            ("1.4.7", fixture!("oldtools/iptables-1.4.7-101")),
+            ("1.4.7-el6", fixture!("oldtools/iptables-1.4.7-el6-101")),
+            ("1.4.21", fixture!("oldtools/iptables-1.4.21-101")),
+            ("1.4.21-el7", fixture!("oldtools/iptables-1.4.21-el7-101")),
         ] {
             let cur = parse_save(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(cur.chains.len(), 3, "{name}");
@@ -1493,14 +1473,8 @@ mod tests {
             );
         }
         for (name, text) in [
-            (
-                "1.4.7-el6",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.7-el6-sets.txt"),
-            ),
-            (
-                "1.4.21-el7",
-                include_str!("../../tests/fixtures/oldtools/iptables-1.4.21-el7-sets.txt"),
-            ),
+            ("1.4.7-el6", fixture!("oldtools/iptables-1.4.7-el6-sets")),
+            ("1.4.21-el7", fixture!("oldtools/iptables-1.4.21-el7-sets")),
         ] {
             // The second rule matches the in-set by source: not one of ours, a stray.
             let cur = parse_save(text).unwrap();

@@ -233,17 +233,11 @@ fn tool_reason(e: &process::ProcessError) -> String {
             })
             .unwrap_or(stderr)
             .to_string(),
-        other => {
-            // The error and its causes on one line (the crate's error type is above us).
-            let mut line = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(c) = cause {
-                line.push_str(": ");
-                line.push_str(&c.to_string());
-                cause = c.source();
-            }
-            line
-        }
+        // The error and its causes on one line (the crate's error type is above us).
+        other => std::iter::successors(Some(other as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": "),
     }
 }
 
