@@ -746,24 +746,22 @@ pub fn plan(
     // past is unknown). An element of another container stays: the `add` below only puts the
     // new owner in its comment (`restore -exist` keeps its counters), so it never stops
     // counting; the ledger charges its deltas to the new owner from the move's read on.
-    // (`have` is sorted: so is `del`.)
-    if use_sets {
-        p.del = (have.iter())
-            .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
-            .map(|(k, ip, _)| (*k, *ip))
-            .collect();
-    }
+    // (`have` is sorted: so is `del`. Without `use_sets`, `kinds` is empty: nothing is had,
+    // so nothing is deleted or frozen.)
+    p.del = (have.iter())
+        .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
+        .map(|(k, ip, _)| (*k, *ip))
+        .collect();
     // The wanted IPs in order, each kind in turn: the lookups then walk `have` from start
     // to end (in cache), where the hash map's order sent each one to a random place.
     let mut order: Vec<(&IpAddr, &&Ctid)> = want.iter().collect();
     order.sort_unstable_by_key(|(ip, _)| **ip);
-    let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
     for &kind in kinds {
         for &(ip, ctid) in &order {
             let fresh = created.contains(&(kind, Family::of(ip)));
             let had = had(kind, *ip);
             if had != Some(Some(*ctid)) || fresh {
-                add.push((kind, *ip, (*ctid).clone()));
+                p.add.push((kind, *ip, (*ctid).clone()));
             }
             if let Some(Some(from)) = had
                 && from != *ctid
@@ -773,33 +771,30 @@ pub fn plan(
             }
         }
     }
-    add.sort_unstable();
+    p.add.sort_unstable();
     p.moved.sort_unstable();
-    p.add = add;
-    if use_sets {
-        let freeze: BTreeSet<(Kind, Family)> =
-            p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
-        let frozen_family = |f: Family| freeze.iter().any(|(_, ff)| *ff == f);
-        let refill = |&(ip, ctid): &(&IpAddr, &&Ctid)| {
-            let existing = (kinds.iter())
-                .filter(|k| matches!(had(**k, *ip), Some(Some(_))))
-                .fold(0, |bits, k| bits | kind_bit(*k));
-            (*ip, (*ctid).clone(), existing)
-        };
-        if !freeze.is_empty() {
-            let n = (order.iter())
+    let freeze: BTreeSet<(Kind, Family)> =
+        p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
+    let frozen_family = |f: Family| freeze.iter().any(|(_, ff)| *ff == f);
+    let refill = |&(ip, ctid): &(&IpAddr, &&Ctid)| {
+        let existing = (kinds.iter())
+            .filter(|k| matches!(had(**k, *ip), Some(Some(_))))
+            .fold(0, |bits, k| bits | kind_bit(*k));
+        (*ip, (*ctid).clone(), existing)
+    };
+    if !freeze.is_empty() {
+        let n = (order.iter())
+            .filter(|(ip, _)| frozen_family(Family::of(ip)))
+            .count();
+        p.refill.reserve_exact(n);
+        // `order` is sorted by IP: so is `refill`.
+        p.refill.extend(
+            (order.iter())
                 .filter(|(ip, _)| frozen_family(Family::of(ip)))
-                .count();
-            p.refill.reserve_exact(n);
-            // `order` is sorted by IP: so is `refill`.
-            p.refill.extend(
-                (order.iter())
-                    .filter(|(ip, _)| frozen_family(Family::of(ip)))
-                    .map(refill),
-            );
-        }
-        p.freeze = freeze.into_iter().collect();
+                .map(refill),
+        );
     }
+    p.freeze = freeze.into_iter().collect();
     p.leftover = current.frozen_present.clone();
     p
 }

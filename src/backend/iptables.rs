@@ -244,6 +244,16 @@ pub struct SeenJump {
     pub spec: String,
 }
 
+impl SeenJump {
+    /// The op that deletes this jump.
+    fn delete(&self) -> Op {
+        Op::Delete {
+            chain: self.chain.builtin(),
+            spec: self.spec.clone(),
+        }
+    }
+}
+
 /// A built-in chain's policy line (`:FORWARD ACCEPT [packets:bytes]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -429,22 +439,15 @@ impl Next {
             let live = self.jumps.iter().any(|j| j.chain == chain)
                 && (guarded || !cur.jumps.iter().any(|j| j.chain == chain));
             if !live {
-                for j in self.jumps.iter().filter(to_next) {
-                    cur.pending.push(Op::Delete {
-                        chain: chain.builtin(),
-                        spec: j.spec.clone(),
-                    });
-                }
+                cur.pending
+                    .extend(self.jumps.iter().filter(to_next).map(SeenJump::delete));
                 cur.pending.push(Op::RemoveNext(chain));
                 continue;
             }
             let old: Vec<SeenRule> = cur.rules.extract_if(.., |r| r.chain == chain).collect();
             // The old chain's jumps (behind its guard) go first.
             let old_jumps = cur.jumps.extract_if(.., |j| j.chain == chain);
-            cur.pending.extend(old_jumps.map(|j| Op::Delete {
-                chain: chain.builtin(),
-                spec: j.spec,
-            }));
+            cur.pending.extend(old_jumps.map(|j| j.delete()));
             cur.frozen.extend(
                 Current {
                     rules: old,
@@ -896,20 +899,8 @@ impl Plan {
 /// Everything of ours out of one family's table: every jump to our chains, then the chains
 /// with their rules. Nothing else is touched.
 pub fn teardown(current: &Current) -> Plan {
-    let mut ops: Vec<Op> = current
-        .jumps
-        .iter()
-        .map(|j| Op::Delete {
-            chain: j.chain.builtin(),
-            spec: j.spec.clone(),
-        })
-        .collect();
-    ops.extend(
-        Chain::ALL
-            .iter()
-            .filter(|c| current.chains.contains(c))
-            .map(|c| Op::RemoveChain(*c)),
-    );
+    let mut ops: Vec<Op> = current.jumps.iter().map(SeenJump::delete).collect();
+    ops.extend(current.chains.iter().map(|c| Op::RemoveChain(*c)));
     if current.generation_chain.is_some() {
         ops.push(Op::RemoveGeneration);
     }
@@ -950,12 +941,7 @@ pub fn plan(desired: &[Wanted], free: &FreeChains, current: &Current) -> Plan {
         let canonical = format!("-j {}", chain.name());
         let fine = matches!(jumps.as_slice(), [j] if j.position == 1 && j.spec == canonical);
         if !fine {
-            for j in jumps {
-                ops.push(Op::Delete {
-                    chain: chain.builtin(),
-                    spec: j.spec.clone(),
-                });
-            }
+            ops.extend(jumps.into_iter().map(SeenJump::delete));
             ops.push(Op::InsertJump(chain));
         }
     }
