@@ -1297,8 +1297,7 @@ mod tests {
                 ..Plan::default()
             };
             p.set_generation(7, rules);
-            let batch = p.render();
-            batch
+            p.render()
                 .lines()
                 .skip(1)
                 .map(str::to_string)
@@ -1318,11 +1317,7 @@ mod tests {
         };
         assert_eq!(
             stamp(Some(2), vec![delete])[1..],
-            [
-                "-F VZACCT-GENERATION".to_string(),
-                add.into(),
-                "COMMIT".into()
-            ]
+            ["-F VZACCT-GENERATION", add, "COMMIT"]
         );
         let text = "*filter\n:VZACCT-GENERATION - [0:0]\n\
             [0:0] -A VZACCT-GENERATION -m comment --comment \"generation:5\"\n\

@@ -48,10 +48,7 @@ pub fn remaining() -> Option<Duration> {
 /// How long a program started now may run.
 pub fn limit_now() -> Duration {
     let l = *LIMITS.lock().unwrap_or_else(|p| p.into_inner());
-    match remaining() {
-        Some(left) => left.min(l.per_program),
-        None => l.per_program,
-    }
+    remaining().map_or(l.per_program, |left| left.min(l.per_program))
 }
 
 /// End every program this process started that is still running (its whole process
