@@ -233,6 +233,16 @@ impl SeenRule {
             _ => None,
         }
     }
+
+    /// The counting rule it is, as counted traffic.
+    fn counted(&self) -> Option<Counted> {
+        let r = self.rule.as_ref()?;
+        Some(Counted {
+            ctid: r.ctid.clone(),
+            key: r.seen_key(),
+            counters: self.counters,
+        })
+    }
 }
 
 /// A rule in a built-in chain that jumps to one of ours.
@@ -377,11 +387,10 @@ pub fn parse_save(text: &str) -> Result<Current, ParseError> {
         {
             let tokens = tokens(spec)?;
             let rule = recognise(chain, &tokens);
-            let set_match = if rule.is_none() {
-                recognise_set(chain, &tokens)
-            } else {
-                None
-            };
+            let set_match = rule
+                .is_none()
+                .then(|| recognise_set(chain, &tokens))
+                .flatten();
             let seen = SeenRule {
                 chain,
                 spec: spec.to_string(),
@@ -444,17 +453,11 @@ impl Next {
                 cur.pending.push(Op::RemoveNext(chain));
                 continue;
             }
-            let old: Vec<SeenRule> = cur.rules.extract_if(.., |r| r.chain == chain).collect();
+            let old = cur.rules.extract_if(.., |r| r.chain == chain);
+            cur.frozen.extend(old.filter_map(|r| r.counted()));
             // The old chain's jumps (behind its guard) go first.
             let old_jumps = cur.jumps.extract_if(.., |j| j.chain == chain);
             cur.pending.extend(old_jumps.map(|j| j.delete()));
-            cur.frozen.extend(
-                Current {
-                    rules: old,
-                    ..Current::default()
-                }
-                .counted(),
-            );
             cur.rules
                 .extend(self.rules.iter().filter(|r| r.chain == chain).cloned());
             if !cur.chains.insert(chain) {
@@ -634,17 +637,7 @@ impl Current {
 
     /// The per-IP counting rules as counted traffic, for harvest and status.
     pub fn counted(&self) -> Vec<Counted> {
-        self.rules
-            .iter()
-            .filter_map(|s| {
-                let r = s.rule.as_ref()?;
-                Some(Counted {
-                    ctid: r.ctid.clone(),
-                    key: r.seen_key(),
-                    counters: s.counters,
-                })
-            })
-            .collect()
+        self.rules.iter().filter_map(SeenRule::counted).collect()
     }
 }
 
@@ -1040,19 +1033,14 @@ fn kept(desired: &[Wanted], current: &Current) -> (Vec<bool>, BTreeSet<Chain>) {
             keep[i] = true;
         }
     }
-    let kept_rules: HashSet<&Rule> = current
-        .rules
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .filter_map(|(s, _)| s.rule.as_ref())
-        .collect();
-    let swapped = current
-        .rules
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| !**k)
-        .filter_map(|(s, _)| s.rule.as_ref())
+    // The counting rules kept (`true`) or not.
+    let rules = |kept: bool| {
+        (current.rules.iter().zip(&keep))
+            .filter(move |(_, k)| **k == kept)
+            .filter_map(|(s, _)| s.rule.as_ref())
+    };
+    let kept_rules: HashSet<&Rule> = rules(true).collect();
+    let swapped = (rules(false))
         .filter(|r| !kept_rules.contains(r))
         .map(|r| r.kind.chain())
         .collect();
