@@ -71,6 +71,7 @@ pub trait Driver: Sized {
 
 /// Each family's filter table: our chains with the per-IP counting rules, or with the
 /// rules that match the sets.
+#[derive(Default)]
 pub struct RuleTables {
     pub tables: Vec<(Tables, Current)>,
     /// The per-IP rules found, as counted traffic.
@@ -124,6 +125,7 @@ impl Driver for RuleTables {
 }
 
 /// Our sets, and whether counters can live in them.
+#[derive(Default)]
 pub struct SetStore {
     /// What `ipset save` showed of ours, when the ipset program could be run.
     pub read: Option<Sets>,
@@ -206,23 +208,14 @@ impl Driver for SetStore {
 
     /// Every set of ours.
     fn teardown(&self) -> SetPlan {
+        let Some(s) = &self.read else {
+            return SetPlan::default();
+        };
         SetPlan {
-            destroy: self
-                .read
-                .iter()
-                .flat_map(|s| s.present.keys().cloned())
-                .collect(),
-            free_destroy: self
-                .read
-                .iter()
-                .flat_map(|s| s.free.keys().copied())
-                .collect(),
+            destroy: s.present.keys().cloned().collect(),
+            free_destroy: s.free.keys().copied().collect(),
             // Frozen sets a killed command left (their counts are credited at the read).
-            leftover: self
-                .read
-                .iter()
-                .flat_map(|s| s.frozen_present.iter().cloned())
-                .collect(),
+            leftover: s.frozen_present.clone(),
             ..SetPlan::default()
         }
     }

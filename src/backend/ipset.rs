@@ -142,37 +142,33 @@ impl SaveParser {
     pub fn line(&mut self, line: &str) -> Result<(), ParseError> {
         self.lines += 1;
         let sets = &mut self.sets;
-        let idx = self.lines - 1;
+        let n = self.lines;
         let err = |reason| ParseError {
-            line: idx + 1,
+            line: n,
             reason,
             text: line.chars().take(200).collect(),
         };
         let mut words = line.split_ascii_whitespace();
-        match (words.next(), words.next()) {
-            (Some("create"), Some(name)) if parse_frozen_name(name).is_some() => {
+        let (Some(verb @ ("create" | "add")), Some(name)) = (words.next(), words.next()) else {
+            return Ok(());
+        };
+        let create = verb == "create";
+        if let Some((kind, family)) = parse_frozen_name(name) {
+            if create {
                 sets.frozen_present.push(name.to_string());
+            } else if let Some(e) = element(words, kind, family, &err)? {
+                sets.frozen.push(e);
             }
-            (Some("add"), Some(name)) if parse_frozen_name(name).is_some() => {
-                let (kind, family) = parse_frozen_name(name).ok_or_else(|| err("bad set name"))?;
-                if let Some(e) = element(words, kind, family, &err)? {
-                    sets.frozen.push(e);
-                }
-            }
-            (Some("create"), Some(name))
-                if [Family::V4, Family::V6]
-                    .iter()
-                    .any(|f| free_swap_name(*f) == name) =>
-            {
-                // Left by a command killed before it destroyed it: destroyed first.
-                sets.frozen_present.push(name.to_string());
-            }
-            (Some("create"), Some(name)) if parse_free_set_name(name).is_some() => {
-                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
-                sets.free.entry(family).or_default();
-            }
-            (Some("add"), Some(name)) if parse_free_set_name(name).is_some() => {
-                let family = parse_free_set_name(name).ok_or_else(|| err("bad set name"))?;
+        } else if create
+            && [Family::V4, Family::V6]
+                .iter()
+                .any(|f| free_swap_name(*f) == name)
+        {
+            // Left by a command killed before it destroyed it: destroyed first.
+            sets.frozen_present.push(name.to_string());
+        } else if let Some(family) = parse_free_set_name(name) {
+            let nets = sets.free.entry(family).or_default();
+            if !create {
                 let net = words
                     .next()
                     .and_then(|w| {
@@ -181,36 +177,34 @@ impl SaveParser {
                             .or_else(|| w.parse::<IpAddr>().ok().map(IpNet::from))
                     })
                     .ok_or_else(|| err("bad network"))?;
-                sets.free.entry(family).or_default().insert(net);
+                nets.insert(net);
             }
-            (Some("create"), Some(name)) if parse_set_name(name).is_some() => {
+        } else if let Some((kind, family)) = parse_set_name(name) {
+            if create {
                 let rest: Vec<&str> = words.collect();
                 let usable = rest.contains(&"counters") && rest.contains(&"comment");
                 sets.present.insert(name.to_string(), usable);
+                return Ok(());
             }
-            (Some("add"), Some(name)) if parse_set_name(name).is_some() => {
-                let (kind, family) = parse_set_name(name).ok_or_else(|| err("bad set name"))?;
-                let mut w = words.clone();
-                let ip: IpAddr = w
-                    .next()
-                    .and_then(|w| w.parse().ok())
-                    .ok_or_else(|| err("bad element address"))?;
-                if ip == crate::model::generation_ip(family) {
-                    let rest: Vec<&str> = w.collect();
-                    let comment = rest.windows(2).find(|p| p[0] == "comment");
-                    if let Some(g) =
-                        comment.and_then(|p| crate::model::parse_generation(p[1].trim_matches('"')))
-                    {
-                        sets.generation.insert(name.to_string(), g);
-                    }
-                    return Ok(());
+            let mut w = words.clone();
+            let ip: IpAddr = w
+                .next()
+                .and_then(|w| w.parse().ok())
+                .ok_or_else(|| err("bad element address"))?;
+            if ip == crate::model::generation_ip(family) {
+                let rest: Vec<&str> = w.collect();
+                let comment = rest.windows(2).find(|p| p[0] == "comment");
+                if let Some(g) =
+                    comment.and_then(|p| crate::model::parse_generation(p[1].trim_matches('"')))
+                {
+                    sets.generation.insert(name.to_string(), g);
                 }
-                match element(words, kind, family, &err)? {
-                    Some(e) => sets.elements.push(e),
-                    None => sets.untagged.push((kind, ip)),
-                }
+                return Ok(());
             }
-            _ => {}
+            match element(words, kind, family, &err)? {
+                Some(e) => sets.elements.push(e),
+                None => sets.untagged.push((kind, ip)),
+            }
         }
         Ok(())
     }
@@ -247,19 +241,14 @@ fn element<'a>(
     }
     let mut counters = Counters::default();
     let mut ctid = None;
+    let number = |w: Option<&str>| w.and_then(|v| v.parse().ok());
     while let Some(w) = words.next() {
         match w {
             "packets" => {
-                counters.packets = words
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err("bad packet counter"))?
+                counters.packets = number(words.next()).ok_or_else(|| err("bad packet counter"))?
             }
             "bytes" => {
-                counters.bytes = words
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err("bad byte counter"))?
+                counters.bytes = number(words.next()).ok_or_else(|| err("bad byte counter"))?
             }
             "comment" => {
                 let c = words.next().unwrap_or("").trim_matches('"');
@@ -414,34 +403,35 @@ impl SetPlan {
             writeln!(out, "destroy {name}")?;
         }
         // A counter set (`hash:ip` with counters), or a free-network set (`hash:net`, none).
-        let create = |out: &mut dyn std::io::Write, name: &str, family: Family| {
+        let create = |out: &mut dyn std::io::Write, name: &str, family: Family, counters: bool| {
+            let (hash, tail) = match counters {
+                true => ("ip", " counters comment"),
+                false => ("net", ""),
+            };
+            let inet = if family == Family::V6 {
+                "inet6"
+            } else {
+                "inet"
+            };
             writeln!(
                 out,
-                "create {name} hash:ip family {} hashsize {HASHSIZE} maxelem {MAXELEM} counters comment",
-                inet(family)
-            )
-        };
-        let create_free = |out: &mut dyn std::io::Write, name: &str, family: Family| {
-            writeln!(
-                out,
-                "create {name} hash:net family {} hashsize {HASHSIZE} maxelem {MAXELEM}",
-                inet(family)
+                "create {name} hash:{hash} family {inet} hashsize {HASHSIZE} maxelem {MAXELEM}{tail}"
             )
         };
         for family in &self.free_create {
-            create_free(out, &free_set_name(*family), *family)?;
+            create(out, &free_set_name(*family), *family, false)?;
         }
         // Added before the others go: an address in both the old and the new networks
         // (a network split in two, say) is free throughout.
         for net in &self.free_add {
-            writeln!(out, "add {} {net}", free_set_name(family_of(net)))?;
+            writeln!(out, "add {} {net}", free_set_name(Family::of(&net.addr())))?;
         }
         for net in &self.free_del {
-            writeln!(out, "del {} {net}", free_set_name(family_of(net)))?;
+            writeln!(out, "del {} {net}", free_set_name(Family::of(&net.addr())))?;
         }
         for (family, nets) in &self.free_rebuild {
             let (name, new) = (free_set_name(*family), free_swap_name(*family));
-            create_free(out, &new, *family)?;
+            create(out, &new, *family, false)?;
             for net in nets {
                 writeln!(out, "add {new} {net}")?;
             }
@@ -449,7 +439,7 @@ impl SetPlan {
         }
         for name in &self.create {
             let family = parse_set_name(name).map_or(Family::V4, |(_, f)| f);
-            create(out, name, family)?;
+            create(out, name, family, true)?;
         }
         let frozen = |kind: Kind, ip: &IpAddr| self.freeze.contains(&(kind, Family::of(ip)));
         for (kind, ip) in self.del.iter().filter(|(k, ip)| !frozen(*k, ip)) {
@@ -461,7 +451,7 @@ impl SetPlan {
         }
         for (kind, family) in &self.freeze {
             let z = frozen_name(*kind, *family);
-            create(out, &z, *family)?;
+            create(out, &z, *family, true)?;
             for (ip, ctid, existing) in &self.refill {
                 if Family::of(ip) != *family {
                     continue;
@@ -498,21 +488,6 @@ impl SetPlan {
     }
 }
 
-/// ipset's name of a family.
-fn inet(family: Family) -> &'static str {
-    match family {
-        Family::V6 => "inet6",
-        Family::V4 => "inet",
-    }
-}
-
-fn family_of(net: &IpNet) -> Family {
-    match net {
-        IpNet::V4(_) => Family::V4,
-        IpNet::V6(_) => Family::V6,
-    }
-}
-
 /// What the free-network sets should hold: the networks of `[classes] free`, and every
 /// accounted address when traffic between containers is free (`c2c`). `None`: no free
 /// traffic is counted (no set wanted).
@@ -527,7 +502,7 @@ impl FreeWant<'_> {
     /// accounted address.
     pub fn entries(&self, accounted: &Accounted, family: Family) -> BTreeSet<IpNet> {
         let mut want: Vec<IpNet> = (self.networks.iter())
-            .filter(|n| family_of(n) == family)
+            .filter(|n| Family::of(&n.addr()) == family)
             .copied()
             .collect();
         if self.c2c {
@@ -771,24 +746,22 @@ pub fn plan(
     // past is unknown). An element of another container stays: the `add` below only puts the
     // new owner in its comment (`restore -exist` keeps its counters), so it never stops
     // counting; the ledger charges its deltas to the new owner from the move's read on.
-    // (`have` is sorted: so is `del`.)
-    if use_sets {
-        p.del = (have.iter())
-            .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
-            .map(|(k, ip, _)| (*k, *ip))
-            .collect();
-    }
+    // (`have` is sorted: so is `del`. Without `use_sets`, `kinds` is empty: nothing is had,
+    // so nothing is deleted or frozen.)
+    p.del = (have.iter())
+        .filter(|(_, ip, owner)| !want.contains_key(ip) || owner.is_none())
+        .map(|(k, ip, _)| (*k, *ip))
+        .collect();
     // The wanted IPs in order, each kind in turn: the lookups then walk `have` from start
     // to end (in cache), where the hash map's order sent each one to a random place.
     let mut order: Vec<(&IpAddr, &&Ctid)> = want.iter().collect();
     order.sort_unstable_by_key(|(ip, _)| **ip);
-    let mut add: Vec<(Kind, IpAddr, Ctid)> = Vec::new();
     for &kind in kinds {
         for &(ip, ctid) in &order {
             let fresh = created.contains(&(kind, Family::of(ip)));
             let had = had(kind, *ip);
             if had != Some(Some(*ctid)) || fresh {
-                add.push((kind, *ip, (*ctid).clone()));
+                p.add.push((kind, *ip, (*ctid).clone()));
             }
             if let Some(Some(from)) = had
                 && from != *ctid
@@ -798,33 +771,30 @@ pub fn plan(
             }
         }
     }
-    add.sort_unstable();
+    p.add.sort_unstable();
     p.moved.sort_unstable();
-    p.add = add;
-    if use_sets {
-        let freeze: BTreeSet<(Kind, Family)> =
-            p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
-        let frozen_family = |f: Family| freeze.iter().any(|(_, ff)| *ff == f);
-        let refill = |&(ip, ctid): &(&IpAddr, &&Ctid)| {
-            let existing = (kinds.iter())
-                .filter(|k| matches!(had(**k, *ip), Some(Some(_))))
-                .fold(0, |bits, k| bits | kind_bit(*k));
-            (*ip, (*ctid).clone(), existing)
-        };
-        if !freeze.is_empty() {
-            let n = (order.iter())
+    let freeze: BTreeSet<(Kind, Family)> =
+        p.del.iter().map(|(k, ip)| (*k, Family::of(ip))).collect();
+    let frozen_family = |f: Family| freeze.iter().any(|(_, ff)| *ff == f);
+    let refill = |&(ip, ctid): &(&IpAddr, &&Ctid)| {
+        let existing = (kinds.iter())
+            .filter(|k| matches!(had(**k, *ip), Some(Some(_))))
+            .fold(0, |bits, k| bits | kind_bit(*k));
+        (*ip, (*ctid).clone(), existing)
+    };
+    if !freeze.is_empty() {
+        let n = (order.iter())
+            .filter(|(ip, _)| frozen_family(Family::of(ip)))
+            .count();
+        p.refill.reserve_exact(n);
+        // `order` is sorted by IP: so is `refill`.
+        p.refill.extend(
+            (order.iter())
                 .filter(|(ip, _)| frozen_family(Family::of(ip)))
-                .count();
-            p.refill.reserve_exact(n);
-            // `order` is sorted by IP: so is `refill`.
-            p.refill.extend(
-                (order.iter())
-                    .filter(|(ip, _)| frozen_family(Family::of(ip)))
-                    .map(refill),
-            );
-        }
-        p.freeze = freeze.into_iter().collect();
+                .map(refill),
+        );
     }
+    p.freeze = freeze.into_iter().collect();
     p.leftover = current.frozen_present.clone();
     p
 }
@@ -832,6 +802,25 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accounted(list: &[(&str, &[&str])]) -> Accounted {
+        (list.iter())
+            .map(|(c, ips)| {
+                (
+                    c.parse().unwrap(),
+                    ips.iter().map(|i| i.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn nets<C: FromIterator<IpNet>>(list: &[&str]) -> C {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn shown<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Vec<String> {
+        nets.into_iter().map(IpNet::to_string).collect()
+    }
 
     const SAVE: &str = "create other-set hash:ip family inet hashsize 1024 maxelem 65536\n\
 add other-set 192.0.2.1\n\
@@ -846,15 +835,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
     /// free network and as few other addresses as can be.
     #[test]
     fn free_networks_get_the_tightest_covers() {
-        let nets = |list: &[&str]| -> BTreeSet<IpNet> {
-            list.iter().map(|n| n.parse().unwrap()).collect()
-        };
-        let cover = |list: &[&str], max| -> Vec<String> {
-            covers(&nets(list), max)
-                .iter()
-                .map(|n| n.to_string())
-                .collect()
-        };
+        let cover = |list: &[&str], max| shown(&covers(&nets(list), max));
         let free = ["10.0.0.0/23", "10.0.3.0/24", "192.168.0.0/16"];
         assert_eq!(cover(&free, 1), ["0.0.0.0/0"]);
         assert_eq!(cover(&free, 2), ["10.0.0.0/22", "192.168.0.0/16"]);
@@ -880,12 +861,8 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
             .collect();
         let merged: Vec<IpNet> = bench.iter().map(|n| n.parse().unwrap()).collect();
         let merged: BTreeSet<IpNet> = IpNet::aggregate(&merged).into_iter().collect();
-        let got: Vec<String> = covers(&merged, FREE_COVERS)
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
         assert_eq!(
-            got,
+            shown(&covers(&merged, FREE_COVERS)),
             [
                 "100.64.0.0/15",
                 "100.96.0.0/17",
@@ -897,12 +874,9 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
 
     #[test]
     fn free_networks_are_split_into_fewer_prefix_lengths() {
-        let nets =
-            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
-        let shown = |s: BTreeSet<IpNet>| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // A /22 and a /23 become /24s; the /24 inside the /22 goes.
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&["10.0.0.0/22", "10.0.1.0/24", "10.1.0.0/23", "10.2.0.0/24"]),
                 100
             )),
@@ -919,7 +893,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         // Over budget: a /16 stays a /16 beside the /24 (two lengths), 10.3.0.0/25 and its
         // other half merge.
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&[
                     "172.16.0.0/16",
                     "10.2.0.0/24",
@@ -935,7 +909,7 @@ create vzacct-fo4 hash:ip family inet hashsize 1024 maxelem 65536 bucketsize 12 
         assert_eq!(hosts.len(), 257);
         assert!(hosts.iter().all(|n| n.prefix_len() == 32));
         assert_eq!(
-            shown(fewer_prefix_lengths(
+            shown(&fewer_prefix_lengths(
                 nets(&["2001:db8::/32", "2001:db9::1/128"]),
                 16_384
             )),
@@ -955,20 +929,13 @@ create vzacct-ffi4 hash:ip family inet hashsize 65536 maxelem 1048576 counters c
 add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
         let s = parse_save(save).unwrap();
         assert_eq!(
-            s.free[&Family::V4]
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>(),
+            shown(&s.free[&Family::V4]),
             ["10.0.0.2/32", "198.51.100.0/24"]
         );
-        let mut wanted: BTreeMap<Ctid, BTreeSet<IpAddr>> = BTreeMap::new();
-        wanted.insert("101".parse().unwrap(), ["10.0.0.1".parse().unwrap()].into());
-        let nets: Vec<IpNet> = vec![
-            "198.51.100.0/25".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ];
+        let wanted = accounted(&[("101", &["10.0.0.1"])]);
+        let networks: Vec<IpNet> = nets(&["198.51.100.0/25", "2001:db8::/32"]);
         let free = FreeWant {
-            networks: &nets,
+            networks: &networks,
             c2c: true,
         };
         let p = plan(
@@ -980,15 +947,14 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             &s,
         );
         assert_eq!(p.free_create, [Family::V6]);
-        let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         // The /25 beside the container's /32: split into 128 /32s (one prefix length). The
         // /24's length would empty: the IPv4 set is rebuilt and swapped in, not changed.
         assert_eq!(shown(&p.free_add), ["2001:db8::/32"]);
         assert!(p.free_del.is_empty(), "{:?}", p.free_del);
         assert_eq!(p.free_rebuild.len(), 1);
-        let (family, nets) = &p.free_rebuild[0];
+        let (family, rebuilt) = &p.free_rebuild[0];
         assert_eq!(*family, Family::V4);
-        let rebuilt = shown(nets);
+        let rebuilt = shown(rebuilt);
         assert_eq!(rebuilt.len(), 129, "{rebuilt:?}");
         assert_eq!(
             [&rebuilt[0], &rebuilt[1], &rebuilt[128]],
@@ -1023,12 +989,9 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
              add vzacct-free4 198.51.100.0/24\n",
         )
         .unwrap();
-        let nets: Vec<IpNet> = vec![
-            "203.0.113.0/24".parse().unwrap(),
-            "198.51.100.0/24".parse().unwrap(),
-        ];
+        let other: Vec<IpNet> = nets(&["203.0.113.0/24", "198.51.100.0/24"]);
         let networks = FreeWant {
-            networks: &nets,
+            networks: &other,
             c2c: false,
         };
         let q = plan(&wanted, &[Family::V4], false, &[], Some(networks), &two);
@@ -1120,11 +1083,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             parse_frozen_name(&frozen_name(Kind::LocalOut, Family::V6)),
             Some((Kind::LocalOut, Family::V6))
         );
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1", "10.0.0.3"])]);
         let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.freeze, [(Kind::ForwardIn, Family::V4)]);
         assert_eq!(p.leftover, ["vzacct-zfo4"]);
@@ -1158,15 +1117,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
     #[test]
     fn plans_creates_adds_and_moves_in_place() {
         let s = parse_save(SAVE).unwrap();
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap()].into(),
-        );
-        wanted.insert(
-            "102".parse::<Ctid>().unwrap(),
-            ["10.0.0.9".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1"]), ("102", &["10.0.0.9"])]);
         let p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert_eq!(p.create, ["vzacct-li4", "vzacct-lo4"]);
         assert!(p.destroy.is_empty());
@@ -1213,11 +1164,7 @@ add vzacct-ffi4 10.0.0.1 packets 1 bytes 2 comment \"ct:101\"\n";
             })
             .collect();
         let s = parse_save(&save).unwrap();
-        let mut wanted = BTreeMap::new();
-        wanted.insert(
-            "101".parse::<Ctid>().unwrap(),
-            ["10.0.0.1".parse().unwrap()].into(),
-        );
+        let wanted = accounted(&[("101", &["10.0.0.1"])]);
         let mut p = plan(&wanted, &[Family::V4], true, &Kind::BASE, None, &s);
         assert!(p.batch_is_empty(), "{p:?}");
         assert_eq!(p.render(), "");

@@ -34,6 +34,7 @@ pub enum BackendError {
 }
 
 /// One read of everything of ours in the kernel: both drivers.
+#[derive(Default)]
 pub struct Kernel {
     pub rules: RuleTables,
     pub sets: SetStore,
@@ -73,19 +74,7 @@ impl Kernel {
 
     /// Nothing read: a run for one container that changes nothing in the kernel.
     pub fn unread() -> Kernel {
-        Kernel {
-            rules: RuleTables {
-                tables: Vec::new(),
-                counted: Vec::new(),
-            },
-            sets: SetStore {
-                read: None,
-                usable: false,
-                why_not: None,
-            },
-            use_sets: false,
-            classes: None,
-        }
+        Kernel::default()
     }
 
     /// Whether this is [`Kernel::unread`].
@@ -143,9 +132,8 @@ impl Kernel {
         Ok(Kernel {
             rules: RuleTables::read(&r)?,
             sets: SetStore {
-                read: None,
                 usable: true,
-                why_not: None,
+                ..SetStore::default()
             },
             use_sets: true,
             classes: config.classes.active().then(|| config.classes.clone()),

@@ -91,17 +91,10 @@ impl Tables {
 
     /// How the restore is kept from racing other iptables commands.
     pub fn lock(&self) -> RestoreLock {
-        match &self.lock {
-            Some(l) => l.clone(),
-            None => {
-                probe::probe_restore_lock(
-                    &self.restore,
-                    &self.iptables,
-                    Path::new(probe::XTABLES_LOCK),
-                )
-                .0
-            }
-        }
+        self.lock.clone().unwrap_or_else(|| {
+            let path = Path::new(probe::XTABLES_LOCK);
+            probe::probe_restore_lock(&self.restore, &self.iptables, path).0
+        })
     }
 
     pub fn restore_program(&self) -> &str {
@@ -221,13 +214,22 @@ impl Ipset {
     /// many elements of ours there are (room is made for them at once).
     pub fn read(&self, expected: usize) -> Result<crate::backend::ipset::Sets, IpsetError> {
         let mut parser = crate::backend::ipset::SaveParser::with_capacity(expected);
-        process::run_lines(&self.program, &["save"], |line| parser.line(line))
+        self.save_lines(&["save"], |line| parser.line(line))?;
+        Ok(parser.finish())
+    }
+
+    /// Run `ipset` with `args`, each line it prints handed to `each` (a parser).
+    fn save_lines(
+        &self,
+        args: &[&str],
+        each: impl FnMut(&str) -> Result<(), crate::backend::ipset::ParseError>,
+    ) -> Result<(), IpsetError> {
+        process::run_lines(&self.program, args, each)
             .map_err(IpsetError::Read)?
             .map_err(|source| IpsetError::Parse {
                 program: self.program.clone(),
                 source,
-            })?;
-        Ok(parser.finish())
+            })
     }
 
     /// The final counters of the sets `names`, which no rule uses any more (frozen old
@@ -241,18 +243,13 @@ impl Ipset {
         let mut parser = crate::backend::ipset::SaveParser::default();
         let mut read = 0;
         for name in names {
-            process::run_lines(&self.program, &["save", name], |line| {
+            self.save_lines(&["save", name], |line| {
                 parser.line(line)?;
                 for c in parser.take_counted() {
                     each(&c);
                     read += 1;
                 }
                 Ok(())
-            })
-            .map_err(IpsetError::Read)?
-            .map_err(|source| IpsetError::Parse {
-                program: self.program.clone(),
-                source,
             })?;
         }
         Ok(read)

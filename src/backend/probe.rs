@@ -196,18 +196,12 @@ pub fn probe_ipset(ipset: &str) -> IpsetSupport {
     let args = [
         "create", &name, "hash:ip", "family", "inet", "counters", "comment", "-exist",
     ];
-    let run = |args: &[&str]| -> Result<(), process::ProcessError> {
-        let (status, out) = process::run_any_for(ipset, args, None, PROBE_TIME)?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(process::ProcessError::failed(
-                ipset,
-                &args.join(" "),
-                status,
-                out.stderr,
-            ))
-        }
+    let run = |args: &[&str]| {
+        process::checked(
+            ipset,
+            args,
+            process::run_any_for(ipset, args, None, PROBE_TIME)?,
+        )
     };
     if let Err(e) = run(&args) {
         return IpsetSupport {
@@ -239,17 +233,11 @@ fn tool_reason(e: &process::ProcessError) -> String {
             })
             .unwrap_or(stderr)
             .to_string(),
-        other => {
-            // The error and its causes on one line (the crate's error type is above us).
-            let mut line = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(c) = cause {
-                line.push_str(": ");
-                line.push_str(&c.to_string());
-                cause = c.source();
-            }
-            line
-        }
+        // The error and its causes on one line (the crate's error type is above us).
+        other => std::iter::successors(Some(other as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": "),
     }
 }
 
@@ -288,42 +276,39 @@ pub fn probe_restore_lock(restore: &str, iptables: &str, lock_path: &Path) -> (R
     };
     // Someone holds iptables' lock now: it is the candidate that cannot be taken.
     let busy_now = refused();
-    // Created if missing, as iptables itself does (an unused file harms no version).
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock_path);
-    if let Ok(file) = file {
-        match fs2::FileExt::try_lock_exclusive(&file) {
-            Ok(()) => {
+    // Each candidate taken as vzacct takes it: one that cannot be made (a lock file that
+    // cannot be opened, a socket that cannot be bound) is not the one.
+    for candidate in [
+        RestoreLock::Flock(lock_path.to_path_buf()),
+        RestoreLock::AbstractSocket,
+    ] {
+        match take(&candidate, Duration::ZERO) {
+            Ok(Held::Nothing) => {}
+            Ok(held) => {
                 let uses = !busy_now && refused();
-                let _ = fs2::FileExt::unlock(&file);
+                drop(held);
                 if uses {
-                    return (RestoreLock::Flock(lock_path.to_path_buf()), true);
+                    return (candidate, true);
                 }
             }
-            // Someone holds the lock file: some program on this node locks that way.
-            Err(_) => return (RestoreLock::Flock(lock_path.to_path_buf()), false),
+            // Someone holds it: some program on this node locks that way.
+            Err(_) => return (candidate, false),
         }
-    }
-    match bind_abstract() {
-        Ok(held) => {
-            let uses = !busy_now && refused();
-            drop(held);
-            if uses {
-                return (RestoreLock::AbstractSocket, true);
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return (RestoreLock::AbstractSocket, false);
-        }
-        Err(_) => {}
     }
     // Refused while neither candidate was held by anyone: a lock this probe does not know,
     // asked again next time.
     (RestoreLock::None, !busy_now)
+}
+
+/// The lock file, created if missing, as iptables itself does (an unused file harms no
+/// version).
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 fn bind_abstract() -> std::io::Result<UnixListener> {
@@ -358,22 +343,14 @@ pub fn take(lock: &RestoreLock, wait: Duration) -> Result<Held, LockBusy> {
     loop {
         let attempt = match lock {
             RestoreLock::Bounded | RestoreLock::None => return Ok(Held::Nothing),
-            RestoreLock::Flock(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path);
-                match file {
-                    // A lock file that cannot be opened is one no iptables can take either.
-                    Err(_) => return Ok(Held::Nothing),
-                    Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
-                        Ok(()) => Some(Held::Flock(f)),
-                        Err(_) => None,
-                    },
-                }
-            }
+            RestoreLock::Flock(path) => match open_lock(path) {
+                // A lock file that cannot be opened is one no iptables can take either.
+                Err(_) => return Ok(Held::Nothing),
+                Ok(f) => match fs2::FileExt::try_lock_exclusive(&f) {
+                    Ok(()) => Some(Held::Flock(f)),
+                    Err(_) => None,
+                },
+            },
             RestoreLock::AbstractSocket => match bind_abstract() {
                 Ok(s) => Some(Held::Socket(s)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => None,

@@ -47,28 +47,23 @@ pub fn remaining() -> Option<Duration> {
 
 /// How long a program started now may run.
 pub fn limit_now() -> Duration {
-    limit()
-}
-
-/// How long the next program may run.
-fn limit() -> Duration {
     let l = *LIMITS.lock().unwrap_or_else(|p| p.into_inner());
-    match remaining() {
-        Some(left) => left.min(l.per_program),
-        None => l.per_program,
-    }
+    remaining().map_or(l.per_program, |left| left.min(l.per_program))
 }
 
 /// End every program this process started that is still running (its whole process
 /// group). For a hook whose time is up, just before it exits.
 pub fn end_all() {
     let groups = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for pgid in groups {
-        // SAFETY: kill(2) with a negative pid signals that process group; the group is one
-        // this process created for its own child and has not reaped yet.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+    groups.into_iter().for_each(kill_group);
+}
+
+/// SIGKILL to the process group `pgid`.
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; the group is one
+    // this process created for its own child and has not reaped yet.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 
@@ -87,10 +82,8 @@ impl Watchdog {
         let (stop, rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || match rx.recv_timeout(limit) {
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // SAFETY: as in `end_all`: our child's own group, not yet reaped.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
+                // Our child's own group, not yet reaped.
+                kill_group(pgid);
                 true
             }
             _ => false,
@@ -217,7 +210,7 @@ pub struct Output {
 
 /// How long the next run may take; an error when the command's time is already up.
 fn time_for(program: &str) -> Result<Duration, ProcessError> {
-    let t = limit();
+    let t = limit_now();
     if t.is_zero() {
         return Err(ProcessError::NoTimeLeft {
             program: program.to_string(),
@@ -246,7 +239,8 @@ pub fn run_fed(program: &str, args: &[&str], feed: Feed) -> Result<Output, Proce
 /// child that stops reading early tells the real story by its exit status.
 pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>;
 
-fn checked(
+/// The output of a run that exited 0; any other exit is an error as with [`run`].
+pub(super) fn checked(
     program: &str,
     args: &[&str],
     (status, out): (ExitStatus, Output),
@@ -269,13 +263,7 @@ pub fn run_any(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Result<(ExitStatus, Output), ProcessError> {
-    let mut feed = stdin.map(bytes);
-    run_within(
-        program,
-        args,
-        feed.as_mut().map(|f| f as _),
-        time_for(program)?,
-    )
+    run_any_for(program, args, stdin, Duration::MAX)
 }
 
 /// [`run_any`] for a quick question (a probe): it may take at most `max`, and less when the
@@ -320,16 +308,12 @@ fn run_within(
     stdin: Option<Feed>,
     limit: Duration,
 ) -> Result<(ExitStatus, Output), ProcessError> {
-    let mut cmd = command(program, args);
-    cmd.stdin(if stdin.is_some() {
+    let piped = if stdin.is_some() {
         Stdio::piped()
     } else {
         Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = spawn(&mut cmd, program)?;
-    let dog = Watchdog::start(&child, limit);
+    };
+    let (mut child, dog) = start(program, args, piped, limit)?;
     // Both pipes are drained on threads (the watchdog's kill closes them) while this one
     // feeds stdin, so a child that writes a lot before reading cannot deadlock us, and the
     // input is written as it is made.
@@ -346,6 +330,42 @@ fn run_within(
         let joined = |t: std::thread::ScopedJoinHandle<'_, Vec<u8>>| t.join().unwrap_or_default();
         (joined(out), joined(err))
     });
+    let status = reap(child, dog, program, args, limit)?;
+    Ok((
+        status,
+        Output {
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        },
+    ))
+}
+
+/// Start `program` with `args`, `stdin` as its standard input, stdout and stderr piped,
+/// watched for `limit`.
+fn start(
+    program: &str,
+    args: &[&str],
+    stdin: Stdio,
+    limit: Duration,
+) -> Result<(Child, Watchdog), ProcessError> {
+    let mut cmd = command(program, args);
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = spawn(&mut cmd, program)?;
+    let dog = Watchdog::start(&child, limit);
+    Ok((child, dog))
+}
+
+/// Reap `child` once it has exited, its watchdog stopped before (see [`exited`]): its exit
+/// status, or the timeout error when the watchdog ended it.
+fn reap(
+    mut child: Child,
+    dog: Watchdog,
+    program: &str,
+    args: &[&str],
+    limit: Duration,
+) -> Result<ExitStatus, ProcessError> {
     // Stop the watchdog before the child is reaped.
     exited(&child);
     let fired = dog.finish();
@@ -356,13 +376,7 @@ fn run_within(
     if fired {
         return Err(ProcessError::timeout(program, args, limit));
     }
-    Ok((
-        status,
-        Output {
-            stdout,
-            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
-        },
-    ))
+    Ok(status)
 }
 
 /// Start `program` with `args` and do not wait for it: a process group of its own, exactly
@@ -444,25 +458,10 @@ fn lines_within<E>(
     mut each: impl FnMut(&str) -> Result<(), E>,
     limit: Duration,
 ) -> Result<Result<(), E>, ProcessError> {
-    use std::io::{BufRead, Read};
-    let mut cmd = command(program, args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn(&mut cmd, program)?;
-    let dog = Watchdog::start(&child, limit);
-    let spawn_err = |source| ProcessError::Spawn {
-        program: program.to_string(),
-        source,
-    };
+    use std::io::BufRead;
+    let (mut child, dog) = start(program, args, Stdio::null(), limit)?;
     // stderr is drained by a thread, so a chatty child cannot block on it.
-    let err_reader = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = e.read_to_end(&mut buf);
-            buf
-        })
-    });
+    let err_reader = (child.stderr.take()).map(|e| std::thread::spawn(move || read_all(Some(e))));
     let mut outcome = Ok(());
     let mut read_error = None;
     if let Some(stdout) = child.stdout.take() {
@@ -488,14 +487,12 @@ fn lines_within<E>(
         }
     }
     // Reading stopped early: the closed pipe ends the child (SIGPIPE), or its deadline does.
-    exited(&child);
-    let fired = dog.finish();
-    let status = child.wait().map_err(spawn_err)?;
-    if fired {
-        return Err(ProcessError::timeout(program, args, limit));
-    }
-    if let Some(e) = read_error {
-        return Err(spawn_err(e));
+    let status = reap(child, dog, program, args, limit)?;
+    if let Some(source) = read_error {
+        return Err(ProcessError::Spawn {
+            program: program.to_string(),
+            source,
+        });
     }
     let stderr = err_reader
         .and_then(|t| t.join().ok())
