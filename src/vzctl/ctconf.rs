@@ -196,16 +196,15 @@ pub fn assigned(
         let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv6());
         if !v6.is_empty() {
             let list: Vec<String> = v6.iter().map(ToString::to_string).collect();
-            let whose = match dialect {
-                Dialect::Vzctl4 => format!("in {}", show_path(vz_conf)),
-                Dialect::Libvzctl => {
-                    format!("in the container's config or {}", show_path(vz_conf))
-                }
+            let ct = match dialect {
+                Dialect::Vzctl4 => "",
+                Dialect::Libvzctl => "the container's config or ",
             };
             warnings.push(format!(
                 "IPv6 address(es) {} not accounted: vzctl assigns IPv6 addresses only with \
-                 IPV6=\"yes\" {whose}",
-                list.join(", ")
+                 IPV6=\"yes\" in {ct}{}",
+                list.join(", "),
+                show_path(vz_conf)
             ));
         }
         ips = v4;
@@ -290,11 +289,7 @@ pub fn parse_as(dialect: Dialect, bytes: &[u8], origin: &Path) -> CtConfig {
     for (index, piece) in fgets_pieces(bytes, buffer).enumerate() {
         let line_no = index + 1;
         let line = unescape(piece);
-        let parsed = match dialect {
-            Dialect::Vzctl4 => split_line_vzctl4(&line),
-            Dialect::Libvzctl => split_line_libvzctl(&line),
-        };
-        let (key, value) = match parsed {
+        let (key, value) = match split_line(dialect, &line) {
             Line::Ignored => continue,
             Line::Invalid(reason) => {
                 warnings.push(|| format!("{file}:{line_no}: {reason}, line skipped"));
@@ -306,11 +301,11 @@ pub fn parse_as(dialect: Dialect, bytes: &[u8], origin: &Path) -> CtConfig {
         let value = String::from_utf8_lossy(value);
         match (dialect, key.as_ref()) {
             (Dialect::Vzctl4, "IP_ADDRESS") => {
-                let line_ips = vzctl4_ip_line(&value, |w| {
+                let (line_ips, accepted) = ip_list(dialect, &value, |w| {
                     warnings.push(|| format!("{file}:{line_no}: {w}"));
                 });
-                sets_ips |= line_ips.accepted;
-                ips.extend(line_ips.ips);
+                sets_ips |= accepted;
+                ips.extend(line_ips);
             }
             // vzctl 4.x: a key-less line `=...` matches the first `""` entry of the
             // `config[]` table, PARAM_IP_DEL, so `parse_ip` puts its tokens on the delete
@@ -332,20 +327,14 @@ pub fn parse_as(dialect: Dialect, bytes: &[u8], origin: &Path) -> CtConfig {
             (Dialect::Libvzctl, "IPV6") => ipv6 = Some(value == "yes"),
             _ => {}
         }
-        match dialect {
-            Dialect::Vzctl4 => {
-                values
-                    .entry(key.into_owned())
-                    .or_insert_with(|| value.into_owned());
-            }
-            Dialect::Libvzctl => {
-                values.insert(key.into_owned(), value.into_owned());
-            }
+        // vzctl 4.x keeps a key's first value, libvzctl its last.
+        if dialect == Dialect::Libvzctl || !values.contains_key(key.as_ref()) {
+            values.insert(key.into_owned(), value.into_owned());
         }
     }
     if let Some((line_no, value)) = last_ip_line {
         sets_ips = true;
-        ips = libvzctl_ip_value(&value, |w| {
+        (ips, _) = ip_list(dialect, &value, |w| {
             warnings.push(|| format!("{file}:{line_no}: {w}"));
         });
     }
@@ -429,29 +418,6 @@ fn trim_c_space(line: &[u8]) -> &[u8] {
     line.get(start..end).unwrap_or_default()
 }
 
-/// vzctl 4.x `parse_line` (`src/lib/util.c`).
-fn split_line_vzctl4(line: &[u8]) -> Line<'_> {
-    let line = trim_c_space(line);
-    if line.is_empty() || line.first() == Some(&b'#') {
-        return Line::Ignored;
-    }
-    let Some(eq) = line.iter().position(|&b| b == b'=') else {
-        return Line::Invalid("no '=' in it");
-    };
-    let (key, rest) = line.split_at(eq);
-    let rest = rest.get(1..).unwrap_or_default();
-    let Some(quoted) = rest.strip_prefix(b"\"") else {
-        return Line::Setting { key, value: rest };
-    };
-    match quoted.iter().rposition(|&b| b == b'"') {
-        Some(close) => Line::Setting {
-            key,
-            value: quoted.get(..close).unwrap_or_default(),
-        },
-        None => Line::Invalid("the opening '\"' of the value has no closing '\"'"),
-    }
-}
-
 /// libvzctl `uncommentstr` (`lib/common.c`): a `#` that starts a word (at the start, or after
 /// whitespace) outside single and double quotes ends the line.
 fn uncomment(line: &[u8]) -> &[u8] {
@@ -477,137 +443,111 @@ fn uncomment(line: &[u8]) -> &[u8] {
     line
 }
 
-/// libvzctl `parse_line` (`lib/common.c`): comments stripped, then one quote of either kind
-/// dropped at each end of the value, matched or not. libvzctl skips a line without `=`
-/// silently; we say so.
-fn split_line_libvzctl(line: &[u8]) -> Line<'_> {
-    let line = trim_c_space(uncomment(line));
+/// The dialect's `parse_line`.
+/// - vzctl 4.x (`src/lib/util.c`): a value starting with `"` runs to the last `"` on the line.
+/// - libvzctl (`lib/common.c`): comments stripped, then one quote of either kind dropped at
+///   each end of the value, matched or not. libvzctl skips a line without `=` silently; we
+///   say so.
+fn split_line(dialect: Dialect, line: &[u8]) -> Line<'_> {
+    let line = match dialect {
+        Dialect::Vzctl4 => trim_c_space(line),
+        Dialect::Libvzctl => trim_c_space(uncomment(line)),
+    };
     if line.is_empty() || line.first() == Some(&b'#') {
         return Line::Ignored;
     }
-    let line = match line.split_last() {
-        Some((b'"' | b'\'', init)) => init,
-        _ => line,
-    };
     let Some(eq) = line.iter().position(|&b| b == b'=') else {
         return Line::Invalid("no '=' in it");
     };
     let (key, rest) = line.split_at(eq);
     let rest = rest.get(1..).unwrap_or_default();
-    let value = match rest.split_first() {
-        Some((b'"' | b'\'', tail)) => tail,
-        _ => rest,
+    let value = match (dialect, rest) {
+        (Dialect::Vzctl4, [b'"', quoted @ ..]) => match quoted.iter().rposition(|&b| b == b'"') {
+            Some(close) => quoted.get(..close).unwrap_or_default(),
+            None => return Line::Invalid("the opening '\"' of the value has no closing '\"'"),
+        },
+        (Dialect::Vzctl4, _) => rest,
+        (Dialect::Libvzctl, _) => {
+            let rest = match rest {
+                [init @ .., b'"' | b'\''] => init,
+                _ => rest,
+            };
+            match rest {
+                [b'"' | b'\'', tail @ ..] => tail,
+                _ => rest,
+            }
+        }
     };
     Line::Setting { key, value }
 }
 
-/// What one vzctl 4.x `IP_ADDRESS` line yields.
-struct LineIps {
-    ips: Vec<IpAddr>,
-    /// vzctl put some token on its list (an unspecified address included).
-    accepted: bool,
-}
-
-/// vzctl 4.x `parse_ip` (`src/lib/config.c`) on one line: tokens split on spaces and tabs
-/// (`strtok`); "0.0.0.0", "::" and "::0" skipped; every other token must pass `canon_ip`, and
-/// the first one that does not returns ERR_INVAL: `vps_parse_config` logs the line and goes
-/// on with the next one, keeping the addresses already taken from this one.
-fn vzctl4_ip_line(value: &str, mut warn: impl FnMut(String)) -> LineIps {
-    let mut out = LineIps {
-        ips: Vec::new(),
-        accepted: false,
+/// The dialect's `parse_ip` on an `IP_ADDRESS` value: the addresses it yields, and whether
+/// vzctl put some token on its list (an unspecified address included). Tokens are split on
+/// spaces and tabs (`strtok`), for libvzctl on commas too (LIST_DELIMITERS); "0.0.0.0", "::"
+/// and "::0" are skipped; every other token must pass [`ip_token`].
+/// - vzctl 4.x (`parse_ip`, `src/lib/config.c`, on each line): the first invalid token
+///   returns ERR_INVAL: `vps_parse_config` logs the line and goes on with the next one,
+///   keeping the addresses already taken from this one.
+/// - libvzctl (`parse_ip_str`, `lib/util.c`, on the last value): the first token `parse_ip`
+///   refuses stops the loop with VZCTL_E_INVAL, which `vzctl_update_env_param` returns and
+///   `vzctl2_env_open_conf` turns into a failure to open the container at all (only callers
+///   passing VZCTL_CONF_SKIP_PARAM_ERRORS, such as vzmigrate, go on): no address of this
+///   value is ever assigned.
+fn ip_list(dialect: Dialect, value: &str, mut warn: impl FnMut(String)) -> (Vec<IpAddr>, bool) {
+    let separators: &[char] = match dialect {
+        Dialect::Vzctl4 => &[' ', '\t'],
+        Dialect::Libvzctl => &[' ', '\t', ','],
     };
-    let mut tokens = value.split([' ', '\t']).filter(|t| !t.is_empty());
+    let (mut ips, mut accepted) = (Vec::new(), false);
+    let mut tokens = value.split(separators).filter(|t| !t.is_empty());
     while let Some(token) = tokens.next() {
         if matches!(token, "0.0.0.0" | "::" | "::0") {
             continue;
         }
-        match ip_token(Dialect::Vzctl4, token) {
-            Ok(ip) => {
-                out.accepted = true;
-                take_unless_unspecified(ip, token, &mut out.ips, &mut warn);
-            }
+        let ip = match ip_token(dialect, token) {
+            Ok(ip) => ip,
             Err(reason) => {
+                let then = match dialect {
+                    Dialect::Vzctl4 => "vzctl 4.x ignores it and the rest of the line",
+                    Dialect::Libvzctl => {
+                        ips.clear();
+                        "OpenVZ 7's vzctl then refuses the whole config, so none of its \
+                         IP_ADDRESS addresses is accounted"
+                    }
+                };
                 warn(format!(
-                    "IP_ADDRESS entry {} is invalid ({reason}); vzctl 4.x ignores it and the \
-                     rest of the line{}",
+                    "IP_ADDRESS entry {} is invalid ({reason}); {then}{}",
                     escape_for_message(token),
                     dropped(tokens)
                 ));
                 break;
             }
+        };
+        accepted = true;
+        // vzctl takes an unspecified address given with a prefix (`0.0.0.0/0`, `::/0`,
+        // `0:0::0`), but it cannot be a container's: not accounted, and the line goes on.
+        if ip.is_unspecified() {
+            warn(format!(
+                "IP_ADDRESS entry {} not accounted: the unspecified address is not a container \
+                 address",
+                escape_for_message(token)
+            ));
+        } else {
+            ips.push(ip);
         }
     }
-    out
-}
-
-/// libvzctl `parse_ip_str` (`lib/util.c`) on the last `IP_ADDRESS` value: tokens split on
-/// spaces, tabs and commas (LIST_DELIMITERS); "0.0.0.0", "::" and "::0" skipped; the first
-/// token `parse_ip` refuses stops the loop with VZCTL_E_INVAL, which
-/// `vzctl_update_env_param` returns and `vzctl2_env_open_conf` turns into a failure to open
-/// the container at all (only callers passing VZCTL_CONF_SKIP_PARAM_ERRORS, such as
-/// vzmigrate, go on): no address of this value is ever assigned.
-fn libvzctl_ip_value(value: &str, mut warn: impl FnMut(String)) -> Vec<IpAddr> {
-    let mut ips = Vec::new();
-    let mut tokens = value.split([' ', '\t', ',']).filter(|t| !t.is_empty());
-    while let Some(token) = tokens.next() {
-        if matches!(token, "0.0.0.0" | "::" | "::0") {
-            continue;
-        }
-        match ip_token(Dialect::Libvzctl, token) {
-            Ok(ip) => take_unless_unspecified(ip, token, &mut ips, &mut warn),
-            Err(reason) => {
-                warn(format!(
-                    "IP_ADDRESS entry {} is invalid ({reason}); OpenVZ 7's vzctl then refuses \
-                     the whole config, so none of its IP_ADDRESS addresses is accounted{}",
-                    escape_for_message(token),
-                    dropped(tokens)
-                ));
-                return Vec::new();
-            }
-        }
-    }
-    ips
-}
-
-/// vzctl takes an unspecified address given with a prefix (`0.0.0.0/0`, `::/0`, `0:0::0`),
-/// but it cannot be a container's: not accounted, and the line goes on.
-fn take_unless_unspecified(
-    ip: IpAddr,
-    token: &str,
-    ips: &mut Vec<IpAddr>,
-    warn: &mut impl FnMut(String),
-) {
-    if ip.is_unspecified() {
-        warn(format!(
-            "IP_ADDRESS entry {} not accounted: the unspecified address is not a container \
-             address",
-            escape_for_message(token)
-        ));
-    } else {
-        ips.push(ip);
-    }
+    (ips, accepted)
 }
 
 /// `: "a" "b" and 3 more` for the tokens a warning says were dropped; empty when none.
-fn dropped<'a>(rest: impl Iterator<Item = &'a str>) -> String {
-    const SHOWN: usize = 5;
-    let mut shown = Vec::new();
-    let mut more = 0usize;
-    for token in rest {
-        if shown.len() < SHOWN {
-            shown.push(escape_for_message(token));
-        } else {
-            more += 1;
-        }
-    }
+fn dropped<'a>(mut rest: impl Iterator<Item = &'a str>) -> String {
+    let shown: Vec<String> = rest.by_ref().take(5).map(escape_for_message).collect();
     if shown.is_empty() {
         return String::new();
     }
-    let more = if more > 0 {
-        format!(" and {more} more")
-    } else {
-        String::new()
+    let more = match rest.count() {
+        0 => String::new(),
+        more => format!(" and {more} more"),
     };
     format!(", dropping {}{more}", shown.join(" "))
 }
@@ -622,44 +562,28 @@ fn dropped<'a>(rest: impl Iterator<Item = &'a str>) -> String {
 ///   `255.255.255.0` and also `1.2.3.4`); else it is `parse_int`, 0..=128 for either family
 ///   (`/33` on IPv4 passes).
 fn ip_token(dialect: Dialect, token: &str) -> Result<IpAddr, &'static str> {
-    let (addr, mask) = match token.split_once('/') {
-        Some((addr, mask)) => (addr, Some(mask)),
-        None => (token, None),
-    };
+    let (addr, mask) = token
+        .split_once('/')
+        .map_or((token, None), |(addr, mask)| (addr, Some(mask)));
     let ip: IpAddr = addr
         .parse()
         .map_err(|_| "not an IPv4 or IPv6 address (with an optional /prefix)")?;
     let Some(mask) = mask else {
         return Ok(ip);
     };
-    match dialect {
-        Dialect::Vzctl4 => {
-            let bits = c_parse_int(mask, dialect).ok_or("the prefix after '/' is not a number")?;
-            match ip {
-                IpAddr::V4(_) if !(0..=32).contains(&bits) => Err("an IPv4 prefix must be 0 to 32"),
-                IpAddr::V6(_) if !(0..=128).contains(&bits) => {
-                    Err("an IPv6 prefix must be 0 to 128")
-                }
-                _ => Ok(ip),
-            }
-        }
-        Dialect::Libvzctl => {
-            let dots = mask.bytes().skip(1).filter(|&b| b == b'.').count();
-            if dots == 3 {
-                mask.parse::<IpAddr>()
-                    .map(|_| ip)
-                    .map_err(|_| "the mask after '/' is not a dotted address")
-            } else {
-                let bits =
-                    c_parse_int(mask, dialect).ok_or("the prefix after '/' is not a number")?;
-                if (0..=128).contains(&bits) {
-                    Ok(ip)
-                } else {
-                    Err("a prefix must be 0 to 128")
-                }
-            }
-        }
+    if dialect == Dialect::Libvzctl && mask.bytes().skip(1).filter(|&b| b == b'.').count() == 3 {
+        return mask
+            .parse::<IpAddr>()
+            .map(|_| ip)
+            .map_err(|_| "the mask after '/' is not a dotted address");
     }
+    let bits = c_parse_int(mask, dialect).ok_or("the prefix after '/' is not a number")?;
+    let (max, why) = match (dialect, ip) {
+        (Dialect::Vzctl4, IpAddr::V4(_)) => (32, "an IPv4 prefix must be 0 to 32"),
+        (Dialect::Vzctl4, IpAddr::V6(_)) => (128, "an IPv6 prefix must be 0 to 128"),
+        (Dialect::Libvzctl, _) => (128, "a prefix must be 0 to 128"),
+    };
+    (0..=max).contains(&bits).then_some(ip).ok_or(why)
 }
 
 /// The dialect's `parse_int`: C `strtol(text, &tail, 10)` with nothing after the number
@@ -673,20 +597,12 @@ fn c_parse_int(text: &str, dialect: Dialect) -> Option<i64> {
         return (dialect == Dialect::Vzctl4).then_some(0);
     }
     let body = text.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
-    let (negative, digits) = match body.as_bytes().first() {
-        Some(b'-') => (true, body.get(1..).unwrap_or_default()),
-        Some(b'+') => (false, body.get(1..).unwrap_or_default()),
-        _ => (false, body),
-    };
+    let digits = body.strip_prefix(['-', '+']).unwrap_or(body);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let signed = if negative {
-        format!("-{digits}")
-    } else {
-        digits.to_string()
-    };
-    let n: i64 = signed.parse().ok()?;
+    // Rust's parser takes the same optional sign before the digits.
+    let n: i64 = body.parse().ok()?;
     match dialect {
         Dialect::Vzctl4 => i32::try_from(n).ok().map(i64::from),
         Dialect::Libvzctl if n > i64::from(i32::MAX) => None,
