@@ -168,14 +168,8 @@ pub fn assigned(
     global: Option<&CtConfig>,
     vz_conf: &Path,
 ) -> Assigned {
-    let CtConfig {
-        mut ips,
-        mut warnings,
-        sets_ips,
-        ipv6,
-        ..
-    } = conf;
-    if let Some(g) = global.filter(|_| !sets_ips) {
+    let (mut ips, mut warnings) = (conf.ips, conf.warnings);
+    if let Some(g) = global.filter(|_| !conf.sets_ips) {
         // vzctl 4.x `merge_net`: MERGE_LIST(ip) keeps the global list when the container's is
         // empty. libvzctl `conf_parse`: vz.conf's values are in the map before the
         // container's lines replace them.
@@ -188,9 +182,9 @@ pub fn assigned(
     // read from the merged map, is "yes".
     let allowed = match (dialect, global) {
         (Dialect::Vzctl4, Some(g)) => g.ipv6 == Some(true),
-        (Dialect::Libvzctl, Some(g)) => ipv6.or(g.ipv6) == Some(true),
+        (Dialect::Libvzctl, Some(g)) => conf.ipv6.or(g.ipv6) == Some(true),
         (Dialect::Vzctl4, None) => true,
-        (Dialect::Libvzctl, None) => ipv6 != Some(false),
+        (Dialect::Libvzctl, None) => conf.ipv6 != Some(false),
     };
     if !allowed {
         let (v6, v4): (Vec<IpAddr>, Vec<IpAddr>) = ips.iter().partition(|ip| ip.is_ipv6());
@@ -227,11 +221,12 @@ pub fn read_as(dialect: Dialect, path: &Path) -> Result<CtConfig, CtConfError> {
         // A FIFO or device could block or never end.
         return Err(CtConfError::NotRegularFile { path: path.into() });
     }
+    let too_large = |size| CtConfError::TooLarge {
+        path: path.into(),
+        size,
+    };
     if meta.len() > MAX_FILE_SIZE {
-        return Err(CtConfError::TooLarge {
-            path: path.into(),
-            size: meta.len(),
-        });
+        return Err(too_large(meta.len()));
     }
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let mut bytes = Vec::new();
@@ -241,10 +236,7 @@ pub fn read_as(dialect: Dialect, path: &Path) -> Result<CtConfig, CtConfError> {
         .map_err(|e| io_error(path, e))?;
     let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if size > MAX_FILE_SIZE {
-        return Err(CtConfError::TooLarge {
-            path: path.into(),
-            size,
-        });
+        return Err(too_large(size));
     }
     Ok(parse_as(dialect, &bytes, path))
 }
@@ -407,14 +399,8 @@ fn is_c_space(b: u8) -> bool {
 }
 
 fn trim_c_space(line: &[u8]) -> &[u8] {
-    let start = line
-        .iter()
-        .position(|&b| !is_c_space(b))
-        .unwrap_or(line.len());
-    let end = line
-        .iter()
-        .rposition(|&b| !is_c_space(b))
-        .map_or(0, |i| i + 1);
+    let start = line.iter().take_while(|&&b| is_c_space(b)).count();
+    let end = line.len() - line.iter().rev().take_while(|&&b| is_c_space(b)).count();
     line.get(start..end).unwrap_or_default()
 }
 
@@ -1014,85 +1000,73 @@ mod tests {
         );
     }
 
-    /// A fresh path (nothing there yet) in a temp dir of its own, removed with it.
-    struct TempPath {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    impl TempPath {
-        fn new(tag: &str) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            TempPath {
-                path: dir.path().join(tag),
-                _dir: dir,
-            }
-        }
+    /// A fresh path (nothing there yet) in a temp dir of its own, removed with the dir.
+    fn temp_path(tag: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(tag);
+        (dir, path)
     }
 
     #[test]
     fn read_a_file() {
-        let tmp = TempPath::new("ok");
-        std::fs::write(&tmp.path, "IP_ADDRESS=\"10.0.0.1 x\"\n").unwrap();
-        let c = read(&tmp.path).unwrap();
+        let (_dir, path) = temp_path("ok");
+        std::fs::write(&path, "IP_ADDRESS=\"10.0.0.1 x\"\n").unwrap();
+        let c = read(&path).unwrap();
         assert_eq!(c.ips, ips(&["10.0.0.1"]));
         assert_eq!(
             c.warnings,
             [format!(
                 "{}:1: IP_ADDRESS entry \"x\" is invalid ({NOT_IP}); \
                  vzctl 4.x ignores it and the rest of the line",
-                tmp.path.display()
+                path.display()
             )]
         );
     }
 
     #[test]
     fn read_missing_file() {
-        let tmp = TempPath::new("missing");
-        let e = read(&tmp.path).unwrap_err();
+        let (_dir, path) = temp_path("missing");
+        let e = read(&path).unwrap_err();
         assert!(matches!(e, CtConfError::Missing { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
-            format!("CT config {} does not exist", tmp.path.display())
+            format!("CT config {} does not exist", path.display())
         );
         assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]
     fn read_a_directory() {
-        let tmp = TempPath::new("dir");
-        std::fs::create_dir(&tmp.path).unwrap();
-        let e = read(&tmp.path).unwrap_err();
+        let (_dir, path) = temp_path("dir");
+        std::fs::create_dir(&path).unwrap();
+        let e = read(&path).unwrap_err();
         assert!(matches!(e, CtConfError::IsDirectory { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
-            format!(
-                "CT config {} is a directory, not a file",
-                tmp.path.display()
-            )
+            format!("CT config {} is a directory, not a file", path.display())
         );
     }
 
     #[test]
     fn read_oversize_file() {
-        let tmp = TempPath::new("big");
-        let file = File::create(&tmp.path).unwrap();
+        let (_dir, path) = temp_path("big");
+        let file = File::create(&path).unwrap();
         file.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
         drop(file);
-        let e = read(&tmp.path).unwrap_err();
+        let e = read(&path).unwrap_err();
         assert!(matches!(e, CtConfError::TooLarge { .. }), "{e:?}");
         assert_eq!(
             e.to_string(),
             format!(
                 "CT config {} is 16777217 bytes, more than the 16 MiB a CT config may have; \
                  refusing to read it",
-                tmp.path.display()
+                path.display()
             )
         );
-        let file = File::options().write(true).open(&tmp.path).unwrap();
+        let file = File::options().write(true).open(&path).unwrap();
         file.set_len(MAX_FILE_SIZE).unwrap();
         drop(file);
-        let c = read(&tmp.path).unwrap();
+        let c = read(&path).unwrap();
         assert!(c.ips.is_empty());
     }
 
@@ -1557,8 +1531,8 @@ mod tests {
 
     #[test]
     fn dialect_is_detected_from_what_is_installed() {
-        let root = TempPath::new("root");
-        let r = &root.path;
+        let (_dir, root) = temp_path("root");
+        let r = root.as_path();
         std::fs::create_dir_all(r.join("usr/lib64")).unwrap();
         std::fs::create_dir_all(r.join("usr/libexec/vzctl/scripts")).unwrap();
         assert_eq!(Dialect::detect(r), Dialect::Vzctl4);
@@ -1576,8 +1550,7 @@ mod tests {
 
     #[test]
     fn read_assigned_combines_both_files() {
-        let dir = TempPath::new("etc-vz");
-        let d = &dir.path;
+        let (_dir, d) = temp_path("etc-vz");
         std::fs::create_dir_all(d.join("conf")).unwrap();
         let ct = d.join("conf/101.conf");
         let vz = d.join("vz.conf");

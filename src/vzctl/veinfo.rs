@@ -299,33 +299,24 @@ mod tests {
         }
     }
 
-    /// A fresh path (nothing there yet) in a temp dir of its own, removed with it.
-    struct TempPath {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    impl TempPath {
-        fn new(tag: &str) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            TempPath {
-                path: dir.path().join(tag),
-                _dir: dir,
-            }
-        }
+    /// A fresh path (nothing there yet) in a temp dir of its own, removed with the dir.
+    fn temp_path(tag: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(tag);
+        (dir, path)
     }
 
     #[test]
     fn read_missing_is_none() {
-        let tmp = TempPath::new("missing");
-        assert_eq!(read(&tmp.path).unwrap(), None);
+        let (_dir, path) = temp_path("missing");
+        assert_eq!(read(&path).unwrap(), None);
     }
 
     #[test]
     fn read_a_file() {
-        let tmp = TempPath::new("ok");
-        std::fs::write(&tmp.path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
-        let v = read(&tmp.path).unwrap().unwrap();
+        let (_dir, path) = temp_path("ok");
+        std::fs::write(&path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
+        let v = read(&path).unwrap().unwrap();
         assert_eq!(
             v.containers,
             BTreeMap::from([(ct("101"), ips(&["10.0.0.1"]))])
@@ -334,23 +325,23 @@ mod tests {
 
     #[test]
     fn read_errors_name_the_file() {
-        let tmp = TempPath::new("dir");
-        std::fs::create_dir(&tmp.path).unwrap();
-        let e = read(&tmp.path).unwrap_err();
+        let (_dir, path) = temp_path("dir");
+        std::fs::create_dir(&path).unwrap();
+        let e = read(&path).unwrap_err();
         assert!(matches!(e, VeinfoError::Read { .. }), "{e:?}");
-        assert_eq!(e.to_string(), format!("cannot read {}", tmp.path.display()));
+        assert_eq!(e.to_string(), format!("cannot read {}", path.display()));
         assert!(std::error::Error::source(&e).is_some());
 
-        let tmp = TempPath::new("big");
-        let file = File::create(&tmp.path).unwrap();
+        let (_dir, path) = temp_path("big");
+        let file = File::create(&path).unwrap();
         file.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
         drop(file);
-        let e = read(&tmp.path).unwrap_err();
+        let e = read(&path).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
                 "{} is larger than 16 MiB; refusing to read it",
-                tmp.path.display()
+                path.display()
             )
         );
     }
