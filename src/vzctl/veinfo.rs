@@ -141,8 +141,11 @@ mod tests {
         id.parse().unwrap()
     }
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    /// The addresses in `list`, separated by spaces.
+    fn ips(list: &str) -> Vec<IpAddr> {
+        list.split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect()
     }
 
     #[test]
@@ -153,13 +156,10 @@ mod tests {
         );
         assert!(v.warnings.is_empty(), "{:?}", v.warnings);
         let expected = BTreeMap::from([
-            (
-                ct("101"),
-                ips(&["10.0.0.101", "192.0.2.15", "2001:db8:1::101"]),
-            ),
-            (ct("102"), ips(&["10.0.0.102"])),
+            (ct("101"), ips("10.0.0.101 192.0.2.15 2001:db8:1::101")),
+            (ct("102"), ips("10.0.0.102")),
             (ct("103"), vec![]),
-            (ct("250"), ips(&["10.0.0.250", "10.0.0.251", "10.0.0.252"])),
+            (ct("250"), ips("10.0.0.250 10.0.0.251 10.0.0.252")),
         ]);
         assert_eq!(v.containers, expected);
     }
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(
             v.containers,
             BTreeMap::from([
-                (ct("108"), ips(&["10.0.0.8", "2001:db8::8"])),
+                (ct("108"), ips("10.0.0.8 2001:db8::8")),
                 (ct("109"), vec![]),
             ])
         );
@@ -231,11 +231,8 @@ mod tests {
         assert_eq!(
             v.containers,
             BTreeMap::from([
-                (
-                    ct("101"),
-                    ips(&["10.0.0.1", "10.0.0.2", "2001:db8::1", "10.0.0.3"])
-                ),
-                (ct("102"), ips(&["10.0.0.9"])),
+                (ct("101"), ips("10.0.0.1 10.0.0.2 2001:db8::1 10.0.0.3")),
+                (ct("102"), ips("10.0.0.9")),
             ])
         );
     }
@@ -248,10 +245,7 @@ mod tests {
         );
         assert_eq!(
             v.containers,
-            BTreeMap::from([(
-                ct("8a1b2c3d-0000-1111-2222-333344445555"),
-                ips(&["10.0.0.7"])
-            )])
+            BTreeMap::from([(ct("8a1b2c3d-0000-1111-2222-333344445555"), ips("10.0.0.7"))])
         );
         assert_eq!(
             v.warnings,
@@ -317,10 +311,7 @@ mod tests {
         let (_dir, path) = temp_path("ok");
         std::fs::write(&path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
         let v = read(&path).unwrap().unwrap();
-        assert_eq!(
-            v.containers,
-            BTreeMap::from([(ct("101"), ips(&["10.0.0.1"]))])
-        );
+        assert_eq!(v.containers, BTreeMap::from([(ct("101"), ips("10.0.0.1"))]));
     }
 
     #[test]
