@@ -655,6 +655,14 @@ mod tests {
     const F: &str = "/etc/vz/conf/101.conf";
     const NOT_IP: &str = "not an IPv4 or IPv6 address (with an optional /prefix)";
 
+    /// vzctl 4.x's warning about `token` (as the message shows it) on line `line` of [`F`].
+    fn v4_warning(line: usize, token: &str, why: &str, rest: &str) -> String {
+        format!(
+            "{F}:{line}: IP_ADDRESS entry \"{token}\" is invalid ({why}); vzctl 4.x ignores it \
+             and the rest of the line{rest}"
+        )
+    }
+
     fn pd(dialect: Dialect, text: &str) -> CtConfig {
         parse_as(dialect, text.as_bytes(), Path::new(F))
     }
@@ -760,13 +768,7 @@ mod tests {
                    IP_ADDRESS=10.0.0.4 10.0.0.5\n\
                    IP_ADDRESS=\"1.2.3.4,5.6.7.8\"\n");
         assert_eq!(c.ips, ips("10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5"));
-        assert_eq!(
-            c.warnings,
-            [format!(
-                "{F}:3: IP_ADDRESS entry \"1.2.3.4,5.6.7.8\" is invalid ({NOT_IP}); \
-                 vzctl 4.x ignores it and the rest of the line"
-            )]
-        );
+        assert_eq!(c.warnings, [v4_warning(3, "1.2.3.4,5.6.7.8", NOT_IP, "")]);
     }
 
     #[test]
@@ -796,15 +798,8 @@ mod tests {
         ] {
             let c = p(&format!("IP_ADDRESS=\"10.0.0.9 {token} 10.0.0.10\"\n"));
             assert_eq!(c.ips, ips("10.0.0.9"), "{token}");
-            assert_eq!(
-                c.warnings,
-                [format!(
-                    "{F}:1: IP_ADDRESS entry {} is invalid ({why}); vzctl 4.x ignores it and \
-                     the rest of the line, dropping \"10.0.0.10\"",
-                    escape_for_message(token.split(' ').next().unwrap())
-                )],
-                "{token}"
-            );
+            let dropping = ", dropping \"10.0.0.10\"";
+            assert_eq!(c.warnings, [v4_warning(1, token, why, dropping)], "{token}");
         }
     }
 
@@ -840,14 +835,8 @@ mod tests {
         assert_eq!(
             c.warnings,
             [
-                format!(
-                    "{F}:1: IP_ADDRESS entry \"fe80::1%eth0\" is invalid ({NOT_IP}); vzctl 4.x \
-                     ignores it and the rest of the line, dropping \"2001:db8:::1\""
-                ),
-                format!(
-                    "{F}:2: IP_ADDRESS entry \"2001:db8:::1\" is invalid ({NOT_IP}); vzctl 4.x \
-                     ignores it and the rest of the line, dropping \"2001:db8::c\""
-                ),
+                v4_warning(1, "fe80::1%eth0", NOT_IP, ", dropping \"2001:db8:::1\""),
+                v4_warning(2, "2001:db8:::1", NOT_IP, ", dropping \"2001:db8::c\""),
             ]
         );
     }
@@ -858,33 +847,29 @@ mod tests {
                    IP_ADDRESS=\"$(reboot) 10.0.0.1 `id` 10.0.0.2|nc\"\n\
                    IP_ADDRESS=\"10.0.0.3 10.0.0.4 && rm -rf / ; 10.0.0.5 -j ACCEPT\"\n");
         assert_eq!(c.ips, ips("10.0.0.3 10.0.0.4"));
-        let end = "vzctl 4.x ignores it and the rest of the line";
         assert_eq!(
             c.warnings,
             [
-                format!(
-                    "{F}:1: IP_ADDRESS entry \"1.2.3.4;touch\" is invalid ({NOT_IP}); {end}, \
-                     dropping \"/tmp/x\""
+                v4_warning(1, "1.2.3.4;touch", NOT_IP, ", dropping \"/tmp/x\""),
+                v4_warning(
+                    2,
+                    "$(reboot)",
+                    NOT_IP,
+                    ", dropping \"10.0.0.1\" \"`id`\" \"10.0.0.2|nc\""
                 ),
-                format!(
-                    "{F}:2: IP_ADDRESS entry \"$(reboot)\" is invalid ({NOT_IP}); {end}, \
-                     dropping \"10.0.0.1\" \"`id`\" \"10.0.0.2|nc\""
-                ),
-                format!(
-                    "{F}:3: IP_ADDRESS entry \"&&\" is invalid ({NOT_IP}); {end}, \
-                     dropping \"rm\" \"-rf\" \"/\" \";\" \"10.0.0.5\" and 2 more"
+                v4_warning(
+                    3,
+                    "&&",
+                    NOT_IP,
+                    ", dropping \"rm\" \"-rf\" \"/\" \";\" \"10.0.0.5\" and 2 more"
                 ),
             ]
         );
         let c = p("IP_ADDRESS=\"10.0.0.6 10.0.0.5\x1b[31m\x07 10.0.0.7\"\n");
         assert_eq!(c.ips, ips("10.0.0.6"));
-        assert_eq!(
-            c.warnings,
-            [format!(
-                "{F}:1: IP_ADDRESS entry \"10.0.0.5\\u{{1b}}[31m\\u{{7}}\" is invalid \
-                 ({NOT_IP}); {end}, dropping \"10.0.0.7\""
-            )]
-        );
+        let token = "10.0.0.5\\u{1b}[31m\\u{7}";
+        let want = v4_warning(1, token, NOT_IP, ", dropping \"10.0.0.7\"");
+        assert_eq!(c.warnings, [want]);
     }
 
     #[test]
@@ -900,10 +885,7 @@ mod tests {
         assert_eq!(
             c.warnings,
             [
-                format!(
-                    "{F}:2: IP_ADDRESS entry \"\u{fffd}\u{fffd}\" is invalid ({NOT_IP}); \
-                     vzctl 4.x ignores it and the rest of the line, dropping \"10.0.0.2\""
-                ),
+                v4_warning(2, "\u{fffd}\u{fffd}", NOT_IP, ", dropping \"10.0.0.2\""),
                 format!("{F}:3: the opening '\"' of the value has no closing '\"', line skipped"),
             ]
         );
