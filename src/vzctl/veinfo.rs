@@ -141,8 +141,11 @@ mod tests {
         id.parse().unwrap()
     }
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    /// The addresses in `list`, separated by spaces.
+    fn ips(list: &str) -> Vec<IpAddr> {
+        list.split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect()
     }
 
     #[test]
@@ -153,13 +156,10 @@ mod tests {
         );
         assert!(v.warnings.is_empty(), "{:?}", v.warnings);
         let expected = BTreeMap::from([
-            (
-                ct("101"),
-                ips(&["10.0.0.101", "192.0.2.15", "2001:db8:1::101"]),
-            ),
-            (ct("102"), ips(&["10.0.0.102"])),
+            (ct("101"), ips("10.0.0.101 192.0.2.15 2001:db8:1::101")),
+            (ct("102"), ips("10.0.0.102")),
             (ct("103"), vec![]),
-            (ct("250"), ips(&["10.0.0.250", "10.0.0.251", "10.0.0.252"])),
+            (ct("250"), ips("10.0.0.250 10.0.0.251 10.0.0.252")),
         ]);
         assert_eq!(v.containers, expected);
     }
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(
             v.containers,
             BTreeMap::from([
-                (ct("108"), ips(&["10.0.0.8", "2001:db8::8"])),
+                (ct("108"), ips("10.0.0.8 2001:db8::8")),
                 (ct("109"), vec![]),
             ])
         );
@@ -231,11 +231,8 @@ mod tests {
         assert_eq!(
             v.containers,
             BTreeMap::from([
-                (
-                    ct("101"),
-                    ips(&["10.0.0.1", "10.0.0.2", "2001:db8::1", "10.0.0.3"])
-                ),
-                (ct("102"), ips(&["10.0.0.9"])),
+                (ct("101"), ips("10.0.0.1 10.0.0.2 2001:db8::1 10.0.0.3")),
+                (ct("102"), ips("10.0.0.9")),
             ])
         );
     }
@@ -248,10 +245,7 @@ mod tests {
         );
         assert_eq!(
             v.containers,
-            BTreeMap::from([(
-                ct("8a1b2c3d-0000-1111-2222-333344445555"),
-                ips(&["10.0.0.7"])
-            )])
+            BTreeMap::from([(ct("8a1b2c3d-0000-1111-2222-333344445555"), ips("10.0.0.7"))])
         );
         assert_eq!(
             v.warnings,
@@ -299,58 +293,46 @@ mod tests {
         }
     }
 
-    /// A fresh path (nothing there yet) in a temp dir of its own, removed with it.
-    struct TempPath {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    }
-
-    impl TempPath {
-        fn new(tag: &str) -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            TempPath {
-                path: dir.path().join(tag),
-                _dir: dir,
-            }
-        }
+    /// A fresh path (nothing there yet) in a temp dir of its own, removed with the dir.
+    fn temp_path(tag: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(tag);
+        (dir, path)
     }
 
     #[test]
     fn read_missing_is_none() {
-        let tmp = TempPath::new("missing");
-        assert_eq!(read(&tmp.path).unwrap(), None);
+        let (_dir, path) = temp_path("missing");
+        assert_eq!(read(&path).unwrap(), None);
     }
 
     #[test]
     fn read_a_file() {
-        let tmp = TempPath::new("ok");
-        std::fs::write(&tmp.path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
-        let v = read(&tmp.path).unwrap().unwrap();
-        assert_eq!(
-            v.containers,
-            BTreeMap::from([(ct("101"), ips(&["10.0.0.1"]))])
-        );
+        let (_dir, path) = temp_path("ok");
+        std::fs::write(&path, "     0 0 100\n   101 0 5  10.0.0.1\n").unwrap();
+        let v = read(&path).unwrap().unwrap();
+        assert_eq!(v.containers, BTreeMap::from([(ct("101"), ips("10.0.0.1"))]));
     }
 
     #[test]
     fn read_errors_name_the_file() {
-        let tmp = TempPath::new("dir");
-        std::fs::create_dir(&tmp.path).unwrap();
-        let e = read(&tmp.path).unwrap_err();
+        let (_dir, path) = temp_path("dir");
+        std::fs::create_dir(&path).unwrap();
+        let e = read(&path).unwrap_err();
         assert!(matches!(e, VeinfoError::Read { .. }), "{e:?}");
-        assert_eq!(e.to_string(), format!("cannot read {}", tmp.path.display()));
+        assert_eq!(e.to_string(), format!("cannot read {}", path.display()));
         assert!(std::error::Error::source(&e).is_some());
 
-        let tmp = TempPath::new("big");
-        let file = File::create(&tmp.path).unwrap();
+        let (_dir, path) = temp_path("big");
+        let file = File::create(&path).unwrap();
         file.set_len(MAX_FILE_SIZE + 1).unwrap(); // sparse: costs no disk
         drop(file);
-        let e = read(&tmp.path).unwrap_err();
+        let e = read(&path).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
                 "{} is larger than 16 MiB; refusing to read it",
-                tmp.path.display()
+                path.display()
             )
         );
     }
