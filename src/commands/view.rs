@@ -127,12 +127,11 @@ pub(crate) fn uncounted_note(
 fn not_live(ledger: &Ledger, e: &Error) -> String {
     {
         let since = match &ledger.last_dump {
-            Some(d) => format!("the last dump ran at {}", crate::clock::format(&d.at)),
-            None => "no dump has run yet".to_string(),
+            Some(d) => format!("last dump at {}", crate::clock::format(&d.at)),
+            None => "no dump yet".to_string(),
         };
         format!(
-            "the kernel's counters since the last harvest (by a dump, sync or hook; {since}) \
-             are not included: {}",
+            "the kernel's counters since the last harvest ({since}) are not included: {}",
             chain(e).replace("\n  caused by: ", "; caused by: ")
         )
     }
