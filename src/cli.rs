@@ -155,7 +155,7 @@ pub enum Command {
     /// VEID, VE_CONFFILE (mount), VE_STATE and IP_ADDR (net-add, net-del). Never fails
     /// vzctl: errors go to stderr and the hook log, and the exit status is 0, unless
     /// `strict = yes` under [vzctl]. Waits at most `hook_lock_timeout` seconds for the lock.
-    /// With ipset, a hook touches only its container's ledger bucket and set elements;
+    /// With ipset, a hook touches only its container's ledger rows and set elements;
     /// stopping to account an address vzctl no longer routes to venet leaves its elements to
     /// the next dump, which harvests them exactly. Otherwise (an IP another container holds,
     /// a new boot, rules to repair, iptables backend) it runs the full pipeline.
@@ -203,10 +203,12 @@ pub enum Command {
         #[arg(long)]
         keep_config: bool,
     },
-    /// Rebuild a ledger whose node file (node.json) or buckets were lost: what is missing is
-    /// made anew, every counter in the kernel is taken as a new starting point (so nothing
-    /// is counted twice), and the traffic that may have gone uncounted (at most since the
-    /// last dump) is reported.
+    /// Rebuild a ledger that is corrupt or lost its node record (boot id, backend): a
+    /// database that does not read is moved aside and made anew, a container whose record
+    /// was lost is accounted again for the IPs its counters in the kernel carry, every
+    /// counter in the kernel is taken as a new starting point (so nothing is counted twice),
+    /// and the traffic that may have gone uncounted (at most since the last dump) is
+    /// reported.
     Repair,
     /// Check every integration point, one line each: the config the hooks read (missing or
     /// broken is a problem), the vzctl flavour, hooks, wrappers, init script, unit, cron

@@ -161,7 +161,7 @@ fn lsb_header_orders_around_vz() {
         "# Provides:          vzacct",
         "# X-Start-Before:    vz",
         "# X-Stop-After:      vz",
-        "# chkconfig: 2345 95 21",
+        "# chkconfig: 2345 95 89",
     ] {
         assert!(text.contains(line), "missing {line:?}");
     }

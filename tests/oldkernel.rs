@@ -280,6 +280,7 @@ fn accounts_exactly(kernel: &str, binary: &str, v: Variant) {
                 ct("102", "10.0.0.2", "2001:db8:1::2"),
             ],
             "jsonversion": 2,
+            "rules_known": true,
             "netfilter": [family("ipv4"), family("ipv6")],
             "set_elements_waiting_for_dump": 0,
             "sets_missing": 0,

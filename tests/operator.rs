@@ -521,10 +521,27 @@ fn uninstall_and_purge(v: Variant) {
     }
     let sets = node.ns.must("ipset", &["list", "-n"]);
     assert!(!sets.contains("vzacct-"), "{sets}");
-    // Again: nothing left, nothing fails.
+    // Again: nothing left, nothing fails; the data goes, and only vzacct's (the CSV
+    // directory may be shared).
+    write(&node.path("csv/other-app.log"), "not vzacct's\n");
+    write(&node.path("csv/101.csv"), "date,ctid\n");
     let out = site.vzacct_root(&["uninstall", "--purge", "--purge-data"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!node.path("state").exists() && !node.path("csv").exists());
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("deleted     {}\n", node.path("state").display()))
+            && text.contains(&format!(
+                "kept        {} without vzacct's files (it holds others: other-app.log)\n",
+                node.path("csv").display()
+            )),
+        "{text}"
+    );
+    assert!(!node.path("state").exists());
+    let left: Vec<_> = std::fs::read_dir(node.path("csv"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["other-app.log"]);
 }
 
 /// `status --json`: per IP of 101, how many of its counters packets reach, of how many.

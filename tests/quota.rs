@@ -548,6 +548,13 @@ fn directions_periods_and_gauges(v: Variant) {
         let o = node.vzacct(&args);
         assert!(!o.status.success(), "{bad:?}");
     }
+    // A CTID the ledger does not know is said to be one.
+    assert_eq!(
+        node.at(feb5, &["set", "999", "--quota", "1GiB"]),
+        "container 999 (it is not accounted yet): quota 1GiB (1073741824 bytes) of total \
+         traffic per billing period\n"
+    );
+    node.at(feb5, &["set", "999", "--quota", "none"]);
     // With nothing to set, the error names every setting there is.
     let o = node.vzacct(&["set", "101"]);
     assert_eq!(o.status.code(), Some(2));
@@ -599,6 +606,70 @@ per_variant!(
 
 /// Run a shipped example program in `ns` with exactly `env` (as vzacct runs it, plus the
 /// test overrides).
+/// A textfile that cannot be written fails the dump, but the threshold actions still run,
+/// and `check` names the path at fault.
+#[test]
+fn a_textfile_that_cannot_be_written_stops_no_action() {
+    let node = node(Variant::Nft);
+    let d = node.dir.path().display().to_string();
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    let prom = format!("{d}/missing/vzacct.prom");
+    write(
+        &node.config,
+        cfg.replace(
+            &format!("prometheus_textfile = {d}/vzacct.prom\n"),
+            &format!("prometheus_textfile = {prom}\n"),
+        ),
+    );
+    let now = "2027-02-10T12:00:00Z";
+    node.at(now, &["add", "102", "10.0.0.2"]);
+    node.at(now, &["set", "102", "--quota", "1.5KiB"]);
+    from_ct(&node, "102", 800, 1);
+    let out = node.vzacct_env(&["dump"], &[("VZACCT_NOW", now)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "cannot write Prometheus textfile {prom}; any earlier one is left as it was"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ran(&node, "102", 50).len(), 1, "{}", stderr(&out));
+    let storage = |node: &Node| {
+        let out = node.vzacct_env(&["check", "--json", "--root", &d], &[("VZACCT_NOW", now)]);
+        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let item = (v["items"].as_array().unwrap().iter())
+            .find(|i| i["name"] == "storage")
+            .unwrap()
+            .clone();
+        (
+            item["ok"].as_bool().unwrap(),
+            item["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        storage(&node),
+        (
+            false,
+            format!(
+                "prometheus_textfile = {prom} under [export]: its directory does not exist, so \
+                 every dump fails to write it"
+            )
+        )
+    );
+    std::fs::create_dir(node.path("missing")).unwrap();
+    assert_eq!(
+        storage(&node),
+        (
+            true,
+            format!(
+                "daily CSV in {}; Prometheus textfile {prom}",
+                node.path("csv").display()
+            )
+        )
+    );
+}
+
 fn example(ns: &Netns, name: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/conf-templates/").to_string() + name;
     let mut full: Vec<String> = vec!["-i".into(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()];

@@ -190,7 +190,13 @@ pub fn set(
         })?;
     }
     if !quota_said.is_empty() {
-        ctx.say(quota_said)?;
+        // (A mistyped CTID shows: the quota of a container never accounted is kept, for
+        // when it is.)
+        let prefix = format!("container {ctid}");
+        ctx.say(match quota_said.strip_prefix(&prefix) {
+            Some(rest) if !known.is_empty() => format!("{prefix}{known}{rest}"),
+            _ => quota_said,
+        })?;
     }
     Ok(())
 }

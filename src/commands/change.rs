@@ -428,15 +428,17 @@ pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
     // The textfile is written while the lock is held, so two overlapping dumps cannot
     // publish older totals last, and its duration covers the whole dump: the CSV, the
     // ledger and the kernel batches included.
-    if let Some(path) = &ctx.config.prometheus_textfile {
+    // A textfile that cannot be written fails the dump, but only after the rest of it: the
+    // ledger is written already, and the threshold actions still run.
+    let textfile = ctx.config.prometheus_textfile.as_ref().and_then(|path| {
         let info = prometheus::DumpInfo {
             timestamp: ctx.now,
             duration: started.elapsed(),
         };
         let mut body = prometheus::render(&s.ledger, &info);
         body.push_str(&prometheus::render_periods(&periods, &quotas));
-        prometheus::write(path, &body)?;
-    }
+        prometheus::write(path, &body).err()
+    });
     drop(s);
     report_harvest(ctx, &harvest, done.rows_written)?;
     report(ctx, &done)?;
@@ -448,7 +450,10 @@ pub fn dump_node(ctx: &mut Ctx, act: bool) -> Result<(), Error> {
     for w in warnings {
         ctx.warn(w);
     }
-    Ok(())
+    match textfile {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// `vzacct restore`: at boot, before containers start: recreate chains, jumps and the

@@ -115,16 +115,35 @@ pub fn uninstall_cmd(
         }
     }
     if purge_data {
-        for dir in [ctx.config.state_dir.clone(), ctx.config.csv_dir.clone()] {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => ctx.say(format!("deleted     {}", dir.display()))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(Error::Invalid(format!(
-                        "cannot delete {}: {e}",
-                        dir.display()
-                    )));
+        // Only what vzacct writes there goes: either directory may be shared with others.
+        let state: fn(&str) -> bool = |name| {
+            ["lock", crate::backend::probe::FILE, "thresholds"].contains(&name)
+                || name.starts_with("ledger")
+        };
+        let csv: fn(&str) -> bool = |name| {
+            name.strip_suffix(".csv")
+                .is_some_and(|ctid| ctid.parse::<Ctid>().is_ok())
+        };
+        for (dir, ours) in [
+            (ctx.config.state_dir.clone(), state),
+            (ctx.config.csv_dir.clone(), csv),
+        ] {
+            let left = purge_dir(&dir, ours).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot delete vzacct's files in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            match left {
+                None => {}
+                Some(left) if left.is_empty() => {
+                    ctx.say(format!("deleted     {}", dir.display()))?
                 }
+                Some(left) => ctx.say(format!(
+                    "kept        {} without vzacct's files (it holds others: {})",
+                    dir.display(),
+                    left.join(", ")
+                ))?,
             }
         }
         return ctx.say("vzacct is uninstalled and purged, its data deleted");
@@ -134,6 +153,33 @@ pub fn uninstall_cmd(
         ctx.config.state_dir.display(),
         ctx.config.csv_dir.display()
     ))
+}
+
+/// Delete the entries of `dir` that `ours` names (a directory with what it holds), then `dir`
+/// itself if nothing else is left in it. `None` when there is no such directory; else the
+/// names of the entries left, sorted.
+fn purge_dir(dir: &Path, ours: fn(&str) -> bool) -> std::io::Result<Option<Vec<String>>> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        r => r?,
+    };
+    let mut left = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !ours(&name) {
+            left.push(name);
+        } else if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    if left.is_empty() {
+        std::fs::remove_dir(dir)?;
+    }
+    left.sort();
+    Ok(Some(left))
 }
 
 /// Take vzacct out of the kernel under the lock: a final harvest into the ledger (so
@@ -279,6 +325,7 @@ pub fn check(
             None => Ok(format!("{} read", layout.config.display())),
         },
     );
+    item("storage", storage(ctx));
     // Files.
     match layout.items() {
         Ok(list) => {
@@ -494,6 +541,47 @@ pub fn check(
         return Err(Error::Invalid(format!("check found {problems} problem(s)")));
     }
     Ok(())
+}
+
+/// What a dump writes besides the ledger: the CSV directory (with its group) and the
+/// Prometheus textfile. (Not refused when the config is read: a hook must go on accounting.)
+fn storage(ctx: &Ctx) -> Result<String, String> {
+    let c = &ctx.config;
+    ctx.csv_perms().map_err(|e| chain(&e))?;
+    let dir = &c.csv_dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "csv_dir = {} under [storage] is not a directory: every dump that closes a day \
+             fails",
+            dir.display()
+        ));
+    }
+    if let Some(reason) = crate::ledger::store::unsafe_dir(dir) {
+        return Err(format!(
+            "csv_dir = {} under [storage]: {reason}, so no dump writes into it",
+            dir.display()
+        ));
+    }
+    let mut text = format!("daily CSV in {}", dir.display());
+    if let Some(p) = &c.prometheus_textfile {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if !p.to_string_lossy().ends_with(".prom") {
+            return Err(format!(
+                "prometheus_textfile = {} under [export]: node_exporter's textfile collector \
+                 reads only files named *.prom",
+                p.display()
+            ));
+        }
+        if !parent.is_some_and(Path::is_dir) {
+            return Err(format!(
+                "prometheus_textfile = {} under [export]: its directory does not exist, so \
+                 every dump fails to write it",
+                p.display()
+            ));
+        }
+        text.push_str(&format!("; Prometheus textfile {}", p.display()));
+    }
+    Ok(text)
 }
 
 /// Of the set elements a plan would delete: how many belong to IPs a quick umount/net-del

@@ -36,7 +36,7 @@ pub struct DumpInfo {
 pub enum PrometheusError {
     #[error("cannot write Prometheus textfile {path}: the path names no file")]
     NoFileName { path: PathBuf },
-    #[error("cannot write Prometheus textfile {path}; the previous one is intact")]
+    #[error("cannot write Prometheus textfile {path}; any earlier one is left as it was")]
     Write {
         path: PathBuf,
         #[source]

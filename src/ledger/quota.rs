@@ -105,8 +105,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
             .ok_or_else(|| bad("unknown unit"))?
     };
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() || frac.len() > 3 || frac.contains('.') || number.ends_with('.') {
+    if whole.is_empty() || frac.contains('.') || number.ends_with('.') {
         return Err(bad("not a number"));
+    }
+    if frac.len() > 3 {
+        return Err(bad("at most three decimals are allowed"));
     }
     let digits = format!("{whole}{frac:0<3}");
     let thousandths: u128 = digits.parse().map_err(|_| bad("not a number"))?;
@@ -220,6 +223,11 @@ mod tests {
             assert!(e.starts_with("quantity "), "{bad}: {e}");
         }
         assert!(parse_bytes("5\u{1b}GB").unwrap_err().contains("\\u{1b}"));
+        assert_eq!(
+            parse_bytes("1.2345GiB").unwrap_err(),
+            "quantity \"1.2345GiB\": at most three decimals are allowed (write e.g. \
+             500GiB or 1TB)"
+        );
         for b in [1, 1000, 1 << 20, 500 << 30, 3 << 39, 1_000_000_000_000] {
             assert_eq!(parse_bytes(&format_bytes(b)), Ok(b), "{b}");
         }
