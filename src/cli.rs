@@ -371,13 +371,21 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
             Ok(Config::default())
         }
         (p, _) => config::load(p.as_deref()).map_err(Error::from),
-    }
-    .and_then(|c| {
+    };
+    // A config that was read names the hook log, even when its time zone cannot be used.
+    let read_log = loaded.as_ref().ok().map(|c| c.hook_log.clone());
+    let loaded = loaded.and_then(|c| {
         let tz = Zone::load(
             c.timezone.as_deref(),
             Path::new(clock::ZONEINFO),
             Path::new(clock::LOCALTIME),
-        )?;
+        )
+        .map_err(|source| Error::Timezone {
+            path: (config_path.clone()).unwrap_or_else(|| config::DEFAULT_PATH.into()),
+            value: (c.timezone.clone())
+                .unwrap_or_else(|| "(unset: the system's /etc/localtime)".into()),
+            source,
+        })?;
         Ok((c, tz))
     });
     // A config that cannot be read: a hook logs it and lets vzctl go on; check reports it
@@ -393,7 +401,8 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Err
         ) => {
             let env = hook::HookEnv::from_process();
             let now = Zone::utc().at(utc_now);
-            hook::config_failed(*event, &env, fallback_log, now, &e, err);
+            let log = read_log.as_deref().unwrap_or(fallback_log);
+            hook::config_failed(*event, &env, log, now, &e, err);
             return Ok(());
         }
         (Err(e), Command::Check { .. }) => (Config::default(), Zone::utc(), Some(e)),

@@ -378,6 +378,36 @@ pub fn strip_comments(text: &str) -> String {
 /// Every line must be a comment, a `[section]` or a `key = value`: say which one is not,
 /// before serde_ini gives a message without a line number.
 fn check_lines(text: &str, path: &Path) -> Result<(), ConfigError> {
+    let syntax = |message| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message,
+    };
+    // Each section once, and each of them known (the INI reader would name neither the line
+    // nor the section: "duplicate field `vzctl`").
+    let mut sections: Vec<(&str, usize)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        let Some(name) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) else {
+            continue;
+        };
+        let name = name.trim();
+        if !SECTIONS.contains(&name) {
+            return Err(syntax(format!(
+                "line {}: unknown section [{}]; the sections are {}",
+                i + 1,
+                clean(name),
+                SECTIONS.map(|s| format!("[{s}]")).join(", ")
+            )));
+        }
+        if let Some((_, first)) = sections.iter().find(|(n, _)| *n == name) {
+            return Err(syntax(format!(
+                "line {}: section [{name}] appears a second time (first on line {first}); put \
+                 its keys under the first",
+                i + 1
+            )));
+        }
+        sections.push((name, i + 1));
+    }
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         let ok = t.is_empty()
@@ -416,6 +446,16 @@ fn check_lines(text: &str, path: &Path) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// The sections of the config, in the template's order.
+const SECTIONS: [&str; 6] = [
+    "vzctl",
+    "netfilter",
+    "storage",
+    "billing",
+    "classes",
+    "export",
+];
 
 /// A message from serde_ini, escaped and cut for an operator.
 fn clean(m: &str) -> String {
@@ -698,6 +738,22 @@ mod tests {
         assert_eq!(
             p(include_str!("../conf-templates/vzacct.conf")).unwrap(),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn sections_are_known_and_given_once() {
+        assert_eq!(
+            p("[vzctl]\nstrict = no\n[storage]\n\n[vzctl]\n")
+                .unwrap_err()
+                .to_string(),
+            "config file /t/vzacct.conf is not valid: line 5: section [vzctl] appears a second \
+             time (first on line 1); put its keys under the first"
+        );
+        assert_eq!(
+            p("[netfiltre]\n").unwrap_err().to_string(),
+            "config file /t/vzacct.conf is not valid: line 1: unknown section [netfiltre]; the \
+             sections are [vzctl], [netfilter], [storage], [billing], [classes], [export]"
         );
     }
 

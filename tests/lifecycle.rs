@@ -286,6 +286,33 @@ fn install_upgrade_uninstall(v: Variant) {
     let out = site.vzacct_root("check");
     assert!(!stdout(&out).contains("overwritten"), "{}", stdout(&out));
 
+    // The wrapped original lost: install says so (not "unchanged"), and check gives the
+    // remedy.
+    std::fs::remove_file(&orig).unwrap();
+    let out = site.vzacct_root("install");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains(&format!(
+            "PROBLEM     {} is vzacct's wrapper but the original {} is missing, so every \
+             container start fails; reinstall vzctl, then run install again",
+            add.display(),
+            orig.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let out = site.vzacct_root("check");
+    assert!(
+        stdout(&out).contains(&format!(
+            "the wrapped original {} is missing, so every container start fails (reinstall \
+             vzctl, then run `vzacct install`)",
+            orig.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    write_exec(&orig, "#!/bin/sh\n# vzctl 4.10\nexit 0\n");
+
     // An init script in the way that is not ours is never clobbered.
     let out = site.vzacct_root("uninstall");
     assert!(out.status.success(), "{}", stderr(&out));
@@ -325,6 +352,20 @@ fn install_upgrade_uninstall(v: Variant) {
         std::fs::read_to_string(site.root.join("etc/init.d/vzacct")).unwrap(),
         "#!/bin/sh\n# someone else's\n"
     );
+    // Uninstalled with the original lost: the wrapper goes, and it says vzctl's script is
+    // gone with it.
+    std::fs::remove_file(&orig).unwrap();
+    let out = site.vzacct_root("uninstall");
+    assert!(
+        stdout(&out).contains(&format!(
+            "PROBLEM     vzctl's {} is gone: its original {} was missing (reinstall vzctl)",
+            add.display(),
+            orig.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!add.exists());
 }
 
 /// Every regular file and symlink under `root` with its content (or link target) and mode.

@@ -714,6 +714,51 @@ fn check_lines_and_a_dump_in_the_future() {
     );
 }
 
+/// A time zone that cannot be loaded: the error names the config file and the key, and a
+/// hook logs it in the config's own hook log, not the fallback.
+#[test]
+fn a_bad_time_zone_is_named_and_logged_where_configured() {
+    let node = Node::new(Variant::Nft);
+    let cfg = std::fs::read_to_string(&node.config).unwrap();
+    write(
+        &node.config,
+        cfg.replace("timezone = UTC\n", "timezone = Europe/Berln\n"),
+    );
+    let what = format!(
+        "config file {}: [storage] timezone = Europe/Berln cannot be used",
+        node.config.display()
+    );
+    let out = node.vzacct(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "vzacct: error: {what}\n  caused by: cannot read time zone file"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let fallback = node.path("fallback.log");
+    let out = node.vzacct_env(
+        &[
+            "hook",
+            "umount",
+            "--fallback-log",
+            fallback.to_str().unwrap(),
+        ],
+        &[("VEID", "101")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(node.path("hook.log")).unwrap();
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains(&format!(" umount ct=101 error: {what}; caused by: ")),
+        "{log}"
+    );
+    assert!(!fallback.exists());
+}
+
 /// Run `args` in the node with the state dir mounted read-only.
 fn read_only(node: &Node, args: &str) -> Output {
     let state = node.path("state");

@@ -39,6 +39,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The config's time zone cannot be loaded.
+    #[error("config file {path}: [storage] timezone = {value} cannot be used")]
+    Timezone {
+        path: std::path::PathBuf,
+        value: String,
+        #[source]
+        source: crate::clock::ClockError,
+    },
     /// A request that cannot be carried out as asked; the text says why and what to do.
     #[error("{0}")]
     Invalid(String),

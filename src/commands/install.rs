@@ -364,6 +364,17 @@ pub fn install(layout: &Layout, report: &mut Report) -> Result<(), InstallError>
         let same = ours && fs::read_to_string(p).is_ok_and(|c| c == item.content);
         let orig = item.original();
         match item.role {
+            Role::Wrap if ours && !exists(&orig) => problems.push(format!(
+                "{} is vzacct's wrapper but the original {} is missing, so every container \
+                 start fails; reinstall vzctl, then run install again",
+                p.display(),
+                orig.display()
+            )),
+            Role::Wrap if !here && !exists(&orig) => problems.push(format!(
+                "vzctl's {} is missing, so there is nothing to wrap; reinstall vzctl, then run \
+                 install again",
+                p.display()
+            )),
             _ if same => done.push(format!("unchanged   {}", p.display())),
             Role::Config if here => done.push(format!("kept        {} (exists)", p.display())),
             Role::Own if here && !ours => problems.push(format!(
@@ -393,11 +404,6 @@ pub fn install(layout: &Layout, report: &mut Report) -> Result<(), InstallError>
                     _ => format!("chained     {} (the original now runs from {})", p.display(), orig.display()),
                 });
             }
-            Role::Wrap if !exists(&orig) => problems.push(format!(
-                "{} is vzacct's wrapper but the original {} is missing; reinstall vzctl, then run install again",
-                p.display(),
-                orig.display()
-            )),
             _ => {
                 write(item)?;
                 done.push(format!("{} {}", if here { "updated    " } else { "installed  " }, p.display()));
@@ -448,6 +454,13 @@ pub fn uninstall(
             _ if is_ours(p) => {
                 fs::remove_file(p).map_err(io("cannot remove", p))?;
                 done.push(format!("removed     {}", p.display()));
+                if item.role == Role::Wrap && !exists(&orig) {
+                    problems.push(format!(
+                        "vzctl's {} is gone: its original {} was missing (reinstall vzctl)",
+                        p.display(),
+                        orig.display()
+                    ));
+                }
             }
             Role::Wrap if exists(p) && exists(&orig) => {
                 // vzctl was upgraded since: the file in place is its newer original.
@@ -505,7 +518,8 @@ pub fn file_state(item: &Item) -> Result<String, String> {
     }
     if item.role == Role::Wrap && !exists(&item.original()) {
         return Err(format!(
-            "{}: the wrapped original {} is missing",
+            "{}: the wrapped original {} is missing, so every container start fails (reinstall \
+             vzctl, then run `vzacct install`)",
             p.display(),
             item.original().display()
         ));

@@ -101,6 +101,11 @@ pub fn append(dir: &Path, rows: &[Row], perms: &Perms) -> Result<usize, CsvError
         path: dir.to_path_buf(),
         source,
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(dir_err(std::io::Error::other(
+            "csv_dir under [storage] names it, but it is not a directory",
+        )));
+    }
     if let Some(reason) = crate::ledger::store::unsafe_dir(dir) {
         return Err(dir_err(std::io::Error::other(format!(
             "refusing to write into it: {reason} (make it root's and writable by no one else)"
@@ -250,6 +255,22 @@ mod tests {
                 "{HEADER}\n2026-11-27,101,4,0,0,0,0,0,0,0,0,0,0,0\n\
                  2026-11-28,101,5,0,0,0,0,0,0,0,0,0,0,0\n2026-11-29,101,6,0,0,0,0,0,0,0,0,0,0,0\n"
             )
+        );
+    }
+
+    #[test]
+    fn a_csv_dir_that_is_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("csv");
+        std::fs::write(&file, "").unwrap();
+        let e = append(&file, &[row("2026-11-28", "101", 5)], &Perms::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot append to daily CSV {}", file.display())
+        );
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "csv_dir under [storage] names it, but it is not a directory"
         );
     }
 
