@@ -22,7 +22,9 @@ pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
         Ok(())
     };
     render("vzacct.8".into(), cmd.clone())?;
-    for sub in cmd.get_subcommands() {
+    // A hidden command (the threshold wrapper that dumps start) has no page, as it has no
+    // line in `--help`.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("vzacct-{}", sub.get_name());
         // Title and NAME say vzacct-add, the synopsis the command as it is typed.
         let sub = sub

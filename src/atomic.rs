@@ -1,6 +1,6 @@
 //! Small files replaced whole: written to a fresh temp file, synced, renamed over the old
 //! one, the directory synced, so that a crash leaves the old version or the new one, never
-//! a torn one. A leaf: used by the state dir, the probe cache and install.
+//! a torn one. A leaf: used for the probe cache, threshold receipts and installed files.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ledger::quota::parse_thresholds;
-
 pub use crate::model::valid_interface;
 
 /// Default location of the config file.
@@ -447,6 +445,30 @@ fn check_lines(text: &str, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parse `thresholds = 80 90 100` (percent, each 1..=1000, any order, no repeats).
+pub fn parse_thresholds(text: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for word in text.split_whitespace() {
+        let t: u32 = word
+            .trim_end_matches('%')
+            .parse()
+            .ok()
+            .filter(|t| (1..=1000).contains(t))
+            .ok_or_else(|| {
+                format!(
+                    "threshold {}: expected a percentage from 1 to 1000",
+                    crate::ctid::escape_for_message(word)
+                )
+            })?;
+        if out.contains(&t) {
+            return Err(format!("threshold {t} given twice"));
+        }
+        out.push(t);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// The sections of the config, in the template's order.
 const SECTIONS: [&str; 6] = [
     "vzctl",
@@ -739,6 +761,15 @@ mod tests {
             p(include_str!("../conf-templates/vzacct.conf")).unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn thresholds_are_percentages_given_once() {
+        assert_eq!(parse_thresholds("100 80 90%").unwrap(), [80, 90, 100]);
+        for bad in ["0", "80 80", "x", "1001"] {
+            assert!(parse_thresholds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_thresholds("").unwrap(), Vec::<u32>::new());
     }
 
     #[test]

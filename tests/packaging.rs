@@ -53,6 +53,12 @@ fn man_files() -> Vec<String> {
         .map(|(f, _)| format!("/usr/share/man/man8/{f}.gz"))
         .collect();
     names.sort();
+    // One page per command, none for the hidden threshold wrapper.
+    assert!(names.contains(&"/usr/share/man/man8/vzacct-dump.8.gz".to_string()));
+    assert!(
+        !names.iter().any(|n| n.contains("threshold-run")),
+        "{names:?}"
+    );
     names
 }
 

@@ -1,6 +1,7 @@
 //! The accounting ruleset as pure data: the rules vzacct wants, the rules it finds in
 //! `iptables-save -c` output (its own chains only), and the plan that turns one into the
-//! other as a single `iptables-restore --noflush` batch. No I/O here.
+//! other as one `iptables-restore --noflush` batch (and, when a chain is rebuilt, the batch
+//! that finishes it). No I/O here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;

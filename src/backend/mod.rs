@@ -2,7 +2,8 @@
 //! (one `iptables-save` each) and our ipsets (one `ipset save`), read once per command;
 //! the plan that makes it match the ledger; and applying that plan in a safe order.
 //!
-//! Its parts: [`iptables`] (the per-IP rules as data), [`ipset`] (the sets as data),
+//! Its parts: [`driver`] (the trait both backends implement, and the two drivers),
+//! [`iptables`] (the per-IP rules as data), [`ipset`] (the sets as data),
 //! [`netfilter`] (runs the save/restore programs), [`probe`] (what the installed tools can
 //! do), [`process`] (runs a program), [`routes`] (whether an address is routed to venet).
 

@@ -1,5 +1,6 @@
 //! Talks to the kernel's netfilter through iptables' own batch tools: one `iptables-save -c`
-//! read and at most one `iptables-restore --noflush --counters` write per family and command.
+//! read and one `iptables-restore --noflush --counters` batch per family and command, plus,
+//! when a chain stops counting, a read of its final values and the batch that removes it.
 
 use crate::backend::iptables::{self, Current, Family, Plan};
 use crate::backend::probe::{self, LockBusy, RestoreLock};

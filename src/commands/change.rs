@@ -1,5 +1,5 @@
 //! The commands that change what is accounted or the ledger: add, remove, sync, dump,
-//! restore, reset.
+//! restore, reset, repair.
 
 use super::*;
 
@@ -468,7 +468,8 @@ pub fn restore(ctx: &mut Ctx) -> Result<(), Error> {
     report(ctx, &done)
 }
 
-/// `vzacct reset CTID`: a new billing period for one container; nothing else changes.
+/// `vzacct reset CTID`: one container's totals to zero; nothing else changes (its period
+/// and calendar included).
 pub fn reset(ctx: &mut Ctx, ctid: &Ctid) -> Result<(), Error> {
     let mut s = begin(ctx)?;
     if !s.ledger.reset(ctid, ctx.now) {

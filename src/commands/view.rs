@@ -1,7 +1,7 @@
 //! The commands that only look: show (live figures) and status (rules in place).
 
 use super::*;
-use crate::model::Chain;
+use crate::model::{Chain, CounterId};
 use std::collections::HashMap;
 
 #[derive(Serialize)]
@@ -73,13 +73,24 @@ pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
         super::change::load_reading_kernel(ctx, false, || shared.load())?;
     let live = kernel.and_then(|kernel| {
         let rows = super::fold(ctx, &mut ledger, &kernel)?.1;
-        let accounted = ledger.accounted();
-        let want = kernel.kinds().len() as u32;
-        let present = present_kinds(&kernel, &accounted, &ctx.config.venet_interface);
+        // After the harvest, a container's last-seen values are exactly the counters of its
+        // that the read found: an IP is counted when each kind in use has its counter there
+        // and packets reach it (no map of every IP is built: a large node's view stays as
+        // fast and as small as it was).
+        let venet = &ctx.config.venet_interface;
+        let reached = reached_kinds(&kernel, venet);
         let mut uncounted: BTreeMap<Ctid, Vec<IpAddr>> = BTreeMap::new();
-        for (ctid, ips) in &accounted {
-            for ip in ips {
-                if present.get(&(ctid, *ip)).map_or(0, |b| b.count_ones()) < want {
+        for (ctid, c) in &ledger.containers {
+            for ip in &c.ips {
+                let counted = kernel.kinds().iter().all(|&k| {
+                    let key = match (kernel.use_sets, k.chain()) {
+                        (true, _) => CounterId::set(k, *ip),
+                        (false, Chain::Forward) => CounterId::rule(k, *ip, ""),
+                        (false, _) => CounterId::rule(k, *ip, venet),
+                    };
+                    reached.contains(&(Family::of(ip), k)) && c.seen.contains_key(&key)
+                });
+                if !counted {
                     uncounted.entry(ctid.clone()).or_default().push(*ip);
                 }
             }
@@ -633,23 +644,11 @@ pub fn status(ctx: &mut Ctx, json: bool) -> Result<(), Error> {
     ))
 }
 
-/// Which kinds of counter of the backend in use are in place for each accounted (container,
-/// IP), one bit per kind: a map of the accounted addresses only, filled from the kernel's
-/// counters as read (a set of every counter found would hold 80,000 entries on a node of
-/// 10,000 containers).
-fn present_kinds<'a>(
-    kernel: &'a Kernel,
-    accounted: &'a crate::model::Accounted,
-    venet: &str,
-) -> HashMap<(&'a Ctid, IpAddr), u8> {
-    let mut present: HashMap<(&Ctid, IpAddr), u8> = accounted
-        .iter()
-        .flat_map(|(c, ips)| ips.iter().map(move |ip| ((c, *ip), 0)))
-        .collect();
-    // The kinds whose packets reach their counters in each family: our chain is there and
-    // jumped to, and with sets, the rule matching the kind's set is in it. (A rule or element
-    // of a kind that no packet reaches counts nothing.)
-    let reached: Vec<(Family, Kind)> = kernel
+/// The kinds in use whose packets reach their counters in each family: our chain is there
+/// and jumped to, and with sets, the rule matching the kind's set is in it. (A rule or element
+/// of a kind that no packet reaches counts nothing.)
+fn reached_kinds(kernel: &Kernel, venet: &str) -> Vec<(Family, Kind)> {
+    kernel
         .rules
         .tables
         .iter()
@@ -668,7 +667,23 @@ fn present_kinds<'a>(
                 (hooked && matched).then_some((t.family, *k))
             })
         })
+        .collect()
+}
+
+/// Which kinds of counter of the backend in use are in place for each accounted (container,
+/// IP), one bit per kind: a map of the accounted addresses only, filled from the kernel's
+/// counters as read (a set of every counter found would hold 80,000 entries on a node of
+/// 10,000 containers).
+fn present_kinds<'a>(
+    kernel: &'a Kernel,
+    accounted: &'a crate::model::Accounted,
+    venet: &str,
+) -> HashMap<(&'a Ctid, IpAddr), u8> {
+    let mut present: HashMap<(&Ctid, IpAddr), u8> = accounted
+        .iter()
+        .flat_map(|(c, ips)| ips.iter().map(move |ip| ((c, *ip), 0)))
         .collect();
+    let reached = reached_kinds(kernel, venet);
     for c in kernel.counted() {
         let in_set = c.key.is_set();
         // Every set is matched on venet; a rule of the local chains must name it.

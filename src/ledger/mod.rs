@@ -13,7 +13,7 @@
 //!   "containers": {
 //!     "<ctid>": {
 //!       "ips": ["10.0.0.1", ...],            accounted now (empty: history only)
-//!       "total_since": "<RFC 3339>",         start of the current billing period (reset)
+//!       "total_since": "<RFC 3339>",         start of the totals (the last reset)
 //!       "total": {<figures>},                since total_since
 //!       "by_ip": {"10.0.0.1": {<figures>}},  the same, per address
 //!       "today": {"date": "YYYY-MM-DD", <figures>},   the open day
@@ -24,7 +24,7 @@
 //!   }
 //! }
 //! ```
-//! `<figures>` are the eight counters of [`Figures`]. `seen` is only meaningful within the boot
+//! `<figures>` are the counters of [`Figures`]. `seen` is only meaningful within the boot
 //! named by `boot_id`: a new boot means every kernel counter restarted from zero.
 //!
 //! The ledger on disk lives in the children, the only ones here that do I/O: [`store`] (the

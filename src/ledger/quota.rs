@@ -168,33 +168,31 @@ pub fn percent_two_decimals(used: u64, quota: u64) -> f64 {
     hundredths as f64 / 100.0
 }
 
-/// Parse `thresholds = 80 90 100` (percent, each 1..=1000, any order, no repeats).
-pub fn parse_thresholds(text: &str) -> Result<Vec<u32>, String> {
-    let mut out = Vec::new();
-    for word in text.split_whitespace() {
-        let t: u32 = word
-            .trim_end_matches('%')
-            .parse()
-            .ok()
-            .filter(|t| (1..=1000).contains(t))
-            .ok_or_else(|| {
-                format!(
-                    "threshold {}: expected a percentage from 1 to 1000",
-                    crate::ctid::escape_for_message(word)
-                )
-            })?;
-        if out.contains(&t) {
-            return Err(format!("threshold {t} given twice"));
-        }
-        out.push(t);
-    }
-    out.sort_unstable();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_are_crossed_once_each() {
+        let t = [80, 90, 100];
+        let quota = 1000;
+        let none = BTreeSet::new();
+        assert_eq!(crossed(799, quota, &t, &none), Vec::<u32>::new());
+        assert_eq!(crossed(800, quota, &t, &none), [80]);
+        assert_eq!(crossed(1000, quota, &t, &none), [80, 90, 100]);
+        let done: BTreeSet<u32> = [80, 90].into();
+        assert_eq!(crossed(2000, quota, &t, &done), [100]);
+        assert_eq!(crossed(u64::MAX, u64::MAX, &t, &none), [80, 90, 100]);
+        assert_eq!(percent(899, 1000), 89);
+        assert_eq!(percent(5, 0), 0);
+        assert_eq!(percent_two_decimals(8635, 10_000), 86.35);
+        assert_eq!(percent_two_decimals(3084, 10_000), 30.84);
+        assert_eq!(percent_two_decimals(2, 3), 66.66);
+        assert_eq!(percent_two_decimals(25_000, 10_000), 250.0);
+        assert_eq!(percent_two_decimals(0, 10_000), 0.0);
+        assert_eq!(percent_two_decimals(5, 0), 0.0);
+        assert_eq!(percent_two_decimals(u64::MAX, u64::MAX), 100.0);
+    }
 
     #[test]
     fn quantities_as_operators_write_them() {
@@ -239,33 +237,6 @@ mod tests {
         // A tie in digits: IEC.
         assert_eq!(format_bytes(1_024_000), "1000KiB");
         assert_eq!(format_bytes(1_000_000_001), "1000000001B");
-    }
-
-    #[test]
-    fn thresholds_are_crossed_once_each() {
-        let t = parse_thresholds("100 80 90").unwrap();
-        assert_eq!(t, [80, 90, 100]);
-        let quota = 1000;
-        let none = BTreeSet::new();
-        assert_eq!(crossed(799, quota, &t, &none), Vec::<u32>::new());
-        assert_eq!(crossed(800, quota, &t, &none), [80]);
-        assert_eq!(crossed(1000, quota, &t, &none), [80, 90, 100]);
-        let done: BTreeSet<u32> = [80, 90].into();
-        assert_eq!(crossed(2000, quota, &t, &done), [100]);
-        assert_eq!(crossed(u64::MAX, u64::MAX, &t, &none), [80, 90, 100]);
-        assert_eq!(percent(899, 1000), 89);
-        assert_eq!(percent(5, 0), 0);
-        assert_eq!(percent_two_decimals(8635, 10_000), 86.35);
-        assert_eq!(percent_two_decimals(3084, 10_000), 30.84);
-        assert_eq!(percent_two_decimals(2, 3), 66.66);
-        assert_eq!(percent_two_decimals(25_000, 10_000), 250.0);
-        assert_eq!(percent_two_decimals(0, 10_000), 0.0);
-        assert_eq!(percent_two_decimals(5, 0), 0.0);
-        assert_eq!(percent_two_decimals(u64::MAX, u64::MAX), 100.0);
-        for bad in ["0", "80 80", "x", "1001"] {
-            assert!(parse_thresholds(bad).is_err(), "{bad}");
-        }
-        assert_eq!(parse_thresholds("").unwrap(), Vec::<u32>::new());
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The state dir and the one lock that serialises every read-modify-write of the ledger and
-//! the rules; small files in it are replaced atomically so a crash leaves the old or the new
-//! version, never a torn one.
+//! the rules.
 //!
 //! Layout of `<state_dir>` (created 0700):
 //! - `lock`: empty file; an exclusive fs2 lock on it is held for a command's whole
 //!   read-modify-write (kernel read, plan, apply), a shared one by a view.
 //! - `ledger.sqlite` (and SQLite's `-wal`/`-shm` beside it): the ledger, see [`crate::ledger::db`].
 //! - `ledger.migrated-<date>/`: a ledger of an earlier release, kept after its conversion.
+//! - `probes.json`: what the installed iptables and ipset can do, for this boot
+//!   ([`crate::backend::probe`]).
+//! - `thresholds/`: the lock, receipt and failure note of each threshold action
+//!   ([`crate::commands::quota`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
