@@ -195,7 +195,9 @@ pub enum Command {
         /// lost), then every chain, jump, rule and set of vzacct's is removed, both families.
         #[arg(long)]
         purge: bool,
-        /// With --purge: also delete the ledger (state_dir) and the daily CSV files.
+        /// With --purge: also delete the ledger and the daily CSV files: only vzacct's files in
+        /// state_dir and csv_dir (`<CTID>.csv`), and each directory only when nothing else is
+        /// left in it.
         #[arg(long, requires = "purge")]
         purge_data: bool,
         /// Leave the config file even when it is unmodified (the package's scriptlets: the
@@ -211,11 +213,12 @@ pub enum Command {
     /// reported.
     Repair,
     /// Check every integration point, one line each: the config the hooks read (missing or
-    /// broken is a problem), the vzctl flavour, hooks, wrappers, init script, unit, cron
-    /// entry, the boot order (systemd unit enabled, or the SysV init script enabled before
-    /// vz), iptables, the backend, the free networks ([classes]), vzacct's chains, rules and
-    /// sets, running containers accounted, threshold actions that failed, and the last dump
-    /// (too old, or in the future). Exit status 0 only when all is well. Creates nothing.
+    /// broken is a problem), storage (csv_dir, csv_group, the Prometheus textfile), the vzctl
+    /// flavour, hooks, wrappers, init script, unit, cron entry, the boot order (systemd unit
+    /// enabled, or the SysV init script enabled before vz), iptables, the backend, the free
+    /// networks ([classes]), the ledger, vzacct's chains, rules and sets, running containers
+    /// accounted, threshold actions that failed, and the last dump (too old, or in the
+    /// future). Exit status 0 only when all is well. Creates nothing.
     Check {
         /// Check this directory's standard locations.
         #[arg(long, value_name = "DIR", default_value = "/")]

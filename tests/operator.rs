@@ -884,6 +884,19 @@ fn views_under_degraded_conditions(v: Variant) {
     write(&node.config, cfg);
     node.ok(&["dump"]);
     assert_eq!(total(&node, "101"), a.add(b));
+    // The ledger gone while the kernel still counts: the views say what they can, no
+    // internal error (the counters are a starting point, nothing credited).
+    std::fs::rename(node.path("state"), node.path("state.away")).unwrap();
+    let doc = show(&node);
+    assert_eq!(F::of(&ct_of(&doc, "101")["total"]), F::default());
+    assert_eq!(ct_of(&doc, "101")["ips"], serde_json::json!([]));
+    assert!(
+        node.ok(&["history", "101"])
+            .ends_with("no traffic recorded in this span\n"),
+        "{}",
+        node.ok(&["history", "101"])
+    );
+    assert!(!node.path("state").exists(), "a view created the state dir");
 }
 
 /// csv_mode and csv_group let a collector outside root read the daily CSV; the day ends at
