@@ -83,6 +83,11 @@ fn hook_log(node: &Node) -> String {
 
 /// The `thresholds` item of `check --json`.
 fn check_thresholds(node: &Node, now: &str) -> (bool, String) {
+    check_item(node, now, "thresholds")
+}
+
+/// One item of `check --json`: (ok, detail).
+fn check_item(node: &Node, now: &str, name: &str) -> (bool, String) {
     let out = node.vzacct_env(
         &[
             "check",
@@ -97,8 +102,8 @@ fn check_thresholds(node: &Node, now: &str) -> (bool, String) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["name"] == "thresholds")
-        .expect("thresholds item")
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("{name} item"))
         .clone();
     (
         item["ok"].as_bool().unwrap(),
@@ -635,18 +640,7 @@ fn a_textfile_that_cannot_be_written_stops_no_action() {
         stderr(&out)
     );
     assert_eq!(ran(&node, "102", 50).len(), 1, "{}", stderr(&out));
-    let storage = |node: &Node| {
-        let out = node.vzacct_env(&["check", "--json", "--root", &d], &[("VZACCT_NOW", now)]);
-        let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-        let item = (v["items"].as_array().unwrap().iter())
-            .find(|i| i["name"] == "storage")
-            .unwrap()
-            .clone();
-        (
-            item["ok"].as_bool().unwrap(),
-            item["detail"].as_str().unwrap().to_string(),
-        )
-    };
+    let storage = |node: &Node| check_item(node, now, "storage");
     assert_eq!(
         storage(&node),
         (

@@ -175,6 +175,15 @@ impl Wanted {
     }
 }
 
+/// The interface a counting rule of `kind` names: venet for the node's own traffic, none for
+/// forwarded traffic (its set or chain already says which way).
+pub fn rule_iface(kind: Kind, venet: &str) -> &str {
+    match kind.chain() {
+        Chain::Forward => "",
+        _ => venet,
+    }
+}
+
 /// Every rule vzacct wants in one family, one per kind in use and IP, in a stable order.
 pub fn desired(accounted: &Accounted, family: Family, venet: &str, kinds: &[Kind]) -> Vec<Rule> {
     let mut cts: Vec<&Ctid> = accounted.keys().collect();
@@ -183,15 +192,11 @@ pub fn desired(accounted: &Accounted, family: Family, venet: &str, kinds: &[Kind
     for ctid in cts {
         for ip in accounted[ctid].iter().filter(|ip| Family::of(ip) == family) {
             for &kind in kinds {
-                let iface = match kind.chain() {
-                    Chain::Forward => String::new(),
-                    _ => venet.to_string(),
-                };
                 rules.push(Rule {
                     ctid: ctid.clone(),
                     ip: *ip,
                     kind,
-                    iface,
+                    iface: rule_iface(kind, venet).to_string(),
                 });
             }
         }

@@ -166,14 +166,22 @@ pub fn set(
         )),
         None => None,
     };
-    let quota_said = super::quota::set_quota(&loaded, ctid, quota, direction)?;
-    drop(loaded);
-    drop(locked);
+    // (A mistyped CTID shows: what is set for a container never accounted is kept, for
+    // when it is.)
     let known = if ledger.containers.contains_key(ctid) {
         ""
     } else {
         " (it is not accounted yet)"
     };
+    let quota_said = super::quota::set_quota(
+        &loaded,
+        ctid,
+        &format!("container {ctid}{known}"),
+        quota,
+        direction,
+    )?;
+    drop(loaded);
+    drop(locked);
     if let Some((cycle_day, changed)) = changed {
         ctx.say(match changed {
             Changed::Unchanged => {
@@ -190,13 +198,7 @@ pub fn set(
         })?;
     }
     if !quota_said.is_empty() {
-        // (A mistyped CTID shows: the quota of a container never accounted is kept, for
-        // when it is.)
-        let prefix = format!("container {ctid}");
-        ctx.say(match quota_said.strip_prefix(&prefix) {
-            Some(rest) if !known.is_empty() => format!("{prefix}{known}{rest}"),
-            _ => quota_said,
-        })?;
+        ctx.say(quota_said)?;
     }
     Ok(())
 }

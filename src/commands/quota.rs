@@ -50,10 +50,11 @@ pub fn parse_quota(v: &str) -> Result<QuotaArg, String> {
 }
 
 /// `vzacct set CTID --quota Q [--quota-direction D]`, the quota part: only the ledger is
-/// written. The caller holds the exclusive lock.
+/// written; `who` names the container in what is said. The caller holds the exclusive lock.
 pub(crate) fn set_quota(
     loaded: &Loaded,
     ctid: &Ctid,
+    who: &str,
     arg: Option<QuotaArg>,
     direction: Option<Direction>,
 ) -> Result<String, Error> {
@@ -81,10 +82,10 @@ pub(crate) fn set_quota(
     };
     thresholds::set_quota(loaded, ctid, new)?;
     Ok(match new {
-        None if now.is_none() => format!("container {ctid} has no quota"),
-        None => format!("container {ctid}: quota taken away"),
+        None if now.is_none() => format!("{who} has no quota"),
+        None => format!("{who}: quota taken away"),
         Some(q) => format!(
-            "container {ctid}: quota {} ({} bytes) of {} traffic per billing period",
+            "{who}: quota {} ({} bytes) of {} traffic per billing period",
             quota::format_bytes(q.bytes),
             q.bytes,
             q.direction

@@ -83,10 +83,11 @@ pub(crate) fn live(ctx: &Ctx, shared: &store::Shared) -> Result<Live, Error> {
         for (ctid, c) in &ledger.containers {
             for ip in &c.ips {
                 let counted = kernel.kinds().iter().all(|&k| {
-                    let key = match (kernel.use_sets, k.chain()) {
-                        (true, _) => CounterId::set(k, *ip),
-                        (false, Chain::Forward) => CounterId::rule(k, *ip, ""),
-                        (false, _) => CounterId::rule(k, *ip, venet),
+                    let key = match kernel.use_sets {
+                        true => CounterId::set(k, *ip),
+                        false => {
+                            CounterId::rule(k, *ip, crate::backend::iptables::rule_iface(k, venet))
+                        }
                     };
                     reached.contains(&(Family::of(ip), k)) && c.seen.contains_key(&key)
                 });
@@ -116,22 +117,22 @@ pub(crate) fn uncounted_note(
     uncounted: &BTreeMap<Ctid, Vec<IpAddr>>,
     shown: &[&Ctid],
 ) -> Option<String> {
-    let named: Vec<String> = shown
-        .iter()
-        .filter_map(|c| uncounted.get(*c).map(|ips| format!("{c} ({})", join(ips))))
+    let mut hit = shown.iter().filter_map(|c| Some((c, uncounted.get(*c)?)));
+    let named: Vec<String> = (hit.by_ref().take(10))
+        .map(|(c, ips)| format!("{c} ({})", join(ips)))
         .collect();
     if named.is_empty() {
         return None;
     }
-    let more = match named.len() {
-        n if n > 10 => format!(" and {} more", n - 10),
-        _ => String::new(),
+    let more = match hit.count() {
+        0 => String::new(),
+        n => format!(" and {n} more"),
     };
     Some(format!(
         "note: {}{more}: accounted, but not all of their counters are in the kernel, so their \
          traffic is not all counted now (`vzacct status` shows which; `vzacct sync` or the next \
          dump puts them back)",
-        named[..named.len().min(10)].join(", ")
+        named.join(", ")
     ))
 }
 
